@@ -1,0 +1,6 @@
+"""Archives in neptune-exporter's layout: the hand-off point between sources and targets."""
+
+from .reader import Archive, ArchivedRun, ArchiveScan, Atom, IncompleteRun
+from .writer import ArchiveWriter, RunWriter
+
+__all__ = ["Archive", "ArchiveScan", "ArchiveWriter", "ArchivedRun", "Atom", "IncompleteRun", "RunWriter"]

@@ -1,0 +1,284 @@
+"""Stream runs out of an archive written by neptune-exporter or by our own `export`.
+
+Two layouts are accepted (see DESIGN.md, "Archive paths"): an archive root holding `data/` and `files/`,
+or a neptune-exporter parquet root (one folder per project) with the files root given separately.
+A run is complete when its `<run>_part_0.parquet` exists; `.tmp` leftovers are ignored; rows may come in
+any order within and across parts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import ArchiveError
+from ..model import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef
+from ..paths import resolve_inside
+
+_PART = re.compile(r"^(?P<run>.+)_part_(?P<n>\d+)\.parquet$")
+_ATOM_VALUE = {
+    "float": "float_value",
+    "int": "int_value",
+    "string": "string_value",
+    "bool": "bool_value",
+    "datetime": "datetime_value",
+    "string_set": "string_set_value",
+}
+_VALUE_COLUMNS = [
+    "int_value",
+    "float_value",
+    "string_value",
+    "bool_value",
+    "datetime_value",
+    "string_set_value",
+    "file_value",
+    "histogram_value",
+]
+
+
+@dataclass(frozen=True)
+class Atom:
+    type: str
+    value: Any
+
+
+@dataclass
+class IncompleteRun:
+    """Parts without a `_part_0.parquet`: an export that died half-way. Reported, never loaded."""
+
+    project_dir: Path
+    run_folder: str
+    parts: list[Path]
+
+
+@dataclass
+class ArchivedRun:
+    ref: RunRef
+    parts: list[Path]
+    project_dir: Path
+    files_dir: Path | None
+    _atoms: dict[str, Atom] | None = field(default=None, repr=False)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.parts)
+
+    def batches(
+        self,
+        types: Iterable[str] | None = None,
+        columns: Iterable[str] | None = None,
+        batch_size: int = 65_536,
+    ) -> Iterator[pa.RecordBatch]:
+        """Every row of the run, part by part, optionally only some attribute types and columns.
+
+        Columns our writer adds but neptune-exporter lacks come back as nulls, so callers need not care
+        which tool wrote the archive. Atom rows whose value columns are all null are dropped.
+        """
+        wanted = list(columns) if columns is not None else list(ARCHIVE_SCHEMA.names)
+        for col in ("attribute_type",):
+            if col not in wanted:
+                wanted.append(col)
+        type_filter = pa.array(sorted(set(types)), pa.string()) if types is not None else None
+        for part in self.parts:
+            pf = _open(part)
+            present = set(pf.schema_arrow.names)
+            missing = [c for c in ARCHIVE_SCHEMA.names if c not in present and c in wanted]
+            if any(c not in present for c in ("attribute_path", "attribute_type", "run_id")):
+                raise ArchiveError(f"{part} does not have the archive schema (columns: {sorted(present)})")
+            read_cols = [c for c in wanted if c in present]
+            need_null_check = types is None or any(t in ATOM_TYPES for t in types)
+            if need_null_check:
+                read_cols += [c for c in _VALUE_COLUMNS if c in present and c not in read_cols]
+            try:
+                for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols):
+                    batch = _filter(batch, type_filter, need_null_check)
+                    if batch.num_rows == 0:
+                        continue
+                    batch = _conform(batch, wanted, missing)
+                    yield batch
+            except (OSError, pa.ArrowException) as exc:
+                raise ArchiveError(f"cannot read {part}: {_one_line(exc)}") from None
+
+    def table(self, types: Iterable[str] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        cols = list(columns) if columns is not None else list(ARCHIVE_SCHEMA.names)
+        batches = list(self.batches(types, cols))
+        schema = pa.schema(
+            [
+                ARCHIVE_SCHEMA.field(c)
+                for c in (cols if "attribute_type" in cols else [*cols, "attribute_type"])
+            ]
+        )
+        if not batches:
+            return schema.empty_table()
+        return pa.Table.from_batches(batches).select(schema.names)
+
+    def atoms(self) -> dict[str, Atom]:
+        """Every atom (params, `sys/*`) of the run as Python values; the last row wins on a repeat."""
+        if self._atoms is None:
+            out: dict[str, Atom] = {}
+            cols = ["attribute_path", "attribute_type", *_ATOM_VALUE.values()]
+            for batch in self.batches(ATOM_TYPES, cols):
+                d = batch.to_pydict()
+                for i, path in enumerate(d["attribute_path"]):
+                    type_ = d["attribute_type"][i]
+                    out[path] = Atom(type_, d[_ATOM_VALUE[type_]][i])
+            self._atoms = out
+        return self._atoms
+
+    def atom_value(self, path: str, default: Any = None) -> Any:
+        atom = self.atoms().get(path)
+        return default if atom is None else atom.value
+
+    def file_path(self, relative: str) -> Path:
+        """The payload behind a `file_value.path`, refusing paths that escape the files root."""
+        if self.files_dir is None:
+            raise ArchiveError(
+                f"run {self.ref.key} references files but no files root was given (use --files)"
+            )
+        return resolve_inside(self.files_dir, relative)
+
+
+@dataclass
+class ArchiveScan:
+    runs: list[ArchivedRun]
+    incomplete: list[IncompleteRun]
+
+
+class Archive:
+    def __init__(self, root: Path, files_root: Path | None = None) -> None:
+        root = Path(root)
+        if not root.exists():
+            raise ArchiveError(f"archive not found: {root}")
+        if not root.is_dir():
+            raise ArchiveError(f"archive is not a folder: {root}")
+        if (root / "data").is_dir():
+            self.data_root = root / "data"
+            self.files_root = Path(files_root) if files_root else root / "files"
+            self.models_root: Path | None = root / "models"
+        else:
+            self.data_root = root
+            self.files_root = Path(files_root) if files_root else None
+            self.models_root = None
+        if self.files_root is not None and not self.files_root.exists() and files_root is not None:
+            raise ArchiveError(f"files root not found: {self.files_root}")
+
+    def scan(self) -> ArchiveScan:
+        runs: list[ArchivedRun] = []
+        incomplete: list[IncompleteRun] = []
+        project_dirs = sorted(p for p in self.data_root.iterdir() if p.is_dir() and not p.is_symlink())
+        if not project_dirs:
+            raise ArchiveError(f"no project folders with parquet files under {self.data_root}")
+        for project_dir in project_dirs:
+            groups: dict[str, dict[int, Path]] = {}
+            for p in project_dir.iterdir():
+                m = _PART.match(p.name)
+                if not m or not p.is_file() or p.is_symlink():
+                    continue  # *.parquet.tmp and strangers are not part of any run
+                groups.setdefault(m.group("run"), {})[int(m.group("n"))] = p
+            files_dir = self.files_root / project_dir.name if self.files_root else None
+            for run_folder, parts in sorted(groups.items()):
+                ordered = [parts[n] for n in sorted(parts)]
+                if 0 not in parts:
+                    incomplete.append(IncompleteRun(project_dir, run_folder, ordered))
+                    continue
+                ref = _run_ref(parts[0], ordered)
+                if ref is None:
+                    continue  # an empty part_0 with no rows at all: nothing to identify or load
+                runs.append(ArchivedRun(ref, ordered, project_dir, files_dir))
+        runs.sort(key=lambda r: r.ref)
+        return ArchiveScan(runs, incomplete)
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveError(f"corrupt or unreadable parquet file {path}: {_one_line(exc)}") from None
+
+
+def _run_ref(part0: Path, parts: list[Path]) -> RunRef | None:
+    """Real ids live in the columns (folder names are one-way): read them from the first non-empty part."""
+    for part in [part0, *parts]:
+        pf = _open(part)
+        if not {"project_id", "run_id"} <= set(pf.schema_arrow.names):
+            raise ArchiveError(f"{part} does not have the archive schema (no project_id/run_id columns)")
+        if pf.metadata.num_rows == 0:
+            continue
+        try:
+            batch = next(pf.iter_batches(batch_size=1, columns=["project_id", "run_id"]))
+        except (OSError, pa.ArrowException, StopIteration) as exc:
+            raise ArchiveError(f"corrupt or unreadable parquet file {part}: {_one_line(exc)}") from None
+        return RunRef(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
+    return None
+
+
+def _filter(batch: pa.RecordBatch, type_filter: pa.Array | None, null_check: bool) -> pa.RecordBatch:
+    mask = None
+    if type_filter is not None:
+        mask = pc.is_in(batch.column("attribute_type"), value_set=type_filter)
+    if null_check:
+        # neptune-exporter 3.x writes atoms whose every value column is null: they are absent values.
+        names = batch.schema.names
+        any_value = None
+        for c in _VALUE_COLUMNS:
+            if c in names:
+                v = pc.is_valid(batch.column(c))
+                any_value = v if any_value is None else pc.or_(any_value, v)
+        if any_value is not None:
+            is_atom = pc.is_in(batch.column("attribute_type"), value_set=pa.array(ATOM_TYPES))
+            keep = pc.or_(pc.invert(is_atom), any_value)
+            mask = keep if mask is None else pc.and_(mask, keep)
+    return batch.filter(mask) if mask is not None else batch
+
+
+def _conform(batch: pa.RecordBatch, wanted: list[str], missing: list[str]) -> pa.RecordBatch:
+    arrays, fields = [], []
+    names = batch.schema.names
+    for c in wanted:
+        target = ARCHIVE_SCHEMA.field(c)
+        if c in names:
+            arr = batch.column(c)
+            if arr.type != target.type:
+                try:
+                    arr = arr.cast(target.type)
+                except pa.ArrowException as exc:
+                    raise ArchiveError(f"column {c} has type {arr.type}, expected {target.type}") from exc
+        else:
+            arr = pa.nulls(batch.num_rows, target.type)
+        arrays.append(arr)
+        fields.append(target)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def decimal_micros(steps: pa.Array) -> np.ndarray:
+    """decimal(18, 6) steps as exact int64 counts of millionths, without going through floats."""
+    steps = steps.combine_chunks() if isinstance(steps, pa.ChunkedArray) else steps
+    if steps.null_count:
+        steps = steps.fill_null(pa.scalar(0, steps.type))
+    # decimal128 stores a 16-byte little-endian integer per value; decimal(18, 6) fits in the low 8 bytes.
+    words = np.frombuffer(steps.buffers()[1], dtype=np.int64)
+    return words[2 * steps.offset : 2 * (steps.offset + len(steps)) : 2].copy()
+
+
+def timestamps_ms(ts: pa.Array, default: int) -> np.ndarray:
+    ts = ts.combine_chunks() if isinstance(ts, pa.ChunkedArray) else ts
+    if ts.null_count:
+        ts = ts.fill_null(pa.scalar(default, ts.type))
+    return ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def to_ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

@@ -1,0 +1,293 @@
+"""Write runs into an archive with neptune-exporter's layout and schema (plus our optional columns).
+
+A run is committed atomically: parts are written as `*.parquet.tmp`, renamed into place, and
+`<run>_part_0.parquet` is renamed last, so a reader never mistakes a half-written run for a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..model import (
+    ARCHIVE_SCHEMA,
+    ATOM_TYPES,
+    FILE_LIKE_TYPES,
+    SERIES_TYPES,
+    RunRef,
+    folder_name,
+    step_to_decimal,
+)
+from ..paths import resolve_inside, safe_relpath
+
+_VALUE_COLUMN = {
+    "float": "float_value",
+    "int": "int_value",
+    "string": "string_value",
+    "bool": "bool_value",
+    "datetime": "datetime_value",
+    "string_set": "string_set_value",
+    "float_series": "float_value",
+    "string_series": "string_value",
+    "histogram_series": "histogram_value",
+}
+_NAMES = ARCHIVE_SCHEMA.names
+
+
+@dataclass
+class FileInfo:
+    path: str  # relative to the project's files folder, as stored in `file_value.path`
+    size: int
+    sha256: str
+
+
+class ArchiveWriter:
+    """An archive root holding `data/` and `files/`, as `export` writes it."""
+
+    def __init__(self, root: Path, rows_per_part: int = 2_000_000, rows_per_batch: int = 50_000) -> None:
+        self.root = Path(root)
+        self.data_root = self.root / "data"
+        self.files_root = self.root / "files"
+        self.rows_per_part = rows_per_part
+        self.rows_per_batch = rows_per_batch
+
+    def run(self, ref: RunRef) -> RunWriter:
+        return RunWriter(self, ref)
+
+    def has_run(self, ref: RunRef) -> bool:
+        return self.part_path(ref, 0).exists()
+
+    def part_path(self, ref: RunRef, n: int) -> Path:
+        return self.data_root / folder_name(ref.project_id) / f"{folder_name(ref.run_id)}_part_{n}.parquet"
+
+
+class RunWriter:
+    """Collects one run's rows and files; `commit()` makes it visible. Use as a context manager."""
+
+    def __init__(self, archive: ArchiveWriter, ref: RunRef) -> None:
+        self.archive = archive
+        self.ref = ref
+        self._rows: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._buffered = 0
+        self._part_rows = 0
+        self._part = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._written: list[Path] = []
+        self.project_dir = archive.data_root / folder_name(ref.project_id)
+        self.files_dir = archive.files_root / folder_name(ref.project_id)
+        self._run_files = folder_name(ref.run_id)
+        self._committed = False
+        self.remove_existing()
+
+    # -- rows -------------------------------------------------------------------------------------------
+    def add_atom(self, path: str, type_: str, value: Any) -> None:
+        if type_ not in ATOM_TYPES:
+            raise ValueError(f"{type_} is not an atom type")
+        if type_ == "string_set":
+            value = sorted(value)
+        self._add_row({"attribute_path": path, "attribute_type": type_, _VALUE_COLUMN[type_]: value})
+
+    def add_series(
+        self,
+        path: str,
+        type_: str,
+        steps: Sequence[float],
+        timestamps: Sequence[datetime | int | None],
+        values: Sequence[Any],
+        previews: Sequence[tuple[bool, float] | None] | None = None,
+    ) -> None:
+        """Append series points. Timestamps are datetimes or epoch milliseconds."""
+        if type_ not in SERIES_TYPES:
+            raise ValueError(f"{type_} is not a series type")
+        n = len(steps)
+        if len(values) != n or len(timestamps) != n:
+            raise ValueError("steps, timestamps and values must have the same length")
+        decimals, exact = zip(*(step_to_decimal(float(s)) for s in steps), strict=True) if n else ((), ())
+        cols: dict[str, Any] = {
+            "project_id": pa.array([self.ref.project_id] * n, pa.string()),
+            "run_id": pa.array([self.ref.run_id] * n, pa.string()),
+            "attribute_path": pa.array([path] * n, pa.string()),
+            "attribute_type": pa.array([type_] * n, pa.string()),
+            "step": pa.array(decimals, ARCHIVE_SCHEMA.field("step").type),
+            "step_exact": pa.array(exact, pa.float64()),
+            "timestamp": pa.array(timestamps, ARCHIVE_SCHEMA.field("timestamp").type),
+            _VALUE_COLUMN[type_]: pa.array(values, ARCHIVE_SCHEMA.field(_VALUE_COLUMN[type_]).type),
+        }
+        if previews is not None:
+            cols["is_preview"] = pa.array([p[0] if p else None for p in previews], pa.bool_())
+            cols["completion_ratio"] = pa.array([p[1] if p else None for p in previews], pa.float64())
+        self._add_table(_complete(cols, n))
+
+    def add_file(
+        self,
+        path: str,
+        type_: str,
+        data: bytes | Path,
+        file_name: str,
+        step: float | None = None,
+        timestamp: datetime | int | None = None,
+        mime: str | None = None,
+    ) -> FileInfo:
+        """Store a file payload under `files/` and a row pointing at it. `data` is bytes or a path to copy."""
+        if type_ not in FILE_LIKE_TYPES:
+            raise ValueError(f"{type_} is not a file type")
+        rel_dir = f"{self._run_files}/{safe_relpath(path)}"
+        if step is not None:
+            rel_dir += "/step_" + _step_label(step)
+        rel = f"{rel_dir}/{safe_relpath(file_name).replace('/', '_')}"
+        target = resolve_inside(self.files_dir, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        if isinstance(data, Path | str):
+            with open(data, "rb") as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+        else:
+            digest.update(data)
+            target.write_bytes(data)
+        size = target.stat().st_size
+        row: dict[str, Any] = {
+            "attribute_path": path,
+            "attribute_type": type_,
+            "file_value": {"path": rel},
+            "file_name": file_name,
+            "file_size": size,
+            "file_mime": mime or mimetypes.guess_type(file_name)[0],
+            "file_sha256": digest.hexdigest(),
+            "timestamp": timestamp,
+        }
+        if step is not None:
+            dec, exact = step_to_decimal(float(step))
+            row["step"], row["step_exact"] = dec, exact
+        self._add_row(row)
+        return FileInfo(rel, size, digest.hexdigest())
+
+    def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append raw rows in archive-schema form (project_id and run_id are filled in)."""
+        for row in rows:
+            self._add_row(dict(row))
+
+    # -- parts ------------------------------------------------------------------------------------------
+    def _add_row(self, row: dict[str, Any]) -> None:
+        row["project_id"] = self.ref.project_id
+        row["run_id"] = self.ref.run_id
+        self._rows.append(row)
+        self._buffered += 1
+        if self._buffered >= self.archive.rows_per_batch:
+            self._flush()
+
+    def _add_table(self, table: pa.Table) -> None:
+        if self._rows:
+            self._tables.append(pa.Table.from_pylist(self._rows, schema=ARCHIVE_SCHEMA))
+            self._rows = []
+        self._tables.append(table)
+        self._buffered += table.num_rows
+        if self._buffered >= self.archive.rows_per_batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._tables.append(pa.Table.from_pylist(self._rows, schema=ARCHIVE_SCHEMA))
+            self._rows = []
+        if not self._tables:
+            return
+        table = pa.concat_tables(self._tables)
+        self._tables, self._buffered = [], 0
+        offset = 0
+        while offset < table.num_rows:
+            room = self.archive.rows_per_part - self._part_rows
+            chunk = table.slice(offset, room)
+            if self._writer is None:
+                self.project_dir.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(
+                    self._tmp_path(self._part), ARCHIVE_SCHEMA, compression="snappy"
+                )
+            self._writer.write_table(chunk)
+            self._part_rows += chunk.num_rows
+            offset += chunk.num_rows
+            if self._part_rows >= self.archive.rows_per_part:
+                self._close_part()
+
+    def _close_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._written.append(self._tmp_path(self._part))
+            self._writer = None
+            self._part += 1
+            self._part_rows = 0
+
+    def _tmp_path(self, n: int) -> Path:
+        return self.archive.part_path(self.ref, n).with_suffix(".parquet.tmp")
+
+    def commit(self) -> None:
+        self._flush()
+        if self._writer is None and not self._written:
+            # A run with no rows still exists: write an empty part_0 so it is seen as complete.
+            self.project_dir.mkdir(parents=True, exist_ok=True)
+            pq.write_table(ARCHIVE_SCHEMA.empty_table(), self._tmp_path(0))
+            self._written.append(self._tmp_path(0))
+        self._close_part()
+        for tmp in sorted(self._written, key=lambda p: p.name, reverse=True):
+            # Highest part first, part_0 last: part_0 is the completeness marker.
+            _fsync(tmp)
+            os.replace(tmp, tmp.with_suffix(""))
+        self._committed = True
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for tmp in self._written + [self._tmp_path(self._part)]:
+            tmp.unlink(missing_ok=True)
+
+    def remove_existing(self) -> None:
+        """Clear any earlier (complete or partial) copy of this run so a re-export starts clean."""
+        part0 = self.archive.part_path(self.ref, 0)
+        part0.unlink(missing_ok=True)  # first, so the run is never "complete" with stale parts
+        prefix = f"{folder_name(self.ref.run_id)}_part_"
+        if self.project_dir.is_dir():
+            for p in self.project_dir.iterdir():
+                if p.name.startswith(prefix):
+                    p.unlink(missing_ok=True)
+        run_files = self.files_dir / self._run_files
+        if run_files.is_dir():
+            shutil.rmtree(run_files)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _complete(cols: dict[str, pa.Array], n: int) -> pa.Table:
+    arrays = [cols[name] if name in cols else pa.nulls(n, ARCHIVE_SCHEMA.field(name).type) for name in _NAMES]
+    return pa.Table.from_arrays(arrays, schema=ARCHIVE_SCHEMA)
+
+
+def _step_label(step: float) -> str:
+    """`1.5` -> `1_500000`: the exporter's per-step folder naming, stable for any float."""
+    dec, exact = step_to_decimal(float(step))
+    if exact is not None:
+        return repr(exact).replace(".", "_").replace("-", "m").replace("+", "")
+    return str(dec).replace(".", "_").replace("-", "m")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

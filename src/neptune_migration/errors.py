@@ -1,0 +1,31 @@
+"""Errors a user can act on. The CLI prints their message on one line and exits non-zero; no traceback."""
+
+from __future__ import annotations
+
+
+class MigrationError(Exception):
+    """Base class: the message is complete, safe to print (never holds a secret) and fits one line."""
+
+    exit_code = 1
+
+
+class UsageError(MigrationError):
+    """The command line asked for something impossible (bad regex, unknown project, ...)."""
+
+    exit_code = 2
+
+
+class ArchiveError(MigrationError):
+    """The archive is missing, unreadable, corrupt or hostile."""
+
+
+class UnsafePathError(ArchiveError):
+    """A path taken from an archive or a server would land outside its root."""
+
+
+class TargetError(MigrationError):
+    """The target refused, could not be reached, or answered something we cannot trust."""
+
+
+class LedgerBusyError(MigrationError):
+    """Another process holds the ledger."""
