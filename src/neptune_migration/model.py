@@ -96,7 +96,7 @@ _MICRO = Decimal("0.000001")
 
 
 def step_to_decimal(step: float) -> tuple[Decimal, float | None]:
-    """Split a Neptune step into the archive's decimal(18, 6) value and, if that loses anything, the exact float."""
+    """Split a Neptune step into decimal(18, 6) and, if that loses anything, the exact float."""
     if not math.isfinite(step):
         raise ValueError(f"step {step!r} is not a finite number")
     dec = Decimal(repr(step)).quantize(_MICRO) if abs(step) < 1e12 else None

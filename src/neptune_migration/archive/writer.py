@@ -249,7 +249,7 @@ class RunWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        for tmp in self._written + [self._tmp_path(self._part)]:
+        for tmp in [*self._written, self._tmp_path(self._part)]:
             tmp.unlink(missing_ok=True)
 
     def remove_existing(self) -> None:
