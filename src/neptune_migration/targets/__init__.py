@@ -1,0 +1,1 @@
+"""Targets: where archived runs are loaded (MLflow, Weights & Biases)."""

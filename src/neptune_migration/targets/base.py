@@ -1,0 +1,64 @@
+"""What every target offers the pipeline. Adding a target means one module implementing `Target`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..archive import ArchivedRun
+
+
+@dataclass
+class LoadResult:
+    """What a target did with one run; stored in the ledger and shown in reports."""
+
+    target_id: str
+    points: int = 0
+    files: int = 0
+    bytes: int = 0
+    # Documented approximations, counted so the report can show them (e.g. {"inf_clamped": 3}).
+    approximations: dict[str, int] = field(default_factory=dict)
+    # Names changed by the target's sanitising: {original attribute path: name in the target}.
+    renamed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def approx(self, kind: str, n: int = 1) -> None:
+        self.approximations[kind] = self.approximations.get(kind, 0) + n
+
+
+@dataclass
+class LoadContext:
+    """The pipeline's side of a run load: progress reporting and a resumable checkpoint.
+
+    `checkpoint` is the last value stored with `save_checkpoint` by an earlier, interrupted attempt of
+    the same run and target (None on a first attempt). Targets store whatever lets them resume exactly.
+    """
+
+    checkpoint: dict[str, Any] | None = None
+    save_checkpoint: Callable[[dict[str, Any]], None] = lambda _state: None
+    on_points: Callable[[int], None] = lambda _n: None
+    on_bytes: Callable[[int], None] = lambda _n: None
+    # Attribute filter from the selection: returns True when an attribute path (and type) is wanted.
+    wants_attribute: Callable[[str, str], bool] = lambda _path, _type: True
+    # File filter from the selection: (attribute path, file name, size) -> wanted.
+    wants_file: Callable[[str, str, int], bool] = lambda _path, _name, _size: True
+
+
+class Target(Protocol):
+    name: str
+
+    @property
+    def canonical(self) -> str:
+        """A stable string naming this target (URI or folder), part of the ledger key. Holds no secret."""
+        ...
+
+    def check(self) -> None:
+        """Fail fast with a TargetError if the target cannot be reached or refuses our credentials."""
+        ...
+
+    def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        """Write one archived run, completing (never duplicating) anything an interrupted attempt left."""
+        ...
+
+    def close(self) -> None: ...
