@@ -1,0 +1,26 @@
+"""A local Neptune API server that the real neptune-query and neptune 1.x clients talk to.
+
+from neptune_migration.sandbox import Sandbox, demo_project
+with Sandbox([demo_project()]) as sb:
+    os.environ.update(sb.env())
+"""
+
+from .faults import Faults
+from .model import ATTRIBUTE_TYPES, Attribute, FileValue, Histogram, Point, Project, Run
+from .seed import demo_project, generate_project
+from .server import LoggedRequest, Sandbox
+
+__all__ = [
+    "ATTRIBUTE_TYPES",
+    "Attribute",
+    "Faults",
+    "FileValue",
+    "Histogram",
+    "LoggedRequest",
+    "Point",
+    "Project",
+    "Run",
+    "Sandbox",
+    "demo_project",
+    "generate_project",
+]
