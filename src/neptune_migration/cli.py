@@ -1,0 +1,348 @@
+"""The `neptune-migrate` command line: parses options, builds the parts, calls the pipeline. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__
+from .errors import MigrationError, UsageError
+from .ledger import Ledger, default_state_path
+from .progress import Tracker
+from .secrets import redact
+from .selection import Selection
+
+app = typer.Typer(
+    name="neptune-migrate",
+    help="Move Neptune experiment history into MLflow or Weights & Biases, and prove nothing was lost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("neptune_migration")
+
+# -- options shared by every command that reads runs -----------------------------------------------------
+ProjectOpt = Annotated[
+    list[str] | None,
+    typer.Option("--project", "-p", help="Neptune project id WS/PROJ to include (repeatable). Default: all.",
+                 rich_help_panel="Selection"),
+]
+RunsOpt = Annotated[str | None, typer.Option(help="Regex on run ids (3.x custom run id, 2.x sys/id).",
+                                             rich_help_panel="Selection")]
+ExperimentsOpt = Annotated[str | None, typer.Option(help="Regex on experiment names (sys/name).",
+                                                    rich_help_panel="Selection")]
+SinceOpt = Annotated[str | None, typer.Option(help="Only runs created at or after this date (ISO-8601).",
+                                              rich_help_panel="Selection")]
+UntilOpt = Annotated[str | None, typer.Option(help="Only runs created at or before this date (ISO-8601).",
+                                              rich_help_panel="Selection")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag (repeatable; any of them).",
+                                                  rich_help_panel="Selection")]
+AllTagsOpt = Annotated[bool, typer.Option("--all-tags", help="With --tag: require every tag, not any.",
+                                          rich_help_panel="Selection")]
+AttributesOpt = Annotated[str | None, typer.Option(help="Regex: only attributes whose path matches.",
+                                                   rich_help_panel="Selection")]
+ExcludeAttributesOpt = Annotated[str | None, typer.Option(help="Regex: leave out attributes whose path matches.",
+                                                          rich_help_panel="Selection")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only these classes: params, metrics, "
+                                                      "series, files (repeatable).", rich_help_panel="Selection")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out these classes: params, metrics, "
+                                                      "series, files (repeatable).", rich_help_panel="Selection")]
+LimitOpt = Annotated[int | None, typer.Option(help="At most this many runs.", rich_help_panel="Selection")]
+ArchivedOpt = Annotated[bool, typer.Option("--include-archived", help="Also migrate archived and trashed runs.",
+                                           rich_help_panel="Selection")]
+MaxFileSizeOpt = Annotated[str | None, typer.Option(help="Skip files larger than this (e.g. 500MB, 2GiB).",
+                                                    rich_help_panel="Selection")]
+FileTypesOpt = Annotated[list[str] | None, typer.Option("--file-types", help="Only files with these extensions or "
+                                                        "MIME patterns (png,jpg or image/*).",
+                                                        rich_help_panel="Selection")]
+FilePatternOpt = Annotated[str | None, typer.Option(help="Only files whose name (or path/name) matches this glob.",
+                                                    rich_help_panel="Selection")]
+# -- options every command has ------------------------------------------------------------------------
+WorkersOpt = Annotated[int, typer.Option(help="Runs processed in parallel.", min=1, max=64)]
+StateOpt = Annotated[Path | None, typer.Option(help="Ledger file (SQLite). Default: .neptune-migration/state.db "
+                                               "or $NEPTUNE_MIGRATION_STATE.")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of progress bars.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+LogFileOpt = Annotated[Path | None, typer.Option(help="Also write the full log to this file.")]
+# -- targets -------------------------------------------------------------------------------------------
+ToOpt = Annotated[str, typer.Option("--to", help="Target: mlflow, wandb, or wandb-offline (with --wandb-dir).",
+                                    rich_help_panel="Target")]
+TrackingUriOpt = Annotated[str | None, typer.Option(
+    "--mlflow-tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (http://..., sqlite:///...). Default: a local store in ./mlflow-store. "
+    "Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the environment.",
+    rich_help_panel="Target")]
+ExperimentByOpt = Annotated[str, typer.Option(help="MLflow experiment per Neptune 'project' or per Neptune "
+                                              "'experiment' (sys/name).", rich_help_panel="Target")]
+ExperimentPrefixOpt = Annotated[str, typer.Option(help="Prefix for MLflow experiment names.",
+                                                  rich_help_panel="Target")]
+
+
+def _setup_logging(verbose: bool, log_file: Path | None, no_progress: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("neptune_migration")
+    root.setLevel(logging.DEBUG)
+    root.handlers.clear()
+
+    class Redacting(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg = redact(record.getMessage())
+            record.args = ()
+            return True
+
+    if no_progress or not console.is_terminal:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        handler = RichHandler(console=console, show_path=False, markup=False)
+    handler.setLevel(level)
+    handler.addFilter(Redacting())
+    root.addHandler(handler)
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.addFilter(Redacting())
+        root.addHandler(file_handler)
+    # Client libraries are chatty at INFO; their warnings still come through.
+    for noisy in ("mlflow", "urllib3", "alembic", "wandb", "neptune", "neptune_query", "bravado"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _selection(**kwargs: object) -> Selection:
+    return Selection.from_options(
+        projects=kwargs["project"] or (),
+        runs=kwargs["runs"],
+        experiments=kwargs["experiments"],
+        since=kwargs["since"],
+        until=kwargs["until"],
+        tags=kwargs["tag"] or (),
+        all_tags=bool(kwargs["all_tags"]),
+        attributes=kwargs["attributes"],
+        exclude_attributes=kwargs["exclude_attributes"],
+        include=kwargs["include"] or (),
+        exclude=kwargs["exclude"] or (),
+        limit=kwargs["limit"],
+        include_archived=bool(kwargs["include_archived"]),
+        max_file_size=kwargs["max_file_size"],
+        file_types=kwargs["file_types"] or (),
+        file_pattern=kwargs["file_pattern"],
+    )  # type: ignore[arg-type]
+
+
+def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int):
+    if to == "mlflow":
+        from .targets.mlflow import MlflowTarget
+
+        return MlflowTarget(tracking_uri, experiment_by=experiment_by, experiment_prefix=experiment_prefix,
+                            artifact_workers=max(2, workers))
+    if to in ("wandb", "wandb-offline"):
+        raise UsageError(f"--to {to} is not available in this version yet; use --to mlflow")
+    raise UsageError(f"--to: unknown target {to!r}; choose mlflow, wandb or wandb-offline")
+
+
+def _tracker(title: str, no_progress: bool):
+    return lambda total: Tracker(title, total, console, enabled=not no_progress)
+
+
+@app.command()
+def load(
+    archive: Annotated[Path, typer.Option(help="Archive root (holding data/ and files/) or a neptune-exporter "
+                                          "parquet root (one folder per project).")],
+    files: Annotated[Path | None, typer.Option(help="neptune-exporter files root, when --archive is their "
+                                               "parquet root.")] = None,
+    to: ToOpt = "mlflow",
+    mlflow_tracking_uri: TrackingUriOpt = None,
+    experiment_by: ExperimentByOpt = "project",
+    experiment_prefix: ExperimentPrefixOpt = "",
+    project: ProjectOpt = None,
+    runs: RunsOpt = None,
+    experiments: ExperimentsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    tag: TagOpt = None,
+    all_tags: AllTagsOpt = False,
+    attributes: AttributesOpt = None,
+    exclude_attributes: ExcludeAttributesOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    include_archived: ArchivedOpt = False,
+    max_file_size: MaxFileSizeOpt = None,
+    file_types: FileTypesOpt = None,
+    file_pattern: FilePatternOpt = None,
+    workers: WorkersOpt = 4,
+    state: StateOpt = None,
+    no_progress: NoProgressOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
+) -> None:
+    """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.
+
+    Example: neptune-migrate load --archive ./exports/data --files ./exports/files --to mlflow
+    """
+    from .archive import Archive
+    from .pipeline import load as run_load
+
+    _setup_logging(verbose, log_file, no_progress)
+    selection = _selection(**locals())
+    source = Archive(archive, files)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    target.check()
+    with Ledger(state or default_state_path()) as ledger:
+        try:
+            summary = run_load(source, target, selection, ledger, _tracker("load", no_progress), workers)
+        finally:
+            target.close()
+    _print_summary(summary)
+    if to == "mlflow":
+        from .targets.mlflow import ui_command
+
+        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"Load into {summary.target}", show_header=False, box=None)
+    table.add_row("runs loaded", str(summary.count("loaded")))
+    table.add_row("runs already loaded (skipped)", str(summary.count("already_loaded")))
+    table.add_row("runs failed", str(summary.count("failed")))
+    if summary.not_selected:
+        table.add_row("runs not selected", str(summary.not_selected))
+    if summary.incomplete:
+        table.add_row("incomplete runs in archive (not loaded)", str(len(summary.incomplete)))
+    table.add_row("metric points", f"{summary.points:,}")
+    table.add_row("files", f"{summary.files:,} ({summary.bytes / 1e6:,.1f} MB)")
+    rate = summary.points / summary.seconds if summary.seconds else 0
+    table.add_row("time", f"{summary.seconds:,.1f} s ({rate:,.0f} points/s)")
+    for kind, n in sorted(summary.approximations().items()):
+        table.add_row(f"approximated: {kind}", f"{n:,}")
+    out.print(table)
+    for outcome in summary.failed:
+        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+    for item in summary.incomplete:
+        out.print(f"[yellow]incomplete in archive[/yellow] {item.project_dir.name}/{item.run_folder}")
+
+
+@app.command()
+def status(
+    state: StateOpt = None,
+    stage: Annotated[str | None, typer.Option(help="Only this stage: export, load, validate.")] = None,
+    failed_only: Annotated[bool, typer.Option("--failed", help="Only runs that failed or mismatched.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show every run's stage, status, attempts and last error from the ledger."""
+    import json
+
+    path = state or default_state_path()
+    if not path.exists():
+        raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
+    with Ledger(path) as ledger:
+        entries = [e for e in ledger.entries(stage=stage) if not failed_only or e.status in ("failed", "mismatch")]
+    if json_output:
+        rows = [
+            {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
+             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
+            for e in entries
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"Ledger {path}")
+    for col in ("project", "run", "stage", "target", "status", "attempts", "target id", "last error"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow"}.get(e.status, "")
+        table.add_row(e.ref.project_id, e.ref.run_id, e.stage, e.target, f"[{color}]{e.status}[/{color}]"
+                      if color else e.status, str(e.attempts), e.target_id or "", e.last_error or "")
+    out.print(table)
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no entries")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its archive, ledger and MLflow store.")] = Path(
+        "neptune-migration-demo"),
+    no_progress: NoProgressOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Migrate a realistic sample Neptune project into a local MLflow store, then show how to look at it."""
+    from .archive import Archive
+    from .pipeline import load as run_load
+    from .samples import write_demo_archive
+    from .targets.mlflow import MlflowTarget, ui_command
+
+    _setup_logging(verbose, None, no_progress)
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive_dir = workdir / "archive"
+    if not (archive_dir / "data").exists():
+        write_demo_archive(archive_dir)
+        out.print(f"Wrote a sample Neptune archive to {archive_dir}")
+    tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"
+    target = MlflowTarget(tracking_uri)
+    target.check()
+    with Ledger(workdir / "state.db") as ledger:
+        try:
+            summary = run_load(Archive(archive_dir), target, Selection(), ledger, _tracker("demo", no_progress), 4)
+        finally:
+            target.close()
+    _print_summary(summary)
+    out.print(f"\nOpen the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    """Tokens are read from the environment (NEPTUNE_API_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_TOKEN) and
+    never printed, logged or stored."""
+    if version:
+        out.print(f"neptune-migrate {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    try:
+        app(standalone_mode=False)
+    except MigrationError as exc:
+        console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.print("[red]aborted[/red]")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: rerun the same command to continue where it stopped[/yellow]")
+        sys.exit(130)
+    except Exception as exc:  # a click usage error or a bug: still one line, never a secret
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        console.print(f"[red]error:[/red] {redact(type(exc).__name__ + ': ' + ' '.join(str(exc).split()))}",
+                      highlight=False, soft_wrap=True)
+        console.print("rerun with -v --log-file FILE for details")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The only memory of progress: one SQLite row per (project, run, stage, target).
+
+Stages are `export`, `load` and `validate`. A row records status, attempts, the last error, the id the
+run has in the target, and an opaque checkpoint that lets an interrupted stage resume exactly.
+One process owns a ledger at a time; a second one waits briefly, then refuses with a clear message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LedgerBusyError, MigrationError
+from .model import RunRef
+from .secrets import redact
+
+DEFAULT_STATE = Path(".neptune-migration") / "state.db"
+
+PENDING, RUNNING, DONE, FAILED, SKIPPED, MISMATCH = "pending", "running", "done", "failed", "skipped", "mismatch"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS progress (
+    project_id TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    stage      TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    target_id  TEXT,
+    checkpoint TEXT,
+    details    TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project_id, run_id, stage, target)
+);
+"""
+
+
+@dataclass
+class Entry:
+    ref: RunRef
+    stage: str
+    target: str
+    status: str
+    attempts: int
+    last_error: str | None
+    target_id: str | None
+    checkpoint: dict[str, Any] | None
+    details: dict[str, Any] | None
+    updated_at: float
+
+
+class Ledger:
+    def __init__(self, path: Path | str = DEFAULT_STATE, wait_seconds: float = 5.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115
+        except OSError as exc:
+            raise MigrationError(f"cannot open the state file {self.path}: {exc.strerror}") from None
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._lock_fh.close()
+                    raise LedgerBusyError(
+                        f"another neptune-migrate process is using {self.path}; wait for it to finish "
+                        "or pass a different --state"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
+        self._mutex = threading.Lock()
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def get(self, ref: RunRef, stage: str, target: str) -> Entry | None:
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT * FROM progress WHERE project_id=? AND run_id=? AND stage=? AND target=?",
+                (ref.project_id, ref.run_id, stage, target),
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self, stage: str | None = None, target: str | None = None) -> Iterator[Entry]:
+        sql, args = "SELECT * FROM progress WHERE 1=1", []
+        if stage:
+            sql += " AND stage=?"
+            args.append(stage)
+        if target:
+            sql += " AND target=?"
+            args.append(target)
+        sql += " ORDER BY project_id, run_id, stage, target"
+        with self._mutex:
+            rows = self._db.execute(sql, args).fetchall()
+        for row in rows:
+            yield _entry(row)
+
+    def is_done(self, ref: RunRef, stage: str, target: str) -> bool:
+        entry = self.get(ref, stage, target)
+        return entry is not None and entry.status == DONE
+
+    # -- writes -----------------------------------------------------------------------------------------
+    def start(self, ref: RunRef, stage: str, target: str) -> Entry:
+        """Mark an attempt as begun; keeps the previous checkpoint so the attempt can resume from it."""
+        now = time.time()
+        with self._mutex:
+            self._db.execute(
+                """INSERT INTO progress (project_id, run_id, stage, target, status, attempts, updated_at)
+                   VALUES (?, ?, ?, ?, ?, 1, ?)
+                   ON CONFLICT (project_id, run_id, stage, target)
+                   DO UPDATE SET status=excluded.status, attempts=attempts+1, updated_at=excluded.updated_at""",
+                (ref.project_id, ref.run_id, stage, target, RUNNING, now),
+            )
+        entry = self.get(ref, stage, target)
+        assert entry is not None
+        return entry
+
+    def save_checkpoint(self, ref: RunRef, stage: str, target: str, state: dict[str, Any]) -> None:
+        self._update(ref, stage, target, checkpoint=json.dumps(state, sort_keys=True))
+
+    def finish(
+        self, ref: RunRef, stage: str, target: str, target_id: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        self._update(
+            ref,
+            stage,
+            target,
+            status=DONE,
+            last_error=None,
+            target_id=target_id,
+            checkpoint=None,
+            details=json.dumps(details, sort_keys=True, default=str) if details is not None else None,
+        )
+
+    def fail(self, ref: RunRef, stage: str, target: str, error: str, status: str = FAILED) -> None:
+        self._update(ref, stage, target, status=status, last_error=redact(error))
+
+    def skip(self, ref: RunRef, stage: str, target: str, reason: str) -> None:
+        self._ensure(ref, stage, target)
+        self._update(ref, stage, target, status=SKIPPED, last_error=redact(reason))
+
+    def set_target_id(self, ref: RunRef, stage: str, target: str, target_id: str) -> None:
+        self._update(ref, stage, target, target_id=target_id)
+
+    def reset(self, ref: RunRef, stage: str, target: str) -> None:
+        with self._mutex:
+            self._db.execute(
+                "DELETE FROM progress WHERE project_id=? AND run_id=? AND stage=? AND target=?",
+                (ref.project_id, ref.run_id, stage, target),
+            )
+
+    def _ensure(self, ref: RunRef, stage: str, target: str) -> None:
+        with self._mutex:
+            self._db.execute(
+                """INSERT OR IGNORE INTO progress (project_id, run_id, stage, target, status, attempts, updated_at)
+                   VALUES (?, ?, ?, ?, ?, 0, ?)""",
+                (ref.project_id, ref.run_id, stage, target, PENDING, time.time()),
+            )
+
+    def _update(self, ref: RunRef, stage: str, target: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        with self._mutex:
+            self._db.execute(
+                f"UPDATE progress SET {assignments} WHERE project_id=? AND run_id=? AND stage=? AND target=?",
+                (*fields.values(), ref.project_id, ref.run_id, stage, target),
+            )
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+        finally:
+            self._lock_fh.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    project_id, run_id, stage, target, status, attempts, last_error, target_id, checkpoint, details, updated = row
+    return Entry(
+        RunRef(project_id, run_id),
+        stage,
+        target,
+        status,
+        attempts,
+        last_error,
+        target_id,
+        json.loads(checkpoint) if checkpoint else None,
+        json.loads(details) if details else None,
+        updated,
+    )
+
+
+def default_state_path() -> Path:
+    return Path(os.environ.get("NEPTUNE_MIGRATION_STATE", str(DEFAULT_STATE)))

@@ -1,0 +1,37 @@
+"""Name rules shared by targets: sanitising is a pure function, and collisions never merge two attributes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def fit_length(name: str, limit: int) -> str:
+    """Cut a name to `limit` characters, keeping it unique with a hash of the whole name."""
+    if len(name) <= limit:
+        return name
+    suffix = "_" + short_hash(name)
+    return name[: limit - len(suffix)] + suffix
+
+
+def resolve_collisions(originals: Iterable[str], sanitize: Callable[[str], str]) -> dict[str, str]:
+    """Map each original name to a sanitised one, unique within the set.
+
+    Names are processed in sorted order so the result does not depend on the order rows arrived in:
+    the first name keeps the plain sanitised form, a later one that collides gets `_<hash of original>`.
+    """
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for original in sorted(set(originals)):
+        name = sanitize(original)
+        if name in taken:
+            name = sanitize(f"{name}_{short_hash(original, 6)}")
+            while name in taken:  # practically unreachable; keeps the guarantee unconditional
+                name = sanitize(f"{name}_{short_hash(name, 6)}")
+        taken.add(name)
+        out[original] = name
+    return out

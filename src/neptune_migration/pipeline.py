@@ -1,0 +1,172 @@
+"""The stages over a worker pool: select runs from an archive, load them into a target, record everything.
+
+Every run ends in the ledger as done, skipped (with the reason) or failed (with the full error). A rerun
+skips what is done and resumes what is not, from the target's own checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from .archive import Archive, ArchivedRun, IncompleteRun
+from .errors import MigrationError, UsageError
+from .ledger import DONE, Ledger
+from .progress import Tracker
+from .secrets import redact
+from .selection import Selection
+from .targets.base import LoadContext, LoadResult, Target
+
+log = logging.getLogger("neptune_migration")
+
+LOAD = "load"
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    status: str  # loaded, already_loaded, failed
+    result: LoadResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class LoadSummary:
+    target: str
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    incomplete: list[IncompleteRun] = field(default_factory=list)
+    not_selected: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def points(self) -> int:
+        return sum(o.result.points for o in self.outcomes if o.result)
+
+    @property
+    def files(self) -> int:
+        return sum(o.result.files for o in self.outcomes if o.result)
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.result.bytes for o in self.outcomes if o.result)
+
+    def approximations(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            if o.result:
+                for kind, n in o.result.approximations.items():
+                    out[kind] = out.get(kind, 0) + n
+        return out
+
+
+def select_runs(archive: Archive, selection: Selection) -> tuple[list[ArchivedRun], list[IncompleteRun], int]:
+    """The archive's complete runs that the selection matches, in a stable order; also the incomplete ones."""
+    scan = archive.scan()
+    projects = {r.ref.project_id for r in scan.runs}
+    unknown = [p for p in selection.projects if p not in projects]
+    if unknown:
+        listed = ", ".join(sorted(projects)) or "none"
+        raise UsageError(f"project {unknown[0]!r} is not in the archive (projects there: {listed})")
+    chosen = []
+    for run in scan.runs:
+        atoms = {path: atom.value for path, atom in run.atoms().items()}
+        if selection.matches_run(run.ref.project_id, run.ref.run_id, atoms):
+            chosen.append(run)
+        if selection.limit is not None and len(chosen) >= selection.limit:
+            break
+    return chosen, scan.incomplete, len(scan.runs) - len(chosen)
+
+
+def load(
+    archive: Archive,
+    target: Target,
+    selection: Selection,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker],
+    workers: int = 4,
+) -> LoadSummary:
+    started = time.monotonic()
+    runs, incomplete, not_selected = select_runs(archive, selection)
+    for item in incomplete:
+        log.warning(
+            "incomplete run in archive (no part_0, export interrupted?): %s/%s", item.project_dir.name, item.run_folder
+        )
+    summary = LoadSummary(target=target.canonical, incomplete=incomplete, not_selected=not_selected)
+    todo = []
+    for run in runs:
+        if ledger.is_done(run.ref, LOAD, target.canonical):
+            summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
+        else:
+            todo.append(run)
+    lock = threading.Lock()
+    with tracker_factory(len(runs)) as tracker:
+        for _ in range(len(runs) - len(todo)):
+            tracker.run_done()
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="load") as pool:
+            futures = {pool.submit(_load_one, run, target, selection, ledger, tracker): run for run in todo}
+            for fut in as_completed(futures):
+                outcome = fut.result()
+                with lock:
+                    summary.outcomes.append(outcome)
+                tracker.run_done()
+    summary.outcomes.sort(key=lambda o: o.key)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _load_one(run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker) -> RunOutcome:
+    started = time.monotonic()
+    canonical = target.canonical
+    entry = ledger.start(run.ref, LOAD, canonical)
+    ctx = LoadContext(
+        checkpoint=entry.checkpoint,
+        save_checkpoint=lambda state: ledger.save_checkpoint(run.ref, LOAD, canonical, state),
+        on_points=tracker.add_points,
+        on_bytes=tracker.add_bytes,
+        wants_attribute=selection.wants_attribute,
+        wants_file=selection.wants_file,
+    )
+    try:
+        result = target.load_run(run, ctx)
+    except Exception as exc:  # every failure is recorded; the run is retried on the next invocation
+        message = redact(_describe(exc))
+        log.error("run %s failed to load: %s", run.ref.key, message)
+        log.debug("details", exc_info=True)
+        ledger.fail(run.ref, LOAD, canonical, message)
+        return RunOutcome(run.ref.key, "failed", error=message, seconds=time.monotonic() - started)
+    ledger.finish(run.ref, LOAD, canonical, result.target_id, details=_details(result))
+    return RunOutcome(run.ref.key, "loaded", result, seconds=time.monotonic() - started)
+
+
+def _details(result: LoadResult) -> dict[str, Any]:
+    return {
+        "points": result.points,
+        "files": result.files,
+        "bytes": result.bytes,
+        "approximations": result.approximations,
+        "renamed": result.renamed,
+        "warnings": result.warnings,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MigrationError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+__all__ = ["DONE", "LOAD", "LoadSummary", "RunOutcome", "load", "select_runs"]

@@ -1,0 +1,608 @@
+"""Load archived Neptune runs into MLflow, exactly and resumably (the mapping is in docs/mlflow.md).
+
+Identity: every MLflow run we create carries the tag `neptune.run_key_hash` (from `project_id/run_id`) from
+the moment it exists, so a rerun finds it. A run that died half-way is completed in place: params repeat as
+no-ops, metric batches already acknowledged are skipped through the ledger checkpoint, the batch in flight is
+re-sent (MLflow drops exact repeats), artifacts are overwritten, and only then is the run terminated and
+marked `neptune.migration.state=complete`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..archive import ArchivedRun
+from ..archive.reader import decimal_micros, timestamps_ms, to_ms
+from ..errors import ArchiveError, TargetError
+from ..model import FILE_LIKE_TYPES, RunRef
+from ..naming import fit_length, resolve_collisions, short_hash
+from ..paths import safe_segments
+from ..retry import retrying
+from ..secrets import redact
+from .base import LoadContext, LoadResult
+from .mlflow_mapping import (
+    MAX_EXPERIMENT_NAME,
+    MAX_PARAM_LENGTH,
+    MAX_TAG_LENGTH,
+    artifact_name,
+    decimals_needed,
+    exact_decimals,
+    iso,
+    metric_key,
+    param_text,
+    sanitize_key,
+    scale_exact,
+    scale_micros,
+    truncate_with_marker,
+)
+
+METRICS_PER_BATCH = 1000
+PARAMS_PER_BATCH = 100
+STATE_TAG = "neptune.migration.state"
+KEY_TAG = "neptune.run_key"
+KEY_HASH_TAG = "neptune.run_key_hash"
+DEFAULT_STORE = Path("mlflow-store")
+
+
+def run_key_hash(ref: RunRef) -> str:
+    # Searching by a hash avoids quoting arbitrary run ids inside MLflow's filter language.
+    return short_hash(ref.key, 32)
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+    return f"open {public_uri(tracking_uri)} in a browser"
+
+
+def public_uri(uri: str) -> str:
+    """The tracking URI without credentials, safe to print and to key the ledger with."""
+    if "@" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+class MlflowTarget:
+    name = "mlflow"
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_by: str = "project",
+        experiment_prefix: str = "",
+        artifact_workers: int = 4,
+        metric_requests_in_flight: int = 2,
+    ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        # mlflow configures its own loggers on import; its INFO lines would drown our progress.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+        if experiment_by not in ("project", "experiment"):
+            raise TargetError(f"--experiment-by must be 'project' or 'experiment', not {experiment_by!r}")
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.local_store: Path | None = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            db = Path(self.tracking_uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.local_store = db.parent
+        self.experiment_by = experiment_by
+        self.experiment_prefix = experiment_prefix
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._experiments: dict[str, str] = {}
+        self._exp_lock = threading.Lock()
+        self._artifact_pool = ThreadPoolExecutor(artifact_workers, thread_name_prefix="mlflow-artifacts")
+        self._metric_pool = ThreadPoolExecutor(
+            max(1, metric_requests_in_flight * 4), thread_name_prefix="mlflow-metrics"
+        )
+        self.in_flight = max(1, metric_requests_in_flight)
+
+    @property
+    def canonical(self) -> str:
+        return "mlflow:" + public_uri(self.tracking_uri)
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            import requests
+
+            url = self.tracking_uri.rstrip("/") + "/health"
+            try:
+                response = requests.get(url, timeout=10)
+            except requests.RequestException as exc:
+                raise TargetError(
+                    f"cannot reach the MLflow tracking server at {public_uri(self.tracking_uri)}: "
+                    f"{_reason(exc)}"
+                ) from None
+            if response.status_code >= 400:
+                raise TargetError(
+                    f"the MLflow tracking server at {public_uri(self.tracking_uri)} answered "
+                    f"{response.status_code} on /health"
+                )
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:
+            raise TargetError(
+                f"the MLflow tracking store {public_uri(self.tracking_uri)} refused a query: {_reason(exc)}"
+            ) from None
+
+    def experiment_name(self, run: ArchivedRun) -> str:
+        base = run.ref.project_id
+        if self.experiment_by == "experiment":
+            base = str(run.atom_value("sys/name") or run.ref.project_id)
+        return fit_length(self.experiment_prefix + base, MAX_EXPERIMENT_NAME)
+
+    def experiment_id(self, name: str) -> str:
+        with self._exp_lock:
+            if name in self._experiments:
+                return self._experiments[name]
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None and exp.lifecycle_stage == "deleted":
+                raise TargetError(
+                    f"MLflow experiment {name!r} exists but is deleted; restore it in MLflow or use "
+                    "--experiment-prefix to load into a new one"
+                )
+            if exp is None:
+                location = None
+                if self.local_store is not None:
+                    location = (self.local_store / "artifacts" / short_hash(name, 16)).resolve().as_uri()
+                try:
+                    exp_id = self.client.create_experiment(name, artifact_location=location)
+                except Exception:
+                    # Another process created it between our lookup and create.
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+                    exp_id = exp.experiment_id
+            else:
+                exp_id = exp.experiment_id
+            self._experiments[name] = exp_id
+            return exp_id
+
+    def close(self) -> None:
+        self._artifact_pool.shutdown(wait=True)
+        self._metric_pool.shutdown(wait=True)
+
+    # -- identity ---------------------------------------------------------------------------------------
+    def find_runs(self, experiment_id: str, ref: RunRef) -> list[Any]:
+        return self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{KEY_HASH_TAG}` = '{run_key_hash(ref)}'",
+            max_results=50,
+            order_by=["attributes.start_time ASC"],
+        )
+
+    # -- the load ---------------------------------------------------------------------------------------
+    def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        atoms = run.atoms()
+        exp_id = self.experiment_id(self.experiment_name(run))
+        existing = retrying(lambda: self.find_runs(exp_id, run.ref))
+        checkpoint = ctx.checkpoint or {}
+        if existing:
+            mlflow_run = existing[0]
+            for extra in existing[1:]:
+                # Two runs for one key can only come from a race in an earlier version; keep the oldest.
+                self.client.delete_run(extra.info.run_id)
+            run_id = mlflow_run.info.run_id
+            if checkpoint.get("mlflow_run_id") != run_id:
+                checkpoint = {}  # the checkpoint belongs to a run that no longer exists
+        else:
+            run_id = self._create_run(exp_id, run)
+            checkpoint = {}
+        checkpoint["mlflow_run_id"] = run_id
+        ctx.save_checkpoint(dict(checkpoint))
+        result = LoadResult(target_id=run_id)
+
+        self._log_params(run_id, run, atoms, ctx, result)
+        with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
+            staging = Path(tmp)
+            uploads: list[Future[None]] = []
+            self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads)
+            self._log_text_series(run_id, run, ctx, result, staging, uploads)
+            self._log_files(run_id, run, ctx, result, staging, uploads)
+            for fut in uploads:
+                fut.result()
+        self._terminate(run_id, atoms)
+        retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
+        return result
+
+    def _create_run(self, exp_id: str, run: ArchivedRun) -> str:
+        tags = self.run_tags(run)
+        tags[STATE_TAG] = "loading"
+        start = to_ms(run.atom_value("sys/creation_time"))
+        created = retrying(
+            lambda: self.client.create_run(
+                exp_id,
+                # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
+                start_time=max(start, 1) if start is not None else None,
+                run_name=run.ref.run_id,
+                tags=tags,
+            )
+        )
+        return created.info.run_id
+
+    def run_tags(self, run: ArchivedRun) -> dict[str, str]:
+        """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""
+        ref = run.ref
+        tags: dict[str, str] = {
+            KEY_HASH_TAG: run_key_hash(ref),
+            KEY_TAG: _tag_value(ref.key),
+            "neptune.project": _tag_value(ref.project_id),
+            "neptune.run_id": _tag_value(ref.run_id),
+        }
+        atoms = run.atoms()
+        experiment = run.atom_value("sys/name")
+        if experiment:
+            tags["neptune.experiment"] = _tag_value(str(experiment))
+        owner = run.atom_value("sys/owner")
+        if owner:
+            tags["mlflow.user"] = _tag_value(str(owner))
+        description = run.atom_value("sys/description")
+        if description:
+            tags["mlflow.note.content"] = _tag_value(str(description))
+        for attr, prefix in (("sys/tags", "neptune.tag."), ("sys/group_tags", "neptune.group_tag.")):
+            values = sorted(run.atom_value(attr) or [])
+            if values:
+                tags[prefix.rstrip(".") + "s"] = _tag_value(",".join(values))
+                for name in resolve_collisions(values, lambda v, p=prefix: sanitize_key(p + v)).values():
+                    tags[name] = "true"
+        parent = run.atom_value("sys/forking/parent")
+        if parent:
+            tags["neptune.fork_parent"] = _tag_value(str(parent))
+            fork_step = run.atom_value("sys/forking/step")
+            if fork_step is not None:
+                tags["neptune.fork_step"] = param_text("float", fork_step)
+            parent_runs = self.find_runs(
+                self.experiment_id(self.experiment_name(run)), RunRef(ref.project_id, str(parent))
+            )
+            if parent_runs:
+                tags["mlflow.parentRunId"] = parent_runs[0].info.run_id
+        for path, atom in atoms.items():
+            if path.startswith("sys/") and atom.value is not None:
+                key = sanitize_key("neptune." + path)
+                tags.setdefault(key, _tag_value(param_text(atom.type, atom.value)))
+        return tags
+
+    def _log_params(
+        self, run_id: str, run: ArchivedRun, atoms: dict[str, Any], ctx: LoadContext, result: LoadResult
+    ) -> None:
+        from mlflow.entities import Param
+
+        wanted = {p: a for p, a in atoms.items() if not p.startswith("sys/") and ctx.wants_attribute(p, a.type)}
+        names = resolve_collisions(wanted, sanitize_key)
+        params: list[Param] = []
+        long_values: dict[str, str] = {}
+        for path, atom in sorted(wanted.items()):
+            key = names[path]
+            if key != path:
+                result.renamed[path] = key
+            text = param_text(atom.type, atom.value)
+            if len(text) > MAX_PARAM_LENGTH:
+                where = "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+                long_values[where] = text
+                text = truncate_with_marker(text, MAX_PARAM_LENGTH, where)
+                result.approx("param_truncated_full_value_in_artifact")
+            params.append(Param(key, text))
+        for i in range(0, len(params), PARAMS_PER_BATCH):
+            chunk = params[i : i + PARAMS_PER_BATCH]
+            retrying(lambda c=chunk: self.client.log_batch(run_id, params=c))
+        for where, text in long_values.items():
+            retrying(lambda w=where, t=text: self.client.log_text(run_id, t, w))
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def _series_plan(self, run: ArchivedRun, ctx: LoadContext) -> dict[str, int]:
+        """First pass: the decimal places each float series needs so every step becomes an exact integer."""
+        plan: dict[str, int] = {}
+        for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"]):
+            micros = decimal_micros(batch.column("step"))
+            needed = decimals_needed(micros)
+            exact = batch.column("step_exact")
+            if exact.null_count < len(exact):
+                for i, value in enumerate(exact.to_pylist()):
+                    if value is not None:
+                        needed[i] = exact_decimals(value)
+            grouped = pa.table({"p": batch.column("attribute_path"), "d": needed}).group_by("p").aggregate(
+                [("d", "max")]
+            )
+            for path, d in zip(grouped.column("p").to_pylist(), grouped.column("d_max").to_pylist(), strict=True):
+                plan[path] = max(plan.get(path, 0), d)
+        return {p: d for p, d in plan.items() if ctx.wants_attribute(p, "float_series")}
+
+    def _log_metrics(
+        self,
+        run_id: str,
+        run: ArchivedRun,
+        ctx: LoadContext,
+        checkpoint: dict[str, Any],
+        result: LoadResult,
+        staging: Path,
+        uploads: list[Future[None]],
+    ) -> None:
+        plan = self._series_plan(run, ctx)
+        if not plan:
+            return
+        names = resolve_collisions(plan, metric_key)
+        for path, key in names.items():
+            if key != path:
+                result.renamed[path] = key
+        scales = {names[p]: 10**d for p, d in sorted(plan.items()) if d}
+        if scales:
+            text = json.dumps(scales, sort_keys=True)
+            if len(text) <= MAX_TAG_LENGTH:
+                retrying(lambda: self.client.set_tag(run_id, "neptune.step_scale", text))
+            else:
+                retrying(lambda: self.client.log_text(run_id, text, "neptune/step_scale.json"))
+            result.approx("series_with_scaled_steps", len(scales))
+        done = int(checkpoint.get("metric_batches_done", 0))
+        fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
+        window: list[tuple[int, Future[None], int]] = []
+        last_save = time.monotonic()
+        for index, metrics in enumerate(self._metric_batches(run, plan, names, fallback_ts, result)):
+            if index < done:
+                result.points += len(metrics)
+                continue
+            fut = self._metric_pool.submit(retrying, lambda m=metrics: self.client.log_batch(run_id, metrics=m))
+            window.append((index, fut, len(metrics)))
+            while len(window) >= self.in_flight:
+                done, last_save = self._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
+        while window:
+            done, last_save = self._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
+        checkpoint["metric_batches_done"] = done
+        ctx.save_checkpoint(dict(checkpoint))
+
+    def _settle(
+        self,
+        item: tuple[int, Future[None], int],
+        done: int,
+        checkpoint: dict[str, Any],
+        ctx: LoadContext,
+        result: LoadResult,
+        last_save: float,
+    ) -> tuple[int, float]:
+        index, fut, n = item
+        fut.result()
+        result.points += n
+        ctx.on_points(n)
+        # Batches settle in order, so everything before index+1 is acknowledged by the server.
+        done = index + 1
+        now = time.monotonic()
+        if now - last_save > 1.0:
+            checkpoint["metric_batches_done"] = done
+            ctx.save_checkpoint(dict(checkpoint))
+            last_save = now
+        return done, last_save
+
+    def _metric_batches(
+        self, run: ArchivedRun, plan: dict[str, int], names: dict[str, str], fallback_ts: int, result: LoadResult
+    ) -> Iterator[list[Any]]:
+        """Second pass: MLflow Metric batches of at most 1000, in the archive's own (deterministic) order."""
+        from mlflow.entities import Metric
+
+        pending: list[Any] = []
+        cols = ["attribute_path", "step", "step_exact", "timestamp", "float_value"]
+        for batch in run.batches(["float_series"], cols):
+            paths = batch.column("attribute_path")
+            keep = pc.is_in(paths, value_set=pa.array(list(plan), pa.string()))
+            batch = batch.filter(keep)
+            if batch.num_rows == 0:
+                continue
+            micros = decimal_micros(batch.column("step"))
+            exact_col = batch.column("step_exact")
+            exact = exact_col.to_pylist() if exact_col.null_count < batch.num_rows else None
+            ts = timestamps_ms(batch.column("timestamp"), fallback_ts)
+            if (ts < 0).any():
+                result.approx("negative_timestamp_clamped", int((ts < 0).sum()))
+                ts = np.maximum(ts, 0)
+            values = batch.column("float_value").to_numpy(zero_copy_only=False)
+            infinite = np.isinf(values)
+            if infinite.any():
+                result.approx("inf_clamped_by_mlflow", int(infinite.sum()))
+            path_list = paths.filter(keep).to_pylist()
+            # Scale per series; group rows by series so the numpy work is vectorised.
+            steps = np.empty(len(micros), dtype=np.int64)
+            unique = set(path_list)
+            path_arr = np.array(path_list, dtype=object)
+            for path in unique:
+                mask = path_arr == path
+                try:
+                    steps[mask] = scale_micros(micros[mask], plan[path])
+                except OverflowError:
+                    raise ArchiveError(
+                        f"run {run.ref.key}: series {path!r} has steps beyond int64 after scaling by "
+                        f"10^{plan[path]}"
+                    ) from None
+            if exact is not None:
+                for i, value in enumerate(exact):
+                    if value is not None:
+                        try:
+                            steps[i] = scale_exact(value, plan[path_list[i]])
+                        except (OverflowError, ArithmeticError) as exc:
+                            raise ArchiveError(f"run {run.ref.key}: series {path_list[i]!r}: {exc}") from None
+            for path, value, t, step in zip(path_list, values.tolist(), ts.tolist(), steps.tolist(), strict=True):
+                pending.append(Metric(names[path], value, t, step))
+                if len(pending) == METRICS_PER_BATCH:
+                    yield pending
+                    pending = []
+        if pending:
+            yield pending
+
+    # -- series kept as files ---------------------------------------------------------------------------
+    def _log_text_series(
+        self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult, staging: Path, uploads: list
+    ) -> None:
+        """String and histogram series become one JSON-lines artifact each: step, timestamp, value per line."""
+        cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp"]
+        cols += ["string_value", "histogram_value"]
+        table = run.table(["string_series", "histogram_series"], cols)
+        if table.num_rows == 0:
+            return
+        table = table.sort_by([("attribute_path", "ascending"), ("step", "ascending")])
+        handles: dict[str, Any] = {}
+        rows = table.to_pylist()
+        for row in rows:
+            path, type_ = row["attribute_path"], row["attribute_type"]
+            if not ctx.wants_attribute(path, type_):
+                continue
+            if path not in handles:
+                local = staging / "series" / short_hash(path, 16) / _series_file_name(path)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                handles[path] = (open(local, "w", encoding="utf-8"), local)  # noqa: SIM115
+            step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+            value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
+            line = {
+                "step": _json_number(step),
+                "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
+                "value": value,
+            }
+            handles[path][0].write(json.dumps(line, ensure_ascii=False, allow_nan=True) + "\n")
+            result.approx("series_points_in_artifacts")
+        for path, (fh, local) in handles.items():
+            fh.close()
+            artifact_dir = _artifact_dir(path, parent_only=True)
+            uploads.append(self._upload(run_id, local, artifact_dir, ctx, result))
+
+    # -- files --------------------------------------------------------------------------------------------
+    def _log_files(
+        self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult, staging: Path, uploads: list
+    ) -> None:
+        cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name", "file_size"]
+        for batch in run.batches(FILE_LIKE_TYPES, cols):
+            for row in batch.to_pylist():
+                path, type_ = row["attribute_path"], row["attribute_type"]
+                if not ctx.wants_attribute(path, type_) or row["file_value"] is None:
+                    continue
+                source = run.file_path(row["file_value"]["path"])
+                if not source.exists():
+                    raise ArchiveError(f"run {run.ref.key}: file for {path!r} is missing from the archive: {source}")
+                artifact_dir = _artifact_dir(path)
+                if type_ == "file_series":
+                    step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                    artifact_dir += "/step_" + _step_folder(step)
+                for local, relative in _payload_files(source):
+                    name = row["file_name"] if (row["file_name"] and local == source) else local.name
+                    size = local.stat().st_size
+                    if not ctx.wants_file(path, name, size):
+                        continue
+                    staged = staging / "files" / short_hash(f"{artifact_dir}/{relative}/{name}", 16)
+                    staged.mkdir(parents=True, exist_ok=True)
+                    target_name = artifact_name("_".join(safe_segments(name)))
+                    link = staged / target_name
+                    _link_or_copy(local, link)
+                    sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
+                    uploads.append(self._upload(run_id, link, artifact_dir + (f"/{sub}" if sub else ""), ctx, result))
+
+    def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult) -> Future:
+        size = local.stat().st_size
+
+        def work() -> None:
+            retrying(lambda: self.client.log_artifact(run_id, str(local), artifact_dir))
+            ctx.on_bytes(size)
+
+        result.files += 1
+        result.bytes += size
+        return self._artifact_pool.submit(work)
+
+    def _terminate(self, run_id: str, atoms: dict[str, Any]) -> None:
+        failed = bool(atoms["sys/failed"].value) if "sys/failed" in atoms else False
+        end = None
+        for path in ("sys/ping_time", "sys/modification_time"):
+            if path in atoms and atoms[path].value is not None:
+                end = to_ms(atoms[path].value)
+                break
+        start = to_ms(atoms["sys/creation_time"].value) if "sys/creation_time" in atoms else None
+        if end is not None and start is not None:
+            end = max(end, start)
+        retrying(
+            lambda: self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
+        )
+
+
+def _tag_value(text: str) -> str:
+    return text if len(text) <= MAX_TAG_LENGTH else text[: MAX_TAG_LENGTH - 3] + "..."
+
+
+def _artifact_dir(attribute_path: str, parent_only: bool = False) -> str:
+    segments = [artifact_name(s) for s in safe_segments(attribute_path)]
+    if parent_only:
+        segments = segments[:-1]
+    return "/".join(segments)
+
+
+def _series_file_name(attribute_path: str) -> str:
+    return artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
+
+
+def _step_folder(step: Any) -> str:
+    value = float(step)
+    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
+
+
+def _json_number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    f = float(value)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _payload_files(source: Path) -> Iterator[tuple[Path, str]]:
+    """A file payload, or every file inside a payload folder (2.x file sets), never following links out."""
+    if source.is_file():
+        yield source, ""
+        return
+    root = source.resolve()
+    for dirpath, _dirs, files in os.walk(source, followlinks=False):
+        folder = Path(dirpath)
+        relative = folder.relative_to(source).as_posix()
+        for name in sorted(files):
+            local = folder / name
+            if local.is_symlink() and root not in local.resolve().parents:
+                raise ArchiveError(f"refusing a link that leaves the archive: {local}")
+            yield local, "" if relative == "." else relative
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    if dest.exists():
+        return
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Max retries exceeded"):
+        if marker in text:
+            return marker.lower()
+    return redact(text)[:300]
+
+
+def is_nan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
