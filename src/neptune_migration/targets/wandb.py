@@ -1,0 +1,269 @@
+"""Weights & Biases target: offline (`--to wandb-offline DIR`) and online (`--to wandb`).
+
+Both modes write each run as a sync-ready offline run folder with a hand-written `.wandb` file (see
+wandb_folder.py for why); online mode then replays it with `wandb sync` against `WANDB_BASE_URL`.
+Mapping and approximations: docs/wandb.md.
+
+Resumability: the W&B run id is derived from the run key, and the run folder is rebuilt identically on every
+attempt, so a rerun after a crash replays the same records. W&B's file stream writes history lines at their
+offsets, so replaying a half-synced run completes it instead of doubling it; nothing is ever deleted on the
+server (a deleted id is blocked for about a week).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..archive import ArchivedRun
+from ..errors import TargetError, UsageError
+from .base import LoadContext, LoadResult
+from .wandb_folder import WrittenRun, spec_for, write_run
+from .wandb_readback import WandbRunData, read_offline_run
+
+__all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "read_offline_run"]
+
+T = TypeVar("T")
+
+
+class RateLimiter:
+    """At most `per_second` acquisitions per second across threads (run creations are rate-limited)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            wait = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if wait > 0:
+            time.sleep(wait)
+
+
+def with_backoff(fn: Callable[[], T], *, attempts: int = 8, base: float = 0.5, cap: float = 60.0) -> T:
+    """Retry `fn` on HTTP 429 / 5xx, honouring Retry-After or RateLimit-Reset when the server sends one."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            status, wait = _http_status(exc)
+            if status is None or not (status == 429 or status >= 500) or attempt == attempts - 1:
+                raise
+            delay = wait if wait is not None else min(cap, base * 2**attempt) * (0.5 + random.random())
+            time.sleep(min(cap, max(0.0, delay)))
+    raise AssertionError("unreachable")
+
+
+def _http_status(exc: BaseException) -> tuple[int | None, float | None]:
+    resp = getattr(exc, "response", None)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while resp is None and cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        resp = getattr(cur, "response", None)
+        cur = cur.__cause__ or cur.__context__
+    status = getattr(resp, "status_code", None)
+    if status is None:
+        return None, None
+    headers = getattr(resp, "headers", {}) or {}
+    for h in ("Retry-After", "RateLimit-Reset"):
+        v = headers.get(h)
+        if v is not None:
+            try:
+                return int(status), float(v)
+            except ValueError:
+                pass
+    return int(status), None
+
+
+class WandbOfflineTarget:
+    """Writes sync-ready offline run folders under `directory`; `sync_command()` says how to upload them."""
+
+    name = "wandb-offline"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        entity: str | None = None,
+        project: str | None = None,
+        project_prefix: str = "",
+    ) -> None:
+        self.root = Path(directory).absolute()
+        self.entity = entity or None
+        self.project = project or None
+        self.project_prefix = project_prefix
+        self._written: list[Path] = []
+        self._lock = threading.Lock()
+
+    @property
+    def canonical(self) -> str:
+        return f"wandb-offline:{self.root.resolve()}"
+
+    def check(self) -> None:
+        try:
+            (self.root / "wandb").mkdir(parents=True, exist_ok=True)
+            probe = self.root / "wandb" / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TargetError(f"cannot write W&B offline runs under {self.root}: {exc.strerror or exc}") from None
+
+    def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        written = self.write(run, ctx)
+        return written.result
+
+    def write(self, run: ArchivedRun, ctx: LoadContext) -> WrittenRun:
+        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        # An interrupted attempt left at most a temporary folder (removed here) or a complete identical one.
+        written = write_run(run, ctx, self.root, spec)
+        ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id, "folder": written.folder.name})
+        with self._lock:
+            self._written.append(written.folder)
+        return written
+
+    def run_id_for(self, run: ArchivedRun) -> str:
+        return spec_for(run, self.entity, self.project, self.project_prefix).run_id
+
+    def sync_command(self, folders: list[Path] | None = None) -> str:
+        """The exact command to upload the folders from a connected machine (set WANDB_API_KEY first,
+        and WANDB_BASE_URL for a dedicated or self-managed server). Must run from the target root."""
+        folders = folders if folders is not None else sorted(self._written)
+        rel = [f.relative_to(self.root).as_posix() for f in folders] or ["wandb"]
+        return f"cd {shlex.quote(str(self.root))} && wandb sync {' '.join(shlex.quote(r) for r in rel)}"
+
+    def read_back(self, run: ArchivedRun) -> WandbRunData:
+        return read_offline_run(self.root, self.run_id_for(run))
+
+    def close(self) -> None:
+        pass
+
+
+class WandbOnlineTarget:
+    """Loads runs into a W&B server: writes the run folder to a staging area, then `wandb sync`s it.
+
+    The API key comes from `api_key` or WANDB_API_KEY and is only ever handed to wandb through the
+    environment of the sync process; it never reaches a message, log line or the ledger.
+    """
+
+    name = "wandb"
+
+    def __init__(
+        self,
+        *,
+        entity: str | None = None,
+        project: str | None = None,
+        project_prefix: str = "",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        staging_dir: Path | None = None,
+        runs_per_second: float = 2.0,
+        sync_timeout: float = 3600.0,
+        keep_staging: bool = False,
+    ) -> None:
+        self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self.project = project or None
+        self.project_prefix = project_prefix
+        self.base_url = (base_url or os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/")
+        self._api_key = api_key or os.environ.get("WANDB_API_KEY") or ""
+        self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "neptune-migration-wandb").absolute()
+        self.limiter = RateLimiter(runs_per_second)
+        self.sync_timeout = sync_timeout
+        self.keep_staging = keep_staging
+        self._api: Any = None
+
+    @property
+    def canonical(self) -> str:
+        return f"wandb:{self.base_url}/{self.entity or ''}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["WANDB_API_KEY"] = self._api_key
+        env["WANDB_BASE_URL"] = self.base_url
+        env["WANDB_SILENT"] = "true"
+        env.pop("WANDB_MODE", None)
+        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+            env.setdefault(var, str(self.staging / var.lower()))
+        return env
+
+    def api(self) -> Any:
+        if self._api is None:
+            import wandb
+
+            if not self._api_key:
+                raise UsageError("W&B needs an API key: set WANDB_API_KEY")
+            self._api = wandb.Api(api_key=self._api_key, overrides={"base_url": self.base_url}, timeout=60)
+        return self._api
+
+    def check(self) -> None:
+        if not self._api_key:
+            raise UsageError("W&B needs an API key: set WANDB_API_KEY")
+        try:
+            viewer = with_backoff(lambda: self.api().viewer)
+        except Exception as exc:
+            raise TargetError(f"W&B at {self.base_url} refused the login: {_safe(exc, self._api_key)}") from None
+        if self.entity is None:
+            self.entity = getattr(viewer, "entity", None) or getattr(viewer, "username", None)
+
+    def run_id_for(self, run: ArchivedRun) -> str:
+        return spec_for(run, self.entity, self.project, self.project_prefix).run_id
+
+    def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        root = self.staging / "runs" / spec.run_id
+        written = write_run(run, ctx, root, spec)
+        ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id})
+        self.limiter.acquire()
+        self._sync(root, written)
+        ctx.save_checkpoint({"stage": "synced", "run_id": spec.run_id})
+        if not self.keep_staging:
+            shutil.rmtree(root, ignore_errors=True)
+        return written.result
+
+    def _sync(self, root: Path, written: WrittenRun) -> None:
+        # --include-synced: a crash after wandb marked the folder synced but before our checkpoint must
+        # still replay (idempotent), never skip.
+        cmd = [sys.executable, "-m", "wandb", "sync", "--include-synced", str(written.folder.relative_to(root))]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=root,
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=self.sync_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"wandb sync of {written.spec.run_id} did not finish in {self.sync_timeout:.0f}s") from None
+        out = proc.stdout + proc.stderr
+        if proc.returncode != 0 or "error" in out.lower():
+            tail = " ".join(out.split())[-400:]
+            raise TargetError(f"wandb sync of {written.spec.run_id} failed: {_safe(tail, self._api_key)}")
+
+    def read_back(self, run: ArchivedRun) -> WandbRunData:
+        from .wandb_online import read_online
+
+        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        return read_online(self.api(), spec.entity, spec.project, spec.run_id)
+
+    def close(self) -> None:
+        pass
+
+
+def _safe(value: object, secret: str) -> str:
+    text = " ".join(str(value).split())[:400]
+    return text.replace(secret, "***") if secret else text

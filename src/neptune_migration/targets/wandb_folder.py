@@ -1,0 +1,580 @@
+"""Write one archived run as a self-contained, sync-ready W&B offline run folder.
+
+Why a hand-written `.wandb` file rather than `wandb.init(mode="offline")`: wandb-core overwrites the run
+start time and `_runtime`, offline artifacts stay symlinked/staged outside the folder, and every `log()` call
+costs 200-400 us. `wandb sync` replays a `.wandb` file as written: start time, per-row `_timestamp` and
+`_runtime`, summary and the exit code all survive (see ../shared/notes/wandb.md).
+
+Layout under the target root (the folder given to `--to wandb-offline DIR`):
+    wandb/offline-run-<YYYYmmdd_HHMMSS>-<run id>/run-<run id>.wandb
+                                                /files/media/table/...    string series (<= 10k rows)
+                                                /artifacts/<name>/...     file payloads (copies)
+Artifact manifests name payloads relative to the root, so `wandb sync` must run with the root as working
+directory (the command we print does `cd` first); the folder can be moved to another machine as a whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..archive import ArchivedRun
+from ..archive.reader import decimal_micros
+from ..errors import ArchiveError, UnsafePathError
+from ..model import FILE_LIKE_TYPES
+from ..paths import safe_relpath
+from .base import LoadContext, LoadResult
+from .wandb_history import History, build
+from .wandb_names import STEP_KEY, artifact_name, metric_keys, run_id, tags
+from .wandb_records import RecordWriter
+
+WANDB_VERSION = "0.31.0"
+TABLE_ROWS_IN_HISTORY = 10_000  # W&B cuts a history table at 10k rows...
+TABLE_ROWS_IN_ARTIFACT = 200_000  # ...and an artifact table at 200k.
+_ART_TYPE = {
+    "file": "neptune-file",
+    "file_series": "neptune-file-series",
+    "file_set": "neptune-file-set",
+    "artifact": "neptune-artifact",
+}
+
+
+@dataclass
+class RunSpec:
+    """Where a run goes: resolved before writing so the caller can look it up or resume it."""
+
+    entity: str | None
+    project: str
+    run_id: str
+
+
+@dataclass
+class WrittenRun:
+    spec: RunSpec
+    folder: Path
+    result: LoadResult
+    artifacts: list[str] = field(default_factory=list)
+
+
+def folder_for(root: Path, spec: RunSpec, start: datetime) -> Path:
+    # `wandb sync` skips folders named `run-*` unless asked (they are online runs): ours are `offline-run-*`.
+    return root / "wandb" / f"offline-run-{start.strftime('%Y%m%d_%H%M%S')}-{spec.run_id}"
+
+
+def write_run(
+    run: ArchivedRun,
+    ctx: LoadContext,
+    root: Path,
+    spec: RunSpec,
+) -> WrittenRun:
+    """Write the run folder atomically (a temporary folder renamed into place) and return what it holds."""
+    atoms = run.atoms()
+    result = LoadResult(target_id=_target_id(spec))
+    start = _start_time(run, atoms)
+    final = folder_for(root, spec, start)
+    tmp = final.with_name(".tmp-" + final.name)
+    for old in (tmp, final):
+        if old.exists():
+            shutil.rmtree(old)  # our own earlier, unfinished or superseded output: rewritten identically
+    tmp.mkdir(parents=True)
+    try:
+        writer = RecordWriter(tmp / f"run-{spec.run_id}.wandb")
+        try:
+            artifacts = _write(run, ctx, root, tmp, final, spec, atoms, start, writer, result)
+        finally:
+            writer.close()
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return WrittenRun(spec, final, result, artifacts)
+
+
+def _target_id(spec: RunSpec) -> str:
+    return "/".join(p for p in (spec.entity, spec.project, spec.run_id) if p)
+
+
+def _start_time(run: ArchivedRun, atoms: dict[str, Any]) -> datetime:
+    created = atoms.get("sys/creation_time")
+    if created is not None and isinstance(created.value, datetime):
+        return created.value.astimezone(UTC)
+    # No creation time: the earliest point is the best witness of when the run started.
+    earliest = None
+    for batch in run.batches(None, ["timestamp"]):
+        col = batch.column("timestamp")
+        if col.null_count < len(col):
+            v = min(x for x in col.to_pylist() if x is not None)
+            earliest = v if earliest is None else min(earliest, v)
+    return (earliest or datetime.fromtimestamp(0, UTC)).astimezone(UTC)
+
+
+def _write(
+    run: ArchivedRun,
+    ctx: LoadContext,
+    root: Path,
+    tmp: Path,
+    final: Path,
+    spec: RunSpec,
+    atoms: dict[str, Any],
+    start: datetime,
+    w: RecordWriter,
+    result: LoadResult,
+) -> list[str]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    start_ms = round(start.timestamp() * 1000)
+    hist = build(run, ctx.wants_attribute, start_ms)
+    if hist.missing_timestamps:
+        result.approx("timestamp_missing_used_start_time", hist.missing_timestamps)
+    if hist.rebinned:
+        result.approx("histogram_rebinned_to_512", hist.rebinned)
+
+    strings = _string_series(run, ctx, start_ms, result)
+    file_paths = _file_attribute_paths(run, ctx)
+    keys = metric_keys([*hist.paths, *strings, *file_paths])
+    for path, key in keys.items():
+        if key != path:
+            result.renamed[path] = key
+
+    header = pb.Record()
+    header.header.version_info.producer = WANDB_VERSION
+    header.header.version_info.min_consumer = "0.70.0"
+    w.write(header)
+
+    rec = pb.Record()
+    r = rec.run
+    r.run_id = spec.run_id
+    if spec.entity:
+        r.entity = spec.entity
+    r.project = spec.project
+    name = atoms["sys/custom_run_id"].value if "sys/custom_run_id" in atoms else run.ref.run_id
+    r.display_name = str(name or run.ref.run_id)
+    group = atoms.get("sys/name")
+    if group is not None and group.value:
+        r.run_group = str(group.value)[:128]
+    desc = atoms.get("sys/description")
+    if desc is not None and desc.value:
+        r.notes = str(desc.value)
+    neptune_tags = list(atoms["sys/tags"].value or []) if "sys/tags" in atoms else []
+    clean_tags, changed = tags(neptune_tags)
+    if changed:
+        result.approx("tag_shortened_or_dropped", changed)
+    r.tags.extend(clean_tags)
+    r.start_time.FromMilliseconds(start_ms)
+    r.host = "neptune-migration"
+    config = _config(run, atoms, hist, neptune_tags, result)
+    for k, v in config.items():
+        item = r.config.update.add()
+        item.key = k
+        item.value_json = _json(v)
+    w.write(rec)
+
+    if hist.step_mode == "ordinal":
+        m = pb.Record()
+        m.metric.name = STEP_KEY
+        m.metric.options.defined = True
+        w.write(m)
+        for path in hist.paths:
+            m = pb.Record()
+            m.metric.name = keys[path]
+            m.metric.step_metric = STEP_KEY
+            m.metric.options.defined = True
+            m.metric.options.step_sync = True
+            w.write(m)
+
+    summary: dict[str, Any] = {}
+    rel_final = final.relative_to(root)
+    artifacts: list[str] = []
+    for path, (_type, points) in strings.items():
+        art = _write_string_series(pb, w, tmp, rel_final, spec, keys[path], path, points, summary, result)
+        if art:
+            artifacts.append(art)
+    for path in file_paths:
+        art = _write_files(pb, w, run, ctx, tmp, rel_final, spec, keys[path], path, result)
+        if art:
+            artifacts.append(art)
+
+    last_row = None
+    last_runtime = 0.0
+    points = reported = 0
+    for row in hist.iter_rows():
+        h = pb.Record()
+        hr = h.history
+        hr.step.num = row.step
+        for m_idx, value in row.values.items():
+            key = keys[hist.paths[m_idx]]
+            item = hr.item.add()
+            item.nested_key.append(key)
+            item.value_json = _json(value)
+            summary[key] = value
+        if hist.step_mode == "ordinal":
+            item = hr.item.add()
+            item.nested_key.append(STEP_KEY)
+            item.value_json = _json(row.neptune_step)
+        runtime = (row.timestamp_ms - start_ms) / 1000.0
+        for k, v in (("_step", row.step), ("_timestamp", row.timestamp_ms / 1000.0), ("_runtime", runtime)):
+            item = hr.item.add()
+            item.nested_key.append(k)
+            item.value_json = _json(v)
+        w.write(h)
+        points += len(row.values)
+        last_row, last_runtime = row, runtime
+        if points - reported >= 10_000:
+            ctx.on_points(points - reported)
+            reported = points
+    ctx.on_points(points - reported)
+    result.points += points
+
+    if last_row is not None:
+        end_ms = int(hist.ts.max())
+        summary["_step"] = last_row.step
+        summary["_timestamp"] = last_row.timestamp_ms / 1000.0
+        summary["_runtime"] = last_runtime
+        if hist.step_mode == "ordinal":
+            summary[STEP_KEY] = last_row.neptune_step
+    else:
+        end_ms = _ms(atoms.get("sys/modification_time")) or start_ms
+    runtime_s = max(0, round((end_ms - start_ms) / 1000))
+    summary["_wandb"] = {"runtime": runtime_s}
+    s = pb.Record()
+    for k, v in summary.items():
+        item = s.summary.update.add()
+        item.nested_key.append(k)
+        item.value_json = _json(v)
+    w.write(s)
+
+    e = pb.Record()
+    failed = atoms.get("sys/failed")
+    e.exit.exit_code = 1 if failed is not None and failed.value else 0
+    e.exit.runtime = runtime_s
+    w.write(e)
+    return artifacts
+
+
+def _ms(atom: Any) -> int | None:
+    if atom is None or not isinstance(atom.value, datetime):
+        return None
+    return round(atom.value.timestamp() * 1000)
+
+
+# -- config ----------------------------------------------------------------------------------------------
+
+
+def _config(
+    run: ArchivedRun, atoms: dict[str, Any], hist: History, neptune_tags: list[str], result: LoadResult
+) -> dict[str, Any]:
+    """Atoms nested by `/` with native JSON types; a leaf that is also a branch keeps its value under `_value`."""
+    root: dict[str, Any] = {}
+    nonfinite = 0
+    for path in sorted(atoms):
+        atom = atoms[path]
+        value = _config_value(atom.type, atom.value)
+        if isinstance(atom.value, float) and not math.isfinite(atom.value):
+            nonfinite += 1
+        parts = path.split("/")
+        node = root
+        for depth, seg in enumerate(parts[:-1]):
+            child = node.get(seg)
+            if child is not None and not isinstance(child, dict):
+                # `a` is a value and `a/b` exists too: both survive, `a` moves to `a/_value`.
+                child = {"_value": child}
+                result.renamed["/".join(parts[: depth + 1])] = "/".join(parts[: depth + 1]) + "/_value"
+            node[seg] = child = child if child is not None else {}
+            node = child
+        leaf = parts[-1]
+        if isinstance(node.get(leaf), dict):
+            node[leaf]["_value"] = value
+            result.renamed[path] = path + "/_value"
+        else:
+            node[leaf] = value
+    if nonfinite:
+        result.approx("config_nonfinite_float_as_string", nonfinite)
+    fork: dict[str, Any] = {}
+    for k in ("sys/forking/parent", "sys/forking/step", "sys/fork_run_id", "sys/fork_step"):
+        if k in atoms:
+            fork[k.rsplit("/", 1)[-1]] = _config_value(atoms[k].type, atoms[k].value)
+    root["neptune_migration"] = {
+        "run_key": run.ref.key,
+        "project_id": run.ref.project_id,
+        "run_id": run.ref.run_id,
+        "step_mode": hist.step_mode,
+        "tags": sorted(neptune_tags),
+        **({"fork": fork} if fork else {}),
+    }
+    return root
+
+
+def _config_value(type_: str, value: Any) -> Any:
+    if type_ == "datetime" and isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if type_ == "string_set":
+        return sorted(value or [])
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+    return value
+
+
+# -- string series -----------------------------------------------------------------------------------------
+
+
+def _string_series(
+    run: ArchivedRun, ctx: LoadContext, default_ts: int, result: LoadResult
+) -> dict[str, tuple[str, list[tuple[float, int, str | None]]]]:
+    out: dict[str, tuple[str, list[tuple[float, int, str | None]]]] = {}
+    cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "string_value"]
+    for batch in run.batches(["string_series"], cols):
+        micros = decimal_micros(batch.column("step"))
+        exact = batch.column("step_exact").to_pylist()
+        ts = batch.column("timestamp").to_pylist()
+        for i, (path, value) in enumerate(
+            zip(batch.column("attribute_path").to_pylist(), batch.column("string_value").to_pylist(), strict=True)
+        ):
+            if not ctx.wants_attribute(path, "string_series"):
+                continue
+            step = exact[i] if exact[i] is not None else int(micros[i]) / 1e6
+            if ts[i] is None:
+                result.approx("timestamp_missing_used_start_time")
+            t = default_ts if ts[i] is None else round(ts[i].timestamp() * 1000)
+            out.setdefault(path, ("string_series", []))[1].append((step, t, value))
+    for _, points in out.values():
+        points.sort(key=lambda p: (p[0], p[1]))
+    return out
+
+
+def _write_string_series(
+    pb: Any,
+    w: RecordWriter,
+    tmp: Path,
+    rel_final: Path,
+    spec: RunSpec,
+    key: str,
+    path: str,
+    points: list[tuple[float, int, str | None]],
+    summary: dict[str, Any],
+    result: LoadResult,
+) -> str | None:
+    """<= 10k rows: a table file in the run's files, shown from the summary; beyond: an artifact of tables."""
+    rows = [[step, ts / 1000.0, value] for step, ts, value in points]
+    result.points += len(rows)
+    columns = ["step", "timestamp", "value"]
+    if len(rows) <= TABLE_ROWS_IN_HISTORY:
+        data = _json({"columns": columns, "data": rows}).encode("utf-8")
+        sha = hashlib.sha256(data).hexdigest()
+        rel = f"media/table/{key}_{sha[:20]}.table.json"
+        target = tmp / "files" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        f = pb.Record()
+        item = f.files.files.add()
+        item.path = rel
+        item.policy = pb.FilesItem.PolicyType.NOW
+        w.write(f)
+        summary[key] = {
+            "_type": "table-file",
+            "path": rel,
+            "sha256": sha,
+            "size": len(data),
+            "ncols": len(columns),
+            "nrows": len(rows),
+        }
+        return None
+    name = artifact_name(spec.run_id, key)
+    entries = []
+    for n, lo in enumerate(range(0, len(rows), TABLE_ROWS_IN_ARTIFACT)):
+        data = _json({"columns": columns, "data": rows[lo : lo + TABLE_ROWS_IN_ARTIFACT]}).encode("utf-8")
+        entry = f"part_{n:05d}.table.json"
+        target = tmp / "artifacts" / name / entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        entries.append((entry, target, rel_final / "artifacts" / name / entry))
+    _artifact_record(pb, w, spec, name, "neptune-string-series", path, "string_series", entries)
+    summary[key] = {"_type": "neptune-string-series", "artifact": name, "nrows": len(rows)}
+    return name
+
+
+# -- files -------------------------------------------------------------------------------------------------
+
+
+def _file_attribute_paths(run: ArchivedRun, ctx: LoadContext) -> list[str]:
+    seen: dict[str, str] = {}
+    for batch in run.batches(FILE_LIKE_TYPES, ["attribute_path", "attribute_type"]):
+        for path, type_ in zip(
+            batch.column("attribute_path").to_pylist(), batch.column("attribute_type").to_pylist(), strict=True
+        ):
+            if path not in seen and ctx.wants_attribute(path, type_):
+                seen[path] = type_
+    return sorted(seen)
+
+
+def _step_label(micros: int, exact: float | None) -> str:
+    if exact is not None:
+        return repr(exact)
+    return format(Decimal(micros).scaleb(-6).normalize(), "f")
+
+
+def _write_files(
+    pb: Any,
+    w: RecordWriter,
+    run: ArchivedRun,
+    ctx: LoadContext,
+    tmp: Path,
+    rel_final: Path,
+    spec: RunSpec,
+    key: str,
+    path: str,
+    result: LoadResult,
+) -> str | None:
+    """One artifact per run and attribute: payloads copied byte for byte, file series under `step_<n>/`."""
+    name = artifact_name(spec.run_id, key)
+    entries: list[tuple[str, Path, Path]] = []
+    type_seen = "file"
+    cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name"]
+    for batch in run.batches(FILE_LIKE_TYPES, cols):
+        mask = np.asarray([p == path for p in batch.column("attribute_path").to_pylist()])
+        if not mask.any():
+            continue
+        idx = np.flatnonzero(mask)
+        micros = decimal_micros(batch.column("step"))
+        steps_valid = batch.column("step").is_valid().to_pylist()
+        exact = batch.column("step_exact").to_pylist()
+        types = batch.column("attribute_type").to_pylist()
+        fvals = batch.column("file_value").to_pylist()
+        fnames = batch.column("file_name").to_pylist()
+        for i in idx.tolist():
+            type_seen = types[i]
+            rel = (fvals[i] or {}).get("path")
+            if not rel:
+                result.warnings.append(f"{path}: a file row without a path was skipped")
+                result.approx("file_row_without_path")
+                continue
+            try:
+                source = run.file_path(rel)
+            except (ArchiveError, UnsafePathError) as exc:
+                result.warnings.append(f"{path}: {exc}")
+                result.approx("file_missing")
+                continue
+            if not source.exists():
+                result.warnings.append(f"{path}: payload {rel} is not in the files root")
+                result.approx("file_missing")
+                continue
+            prefix = ""
+            if types[i] == "file_series" and steps_valid[i]:
+                prefix = f"step_{_step_label(int(micros[i]), exact[i])}/"
+            for src, entry_name in _payloads(source, fnames[i]):
+                size = src.stat().st_size
+                if not ctx.wants_file(path, entry_name, size):
+                    continue
+                entry = prefix + entry_name
+                dest = tmp / "artifacts" / name / entry
+                entries.append((entry, src, rel_final / "artifacts" / name / entry))
+                _copy(src, dest)
+    if not entries:
+        return None
+    stored = []
+    for entry, _src, rel in entries:
+        stored.append((entry, tmp / "artifacts" / name / entry, rel))
+    total = _artifact_record(pb, w, spec, name, _ART_TYPE.get(type_seen, "neptune-file"), path, type_seen, stored)
+    result.files += len(stored)
+    result.bytes += total
+    ctx.on_bytes(total)
+    return name
+
+
+def _payloads(source: Path, file_name: str | None) -> Iterable[tuple[Path, str]]:
+    """A payload is a file, or a folder (2.x file sets, 3.x series folders): every file under it."""
+    if source.is_dir():
+        for p in sorted(source.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                yield p, safe_relpath(p.relative_to(source).as_posix())
+    else:
+        yield source, safe_relpath(file_name or source.name).replace("/", "_")
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(src, dest)  # same bytes, no extra disk, and not a symlink into the archive
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def _artifact_record(
+    pb: Any,
+    w: RecordWriter,
+    spec: RunSpec,
+    name: str,
+    art_type: str,
+    path: str,
+    neptune_type: str,
+    entries: list[tuple[str, Path, Path]],
+) -> int:
+    rec = pb.Record()
+    a = rec.artifact
+    a.run_id = spec.run_id
+    a.project = spec.project
+    if spec.entity:
+        a.entity = spec.entity
+    a.type = art_type
+    a.name = name
+    a.metadata = _json({"neptune_attribute": path, "neptune_type": neptune_type})
+    a.aliases.append("latest")
+    a.finalize = True
+    a.digest_algorithm = "MANIFEST_MD5"
+    seed = hashlib.sha512(f"{spec.run_id}\x00{name}".encode()).hexdigest()
+    a.client_id = seed
+    a.sequence_client_id = hashlib.sha512(f"seq\x00{spec.run_id}\x00{name}".encode()).hexdigest()
+    m = a.manifest
+    m.version = 1
+    m.storage_policy = "wandb-storage-policy-v1"
+    cfg = m.storage_policy_config.add()
+    cfg.key = "storageLayout"
+    cfg.value_json = '"V2"'
+    digests = {}
+    total = 0
+    for entry, local, rel in sorted(entries):
+        md5 = hashlib.md5(usedforsecurity=False)
+        with open(local, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                md5.update(chunk)
+        e = m.contents.add()
+        e.path = entry
+        e.digest = base64.b64encode(md5.digest()).decode("ascii")
+        e.size = local.stat().st_size
+        e.local_path = rel.as_posix()
+        digests[entry] = e.digest
+        total += e.size
+    manifest_md5 = hashlib.md5(b"wandb-artifact-manifest-v1\n", usedforsecurity=False)
+    for entry in sorted(digests):
+        manifest_md5.update(f"{entry}:{digests[entry]}\n".encode())
+    a.digest = manifest_md5.hexdigest()
+    w.write(rec)
+    return total
+
+
+def _json(value: Any) -> str:
+    """JSON as wandb writes it: NaN and +-Infinity as bare words, floats in shortest round-trip form."""
+    if isinstance(value, np.floating):
+        value = float(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_for(
+    run: ArchivedRun, entity: str | None, project: str | None, prefix: str, generation: str | None = None
+) -> RunSpec:
+    from .wandb_names import project_name
+
+    return RunSpec(entity, project or project_name(run.ref.project_id, prefix), run_id(run.ref.key, generation))

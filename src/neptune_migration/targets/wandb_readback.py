@@ -1,0 +1,203 @@
+"""Read a loaded run back from W&B for validation: offline from the run folder, online through `wandb.Api`.
+
+Both return the same `WandbRunData`, so validation compares one shape with the archive whichever mode
+was used. History points are keyed by W&B key; each is (Neptune step, value, timestamp in ms), the step
+taken from `neptune_step` when the run was written in ordinal mode, else from `_step`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .wandb_names import STEP_KEY
+from .wandb_records import read_records
+
+_INTERNAL = {"_step", "_timestamp", "_runtime", STEP_KEY}
+
+
+@dataclass
+class ArtifactFile:
+    size: int
+    sha256: str
+
+
+@dataclass
+class WandbRunData:
+    run_id: str
+    entity: str | None
+    project: str
+    name: str
+    group: str
+    notes: str
+    tags: list[str]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    start_time_ms: int | None
+    runtime_s: float | None
+    state: str  # "finished" / "failed" / "running" (no exit record)
+    history: dict[str, list[tuple[float, Any, int]]] = field(default_factory=dict)
+    history_rows: int = 0
+    # String series, from the table files or the string-series artifacts: key -> [(step, timestamp ms, text)].
+    string_series: dict[str, list[tuple[float, int, str | None]]] = field(default_factory=dict)
+    # Artifacts: name -> {"type": ..., "metadata": {...}, "files": {entry path: ArtifactFile}}.
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def points(self, key: str) -> list[tuple[float, Any, int]]:
+        return self.history.get(key, [])
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text) if text else None
+
+
+def find_run_folder(root: Path, wandb_run_id: str) -> Path | None:
+    matches = sorted((root / "wandb").glob(f"offline-run-*-{wandb_run_id}"))
+    return matches[-1] if matches else None
+
+
+def read_offline(folder: Path, root: Path | None = None) -> WandbRunData:
+    """Parse an offline run folder written by the W&B target (or by wandb itself)."""
+    root = root if root is not None else folder.parent.parent
+    files = sorted(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no .wandb file in {folder}")
+    data: WandbRunData | None = None
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    history: dict[str, list[tuple[float, Any, int]]] = {}
+    rows = 0
+    state = "running"
+    runtime = None
+    artifacts: dict[str, dict[str, Any]] = {}
+    for rec in read_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            for item in r.config.update:
+                _set(config, [item.key] if item.key else list(item.nested_key), _loads(item.value_json))
+            data = WandbRunData(
+                run_id=r.run_id,
+                entity=r.entity or None,
+                project=r.project,
+                name=r.display_name,
+                group=r.run_group,
+                notes=r.notes,
+                tags=list(r.tags),
+                config=config,
+                summary=summary,
+                start_time_ms=r.start_time.ToMilliseconds() if r.HasField("start_time") else None,
+                runtime_s=None,
+                state=state,
+            )
+        elif kind == "config":
+            for item in rec.config.update:
+                _set(config, [item.key] if item.key else list(item.nested_key), _loads(item.value_json))
+        elif kind == "summary":
+            for item in rec.summary.update:
+                _set(summary, [item.key] if item.key else list(item.nested_key), _loads(item.value_json))
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for item in rec.history.item:
+                _set(row, [item.key] if item.key else list(item.nested_key), _loads(item.value_json))
+            _add_row(history, row)
+            rows += 1
+        elif kind == "exit":
+            state = "failed" if rec.exit.exit_code else "finished"
+            runtime = rec.exit.runtime
+        elif kind == "artifact":
+            a = rec.artifact
+            entries = {}
+            for e in a.manifest.contents:
+                local = root / e.local_path if not Path(e.local_path).is_absolute() else Path(e.local_path)
+                entries[e.path] = ArtifactFile(e.size, _sha256(local) if local.exists() else "")
+            artifacts[a.name] = {"type": a.type, "metadata": _loads(a.metadata) or {}, "files": entries}
+    if data is None:
+        raise ValueError(f"{files[0]} has no run record")
+    data.state = state
+    data.runtime_s = runtime
+    data.history = history
+    data.history_rows = rows
+    data.artifacts = artifacts
+    data.string_series = _string_series(summary, lambda rel: (folder / "files" / rel).read_bytes(), artifacts, root)
+    return data
+
+
+def _add_row(history: dict[str, list[tuple[float, Any, int]]], row: dict[str, Any]) -> None:
+    step = row.get(STEP_KEY, row.get("_step"))
+    ts = row.get("_timestamp")
+    ts_ms = round(ts * 1000) if isinstance(ts, int | float) and math.isfinite(ts) else None
+    for k, v in row.items():
+        if k in _INTERNAL:
+            continue
+        history.setdefault(k, []).append((step, v, ts_ms))
+
+
+def _set(target: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nxt = target.get(k)
+        if not isinstance(nxt, dict):
+            nxt = target[k] = {}
+        target = nxt
+    target[keys[-1]] = value
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _string_series(
+    summary: dict[str, Any],
+    read_run_file: Any,
+    artifacts: dict[str, dict[str, Any]],
+    root: Path | None,
+    read_artifact_file: Any = None,
+) -> dict[str, list[tuple[float, int, str | None]]]:
+    out: dict[str, list[tuple[float, int, str | None]]] = {}
+    for key, value in summary.items():
+        if not isinstance(value, dict):
+            continue
+        tables: list[dict[str, Any]] = []
+        if value.get("_type") == "table-file":
+            tables.append(json.loads(read_run_file(value["path"])))
+        elif value.get("_type") == "neptune-string-series":
+            name = value["artifact"]
+            for entry in sorted(artifacts.get(name, {}).get("files", {})):
+                tables.append(json.loads(read_artifact_file(name, entry)) if read_artifact_file else {})
+        else:
+            continue
+        points: list[tuple[float, int, str | None]] = []
+        for t in tables:
+            for step, ts, text in t.get("data", []):
+                points.append((step, round(ts * 1000), text))
+        out[key] = points
+    return out
+
+
+def read_offline_run(root: Path, wandb_run_id: str) -> WandbRunData:
+    """The run `wandb_run_id` under an offline target root (`--to wandb-offline DIR`)."""
+    folder = find_run_folder(root, wandb_run_id)
+    if folder is None:
+        raise FileNotFoundError(f"no offline run folder for {wandb_run_id} under {root}")
+    data = read_offline(folder, root)
+    # Large string series live in artifacts: read their tables from the staged payloads.
+    arts = {}
+    for rec in read_records(next(folder.glob("run-*.wandb"))):
+        if rec.WhichOneof("record_type") == "artifact":
+            arts[rec.artifact.name] = {e.path: root / e.local_path for e in rec.artifact.manifest.contents}
+    data.string_series = _string_series(
+        data.summary,
+        lambda rel: (folder / "files" / rel).read_bytes(),
+        data.artifacts,
+        root,
+        lambda name, entry: arts[name][entry].read_bytes(),
+    )
+    return data
