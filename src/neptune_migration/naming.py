@@ -21,12 +21,14 @@ def fit_length(name: str, limit: int) -> str:
 def resolve_collisions(originals: Iterable[str], sanitize: Callable[[str], str]) -> dict[str, str]:
     """Map each original name to a sanitised one, unique within the set.
 
-    Names are processed in sorted order so the result does not depend on the order rows arrived in:
-    the first name keeps the plain sanitised form, a later one that collides gets `_<hash of original>`.
+    A name the target accepts as it is keeps it. The others follow in sorted order, so the result does not
+    depend on the order rows arrived in: the first keeps the plain sanitised form, a later one that collides
+    gets `_<hash of original>`.
     """
-    taken: set[str] = set()
-    out: dict[str, str] = {}
-    for original in sorted(set(originals)):
+    names = set(originals)
+    out = {name: name for name in names if sanitize(name) == name}
+    taken = set(out.values())
+    for original in sorted(names - set(out)):
         name = sanitize(original)
         if name in taken:
             name = sanitize(f"{name}_{short_hash(original, 6)}")

@@ -101,6 +101,8 @@ class MlflowTarget:
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        # One "View run at" line per run on stdout (and a get_run call each) is noise in a migration of thousands.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         # mlflow configures its own loggers on import; its INFO lines would drown our progress.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -424,6 +426,9 @@ class MlflowTarget:
             infinite = np.isinf(values)
             if infinite.any():
                 result.approx("inf_clamped_by_mlflow", int(infinite.sum()))
+            negative_zero = (values == 0) & np.signbit(values)
+            if negative_zero.any():
+                result.approx("negative_zero_stored_as_zero", int(negative_zero.sum()))
             path_list = paths.filter(keep).to_pylist()
             # Scale per series; group rows by series so the numpy work is vectorised.
             steps = np.empty(len(micros), dtype=np.int64)
@@ -516,7 +521,13 @@ class MlflowTarget:
                     link = staged / target_name
                     _link_or_copy(local, link)
                     sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
-                    uploads.append(self._upload(run_id, link, artifact_dir + (f"/{sub}" if sub else ""), ctx, result))
+                    where = artifact_dir + (f"/{sub}" if sub else "")
+                    if where.rsplit("/", 1)[-1] == target_name:
+                        # MLflow's client takes a folder `x` holding one file `x` for a file and lists it as
+                        # empty, so a file named like its attribute (2.x files have no extension) lands at
+                        # the attribute path itself.
+                        where = where.rsplit("/", 1)[0] if "/" in where else ""
+                    uploads.append(self._upload(run_id, link, where, ctx, result))
 
     def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult) -> Future:
         size = local.stat().st_size

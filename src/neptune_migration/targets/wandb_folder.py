@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -180,6 +181,18 @@ def _write(
         item.key = k
         item.value_json = _json(v)
     w.write(rec)
+
+    # wandb-core turns this into wandb-metadata.json: `startedAt` is where W&B shows the original start time
+    # (the server's own `createdAt` is always the sync time and cannot be set by a client).
+    env = pb.Record()
+    env.environment.started_at.FromMilliseconds(start_ms)
+    env.environment.program = "neptune-migration"
+    env.environment.host = "neptune-migration"
+    env.environment.writer_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "neptune-migration:" + run.ref.key))
+    owner = atoms.get("sys/owner")
+    if owner is not None and owner.value:
+        env.environment.username = str(owner.value)
+    w.write(env)
 
     if hist.step_mode == "ordinal":
         m = pb.Record()
