@@ -113,7 +113,7 @@ class FileValue:
         return len(self.data)
 
 
-@dataclass
+@dataclass(slots=True)  # millions of these in scale seeds
 class Point:
     step: float
     value: Any
@@ -243,6 +243,16 @@ class Run:
         point = Point(step, value, to_ms(timestamp), is_preview, completion_ratio)
         points.append(point)
         return point
+
+    def extend(self, path: str, type_: str, points: list[Point]) -> None:
+        """Append many points at once (the generator's fast path); steps must still grow."""
+        series = self._series(path, type_)
+        last = series[-1].step if series else -math.inf
+        for p in points:
+            if not p.step > last:
+                raise ValueError(f"{path}: step {p.step} does not follow {last}")
+            last = p.step
+        series.extend(points)
 
     def declare_series(self, path: str, type_: str) -> None:
         """An empty series: the attribute exists but holds no points."""

@@ -12,7 +12,7 @@ import random
 import struct
 import zlib
 
-from .model import FileValue, Histogram, Project, Run
+from .model import FileValue, Histogram, Point, Project, Run, to_ms
 
 BASE_TIME = dt.datetime(2025, 3, 1, 9, 0, 0, tzinfo=dt.UTC)
 
@@ -157,9 +157,14 @@ def generate_project(
         run.set("params/flag", bool(i % 2))
         run.set("params/when", _ts(start, 5))
         run.set("params/set", frozenset({f"s{i % 2}", "common"}))
+        start_ms = to_ms(start) + 10_000
+        gauss = rng.gauss
         for s in range(series):
-            for p in range(points):
-                run.log(f"metrics/m{s}", "float_series", p, rng.gauss(0, 1), _ts(start, 10 + p))
+            run.extend(
+                f"metrics/m{s}",
+                "float_series",
+                [Point(float(p), gauss(0, 1), start_ms + p * 1000) for p in range(points)],
+            )
         for f in range(files):
             run.set(f"files/f{f}", FileValue(rng.randbytes(64 + f), f"file_{f}.bin"))
         made.append(run)
