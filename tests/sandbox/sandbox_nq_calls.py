@@ -244,6 +244,27 @@ def fault_calls() -> dict[str, Any]:
     }
 
 
+def offline_calls() -> dict[str, Any]:
+    """Read back the runs neptune-scale wrote offline, once the sandbox serves them."""
+    import neptune_query.runs as nq_runs
+
+    project = "offline-ws/scale-proj"
+    return {
+        "table": table(nq_runs.fetch_runs_table(project=project, attributes=".*", type_suffix_in_column_names=True)),
+        "metrics": metrics(
+            nq_runs.fetch_metrics(
+                project=project,
+                runs=".*",
+                attributes="train/loss",
+                include_time="absolute",
+                include_point_previews=True,
+                lineage_to_the_root=True,
+            )
+        ),
+        "series": series(nq_runs.fetch_series(project=project, runs=".*", attributes=".*", include_time="absolute")),
+    }
+
+
 if __name__ == "__main__":
     result = globals()[sys.argv[1]]()
     with open(sys.argv[2], "wb") as fh:

@@ -28,9 +28,9 @@ except ImportError:  # pragma: no cover - neptune-query alone
     )
 
 from . import nql
-from .http import HttpError, Reply, Request, Router
 from .model import WIRE_TYPES, Attribute, Project, Run, lineage_attribute, lineage_points, to_ms
 from .store import Store
+from .web import HttpError, Reply, Request, Router
 
 BLOB_PREFIX = "/sandbox/blob/"
 

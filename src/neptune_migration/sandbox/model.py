@@ -20,7 +20,7 @@ Shape (plain dataclasses, so tests can compare exported archives with it value b
     Histogram(type: str, edges: list[float], values: list[float])
 
 sys/* fields every run carries (all ordinary attributes): sys/id, sys/custom_run_id, sys/name (the
-experiment name in 3.x, "" when the run belongs to no experiment), sys/experiment/name (only when set),
+experiment name in 3.x, a display name for 1.x runs), sys/experiment/name (only for runs of an experiment),
 sys/creation_time, sys/modification_time, sys/ping_time, sys/owner, sys/tags, sys/group_tags,
 sys/description, sys/failed, sys/archived, sys/trashed, sys/state ("inactive"), and for forks
 sys/forking/parent (the parent's custom run id) and sys/forking/step.
@@ -195,7 +195,8 @@ class Run:
 
     @property
     def experiment_name(self) -> str:
-        return self._sys("name") or ""
+        """The 3.x experiment this run belongs to ("" for none; 1.x runs never have one)."""
+        return self._sys("experiment/name") or ""
 
     @property
     def creation_time(self) -> dt.datetime:
@@ -238,6 +239,8 @@ class Run:
         """Append a point; steps must grow within a series (as they must in Neptune)."""
         points = self._series(path, type_)
         step = float(step)
+        if points and step == points[-1].step and points[-1].is_preview:
+            points.pop()  # a preview is provisional: a later value for its step replaces it
         if points and not step > points[-1].step:
             raise ValueError(f"{path}: step {step} does not follow {points[-1].step}")
         point = Point(step, value, to_ms(timestamp), is_preview, completion_ratio)
@@ -297,6 +300,7 @@ class Project:
         custom_run_id: str,
         *,
         experiment_name: str | None = None,
+        name: str | None = None,
         creation_time: dt.datetime,
         owner: str = "sandbox-user",
         tags: Iterable[str] = (),
@@ -311,7 +315,8 @@ class Project:
         run = Run()
         run.set("sys/id", f"{self.key}-{len(self.runs) + 1}")
         run.set("sys/custom_run_id", custom_run_id)
-        run.set("sys/name", experiment_name or "")
+        # 3.x shows the experiment name as sys/name; a 1.x run has a free display name instead
+        run.set("sys/name", name if name is not None else experiment_name or "")
         if experiment_name:
             run.set("sys/experiment/name", experiment_name)
         run.set("sys/creation_time", creation_time, "datetime")
@@ -351,7 +356,7 @@ class Project:
         return found[-1] if found else None
 
     def experiment_leaders(self) -> list[Run]:
-        """The run that currently represents each experiment: the newest non-trashed run per sys/name."""
+        """The run that currently represents each experiment: the newest non-trashed run per sys/experiment/name."""
         leaders: dict[str, Run] = {}
         for run in self.runs:
             if run.trashed or not run.experiment_name:

@@ -16,6 +16,7 @@ from .server import Sandbox
 SEED_HELP = (
     "demo (a small realistic project), nasty (the generator's edge cases), "
     "generate:runs=N,series=N,points=N,files=N,seed=N (synthetic, for scale), "
+    "offline:PATH (runs neptune-scale or neptune 1.x wrote in offline mode under PATH, as project offline/offline), "
     "or several joined with '+', e.g. demo+nasty"
 )
 
@@ -37,6 +38,16 @@ def projects_from_seed(seed: str) -> list[Project]:
                     raise ValueError(f"bad generate option {item!r}; expected runs/series/points/files/seed=N")
                 options[key] = int(value)
             projects.append(generate_project("generated", nasty=False, **options))  # type: ignore[arg-type]
+        elif kind == "offline":
+            from pathlib import Path
+
+            from .replay import replay_offline_tree
+
+            if not args or not Path(args).is_dir():
+                raise ValueError(f"offline seed needs an existing folder, got {args!r}")
+            project = Project("offline", "offline", key="OFF")
+            replay_offline_tree(project, Path(args))
+            projects.append(project)
         else:
             raise ValueError(f"unknown seed {part!r}; use {SEED_HELP}")
     if not projects:

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 from . import api3
 from .auth import Auth, make_api_token
 from .faults import Faults
-from .http import HttpError, Reply, Request, Router
 from .model import Project
 from .store import Store
+from .web import HttpError, Reply, Request, Router
 
 log = logging.getLogger(__name__)
 

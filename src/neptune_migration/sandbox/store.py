@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .http import HttpError
 from .model import FileValue, Project, Run
+from .web import HttpError
 
 
 @dataclass
