@@ -141,11 +141,11 @@ class Api3:
     # -------------------------------------------------------------- runs and experiments
     def _runs_for_ids(self, ids: Iterable[str] | None, projects: Iterable[Project]) -> list[tuple[Project, Run]]:
         if ids is None:
-            return [(p, r) for p in projects for r in p.runs if not r.trashed]
+            return [(p, r) for p in projects for r in p.runs if not r.trashed and r.kind == "run"]
         found = []
         for identifier in ids:
             hit = self.store.run_by_identifier(identifier)
-            if hit is not None:
+            if hit is not None and hit[1].kind == "run":
                 found.append(hit)
         return found
 
@@ -155,7 +155,7 @@ class Api3:
         if body.get("experimentLeader"):
             candidates = project.experiment_leaders()
         else:
-            candidates = [r for r in project.runs if not r.trashed]
+            candidates = [r for r in project.runs if not r.trashed and r.kind == "run"]
         query = (body.get("query") or {}).get("query")
         try:
             selected = nql.filter_runs(query, candidates)
@@ -187,7 +187,7 @@ class Api3:
             entry.organization_name = project.workspace
             for path in projection:
                 attr = run.attributes.get(path)
-                if attr is not None:
+                if attr is not None and attr.type in WIRE_TYPES:
                     fill_attribute(entry.attributes.add(), attr)
         return Reply.proto(dto)
 
@@ -199,7 +199,7 @@ class Api3:
         seen: dict[tuple[str, str], None] = {}
         for _, run in runs:
             for attr in run.attributes.values():
-                if _name_filter_matches(attr.path, attr.type, body):
+                if attr.type in WIRE_TYPES and _name_filter_matches(attr.path, attr.type, body):
                     seen[(attr.path, WIRE_TYPES[attr.type])] = None
         definitions = sorted(seen)
         page = body.get("nextPage") or {}
@@ -221,7 +221,7 @@ class Api3:
             (run, attr)
             for _, run in runs
             for attr in run.attributes.values()
-            if _name_filter_matches(attr.path, attr.type, body)
+            if attr.type in WIRE_TYPES and _name_filter_matches(attr.path, attr.type, body)
         ]
         page = body.get("nextPage") or {}
         start = _int_token(page.get("nextPageToken"))

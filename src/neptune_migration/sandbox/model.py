@@ -25,6 +25,10 @@ sys/creation_time, sys/modification_time, sys/ping_time, sys/owner, sys/tags, sy
 sys/description, sys/failed, sys/archived, sys/trashed, sys/state ("inactive"), and for forks
 sys/forking/parent (the parent's custom run id) and sys/forking/step.
 
+2.x-only kinds (LEGACY_TYPES, never exported as one of the 11): file_set -> dict[relative path, bytes],
+artifact -> ArtifactValue(hash, files). Model-registry containers are Runs with kind "model" or
+"model_version" (sys/id "KEY-MOD" / "KEY-MOD-1", versions carry sys/model_id); neptune-query never sees them.
+
 Inheritance: a fork's own series hold only its own points; the sandbox adds the parent's points with
 step <= fork_step when a client asks for the full lineage.
 """
@@ -51,6 +55,8 @@ ATTRIBUTE_TYPES = (
     "file",
     "file_series",
 )
+# 2.x-only kinds the neptune 1.x client can hold; not among the 11 exported types, not served over 3.x
+LEGACY_TYPES = ("file_set", "artifact")
 SERIES_TYPES = frozenset({"float_series", "string_series", "histogram_series", "file_series"})
 
 # The 3.x wire names; the model never uses them, the API layers translate.
@@ -113,6 +119,21 @@ class FileValue:
         return len(self.data)
 
 
+@dataclass(frozen=True)
+class ArtifactFile:
+    file_path: str
+    file_hash: str
+    type: str = "S3"  # where the bytes live; Neptune only ever stored this metadata
+    size: int | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ArtifactValue:
+    hash: str
+    files: tuple[ArtifactFile, ...]
+
+
 @dataclass(slots=True)  # millions of these in scale seeds
 class Point:
     step: float
@@ -133,7 +154,7 @@ class Attribute:
     value: Any
 
     def __post_init__(self) -> None:
-        if self.type not in ATTRIBUTE_TYPES:
+        if self.type not in ATTRIBUTE_TYPES and self.type not in LEGACY_TYPES:
             raise ValueError(f"unknown attribute type {self.type!r} for {self.path!r}")
 
     @property
@@ -179,6 +200,7 @@ class Run:
     attributes: dict[str, Attribute] = field(default_factory=dict)
     fork_parent: Run | None = None
     fork_step: float | None = None
+    kind: str = "run"  # "run", or "model" / "model_version" for the 2.x model registry
 
     # --- sys fields, read from the attributes so there is one truth
     def _sys(self, name: str) -> Any:
@@ -295,6 +317,17 @@ class Project:
     def project_id(self) -> str:
         return f"{self.workspace}/{self.name}"
 
+    @property
+    def container(self) -> Run:
+        """The project's own metadata container (2.x ``init_project``): sys fields plus what was set on it."""
+        found = getattr(self, "_container", None)
+        if found is None:
+            found = Run(kind="project")
+            created = min((r.creation_time for r in self.runs), default=dt.datetime(2020, 1, 1, tzinfo=UTC))
+            self._registry_sys(found, self.key, self.name, created, "sandbox-user")
+            self._container = found
+        return found
+
     def new_run(
         self,
         custom_run_id: str,
@@ -313,7 +346,7 @@ class Project:
         fork_step: float | None = None,
     ) -> Run:
         run = Run()
-        run.set("sys/id", f"{self.key}-{len(self.runs) + 1}")
+        run.set("sys/id", f"{self.key}-{sum(1 for r in self.runs if r.kind == 'run') + 1}")
         run.set("sys/custom_run_id", custom_run_id)
         # 3.x shows the experiment name as sys/name; a 1.x run has a free display name instead
         run.set("sys/name", name if name is not None else experiment_name or "")
@@ -339,6 +372,45 @@ class Project:
         self.runs.append(run)
         return run
 
+    def new_model(
+        self, model_key: str, *, name: str = "", creation_time: dt.datetime, owner: str = "sandbox-user"
+    ) -> Run:
+        model = Run(kind="model")
+        self._registry_sys(model, f"{self.key}-{model_key}", name, creation_time, owner)
+        self.runs.append(model)
+        return model
+
+    def new_model_version(
+        self,
+        model: Run,
+        *,
+        name: str = "",
+        stage: str = "none",
+        creation_time: dt.datetime,
+        owner: str = "sandbox-user",
+    ) -> Run:
+        count = sum(1 for r in self.runs if r.kind == "model_version" and r._sys("model_id") == model.sys_id)
+        version = Run(kind="model_version")
+        self._registry_sys(version, f"{model.sys_id}-{count + 1}", name, creation_time, owner)
+        version.set("sys/model_id", model.sys_id)
+        version.set("sys/stage", stage)
+        self.runs.append(version)
+        return version
+
+    @staticmethod
+    def _registry_sys(obj: Run, sys_id: str, name: str, creation_time: dt.datetime, owner: str) -> None:
+        obj.set("sys/id", sys_id)
+        obj.set("sys/name", name)
+        obj.set("sys/creation_time", creation_time, "datetime")
+        obj.set("sys/modification_time", creation_time, "datetime")
+        obj.set("sys/ping_time", creation_time, "datetime")
+        obj.set("sys/owner", owner)
+        obj.set("sys/tags", frozenset())
+        obj.set("sys/description", "")
+        obj.set("sys/failed", False)
+        obj.set("sys/trashed", False)
+        obj.set("sys/state", "inactive")
+
     def assign_file_paths(self) -> None:
         """Give every file a unique storage path (what signed URLs point at)."""
         for run in self.runs:
@@ -352,14 +424,14 @@ class Project:
 
     def run_by_custom_id(self, custom_run_id: str) -> Run | None:
         # the newest wins if an id was reused (it cannot be in Neptune, but seeds can be sloppy)
-        found = [r for r in self.runs if r.custom_run_id == custom_run_id]
+        found = [r for r in self.runs if r.kind == "run" and r.custom_run_id == custom_run_id]
         return found[-1] if found else None
 
     def experiment_leaders(self) -> list[Run]:
         """The run that currently represents each experiment: the newest non-trashed run per sys/experiment/name."""
         leaders: dict[str, Run] = {}
         for run in self.runs:
-            if run.trashed or not run.experiment_name:
+            if run.trashed or run.kind != "run" or not run.experiment_name:
                 continue
             cur = leaders.get(run.experiment_name)
             if cur is None or run.creation_time >= cur.creation_time:

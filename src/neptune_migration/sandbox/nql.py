@@ -27,7 +27,18 @@ from .model import TYPES_BY_WIRE, Run, ms_datetime
 
 AGGREGATIONS = ("last", "min", "max", "average", "variance")
 # 1.x wire types that are not 3.x attribute types
-_EXTRA_TYPES = {"experimentState": "string", "gitRef": "string", "notebookRef": "string"}
+_EXTRA_TYPES = {
+    "experimentState": "string",
+    "gitRef": "string",
+    "notebookRef": "string",
+    # the 1.x client's NQLAttributeType names
+    "integer": "int",
+    "boolean": "bool",
+    "imageSeries": "file_series",
+    "file": "file",
+    "fileSet": "file_set",
+    "artifact": "artifact",
+}
 
 
 class NqlError(ValueError):

@@ -12,7 +12,7 @@ import random
 import struct
 import zlib
 
-from .model import FileValue, Histogram, Point, Project, Run, to_ms
+from .model import ArtifactFile, ArtifactValue, FileValue, Histogram, Point, Project, Run, to_ms
 
 BASE_TIME = dt.datetime(2025, 3, 1, 9, 0, 0, tzinfo=dt.UTC)
 
@@ -98,6 +98,35 @@ def demo_project(workspace: str = "sandbox", name: str = "demo", seed: int = 7) 
             run.set("model/checkpoint", FileValue(rng.randbytes(2048), "model.ckpt", "application/octet-stream"))
             run.set("eval/final_accuracy", acc)
             run.touch()
+    # 2.x-only kinds on the first run: a file set (source code) and an artifact (dataset metadata only)
+    first = project.run_by_custom_id("baseline-1")
+    assert first is not None
+    first.set(
+        "source_code/files",
+        {"train.py": b"print('train')\n", "utils/data.py": b"def load():\n    return []\n", "README.md": b"# demo\n"},
+        "file_set",
+    )
+    first.set(
+        "datasets/train",
+        ArtifactValue(
+            "d0c5f1e2" * 8,
+            (
+                ArtifactFile("train/part-0.csv", "a" * 40, "S3", 1024, (("location", "s3://bucket/train/part-0.csv"),)),
+                ArtifactFile("train/part-1.csv", "b" * 40, "S3", 2048, (("location", "s3://bucket/train/part-1.csv"),)),
+            ),
+        ),
+        "artifact",
+    )
+    # the model registry (2.x): one model with two versions
+    registry_time = _ts(BASE_TIME, (minute + 120) * 60)
+    model = project.new_model("CLS", name="classifier", creation_time=registry_time, owner="alice")
+    model.set("config/architecture", "resnet18")
+    for n, stage in enumerate(("staging", "production")):
+        version = project.new_model_version(
+            model, name=f"classifier v{n + 1}", stage=stage, creation_time=_ts(registry_time, 60 * (n + 1))
+        )
+        version.set("validation/accuracy", 0.9 + n * 0.02)
+        version.set("model/weights", FileValue(rng.randbytes(512), f"weights_v{n + 1}.pt"))
     # one run forked from the best baseline to resume from epoch 10
     parent = project.run_by_custom_id("baseline-2")
     assert parent is not None

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Routes a client reaches without a bearer token.
 _OPEN_ROUTES = (
+    "/sandbox/zip/",
     "/api/backend/v1/authorization/oauth-token",
     "/auth/",
     api3.BLOB_PREFIX,

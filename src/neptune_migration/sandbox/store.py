@@ -43,6 +43,9 @@ class Store:
         if custom:
             identifier = identifier[len("CUSTOM/") :]
         parts = identifier.split("/", 2)
+        if len(parts) == 2 and not custom and identifier in self.projects:
+            project = self.projects[identifier]
+            return project, project.container
         if len(parts) != 3:
             return None
         project = self.projects.get(f"{parts[0]}/{parts[1]}")

@@ -67,8 +67,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, data: Any, status: int = 200) -> Reply:
-        return cls(status, json.dumps(data, allow_nan=False).encode(), "application/json")
+    def json(cls, data: Any, status: int = 200, *, allow_nan: bool = False) -> Reply:
+        # allow_nan: the 1.x client parses replies with Python's json, which reads NaN and Infinity
+        return cls(status, json.dumps(data, allow_nan=allow_nan).encode(), "application/json")
 
     @classmethod
     def proto(cls, message: Any) -> Reply:
