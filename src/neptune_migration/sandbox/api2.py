@@ -18,7 +18,7 @@ import zipfile
 from typing import Any
 
 from . import nql
-from .model import ArtifactValue, Attribute, FileValue, Project, Run
+from .model import ArtifactValue, Attribute, FileValue, Project, Run, float_series_stats
 from .store import Store
 from .swagger import SPECS
 from .web import HttpError, Reply, Request, Router
@@ -77,6 +77,19 @@ def container_id(project: Project, run: Run) -> str:
     return project.project_id if run.kind == "project" else f"{project.project_id}/{run.sys_id}"
 
 
+def finite(value: Any) -> Any:
+    """2.x never held NaN or infinities (the 1.x client drops them when logging), and the client's JSON
+    parser (simplejson) rejects them: they travel as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def visible_points(points: list[Any]) -> list[Any]:
+    """Series points a 2.x server could hold: non-finite float points never reached it."""
+    return [p for p in points if not (isinstance(p.value, float) and not math.isfinite(p.value))]
+
+
 def properties(attr: Attribute) -> dict[str, Any] | None:
     """The ``<type>Properties`` object of one attribute, or None when 2.x cannot show it."""
     t, v = attr.type, attr.value
@@ -87,17 +100,18 @@ def properties(attr: Attribute) -> dict[str, Any] | None:
     if t == "datetime":
         out["value"] = iso(v)
     elif t in ("float", "int", "bool", "string"):
-        out["value"] = v
+        out["value"] = finite(v)
     elif t == "string_set":
         out["values"] = sorted(v)
     elif t in ("float_series", "string_series", "file_series"):
+        v = visible_points(v)
         if v:
             out["lastStep"] = v[-1].step
             if t != "file_series":
                 out["last"] = v[-1].value
         if t == "float_series" and v:
-            values = [p.value for p in v]
-            out |= {"min": min(values), "max": max(values), "average": math.fsum(values) / len(values)}
+            stats = float_series_stats(v)
+            out |= {k: finite(stats[k]) for k in ("min", "max", "average", "variance")}
     elif t == "file":
         name, _, ext = v.name.rpartition(".")
         out |= {"name": name or v.name, "ext": ext if name else "", "size": v.size, "mimeType": v.mime_type}
@@ -221,14 +235,14 @@ class Api2:
     def get_attributes(self, req: Request) -> Reply:
         _, run = self._container(req)
         attrs = [a for a in (attribute_json(x) for x in run.attributes.values()) if a is not None]
-        return Reply.json({"attributes": attrs}, allow_nan=True)
+        return Reply.json({"attributes": attrs})
 
     def single_attribute(self, wire: str):  # type: ignore[no-untyped-def]
         types = [t for t, w in TYPES_2X.items() if w == wire]
 
         def handler(req: Request) -> Reply:
             _, _, attr = self._attribute(req, *types)
-            return Reply.json(properties(attr), allow_nan=True)
+            return Reply.json(properties(attr))
 
         return handler
 
@@ -237,9 +251,10 @@ class Api2:
             _, _, attr = self._attribute(req, type_)
             offset = int(req.arg("offset") or 0)
             limit = int(req.arg("limit") or 1000)
-            page = attr.value[offset : offset + limit]
+            points = visible_points(attr.value)
+            page = points[offset : offset + limit]
             values = [{"step": p.step, "timestampMillis": p.timestamp_ms, "value": p.value} for p in page]
-            return Reply.json({"totalItemCount": len(attr.value), "values": values}, allow_nan=True)
+            return Reply.json({"totalItemCount": len(points), "values": values})
 
         return handler
 
@@ -385,7 +400,7 @@ class Api2:
                     "attributes": [a for a in (attribute_json(x) for x in attrs) if a is not None],
                 }
             )
-        return Reply.json({"matchingItemCount": len(selected), "entries": entries}, allow_nan=True)
+        return Reply.json({"matchingItemCount": len(selected), "entries": entries})
 
 
 def _regex_hit(pattern: str, text: str) -> bool:

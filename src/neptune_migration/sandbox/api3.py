@@ -7,9 +7,7 @@ paging logic constrains what the server may answer.
 
 from __future__ import annotations
 
-import math
 import re
-import statistics
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -28,7 +26,7 @@ except ImportError:  # pragma: no cover - neptune-query alone
     )
 
 from . import nql
-from .model import WIRE_TYPES, Attribute, Project, Run, lineage_attribute, lineage_points, to_ms
+from .model import WIRE_TYPES, Attribute, Project, Run, float_series_stats, lineage_attribute, lineage_points, to_ms
 from .store import Store
 from .web import HttpError, Reply, Request, Router
 
@@ -50,20 +48,6 @@ def register(router: Router, store: Store) -> None:
 # ------------------------------------------------------------------ encoding helpers
 
 
-def _float_series_stats(points: list[Any]) -> dict[str, float]:
-    values = [p.value for p in points]
-    finite = [v for v in values if not math.isnan(v)]
-    out = {"last_step": points[-1].step, "last": values[-1]}
-    if finite and len(finite) == len(values):
-        out |= {"min": min(values), "max": max(values)}
-        with_inf = any(math.isinf(v) for v in values)
-        out["average"] = math.fsum(values) / len(values) if not with_inf else statistics.fmean(values)
-        out["variance"] = statistics.pvariance(values) if not with_inf else math.nan
-    else:
-        out |= {"min": math.nan, "max": math.nan, "average": math.nan, "variance": math.nan}
-    return out
-
-
 def fill_attribute(dto: Any, attr: Attribute) -> None:
     """Fill a ProtoAttributeDTO from a model attribute."""
     wire = WIRE_TYPES[attr.type]
@@ -83,7 +67,7 @@ def fill_attribute(dto: Any, attr: Attribute) -> None:
         props = dto.float_series_properties
         props.has_preview = any(p.is_preview for p in v)
         if v:
-            for key, value in _float_series_stats(v).items():
+            for key, value in float_series_stats(v).items():
                 setattr(props, key, value)
     elif t == "string_series":
         props = dto.string_series_properties

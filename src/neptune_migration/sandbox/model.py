@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import mimetypes
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,7 +347,9 @@ class Project:
         fork_step: float | None = None,
     ) -> Run:
         run = Run()
-        run.set("sys/id", f"{self.key}-{sum(1 for r in self.runs if r.kind == 'run') + 1}")
+        self._run_count = getattr(self, "_run_count", None) or sum(1 for r in self.runs if r.kind == "run")
+        self._run_count += 1  # a counter, not a scan: big seeds create 10,000+ runs
+        run.set("sys/id", f"{self.key}-{self._run_count}")
         run.set("sys/custom_run_id", custom_run_id)
         # 3.x shows the experiment name as sys/name; a 1.x run has a free display name instead
         run.set("sys/name", name if name is not None else experiment_name or "")
@@ -467,3 +470,24 @@ def lineage_attribute(run: Run, path: str, *, full: bool) -> Attribute | None:
             return attr
         current = current.fork_parent
     return None
+
+
+def float_series_stats(points: list[Point]) -> dict[str, float]:
+    """last/min/max/average/variance as a server reports them; NaN or mixed infinities poison the aggregates."""
+    values = [p.value for p in points]
+    finite = [v for v in values if not math.isnan(v)]
+    out = {"last_step": points[-1].step, "last": values[-1]}
+    if finite and len(finite) == len(values):
+        out |= {"min": min(values), "max": max(values)}
+        if any(math.isinf(v) for v in values):
+            out["average"] = sum(values) / len(values)  # inf, -inf or nan (both signs), never an exception
+            out["variance"] = math.nan
+        else:
+            out["average"] = math.fsum(values) / len(values)
+            try:
+                out["variance"] = statistics.pvariance(values)
+            except OverflowError:  # values near the float limit
+                out["variance"] = math.inf
+    else:
+        out |= {"min": math.nan, "max": math.nan, "average": math.nan, "variance": math.nan}
+    return out

@@ -274,3 +274,17 @@ def _add_nasty_cases(project: Project, runs: list[Run], rng: random.Random) -> N
     for p in range(5, 10):
         fork.log("metrics/m0", "float_series", p, float(p), _ts(fork.creation_time, p))
     fork.set("params/lr", 0.5)
+
+
+def big_project(name: str = "big", *, workspace: str = "sandbox", runs: int = 10_050, seed: int = 3) -> Project:
+    """Many small runs (one param each) for the 2.x listing past the server's 10,000-offset limit.
+
+    Creation times are unique and increasing, so "sort ascending by sys/creation_time" is stable, which is
+    what the 1.x client's continuation query needs.
+    """
+    rng = random.Random(seed)
+    project = Project(workspace, name, key="BIG")
+    for i in range(runs):
+        run = project.new_run(f"big-{i:05d}", creation_time=_ts(BASE_TIME, i * 7 + 1), owner="bot")
+        run.set("params/x", rng.random())
+    return project
