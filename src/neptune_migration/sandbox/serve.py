@@ -67,7 +67,7 @@ def serve(
     """Serve until SIGINT/SIGTERM (or ``stop`` is set). Prints the env lines a shell can ``eval``."""
     out = out or sys.stdout
     stop = stop or threading.Event()
-    sandbox = Sandbox(projects_from_seed(seed), host=host, port=port)
+    sandbox = Sandbox(projects_from_seed(seed), host=host, port=port, request_log_limit=10_000)
     with sandbox:
         print(f"# Neptune sandbox on {sandbox.url} with projects: {', '.join(sandbox.projects)}", file=out)
         for key, value in sandbox.env().items():

@@ -60,6 +60,7 @@ class Sandbox:
         api_key: str = "sandbox-api-key",
         series_page_size: int = 1000,
         fault_seed: int = 0,
+        request_log_limit: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -67,6 +68,8 @@ class Sandbox:
         self.store = Store.build(projects, series_page_size=series_page_size)
         self.faults = Faults(seed=fault_seed)
         self.request_log: list[LoggedRequest] = []
+        # tests keep every request; a long-running `serve` keeps the newest ones only
+        self.request_log_limit = request_log_limit
         self._log_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -157,6 +160,8 @@ class Sandbox:
         )
         with self._log_lock:
             self.request_log.append(entry)
+            if self.request_log_limit is not None and len(self.request_log) > self.request_log_limit:
+                del self.request_log[: len(self.request_log) - self.request_log_limit]
 
     def handle(self, req: Request) -> Reply | None:
         """Serve one request; ``None`` means drop the connection."""
