@@ -121,7 +121,8 @@ def test_nasty_archive_arrives_exactly(tmp_path: Path, mlflow_server, prefix: st
         history = client.get_metric_history(run.info.run_id, key)
         scale = scales.get(key, 1)
         expected = sorted(
-            (_expected_step(r["step"], r["step_exact"], scale), int(r["timestamp"].timestamp() * 1000), r["float_value"])
+            (_expected_step(r["step"], r["step_exact"], scale), int(r["timestamp"].timestamp() * 1000),
+             r["float_value"])
             for r in rows
         )
         got = sorted((m.step, m.timestamp, m.value) for m in history)

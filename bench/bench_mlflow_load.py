@@ -1,0 +1,161 @@
+"""Archive -> MLflow over REST: our loader beside a sequential baseline, on one local tracking server.
+
+    .venv/bin/python bench/bench_mlflow_load.py [--runs 20] [--points 32000] [--workers 4]
+
+Starts `mlflow server` (gunicorn, 4 workers, job runner off, SQLite, proxied artifacts) as
+shared/notes/mlflow.md advises, generates an archive (runs x points across 4 series, plus 2 files of 1 MB per
+run), then loads it twice into fresh experiments:
+  - baseline: one run at a time, one `MlflowClient.log_batch` call per series (the client splits it into
+    1000-metric requests), in the same run;
+  - ours: `neptune_migration.pipeline.load` with --workers.
+Prints points/s, MB/s and peak RSS of this process for each. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+
+SERIES = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, workers: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
+         "--workers", str(workers), "--gunicorn-opts", "--log-level warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if requests.get(uri + "/health", timeout=1).status_code == 200:
+                return proc, uri
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit("mlflow server did not start")
+
+
+def make_archive(root: Path, runs: int, points: int) -> None:
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.model import RunRef
+
+    writer = ArchiveWriter(root)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    per_series = points // SERIES
+    steps = list(range(per_series))
+    stamps = [t0 + timedelta(milliseconds=i) for i in steps]
+    for r in range(runs):
+        with writer.run(RunRef("bench/mlflow", f"RUN-{r}")) as w:
+            w.add_atom("sys/creation_time", "datetime", t0)
+            w.add_atom("params/lr", "float", 0.001 * (r + 1))
+            for s in range(SERIES):
+                w.add_series(f"train/metric_{s}", "float_series", steps, stamps,
+                             [float((i * 7919 + s * 104729 + r) % 1000) / 7.0 for i in steps])
+            for f in range(2):
+                w.add_file(f"files/f{f}", "file", os.urandom(1_000_000), f"blob{f}.bin")
+
+
+def baseline(archive: Path, uri: str) -> tuple[int, float]:
+    """What a straightforward loader does: sequential runs, one log_batch per series."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from neptune_migration.archive import Archive
+
+    client = MlflowClient(uri)
+    exp = client.create_experiment(f"baseline-{time.time_ns()}")
+    points = 0
+    started = time.perf_counter()
+    for run in Archive(archive).scan().runs:
+        mlflow_run = client.create_run(exp, run_name=run.ref.run_id)
+        table = run.table(["float_series"], ["attribute_path", "step", "timestamp", "float_value"])
+        by_series: dict[str, list[Metric]] = {}
+        for row in table.to_pylist():
+            by_series.setdefault(row["attribute_path"], []).append(
+                Metric(row["attribute_path"], row["float_value"], int(row["timestamp"].timestamp() * 1000),
+                       int(row["step"])))
+        for metrics in by_series.values():
+            client.log_batch(mlflow_run.info.run_id, metrics=metrics)
+            points += len(metrics)
+        for row in run.table(["file"], ["file_value"]).to_pylist():
+            client.log_artifact(mlflow_run.info.run_id, str(run.file_path(row["file_value"]["path"])), "files")
+        client.set_terminated(mlflow_run.info.run_id)
+    return points, time.perf_counter() - started
+
+
+def ours(archive: Path, uri: str, workers: int, state: Path) -> tuple[int, int, float]:
+    from rich.console import Console
+
+    from neptune_migration.archive import Archive
+    from neptune_migration.ledger import Ledger
+    from neptune_migration.pipeline import load
+    from neptune_migration.progress import Tracker
+    from neptune_migration.selection import Selection
+    from neptune_migration.targets.mlflow import MlflowTarget
+
+    target = MlflowTarget(uri, experiment_prefix=f"ours-{time.time_ns()}-", artifact_workers=workers)
+    started = time.perf_counter()
+    with Ledger(state) as ledger:
+        summary = load(Archive(archive), target, Selection(), ledger,
+                       lambda n: Tracker("bench", n, Console(quiet=True), enabled=False), workers=workers)
+    target.close()
+    assert not summary.failed, summary.failed
+    return summary.points, summary.bytes, time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--points", type=int, default=32_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--server-workers", type=int, default=4)
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
+    proc, uri = start_server(tmp / "server", args.server_workers)
+    try:
+        make_archive(tmp / "archive", args.runs, args.points)
+        print(f"archive: {args.runs} runs x {args.points} points + 2 MB files each; server: gunicorn "
+              f"{args.server_workers} workers, SQLite")
+        b_points, b_secs = baseline(tmp / "archive", uri)
+        print(f"baseline (sequential, log_batch per series): {b_points:,} points in {b_secs:.1f} s = "
+              f"{b_points / b_secs:,.0f} points/s; peak RSS so far {peak_rss_mb():.0f} MB")
+        o_points, o_bytes, o_secs = ours(tmp / "archive", uri, args.workers, tmp / "state.db")
+        print(f"neptune-migrate (--workers {args.workers}): {o_points:,} points in {o_secs:.1f} s = "
+              f"{o_points / o_secs:,.0f} points/s, {o_bytes / 1e6 / o_secs:.1f} MB/s of files; "
+              f"peak RSS {peak_rss_mb():.0f} MB")
+        print(f"speed-up: {b_secs / o_secs:.2f}x")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Bad input gets one clear line on stderr and a non-zero exit: never a traceback, never a partial success."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neptune_migration.samples import write_nasty_archive
+
+from .conftest import free_port, run_cli
+
+
+def _assert_one_line_error(result, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_missing_archive(tmp_path: Path) -> None:
+    result = run_cli("load", "--archive", str(tmp_path / "nope"), "--state", str(tmp_path / "s.db"))
+    _assert_one_line_error(result, "archive not found")
+
+
+def test_corrupt_parquet(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    part = next((archive / "data").rglob("*_part_0.parquet"))
+    part.write_bytes(b"PAR1 this is not parquet")
+    result = run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    _assert_one_line_error(result, "corrupt or unreadable parquet")
+
+
+def test_unreachable_tracking_server(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    result = run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"http://127.0.0.1:{free_port()}", timeout=60)
+    _assert_one_line_error(result, "cannot reach the MLflow tracking server", "connection refused")
+
+
+def test_unknown_project_filter(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    result = run_cli("load", "--archive", str(archive), "-p", "nasty/typo", "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    _assert_one_line_error(result, "project 'nasty/typo' is not in the archive", "nasty/ünïcode-proj")
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--runs", "([", "--runs: invalid regular expression"),
+    ("--since", "yesterday", "--since: expected a date"),
+    ("--max-file-size", "lots", "--max-file-size: expected a size"),
+    ("--include", "weights", "--include: unknown class 'weights'"),
+])
+def test_bad_selection_options(tmp_path: Path, option: str, value: str, needle: str) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    result = run_cli("load", "--archive", str(archive), option, value, "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    _assert_one_line_error(result, needle)
+
+
+def test_unknown_target(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    result = run_cli("load", "--archive", str(archive), "--to", "comet", "--state", str(tmp_path / "s.db"))
+    _assert_one_line_error(result, "unknown target 'comet'")
+
+
+def test_status_without_ledger(tmp_path: Path) -> None:
+    result = run_cli("status", "--state", str(tmp_path / "none.db"))
+    _assert_one_line_error(result, "no ledger")
+
+
+def test_second_process_on_one_ledger_is_refused(tmp_path: Path) -> None:
+    from neptune_migration.ledger import Ledger
+
+    archive = write_nasty_archive(tmp_path / "a")
+    with Ledger(tmp_path / "s.db"):
+        result = run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
+                         "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    _assert_one_line_error(result, "another neptune-migrate process is using")
