@@ -23,7 +23,8 @@ _INTERNAL = {"_step", "_timestamp", "_runtime", STEP_KEY}
 @dataclass
 class ArtifactFile:
     size: int
-    sha256: str
+    sha256: str  # "" when not downloaded (online read-back without download=True)
+    md5_b64: str = ""  # the manifest digest W&B keeps for the entry
 
 
 @dataclass
@@ -114,7 +115,7 @@ def read_offline(folder: Path, root: Path | None = None) -> WandbRunData:
             entries = {}
             for e in a.manifest.contents:
                 local = root / e.local_path if not Path(e.local_path).is_absolute() else Path(e.local_path)
-                entries[e.path] = ArtifactFile(e.size, _sha256(local) if local.exists() else "")
+                entries[e.path] = ArtifactFile(e.size, _sha256(local) if local.exists() else "", e.digest)
             artifacts[a.name] = {"type": a.type, "metadata": _loads(a.metadata) or {}, "files": entries}
     if data is None:
         raise ValueError(f"{files[0]} has no run record")
