@@ -344,5 +344,8 @@ def main() -> None:
         sys.exit(1)
 
 
+# Commands that live in their own modules register themselves on `app` when imported.
+from . import cli_validate  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()
