@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import client_env, run_client, seeded_projects
-from sandbox_helpers import ok
+from sandbox_helpers import client_env, ok, run_client, seeded_projects
 
 from neptune_migration.sandbox import Project, Run, Sandbox
 from neptune_migration.sandbox.api2 import TYPES_2X

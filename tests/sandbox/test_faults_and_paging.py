@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import client_env, run_client, seeded_projects
+from sandbox_helpers import client_env, run_client, seeded_projects
 
 from neptune_migration.sandbox import Sandbox
 

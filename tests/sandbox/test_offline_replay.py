@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import client_env, run_client
-from sandbox_helpers import ok
+from sandbox_helpers import client_env, ok, run_client
 
 from neptune_migration.sandbox import Project, Run, Sandbox
 from neptune_migration.sandbox import offline_writers as w
