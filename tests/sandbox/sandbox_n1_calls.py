@@ -192,6 +192,21 @@ def fault_calls() -> dict[str, Any]:
     return out
 
 
+def offline_n1_calls() -> dict[str, Any]:
+    """Read back, through the 2.x API, the run neptune 1.x wrote offline and the sandbox replayed."""
+    import neptune
+
+    run = neptune.init_run(project="offline-ws/n1-proj", with_id="NONE-1", mode="read-only")
+    out = {
+        "params": run["params"].fetch(),
+        "loss": _series(run["train/loss"].fetch_values()),
+        "logs": [v for _, v, _ in _series(run["train/logs"].fetch_values())],
+        "name": run["sys/name"].fetch(),
+    }
+    run.stop()
+    return out
+
+
 if __name__ == "__main__":
     _ = dt
     result = globals()[sys.argv[1]]()

@@ -201,14 +201,16 @@ def test_client_survives_faults() -> None:
         f429 = sb.faults.add(r"/api/leaderboard/v1/attributes$", "429", nth=1, retry_after=1)
         f500 = sb.faults.add(r"/attributes/series/float$", "500", nth=1)
         f503 = sb.faults.add(r"/attributes/float$", "503", nth=1, retry_after=None)
+        fdrop = sb.faults.add(r"/api/leaderboard/v1/experiments$", "drop", nth=1)
         result = run_client("sandbox_n1_calls.py", "fault_calls", client_env(sb))
         log = list(sb.request_log)
     run = demo(sb).run_by_sys_id("DEMO-2")
     assert run is not None
     assert result["lr"] == run.attributes["parameters/learning_rate"].value
     assert result["loss"] == [(p.step, p.value, p.timestamp_ms) for p in run.attributes["train/loss"].value]
-    assert (f429.served, f500.served, f503.served) == (1, 1, 1)
+    assert (f429.served, f500.served, f503.served, fdrop.served) == (1, 1, 1, 1)
     for path, status in (
+        ("/api/leaderboard/v1/experiments", 0),
         ("/api/leaderboard/v1/attributes", 429),
         ("/api/leaderboard/v1/attributes/series/float", 500),
         ("/api/leaderboard/v1/attributes/float", 503),

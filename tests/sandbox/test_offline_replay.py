@@ -61,6 +61,26 @@ def test_scale_replay_matches_what_was_logged(scale_project: Project) -> None:
     assert [(p.step, p.value) for p in fork.attributes["train/loss"].value] == w.SCALE_FORK_LOSS
 
 
+@pytest.fixture(scope="module")
+def n1_project(offline_dirs: dict[str, Path]) -> Project:
+    project = Project("offline-ws", "n1-proj", key="NONE")
+    replay_offline_tree(project, offline_dirs["n1"])
+    return project
+
+
+def test_neptune1_runs_served_to_the_1x_client(n1_project: Project) -> None:
+    with Sandbox([n1_project]) as sb:
+        result: dict[str, Any] = run_client("sandbox_n1_calls.py", "offline_n1_calls", client_env(sb))
+    run = n1_project.runs[0]
+    assert result["params"] == {
+        k.split("/", 1)[1]: a.value
+        for k, a in run.attributes.items()
+        if k.startswith("params/") and a.type != "string_set"
+    }
+    assert result["loss"] == [(p.step, p.value, p.timestamp_ms) for p in run.attributes["train/loss"].value]
+    assert result["logs"] == w.N1_LOGS and result["name"] == "n1 display name"
+
+
 def test_neptune1_replay_matches_what_was_logged(offline_dirs: dict[str, Path]) -> None:
     project = Project("offline-ws", "n1-proj", key="NONE")
     (replay,) = replay_offline_tree(project, offline_dirs["n1"])
