@@ -79,6 +79,13 @@ def contract_calls() -> dict[str, Any]:
     )
     record("runs_table_all", lambda: _table(project.fetch_runs_table(sort_by="sys/id", ascending=True).to_pandas()))
     record("models_table", lambda: _table(project.fetch_models_table().to_pandas()))
+    record(
+        "runs_by_state",
+        lambda: {
+            state: sorted(project.fetch_runs_table(state=state, columns=["sys/id"]).to_pandas().get("sys/id", []))
+            for state in ("inactive", "active")
+        },
+    )
     project.stop()
 
     run = neptune.init_run(project="sandbox/nasty", with_id="NASTY-1", mode="read-only")

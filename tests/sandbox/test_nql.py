@@ -58,6 +58,8 @@ def pick(query: str, runs: dict[str, object]) -> list[str]:
         ('(`params/lr`:float = "0.1") OR (`sys/tags`:stringSet CONTAINS "gpu")', ["a", "b"]),
         ('`missing`:float != "1"', []),
         ("", ["a", "b"]),
+        ("(`sys/state`:experimentState = idle)", ["a", "b"]),  # 1.x says idle/running for inactive/active
+        ('(`sys/state`:experimentState = "running")', []),
     ],
 )
 def test_filters(query: str, expected: list[str], runs: dict[str, object]) -> None:

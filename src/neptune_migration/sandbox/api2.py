@@ -122,7 +122,22 @@ def properties(attr: Attribute) -> dict[str, Any] | None:
     return out
 
 
+# 2.x types sys/state as experimentState with its own words for the two states
+STATE_TO_API = {"active": "running", "inactive": "idle"}
+
+
 def attribute_json(attr: Attribute) -> dict[str, Any] | None:
+    if attr.path == "sys/state" and attr.type == "string":
+        value = STATE_TO_API.get(attr.value, attr.value)
+        return {
+            "name": attr.path,
+            "type": "experimentState",
+            "experimentStateProperties": {
+                "attributeName": attr.path,
+                "attributeType": "experimentState",
+                "value": value,
+            },
+        }
     props = properties(attr)
     if props is None:
         return None
@@ -358,7 +373,7 @@ class Api2:
         seen: dict[tuple[str, str], None] = {}
         for run in self._containers(project, req.query.get("type")):
             for attr in run.attributes.values():
-                wire = TYPES_2X.get(attr.type)
+                wire = "experimentState" if attr.path == "sys/state" else TYPES_2X.get(attr.type)
                 if wire is not None and (search in attr.path or _regex_hit(search, attr.path)):
                     seen[(attr.path, wire)] = None
         return Reply.json({"entries": [{"name": n, "type": t} for n, t in sorted(seen)]})

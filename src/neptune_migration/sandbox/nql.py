@@ -50,6 +50,7 @@ class Column:
     name: str
     type: str | None = None  # model type name, after translating the wire name
     aggregation: str | None = None
+    run_state: bool = False  # an experimentState column: the filter says running/idle, the model active/inactive
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,14 @@ class _Parser:
             agg = m.group(1).lower()
             self.i = m.end()
         name = self.name()
-        type_ = None
+        type_ = wire = None
         if self.s.startswith(":", self.i):
             self.i += 1
             wire = self.name()
             type_ = TYPES_BY_WIRE.get(wire) or _EXTRA_TYPES.get(wire) or wire
         if agg is not None and not self.eat(")"):
             raise self.error("missing ) after aggregation")
-        return Column(name, type_, agg)
+        return Column(name, type_, agg, run_state=wire == "experimentState" if type_ is not None else False)
 
     def name(self) -> str:
         self.skip()
@@ -241,6 +242,7 @@ def parse(text: str | None) -> Expr | None:
 # ---------------------------------------------------------------- evaluation
 
 _MISSING = object()
+_STATE_FROM_API = {"running": "active", "idle": "inactive"}
 
 
 def column_value(run: Run, col: Column) -> Any:
@@ -355,7 +357,10 @@ def matches(expr: Expr | None, run: Run) -> bool:
     value = column_value(run, expr.column)
     if value is _MISSING:
         return False
-    return _compare(value, expr.op, expr.value)
+    text = expr.value
+    if expr.column.run_state:
+        text = _STATE_FROM_API.get(text, text)
+    return _compare(value, expr.op, text)
 
 
 def filter_runs(query: str | None, runs: list[Run]) -> list[Run]:
