@@ -89,6 +89,21 @@ ExperimentPrefixOpt = Annotated[str, typer.Option(help="Prefix for MLflow experi
                                                   rich_help_panel="Target")]
 
 
+# -- sources -------------------------------------------------------------------------------------------
+FromOpt = Annotated[str, typer.Option("--from", help="Source: neptune3 (neptune-query), neptune2 (neptune 1.x "
+                                      "client), neptune-offline PATH.", rich_help_panel="Source")]
+TokenFileOpt = Annotated[Path | None, typer.Option(
+    help="Read the Neptune API token from this file instead of $NEPTUNE_API_TOKEN.", rich_help_panel="Source")]
+LineageOpt = Annotated[str, typer.Option(help="Forked runs: 'own' points only (default) or 'full' (also the "
+                                         "inherited history).", rich_help_panel="Source")]
+PreviewsOpt = Annotated[bool, typer.Option("--previews", help="Also export metric preview points (flagged).",
+                                           rich_help_panel="Source")]
+DownloadWorkersOpt = Annotated[int, typer.Option(help="Concurrent file downloads per run.", min=1, max=64,
+                                                 rich_help_panel="Source")]
+RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-export runs whose Neptune modification time "
+                                          "moved since they were exported.", rich_help_panel="Source")]
+
+
 def _setup_logging(verbose: bool, log_file: Path | None, no_progress: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger("neptune_migration")
@@ -150,6 +165,19 @@ def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_pr
     if to in ("wandb", "wandb-offline"):
         raise UsageError(f"--to {to} is not available in this version yet; use --to mlflow")
     raise UsageError(f"--to: unknown target {to!r}; choose mlflow, wandb or wandb-offline")
+
+
+def _source(from_: str, projects: list[str] | None, selection: Selection, token_file: Path | None, lineage: str,
+            previews: bool, download_workers: int):
+    projects = list(projects or ([os.environ["NEPTUNE_PROJECT"]] if os.environ.get("NEPTUNE_PROJECT") else []))
+    if from_ == "neptune3":
+        from .sources.neptune3 import Neptune3Source, read_api_token
+
+        return Neptune3Source(projects, selection, read_api_token(token_file=token_file), lineage=lineage,
+                              previews=previews, download_workers=download_workers)
+    if from_ in ("neptune2", "neptune-offline"):
+        raise UsageError(f"--from {from_} is not available in this version yet; use --from neptune3")
+    raise UsageError(f"--from: unknown source {from_!r}; choose neptune3, neptune2 or neptune-offline")
 
 
 def _tracker(title: str, no_progress: bool):
@@ -237,6 +265,195 @@ def _print_summary(summary) -> None:
 
 
 @app.command()
+def export(
+    archive: Annotated[Path, typer.Option(help="Archive folder to write (data/ and files/ inside it).")],
+    from_: FromOpt = "neptune3",
+    api_token_file: TokenFileOpt = None,
+    lineage: LineageOpt = "own",
+    previews: PreviewsOpt = False,
+    download_workers: DownloadWorkersOpt = 4,
+    refresh: RefreshOpt = False,
+    project: ProjectOpt = None,
+    runs: RunsOpt = None,
+    experiments: ExperimentsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    tag: TagOpt = None,
+    all_tags: AllTagsOpt = False,
+    attributes: AttributesOpt = None,
+    exclude_attributes: ExcludeAttributesOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    include_archived: ArchivedOpt = False,
+    max_file_size: MaxFileSizeOpt = None,
+    file_types: FileTypesOpt = None,
+    file_pattern: FilePatternOpt = None,
+    workers: WorkersOpt = 4,
+    state: StateOpt = None,
+    no_progress: NoProgressOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
+) -> None:
+    """Export runs from Neptune into an archive (neptune-exporter's layout). Resumable: rerun to continue.
+
+    Example: NEPTUNE_API_TOKEN=... neptune-migrate export --from neptune3 -p ws/proj --archive ./archive
+    """
+    from .archive import ArchiveWriter
+    from .migration import export as run_export
+
+    _setup_logging(verbose, log_file, no_progress)
+    selection = _selection(**locals())
+    source = _source(from_, project, selection, api_token_file, lineage, previews, download_workers)
+    archive.mkdir(parents=True, exist_ok=True)
+    with Ledger(state or default_state_path()) as ledger:
+        summary = run_export(source, ArchiveWriter(archive), ledger, _tracker("export", no_progress), workers,
+                             refresh)
+    _print_export(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_export(summary) -> None:
+    table = Table(title=f"Export into {summary.archive}", show_header=False, box=None)
+    table.add_row("runs selected", str(summary.listed))
+    table.add_row("runs exported", str(summary.count("exported")))
+    table.add_row("runs already exported (skipped)", str(summary.count("already_exported")))
+    table.add_row("runs failed", str(summary.count("failed")))
+    stats = [o.stats for o in summary.outcomes if o.stats is not None]
+    table.add_row("points", f"{sum(s.points for s in stats):,}")
+    table.add_row("files", f"{sum(s.files for s in stats):,} ({sum(s.bytes for s in stats) / 1e6:,.1f} MB)")
+    missing = [f"{o.key}: {m}" for o in summary.outcomes if o.stats is not None for m in o.stats.missing_files]
+    if missing:
+        table.add_row("files missing in Neptune's storage", str(len(missing)))
+    table.add_row("time", f"{summary.seconds:,.1f} s")
+    out.print(table)
+    for line in missing:
+        out.print(f"[yellow]missing file[/yellow] {line}")
+    for outcome in summary.failed:
+        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+
+
+@app.command()
+def discover(
+    from_: FromOpt = "neptune3",
+    api_token_file: TokenFileOpt = None,
+    project: ProjectOpt = None,
+    runs: RunsOpt = None,
+    experiments: ExperimentsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    tag: TagOpt = None,
+    all_tags: AllTagsOpt = False,
+    attributes: AttributesOpt = None,
+    exclude_attributes: ExcludeAttributesOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    include_archived: ArchivedOpt = False,
+    max_file_size: MaxFileSizeOpt = None,
+    file_types: FileTypesOpt = None,
+    file_pattern: FilePatternOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    no_progress: NoProgressOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
+) -> None:
+    """List what the selection matches (experiments, runs, attributes by type) without moving any data."""
+    import json
+
+    from .discovery import discover as run_discover
+
+    _setup_logging(verbose, log_file, no_progress)
+    selection = _selection(**locals())
+    source = _source(from_, project, selection, api_token_file, "own", False, 1)
+    report = run_discover(source)
+    if json_output:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title="Discovered")
+    for col in ("project", "runs", "experiments", "attributes", "by type"):
+        table.add_column(col, overflow="fold")
+    for p in report["projects"]:
+        by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
+        table.add_row(p["project"], str(p["runs"]), str(len(p["experiments"])), str(p["attributes"]), by_type)
+    out.print(table)
+    out.print(f"{report['runs']} runs selected; files declared: {report['file_bytes'] / 1e6:,.1f} MB "
+              f"(file series counted at export)")
+
+
+@app.command()
+def migrate(
+    from_: FromOpt = "neptune3",
+    to: ToOpt = "mlflow",
+    archive: Annotated[Path | None, typer.Option(help="Where the intermediate archive goes (kept, resumable). "
+                                                 "Default: .neptune-migration/archive")] = None,
+    mlflow_tracking_uri: TrackingUriOpt = None,
+    experiment_by: ExperimentByOpt = "project",
+    experiment_prefix: ExperimentPrefixOpt = "",
+    api_token_file: TokenFileOpt = None,
+    lineage: LineageOpt = "own",
+    previews: PreviewsOpt = False,
+    download_workers: DownloadWorkersOpt = 4,
+    refresh: RefreshOpt = False,
+    project: ProjectOpt = None,
+    runs: RunsOpt = None,
+    experiments: ExperimentsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    tag: TagOpt = None,
+    all_tags: AllTagsOpt = False,
+    attributes: AttributesOpt = None,
+    exclude_attributes: ExcludeAttributesOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    include_archived: ArchivedOpt = False,
+    max_file_size: MaxFileSizeOpt = None,
+    file_types: FileTypesOpt = None,
+    file_pattern: FilePatternOpt = None,
+    workers: WorkersOpt = 4,
+    state: StateOpt = None,
+    no_progress: NoProgressOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
+) -> None:
+    """Export from Neptune and load into the target, run by run (pipelined). Resumable: rerun to continue.
+
+    Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
+    """
+    _setup_logging(verbose, log_file, no_progress)
+    selection = _selection(**locals())
+    source = _source(from_, project, selection, api_token_file, lineage, previews, download_workers)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
+                          state or default_state_path(), workers, refresh, no_progress)
+    if to == "mlflow":
+        from .targets.mlflow import ui_command
+
+        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers: int, refresh: bool,
+                 no_progress: bool) -> bool:
+    from .archive import ArchiveWriter
+    from .migration import migrate as run_migrate
+
+    archive.mkdir(parents=True, exist_ok=True)
+    with Ledger(state) as ledger:
+        try:
+            exported, loaded = run_migrate(source, ArchiveWriter(archive), target, selection, ledger,
+                                           _tracker("migrate", no_progress), workers, refresh)
+        finally:
+            target.close()
+    _print_export(exported)
+    _print_summary(loaded)
+    return bool(exported.failed or loaded.failed)
+
+
+@app.command()
 def status(
     state: StateOpt = None,
     stage: Annotated[str | None, typer.Option(help="Only this stage: export, load, validate.")] = None,
@@ -280,30 +497,48 @@ def demo(
     no_progress: NoProgressOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Migrate a realistic sample Neptune project into a local MLflow store, then show how to look at it."""
-    from .archive import Archive
-    from .pipeline import load as run_load
-    from .samples import write_demo_archive
+    """Start the built-in Neptune sandbox with a realistic project and migrate it into a local MLflow store.
+
+    No credentials and no network needed: the sandbox is a local Neptune API server that the real
+    neptune-query client talks to, so this runs exactly the code path of a real migration.
+    """
+    from .sandbox import Sandbox, demo_project
     from .targets.mlflow import MlflowTarget, ui_command
 
     _setup_logging(verbose, None, no_progress)
     workdir.mkdir(parents=True, exist_ok=True)
-    archive_dir = workdir / "archive"
-    if not (archive_dir / "data").exists():
-        write_demo_archive(archive_dir)
-        out.print(f"Wrote a sample Neptune archive to {archive_dir}")
-    tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"
-    target = MlflowTarget(tracking_uri)
-    target.check()
-    with Ledger(workdir / "state.db") as ledger:
-        try:
-            summary = run_load(Archive(archive_dir), target, Selection(), ledger, _tracker("demo", no_progress), 4)
-        finally:
-            target.close()
-    _print_summary(summary)
-    out.print(f"\nOpen the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
-    if summary.failed:
+    with Sandbox([demo_project()], port=0) as sandbox:
+        # neptune-query reads its environment when first imported, so the sandbox's must be in place first.
+        os.environ.update(sandbox.env())
+        project = next(iter(sandbox.projects))
+        out.print(f"Neptune sandbox serving project [bold]{project}[/bold] on {sandbox.url}")
+        selection = Selection()
+        source = _source("neptune3", [project], selection, None, "own", False, 4)
+        tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"
+        target = MlflowTarget(tracking_uri)
+        failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db", 4, False,
+                              no_progress)
+    out.print(f"\nArchive: {workdir / 'archive'}   Ledger: {workdir / 'state.db'}")
+    out.print(f"Open the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
+    if failed:
         raise typer.Exit(1)
+
+
+sandbox_app = typer.Typer(help="The built-in Neptune API sandbox (for trying the tool without a server).",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    seed: Annotated[str, typer.Option(help="What to serve: demo, nasty, generate:runs=N,series=N,points=N,"
+                                      "files=N, offline:PATH; join several with +.")] = "demo",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
+) -> None:
+    """Serve a seeded Neptune API on 127.0.0.1 and print the NEPTUNE_API_TOKEN and environment to use it."""
+    from .sandbox.serve import serve
+
+    serve(seed=seed, port=port)
 
 
 @app.callback(invoke_without_command=True)

@@ -8,6 +8,7 @@ any order within and across parts.
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from ..model import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef
+from ..model import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef, folder_name
 from ..paths import resolve_inside
 
 _PART = re.compile(r"^(?P<run>.+)_part_(?P<n>\d+)\.parquet$")
@@ -170,6 +171,22 @@ class Archive:
             self.models_root = None
         if self.files_root is not None and not self.files_root.exists() and files_root is not None:
             raise ArchiveError(f"files root not found: {self.files_root}")
+
+    def run(self, ref: RunRef) -> ArchivedRun | None:
+        """One run by its ids, without scanning the archive (the writer's folder names are deterministic)."""
+        project_dir = self.data_root / folder_name(ref.project_id)
+        prefix = f"{folder_name(ref.run_id)}_part_"
+        if not project_dir.is_dir():
+            return None
+        parts: dict[int, Path] = {}
+        for p in project_dir.glob(f"{glob.escape(prefix)}*.parquet"):
+            m = _PART.match(p.name)
+            if m and m.group("run") == folder_name(ref.run_id):
+                parts[int(m.group("n"))] = p
+        if 0 not in parts:
+            return None
+        files_dir = self.files_root / project_dir.name if self.files_root else None
+        return ArchivedRun(ref, [parts[n] for n in sorted(parts)], project_dir, files_dir)
 
     def scan(self) -> ArchiveScan:
         runs: list[ArchivedRun] = []

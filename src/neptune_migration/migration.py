@@ -1,0 +1,181 @@
+"""Export from a source into an archive, and migrate: export and load pipelined run by run.
+
+Both are resumable through the ledger: a run exported before is not fetched again (unless `--refresh` sees
+that its Neptune modification time moved), a run loaded before is not loaded again. A worker takes one run
+through export and then load, so run N loads while run N+1 exports on another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .archive import Archive, ArchiveWriter
+from .ledger import Ledger
+from .model import RunRef
+from .pipeline import LOAD, LoadSummary, RunOutcome, _load_one
+from .progress import Tracker
+from .secrets import redact
+from .selection import Selection
+from .targets.base import Target
+
+log = logging.getLogger("neptune_migration")
+
+EXPORT = "export"
+
+
+class Listed(Protocol):
+    ref: RunRef
+
+
+class Source(Protocol):
+    """What `export` and `migrate` need from a source (Neptune 3.x, 2.x, offline folders)."""
+
+    name: str
+    projects: list[str]
+
+    def check(self) -> None: ...
+
+    def list_runs(self, project: str) -> list[Any]: ...
+
+    def export_run(self, run: Any, archive: ArchiveWriter) -> Any: ...
+
+
+@dataclass
+class ExportOutcome:
+    key: str
+    status: str  # exported, already_exported, failed
+    stats: Any = None
+    error: str | None = None
+
+
+@dataclass
+class ExportSummary:
+    archive: Path
+    listed: int = 0
+    outcomes: list[ExportOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def failed(self) -> list[ExportOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def archive_key(root: Path) -> str:
+    return "archive:" + str(root.resolve())
+
+
+def list_selected(source: Source) -> list[Any]:
+    runs: list[Any] = []
+    for project in source.projects:
+        runs += source.list_runs(project)
+    return runs
+
+
+def export_one(run: Any, source: Source, writer: ArchiveWriter, ledger: Ledger, refresh: bool = False) -> ExportOutcome:
+    key = archive_key(writer.root)
+    entry = ledger.get(run.ref, EXPORT, key)
+    if entry is not None and entry.status == "done" and writer.has_run(run.ref):
+        before = (entry.details or {}).get("modification_time")
+        now = getattr(run, "modification_time", None)
+        if not refresh or (before is not None and before == now):
+            return ExportOutcome(run.ref.key, "already_exported")
+    ledger.start(run.ref, EXPORT, key)
+    try:
+        stats = source.export_run(run, writer)
+    except Exception as exc:  # recorded; the next invocation retries this run
+        message = redact(" ".join(str(exc).split()) or type(exc).__name__)
+        log.error("run %s failed to export: %s", run.ref.key, message)
+        log.debug("details", exc_info=True)
+        ledger.fail(run.ref, EXPORT, key, message)
+        return ExportOutcome(run.ref.key, "failed", error=message)
+    details = {k: v for k, v in vars(stats).items()} if stats is not None else None
+    ledger.finish(run.ref, EXPORT, key, target_id=None, details=details)
+    return ExportOutcome(run.ref.key, "exported", stats)
+
+
+def export(
+    source: Source,
+    writer: ArchiveWriter,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker],
+    workers: int = 4,
+    refresh: bool = False,
+) -> ExportSummary:
+    started = time.monotonic()
+    source.check()
+    runs = list_selected(source)
+    summary = ExportSummary(writer.root, listed=len(runs))
+    with tracker_factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), "export") as pool:
+        futures = [pool.submit(export_one, run, source, writer, ledger, refresh) for run in runs]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            summary.outcomes.append(outcome)
+            if outcome.stats is not None:
+                tracker.add_points(getattr(outcome.stats, "points", 0))
+                tracker.add_bytes(getattr(outcome.stats, "bytes", 0))
+            tracker.run_done()
+    summary.outcomes.sort(key=lambda o: o.key)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def migrate(
+    source: Source,
+    writer: ArchiveWriter,
+    target: Target,
+    selection: Selection,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker],
+    workers: int = 4,
+    refresh: bool = False,
+) -> tuple[ExportSummary, LoadSummary]:
+    """Export each selected run and load it right after, on the same worker."""
+    started = time.monotonic()
+    source.check()
+    target.check()
+    runs = list_selected(source)
+    exported = ExportSummary(writer.root, listed=len(runs))
+    loaded = LoadSummary(target=target.canonical)
+    writer.data_root.mkdir(parents=True, exist_ok=True)  # so the archive is read as an archive root
+    archive = Archive(writer.root)
+    lock = threading.Lock()
+
+    def one(run: Any, tracker: Tracker) -> None:
+        ex = export_one(run, source, writer, ledger, refresh)
+        with lock:
+            exported.outcomes.append(ex)
+        if ex.status == "failed":
+            return
+        if ex.status == "exported" and refresh and ledger.is_done(run.ref, LOAD, target.canonical):
+            # The run changed in Neptune since it was loaded: load it again (MLflow completes it in place).
+            ledger.reset(run.ref, LOAD, target.canonical)
+        if ledger.is_done(run.ref, LOAD, target.canonical):
+            outcome = RunOutcome(run.ref.key, "already_loaded")
+        else:
+            archived = archive.run(run.ref)
+            if archived is None:  # pragma: no cover - export_one just committed it
+                outcome = RunOutcome(run.ref.key, "failed", error="run missing from the archive after export")
+            else:
+                outcome = _load_one(archived, target, selection, ledger, tracker)
+        with lock:
+            loaded.outcomes.append(outcome)
+
+    with tracker_factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), "migrate") as pool:
+        futures = [pool.submit(one, run, tracker) for run in runs]
+        for fut in as_completed(futures):
+            fut.result()
+            tracker.run_done()
+    exported.outcomes.sort(key=lambda o: o.key)
+    loaded.outcomes.sort(key=lambda o: o.key)
+    exported.seconds = loaded.seconds = time.monotonic() - started
+    return exported, loaded

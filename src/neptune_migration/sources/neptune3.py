@@ -1,0 +1,394 @@
+"""Read a Neptune 3.x project through neptune-query (pinned 1.14.1) and write its runs into an archive.
+
+We call neptune-query's retrieval layer rather than its pandas API: it gives every point with its exact step,
+absolute timestamp and preview flag, keeps NaN apart from "no point at this step", and lets us address runs by
+their sys/id. Server-side filtering (NQL) does the run selection; attribute filters are applied to the
+attribute definitions, so unwanted values are never downloaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..archive import ArchiveWriter
+from ..errors import MigrationError, UsageError
+from ..model import ATOM_TYPES, RunRef
+from ..retry import retrying
+from ..secrets import redact, register
+from ..selection import Selection
+
+log = logging.getLogger("neptune_migration")
+
+# Attribute kinds fetched as one series request each, so a run with many series is fetched in slices.
+SERIES_PER_REQUEST = 32
+
+
+class SourceError(MigrationError):
+    """The Neptune server refused, could not be reached, or the selection names something it does not have."""
+
+
+def read_api_token(token: str | None = None, token_file: Path | None = None) -> str:
+    """The API token from an option file or NEPTUNE_API_TOKEN; validated, registered for redaction."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the API token file {token_file}: {exc.strerror}") from None
+    token = token or os.environ.get("NEPTUNE_API_TOKEN")
+    if not token:
+        raise UsageError("no Neptune API token: set NEPTUNE_API_TOKEN or pass --api-token-file FILE")
+    register(token)
+    try:
+        decoded = json.loads(base64.b64decode(token.strip() + "=" * (-len(token.strip()) % 4)))
+        if not isinstance(decoded, dict) or not (decoded.get("api_url") or decoded.get("api_address")):
+            raise ValueError
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise UsageError("the Neptune API token is not valid (expected base64-encoded JSON with api_url)") from None
+    return token
+
+
+def api_url(token: str) -> str:
+    decoded = json.loads(base64.b64decode(token + "=" * (-len(token) % 4)))
+    return str(decoded.get("api_url") or decoded.get("api_address"))
+
+
+@dataclass
+class ListedRun:
+    ref: RunRef
+    sys_id: str
+    modification_time: str | None = None  # ISO-8601; lets `--refresh` re-export only runs that changed
+    attributes: dict[str, str] = field(default_factory=dict)  # path -> type, filled by `attribute_definitions`
+
+
+@dataclass
+class ExportStats:
+    attributes: int = 0
+    points: int = 0
+    files: int = 0
+    bytes: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    missing_files: list[str] = field(default_factory=list)
+    modification_time: str | None = None
+
+
+class Neptune3Source:
+    name = "neptune3"
+
+    def __init__(
+        self,
+        projects: list[str],
+        selection: Selection,
+        api_token: str,
+        lineage: str = "own",
+        previews: bool = False,
+        download_workers: int = 4,
+    ) -> None:
+        if lineage not in ("own", "full"):
+            raise UsageError(f"--lineage must be 'own' or 'full', not {lineage!r}")
+        if not projects:
+            raise UsageError("name at least one project with -p WS/PROJ (or set NEPTUNE_PROJECT)")
+        self.projects = projects
+        self.selection = selection
+        self.token = api_token
+        self.lineage = lineage
+        self.previews = previews
+        self.download_workers = download_workers
+        self._client: Any = None
+
+    # -- connection -------------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from neptune_query.internal.client import get_client
+            from neptune_query.internal.context import Context
+
+            try:
+                self._client = get_client(Context(api_token=self.token))
+            except Exception as exc:
+                raise self._explain(exc, "log in") from None
+        return self._client
+
+    def _explain(self, exc: BaseException, doing: str, project: str | None = None) -> SourceError:
+        text = redact(" ".join(str(exc).split()))
+        kind = type(exc).__name__
+        where = api_url(self.token)
+        if "Connection refused" in text or "ConnectError" in kind or "ConnectionError" in kind or "connect" in text:
+            return SourceError(f"cannot reach the Neptune server at {where} to {doing}")
+        if "Credentials" in kind or "401" in text or "403" in text or "Unauthorized" in text:
+            return SourceError(f"the Neptune server at {where} refused the API token")
+        if project and ("404" in text or "not found" in text.lower() or "Inaccessible" in kind):
+            return SourceError(f"project {project!r} not found on {where} (or the token cannot read it)")
+        return SourceError(f"Neptune: failed to {doing}: {kind}: {text[:300]}")
+
+    def check(self) -> None:
+        _ = self.client
+
+    # -- listing ----------------------------------------------------------------------------------------
+    def run_filter(self) -> Any:
+        """The selection as an NQL filter, so the server does the selecting."""
+        from neptune_query.internal.filters import _Attribute as Attribute
+        from neptune_query.internal.filters import _Filter as Filter
+
+        sel = self.selection
+        parts = []
+        if sel.runs:
+            parts.append(Filter.matches_all(Attribute("sys/custom_run_id", type="string"), sel.runs.pattern))
+        if sel.experiments:
+            parts.append(Filter.matches_all(Attribute("sys/name", type="string"), sel.experiments.pattern))
+        if sel.since:
+            parts.append(Filter.ge(Attribute("sys/creation_time", type="datetime"), sel.since))
+        if sel.until:
+            parts.append(Filter.le(Attribute("sys/creation_time", type="datetime"), sel.until))
+        if sel.tags:
+            tags = Attribute("sys/tags", type="string_set")
+            if sel.all_tags:
+                parts.append(Filter.contains_all(tags, list(sel.tags)))
+            else:
+                parts.append(Filter.any([Filter.contains_all(tags, t) for t in sel.tags]))
+        if not sel.include_archived:
+            parts.append(Filter.ne(Attribute("sys/archived", type="bool"), True))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else Filter.all(parts)
+
+    def list_runs(self, project: str) -> list[ListedRun]:
+        from neptune_query.internal.filters import _Attribute as Attribute
+        from neptune_query.internal.retrieval import search
+
+        try:
+            fetch = search.fetch_sys_id_labels(search.ContainerType.RUN)
+            pages = fetch(
+                self.client,
+                project,
+                filter_=self.run_filter(),
+                # Oldest first: parents before their forks, and a stable order for resumes.
+                sort_by=Attribute("sys/creation_time", type="datetime"),
+                sort_direction="asc",
+                limit=self.selection.limit,
+                container_type=search.ContainerType.RUN,
+            )
+            runs = [
+                ListedRun(RunRef(project, str(item.sys_custom_run_id or item.sys_id)), str(item.sys_id))
+                for page in pages
+                for item in page.items
+            ]
+            self._modification_times(project, runs)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"list the runs of {project}", project) from None
+        return runs
+
+    def _modification_times(self, project: str, runs: list[ListedRun]) -> None:
+        from neptune_query.internal.identifiers import AttributeDefinition, RunIdentifier
+        from neptune_query.internal.retrieval import attribute_values
+
+        by_sys_id = {r.sys_id: r for r in runs}
+        definition = AttributeDefinition("sys/modification_time", "datetime")
+        for chunk in _chunks(list(by_sys_id), 1000):
+            ids = [RunIdentifier(project, sys_id=s) for s in chunk]
+            pages = retrying(lambda i=ids: list(attribute_values.fetch_attribute_values(
+                self.client, project, i, [definition])))
+            for page in pages:
+                for item in page.items:
+                    run = by_sys_id.get(str(item.run_identifier.sys_id))
+                    if run is not None and isinstance(item.value, datetime):
+                        run.modification_time = item.value.astimezone(UTC).isoformat()
+
+    def attribute_definitions(self, run: ListedRun) -> dict[str, str]:
+        from neptune_query.internal.filters import _AttributeFilter
+        from neptune_query.internal.identifiers import RunIdentifier
+        from neptune_query.internal.retrieval import attribute_definitions as defs
+
+        rid = RunIdentifier(run.ref.project_id, sys_id=run.sys_id)
+        found: dict[str, str] = {}
+        pages = retrying(lambda: list(defs.fetch_attribute_definitions_single_filter(
+            self.client, [run.ref.project_id], [rid], _AttributeFilter())))
+        for page in pages:
+            for item in page.items:
+                if self.selection.wants_attribute(item.name, item.type):
+                    found[item.name] = item.type
+        run.attributes = found
+        return found
+
+    def describe_run(self, run: ListedRun) -> dict[str, Any]:
+        """For `discover`: attribute counts by type, the experiment name and the size of file attributes."""
+        from neptune_query.internal.identifiers import RunIdentifier
+
+        try:
+            attributes = self.attribute_definitions(run)
+            rid = RunIdentifier(run.ref.project_id, sys_id=run.sys_id)
+            wanted = {p: t for p, t in attributes.items() if p == "sys/name" or t == "file"}
+            experiment, file_bytes = None, 0
+            for value in self._atom_values(rid, wanted):
+                if value.attribute_definition.name == "sys/name":
+                    experiment = value.value
+                elif value.attribute_definition.type == "file":
+                    file_bytes += int(getattr(value.value, "size_bytes", 0) or 0)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"describe run {run.ref.key}") from None
+        by_type: dict[str, int] = {}
+        for type_ in attributes.values():
+            by_type[type_] = by_type.get(type_, 0) + 1
+        return {"attributes_by_type": by_type, "experiment": experiment, "file_bytes": file_bytes}
+
+    # -- export -----------------------------------------------------------------------------------------
+    def export_run(self, run: ListedRun, archive: ArchiveWriter) -> ExportStats:
+        """Write one run into the archive, atomically: it appears whole or not at all."""
+        try:
+            return self._export_run(run, archive)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"export run {run.ref.key}") from None
+
+    def _export_run(self, run: ListedRun, archive: ArchiveWriter) -> ExportStats:
+        from neptune_query.internal.identifiers import AttributeDefinition, RunAttributeDefinition, RunIdentifier
+
+        attributes = run.attributes or self.attribute_definitions(run)
+        rid = RunIdentifier(run.ref.project_id, sys_id=run.sys_id)
+        stats = ExportStats(attributes=len(attributes))
+        for type_ in attributes.values():
+            stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
+        with archive.run(run.ref) as writer, tempfile.TemporaryDirectory(prefix="neptune-export-") as tmp:
+            downloads = _Downloads(self, Path(tmp), writer, stats)
+            atoms = {p: t for p, t in attributes.items() if t in (*ATOM_TYPES, "file")}
+            for value in self._atom_values(rid, atoms):
+                path, type_ = value.attribute_definition.name, value.attribute_definition.type
+                if type_ == "file":
+                    downloads.add(path, "file", value.value, None, None)
+                    continue
+                val = value.value
+                if type_ == "string_set":
+                    val = sorted(val)
+                if path == "sys/modification_time" and isinstance(val, datetime):
+                    stats.modification_time = val.astimezone(UTC).isoformat()
+                writer.add_atom(path, type_, val)
+            for chunk in _chunks([p for p, t in attributes.items() if t == "float_series"], SERIES_PER_REQUEST):
+                defs = [RunAttributeDefinition(rid, AttributeDefinition(p, "float_series")) for p in chunk]
+                for key, points in self._float_series(defs).items():
+                    steps = [p[1] for p in points]
+                    stamps = [int(p[0]) for p in points]
+                    values = [p[2] for p in points]
+                    previews = [(bool(p[3]), float(p[4])) for p in points] if self.previews else None
+                    writer.add_series(key.attribute_definition.name, "float_series", steps, stamps, values, previews)
+                    stats.points += len(points)
+            other = [(p, t) for p, t in attributes.items() if t in ("string_series", "histogram_series", "file_series")]
+            for chunk in _chunks(other, SERIES_PER_REQUEST):
+                defs = [RunAttributeDefinition(rid, AttributeDefinition(p, t)) for p, t in chunk]
+                for key, values in self._series(defs).items():
+                    path, type_ = key.attribute_definition.name, key.attribute_definition.type
+                    if type_ == "file_series":
+                        for v in values:
+                            downloads.add(path, "file_series", v.value, v.step, int(v.timestamp_millis))
+                        continue
+                    data = [_histogram(v.value) if type_ == "histogram_series" else v.value for v in values]
+                    writer.add_series(path, type_, [v.step for v in values],
+                                      [int(v.timestamp_millis) for v in values], data)
+                    stats.points += len(values)
+            downloads.finish()
+        return stats
+
+    def _atom_values(self, rid: Any, atoms: dict[str, str]) -> Iterator[Any]:
+        from neptune_query.internal.identifiers import AttributeDefinition
+        from neptune_query.internal.retrieval import attribute_values
+
+        if not atoms:
+            return iter(())
+        definitions = [AttributeDefinition(p, t) for p, t in atoms.items()]
+        pages = retrying(lambda: list(attribute_values.fetch_attribute_values(
+            self.client, rid.project_identifier, [rid], definitions)))
+        return (item for page in pages for item in page.items)
+
+    def _float_series(self, defs: list[Any]) -> dict[Any, list[Any]]:
+        from neptune_query.internal.retrieval import metrics, search
+
+        return retrying(lambda: metrics.fetch_multiple_series_values(
+            self.client, defs, include_inherited=self.lineage == "full",
+            container_type=search.ContainerType.RUN, include_preview=self.previews))
+
+    def _series(self, defs: list[Any]) -> dict[Any, list[Any]]:
+        from neptune_query.internal.retrieval import search, series
+
+        return retrying(lambda: series.fetch_series_values(
+            self.client, defs, include_inherited=self.lineage == "full", container_type=search.ContainerType.RUN))
+
+    def download(self, project: str, file: Any, target: Path) -> Path | None:
+        from neptune_query.internal.retrieval import files
+
+        # Signing needs the project next to the storage path; attribute values carry only the path.
+        ref = _StoredFile(project, file.path)
+        signed = retrying(lambda: files.fetch_signed_urls(self.client, [ref]))[0]
+        return files.download_file_complete(self.client, signed, target)
+
+
+class _Downloads:
+    """File payloads of one run, downloaded concurrently, then added to the run in a stable order."""
+
+    def __init__(self, source: Neptune3Source, tmp: Path, writer: Any, stats: ExportStats) -> None:
+        self.source = source
+        self.project = writer.ref.project_id
+        self.tmp = tmp
+        self.writer = writer
+        self.stats = stats
+        self.pool = ThreadPoolExecutor(source.download_workers, thread_name_prefix="download")
+        self.pending: list[tuple[str, str, Any, float | None, int | None, Any]] = []
+
+    def add(self, path: str, type_: str, file: Any, step: float | None, timestamp: int | None) -> None:
+        name = _file_name(path, file, step)
+        if not self.source.selection.wants_file(path, name, int(getattr(file, "size_bytes", 0) or 0)):
+            return
+        target = self.tmp / f"{len(self.pending)}"
+        fut = self.pool.submit(self.source.download, self.project, file, target)
+        self.pending.append((path, type_, file, step, timestamp, fut))
+
+    def finish(self) -> None:
+        try:
+            for path, type_, file, step, timestamp, fut in self.pending:
+                local = fut.result()
+                if local is None:
+                    self.stats.missing_files.append(f"{path}" + (f"@{step}" if step is not None else ""))
+                    log.warning("file %s of a run is gone from Neptune's storage; recorded as missing", path)
+                    continue
+                info = self.writer.add_file(path, type_, local, _file_name(path, file, step), step=step,
+                                            timestamp=timestamp, mime=getattr(file, "mime_type", None))
+                local.unlink(missing_ok=True)
+                self.stats.files += 1
+                self.stats.bytes += info.size
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _StoredFile:
+    project_identifier: str
+    path: str
+
+
+def _file_name(path: str, file: Any, step: float | None) -> str:
+    """The name a payload had when it was logged: the last part of its storage path."""
+    stored = str(getattr(file, "path", "") or "")
+    name = stored.rsplit("/", 1)[-1] if stored else ""
+    return name or path.rsplit("/", 1)[-1]
+
+
+def _histogram(value: Any) -> dict[str, Any]:
+    return {"type": value.type, "edges": list(value.edges), "values": list(value.values)}
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
