@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - neptune-query alone
     )
 
 from . import nql
-from .model import WIRE_TYPES, Attribute, Project, Run, float_series_stats, lineage_attribute, lineage_points, to_ms
+from .model import WIRE_TYPES, Attribute, Project, Run, lineage_attribute, lineage_points, series_stats, to_ms
 from .store import Store
 from .web import HttpError, Reply, Request, Router
 
@@ -67,7 +67,7 @@ def fill_attribute(dto: Any, attr: Attribute) -> None:
         props = dto.float_series_properties
         props.has_preview = any(p.is_preview for p in v)
         if v:
-            for key, value in float_series_stats(v).items():
+            for key, value in series_stats(attr).items():
                 setattr(props, key, value)
     elif t == "string_series":
         props = dto.string_series_properties

@@ -491,3 +491,16 @@ def float_series_stats(points: list[Point]) -> dict[str, float]:
     else:
         out |= {"min": math.nan, "max": math.nan, "average": math.nan, "variance": math.nan}
     return out
+
+
+def series_stats(attr: Attribute) -> dict[str, float]:
+    """float_series_stats of a float series attribute, cached on it: tables ask for every run's aggregates
+    on every page, and the variance of a million points takes a second."""
+    points = attr.value
+    key = (len(points), id(points[-1]) if points else None)
+    cached = attr.__dict__.get("_stats")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    stats = float_series_stats(points)
+    attr.__dict__["_stats"] = (key, stats)
+    return stats
