@@ -68,6 +68,10 @@ def serve(
     out = out or sys.stdout
     stop = stop or threading.Event()
     sandbox = Sandbox(projects_from_seed(seed), host=host, port=port, request_log_limit=10_000)
+    # handlers first: whoever reads the printed lines may signal us right after the last one
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     with sandbox:
         print(f"# Neptune sandbox on {sandbox.url} with projects: {', '.join(sandbox.projects)}", file=out)
         for key, value in sandbox.env().items():
@@ -75,7 +79,4 @@ def serve(
         print("# Ctrl+C stops it.", file=out, flush=True)
         if ready is not None:
             ready(sandbox)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
         stop.wait()
