@@ -115,3 +115,26 @@ def test_fault_rate_is_deterministic_per_seed() -> None:
     assert f.seen == 5 and f.served == 1
     with pytest.raises(ValueError):
         faults.add("x", "418")
+
+
+def test_rows_and_add_project() -> None:
+    from neptune_migration.sandbox import generate_project
+
+    project = generate_project("rows", runs=2, series=1, points=3, files=1, nasty=False)
+    run = project.runs[0]
+    rows = list(run.rows())
+    series = [r for r in rows if r[0] == "metrics/m0"]
+    assert [(r[1], r[2]) for r in series] == [("float_series", 0.0), ("float_series", 1.0), ("float_series", 2.0)]
+    assert all(r[3] is not None for r in series)
+    atoms = {r[0]: r for r in rows if r[2] is None}
+    assert atoms["sys/custom_run_id"] == ("sys/custom_run_id", "string", None, None, "run-0000")
+    assert len(rows) == len(run.attributes) - 1 + 3  # the series expands into its points
+
+    with Sandbox([demo_project()]) as sb:
+        sb.add_project(project)
+        path = run.attributes["files/f0"].value.path
+        assert path in sb.store.files
+        status, body = call(sb, "GET", "/sandbox/blob/" + path, bearer=False)
+        assert status == 200 and body == run.attributes["files/f0"].value.data
+        with pytest.raises(ValueError):
+            sb.add_project(project)

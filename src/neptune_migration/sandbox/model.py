@@ -284,6 +284,19 @@ class Run:
         """An empty series: the attribute exists but holds no points."""
         self._series(path, type_)
 
+    def rows(self) -> Iterable[tuple[str, str, float | None, dt.datetime | None, Any]]:
+        """One (path, type, step, timestamp, value) per atom and per series point, in the spirit of the
+        neptune-exporter archive rows: atoms have no step or timestamp. Previews are included (check
+        ``Point.is_preview`` through ``attributes`` when that matters); 2.x-only kinds are left out."""
+        for attr in self.attributes.values():
+            if attr.type not in ATTRIBUTE_TYPES:
+                continue
+            if attr.is_series:
+                for p in attr.value:
+                    yield attr.path, attr.type, p.step, from_ms(p.timestamp_ms), p.value
+            else:
+                yield attr.path, attr.type, None, None, attr.value
+
     def files(self) -> Iterable[tuple[str, float | None, FileValue]]:
         for attr in self.attributes.values():
             if attr.type == "file":

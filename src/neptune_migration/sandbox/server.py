@@ -121,6 +121,14 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def add_project(self, project: Project) -> None:
+        """Serve one more project, also while running (its files get storage paths and become downloadable)."""
+        added = Store.build([project])
+        if project.project_id in self.store.projects:
+            raise ValueError(f"project {project.project_id} is already served")
+        self.store.projects[project.project_id] = project
+        self.store.files.update(added.files)
+
     # -------------------------------------------------------------- what clients need
     @property
     def url(self) -> str:
