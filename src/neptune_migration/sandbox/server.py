@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
-from . import api3
+from . import api2, api3
 from .auth import Auth, make_api_token
 from .faults import Faults
 from .model import Project
@@ -49,7 +49,11 @@ class LoggedRequest(NamedTuple):
 
 
 class Sandbox:
-    """A Neptune API server for tests and demos. Not thread-safe to mutate while serving."""
+    """A Neptune API server for tests and demos.
+
+    Requests read the model without locks: change it only before ``start()``, or add whole projects with
+    ``add_project``.
+    """
 
     def __init__(
         self,
@@ -91,12 +95,7 @@ class Sandbox:
         self.router.add("GET", "/api/backend/v1/authorization/oauth-token", self.auth.exchange)
         self.router.add("POST", "/auth/realms/neptune/protocol/openid-connect/token", self.auth.refresh)
         api3.register(self.router, self.store)
-        try:
-            from . import api2
-        except ImportError:  # the 2.x layer is optional
-            api2 = None  # type: ignore[assignment]
-        if api2 is not None:
-            api2.register(self.router, self.store)
+        api2.register(self.router, self.store)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
