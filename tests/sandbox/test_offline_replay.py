@@ -53,6 +53,7 @@ def test_scale_replay_matches_what_was_logged(scale_project: Project) -> None:
     assert (hist.step, hist.value.edges, hist.value.values) == (1.0, [0.0, 1.0, 2.0], [3.0, 4.0])
     config = run.attributes["files/config"].value
     assert (config.data, config.name) == (b"lr: 0.125\n", "config.yaml")
+    assert config.path.startswith(f"{w.SCALE_RUN}-") and config.path.endswith("/config.yaml")  # the client's own key
     image = run.attributes["images/sample"].value[0]
     assert image.step == 1.0 and image.value.data.startswith(b"\x89PNG") and image.value.mime_type == "image/png"
 

@@ -80,7 +80,8 @@ def _scale_file(ref: Any, uploads: dict[str, str]) -> FileValue:
     source = uploads.get(ref.path)
     data = Path(source).read_bytes() if source and Path(source).exists() else b""
     name = Path(source).name if source else ref.path.rsplit("/", 1)[-1]
-    return FileValue(data, name, ref.mime_type or "application/octet-stream")
+    # keep the storage path neptune-scale chose: it is what a real 3.x server would hand out
+    return FileValue(data, name, ref.mime_type or "application/octet-stream", path=ref.path)
 
 
 def _scale_value(value: Any, uploads: dict[str, str]) -> tuple[str, Any]:
