@@ -339,3 +339,33 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'demo' / 'mlflow-store' / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments() if e.name != "Default"]
     assert len(client.search_runs(exps)) == 8
+
+
+def test_refresh_reexports_changed_runs_and_replaces_them_in_mlflow(tmp_path: Path, mlflow_server: Any,
+                                                                     prefix: str) -> None:
+    from datetime import timedelta
+
+    from mlflow.tracking import MlflowClient
+
+    from neptune_migration.sandbox import Attribute
+
+    project = generate_project("refresh", runs=3, series=1, points=10, files=0, nasty=False)
+    with Sandbox([project]) as sb:
+        args = ["migrate", "--from", "neptune3", "-p", "sandbox/refresh", "--to", "mlflow", "--mlflow-tracking-uri",
+                mlflow_server.uri, "--experiment-prefix", prefix, "--archive", str(tmp_path / "a"),
+                "--state", str(tmp_path / "s.db"), "--no-progress"]
+        assert run_cli(*args, env=sb.env()).returncode == 0
+        changed = project.runs[1]
+        changed.attributes["params/changed"] = Attribute("params/changed", "string", "new value")
+        mod = changed.attributes["sys/modification_time"]
+        changed.attributes["sys/modification_time"] = Attribute(mod.path, mod.type, mod.value + timedelta(hours=1))
+        result = run_cli(*args, "--refresh", env=sb.env())
+        assert result.returncode == 0, result.stderr + result.stdout
+    client = MlflowClient(mlflow_server.uri)
+    exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
+    runs = {r.info.run_name: r for r in client.search_runs(exps)}
+    assert len(runs) == 3, "the changed run is replaced, not duplicated"
+    assert runs[changed.custom_run_id].data.params["params/changed"] == "new value"
+    with Ledger(tmp_path / "s.db") as ledger:
+        exports = {e.ref.run_id: e.attempts for e in ledger.entries(stage="export")}
+    assert exports[changed.custom_run_id] == 2 and sorted(exports.values()) == [1, 1, 2]

@@ -156,8 +156,9 @@ def migrate(
             exported.outcomes.append(ex)
         if ex.status == "failed":
             return
-        if ex.status == "exported" and refresh and ledger.is_done(run.ref, LOAD, target.canonical):
-            # The run changed in Neptune since it was loaded: load it again (MLflow completes it in place).
+        replace = ex.status == "exported" and refresh and ledger.get(run.ref, LOAD, target.canonical) is not None
+        if replace:
+            # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
             ledger.reset(run.ref, LOAD, target.canonical)
         if ledger.is_done(run.ref, LOAD, target.canonical):
             outcome = RunOutcome(run.ref.key, "already_loaded")
@@ -166,7 +167,7 @@ def migrate(
             if archived is None:  # pragma: no cover - export_one just committed it
                 outcome = RunOutcome(run.ref.key, "failed", error="run missing from the archive after export")
             else:
-                outcome = _load_one(archived, target, selection, ledger, tracker)
+                outcome = _load_one(archived, target, selection, ledger, tracker, replace=replace)
         with lock:
             loaded.outcomes.append(outcome)
 

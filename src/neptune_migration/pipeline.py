@@ -127,7 +127,9 @@ def load(
     return summary
 
 
-def _load_one(run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker) -> RunOutcome:
+def _load_one(
+    run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False
+) -> RunOutcome:
     started = time.monotonic()
     canonical = target.canonical
     entry = ledger.start(run.ref, LOAD, canonical)
@@ -138,6 +140,7 @@ def _load_one(run: ArchivedRun, target: Target, selection: Selection, ledger: Le
         on_bytes=tracker.add_bytes,
         wants_attribute=selection.wants_attribute,
         wants_file=selection.wants_file,
+        replace=replace,
     )
     try:
         result = target.load_run(run, ctx)

@@ -43,6 +43,8 @@ class LoadContext:
     wants_attribute: Callable[[str, str], bool] = lambda _path, _type: True
     # File filter from the selection: (attribute path, file name, size) -> wanted.
     wants_file: Callable[[str, str, int], bool] = lambda _path, _name, _size: True
+    # The run changed at the source since it was loaded (`--refresh`): replace the target's copy.
+    replace: bool = False
 
 
 class Target(Protocol):

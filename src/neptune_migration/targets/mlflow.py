@@ -210,6 +210,11 @@ class MlflowTarget:
         exp_id = self.experiment_id(self.experiment_name(run))
         existing = retrying(lambda: self.find_runs(exp_id, run.ref))
         checkpoint = ctx.checkpoint or {}
+        if existing and ctx.replace:
+            # A refreshed run replaces its earlier copy; deleted MLflow runs drop out of the key search.
+            for old in existing:
+                retrying(lambda r=old.info.run_id: self.client.delete_run(r))
+            existing = []
         if existing:
             mlflow_run = existing[0]
             for extra in existing[1:]:
