@@ -1,0 +1,352 @@
+"""Validation reports a person can act on: a terminal table, report.json, report.html, report.md, errors.jsonl.
+
+Everything is built from one dictionary (`build_report`), whose shape is the documented, versioned schema of
+report.json (docs/validation.md); the HTML and Markdown are renderings of it. Every string passes through
+`secrets.redact` once, when the dictionary is built, so no rendering can leak a token.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .ledger import Entry, Ledger
+from .secrets import redact
+from .validation import ERROR, MISMATCHED, VALIDATED, RunCheck, ValidationSummary
+
+SCHEMA = "neptune-migration/validation-report"
+SCHEMA_VERSION = 1
+FILES = {"json": "report.json", "html": "report.html", "markdown": "report.md", "errors": "errors.jsonl"}
+TOTAL_FIELDS = (
+    ("runs_selected", "runs selected"),
+    ("runs_validated", "runs validated"),
+    ("runs_mismatched", "runs with mismatches"),
+    ("runs_failed", "runs that could not be read back"),
+    ("runs_incomplete_in_archive", "incomplete runs in the archive"),
+    ("mismatches", "mismatches"),
+    ("params", "params compared"),
+    ("metric_series", "metric series compared"),
+    ("points", "metric points compared"),
+    ("series_artifacts", "string/histogram series compared"),
+    ("series_points", "string/histogram points compared"),
+    ("files", "files compared"),
+    ("bytes", "file bytes compared"),
+    ("approximations", "documented approximations"),
+    ("errors", "errors recorded"),
+)
+
+
+def build_report(
+    summary: ValidationSummary,
+    ledger: Ledger | None = None,
+    archive: str | None = None,
+    generated_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The report as report.json holds it (schema in docs/validation.md)."""
+    checks = summary.checks
+    load_entries = _entries(ledger, "load", summary.target)
+    runs = []
+    for check in checks:
+        row = check.to_dict()
+        entry = load_entries.get((check.ref.project_id, check.ref.run_id))
+        row["load_status"] = entry.status if entry else None
+        row["load_attempts"] = entry.attempts if entry else 0
+        runs.append(row)
+    projects: dict[str, dict[str, int]] = {}
+    for check in checks:
+        p = projects.setdefault(check.ref.project_id, {"runs": 0, "validated": 0, "mismatched": 0, "failed": 0,
+                                                       "mismatches": 0, "points": 0, "files": 0, "bytes": 0})
+        p["runs"] += 1
+        p[{VALIDATED: "validated", MISMATCHED: "mismatched", ERROR: "failed"}[check.status]] += 1
+        p["mismatches"] += check.mismatch_count
+        for what in ("points", "files", "bytes"):
+            p[what] += check.checked.get(what, 0)
+    approximations = summary.approximations()
+    errors = error_rows(ledger, summary.target, checks)
+    totals = {
+        "runs_selected": len(checks),
+        "runs_validated": summary.count(VALIDATED),
+        "runs_mismatched": summary.count(MISMATCHED),
+        "runs_failed": summary.count(ERROR),
+        "runs_incomplete_in_archive": len(summary.incomplete),
+        "mismatches": sum(c.mismatch_count for c in checks),
+        "approximations": sum(approximations.values()),
+        "errors": len(errors),
+    }
+    for what in ("params", "metric_series", "points", "series_artifacts", "series_points", "files", "bytes"):
+        totals[what] = sum(c.checked.get(what, 0) for c in checks)
+    totals = {name: totals[name] for name, _ in TOTAL_FIELDS}
+    report = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "generated_at": (generated_at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "target": summary.target,
+        "archive": archive,
+        "ok": summary.ok and not errors,
+        "seconds": round(summary.seconds, 3),
+        "totals": totals,
+        "projects": [{"project_id": k, **v} for k, v in sorted(projects.items())],
+        "runs": runs,
+        "mismatches": [
+            {"project_id": c.ref.project_id, "run_id": c.ref.run_id, **m.to_dict()}
+            for c in checks for m in c.mismatches
+        ],
+        "approximations": approximations,
+        "incomplete_in_archive": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
+        "errors": errors,
+    }
+    return _redacted(report)
+
+
+def error_rows(ledger: Ledger | None, target: str, checks: Iterable[RunCheck] = ()) -> list[dict[str, Any]]:
+    """Every failure the ledger holds for this target (any stage, plus exports), with its full message."""
+    rows = []
+    if ledger is not None:
+        for entry in ledger.entries():
+            if entry.status not in ("failed", "mismatch"):
+                continue
+            if entry.target not in (target, "") and entry.stage != "export":
+                continue
+            rows.append({
+                "project_id": entry.ref.project_id,
+                "run_id": entry.ref.run_id,
+                "stage": entry.stage,
+                "target": entry.target,
+                "status": entry.status,
+                "attempts": entry.attempts,
+                "error": entry.last_error or "",
+                "updated_at": datetime.fromtimestamp(entry.updated_at, UTC).isoformat(timespec="seconds"),
+            })
+    else:
+        for check in checks:
+            if check.status != VALIDATED:
+                rows.append({"project_id": check.ref.project_id, "run_id": check.ref.run_id, "stage": "validate",
+                             "target": target, "status": "failed" if check.status == ERROR else "mismatch",
+                             "attempts": 1, "error": check.summary_line(), "updated_at": None})
+    return _redacted(rows)
+
+
+def write_reports(report: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Write report.json, report.html, report.md and errors.jsonl into `folder`; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {kind: folder / name for kind, name in FILES.items()}
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
+                             encoding="utf-8")
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    with open(paths["errors"], "w", encoding="utf-8") as fh:
+        for row in report["errors"]:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return paths
+
+
+# -- terminal -------------------------------------------------------------------------------------------------
+def print_summary(report: dict[str, Any], console: Console, max_mismatches: int = 20) -> None:
+    totals = report["totals"]
+    table = Table(title=f"Validation against {report['target']}", show_header=False, box=None)
+    for name, label in TOTAL_FIELDS:
+        value = totals[name]
+        style = "red" if name in ("runs_mismatched", "runs_failed", "mismatches", "errors") and value else ""
+        text = _human_bytes(value) if name == "bytes" else f"{value:,}"
+        table.add_row(label, f"[{style}]{text}[/{style}]" if style else text)
+    console.print(table)
+    if len(report["projects"]) > 1:
+        per = Table(title="Per project")
+        for col in ("project", "runs", "validated", "mismatched", "failed", "points", "files"):
+            per.add_column(col, justify="left" if col == "project" else "right")
+        for p in report["projects"]:
+            per.add_row(p["project_id"], *(f"{p[k]:,}" for k in ("runs", "validated", "mismatched", "failed",
+                                                                   "points", "files")))
+        console.print(per)
+    if report["mismatches"]:
+        mm = Table(title="Mismatches")
+        for col in ("run", "attribute", "kind", "what differs"):
+            mm.add_column(col, overflow="fold")
+        for m in report["mismatches"][:max_mismatches]:
+            mm.add_row(f"{m['project_id']}/{m['run_id']}", m["attribute"], m["kind"], m["detail"])
+        console.print(mm)
+        if len(report["mismatches"]) > max_mismatches:
+            console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
+    for kind, n in report["approximations"].items():
+        console.print(f"approximated (documented): {kind}: {n:,}")
+
+
+# -- Markdown -----------------------------------------------------------------------------------------------
+def render_markdown(report: dict[str, Any]) -> str:
+    totals = report["totals"]
+    verdict = "all selected data matches" if report["ok"] else "MISMATCHES OR ERRORS FOUND"
+    lines = [f"# Validation report: {verdict}", "",
+             f"Target `{report['target']}`, archive `{report['archive'] or '-'}`, generated {report['generated_at']} "
+             f"by neptune-migrate {report['tool_version']}.", "", "| total | value |", "|---|---:|"]
+    lines += [f"| {label} | {_cell(_human_bytes(totals[n]) if n == 'bytes' else f'{totals[n]:,}')} |"
+              for n, label in TOTAL_FIELDS]
+    lines += ["", "## Projects", "", "| project | runs | validated | mismatched | failed | points | files |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {_cell(p['project_id'])} | {p['runs']} | {p['validated']} | {p['mismatched']} | {p['failed']} | "
+              f"{p['points']:,} | {p['files']:,} |" for p in report["projects"]]
+    lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | target id |",
+              "|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {_cell(r['project_id'])} | {_cell(r['run_id'])} | {r['status']} | {r['mismatch_count']} | "
+              f"{r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | {_cell(r['target_id'] or '')} |"
+              for r in report["runs"]]
+    if report["mismatches"]:
+        lines += ["", "## Mismatches", "", "| run | attribute | kind | what differs |", "|---|---|---|---|"]
+        lines += [f"| {_cell(m['project_id'] + '/' + m['run_id'])} | {_cell(m['attribute'])} | {m['kind']} | "
+                  f"{_cell(m['detail'])} |" for m in report["mismatches"]]
+    if report["approximations"]:
+        lines += ["", "## Documented approximations", "", "| kind | count |", "|---|---:|"]
+        lines += [f"| {_cell(k)} | {n:,} |" for k, n in report["approximations"].items()]
+    if report["errors"]:
+        lines += ["", "## Errors", "", "| run | stage | status | attempts | error |", "|---|---|---|---:|---|"]
+        lines += [f"| {_cell(e['project_id'] + '/' + e['run_id'])} | {e['stage']} | {e['status']} | {e['attempts']} | "
+                  f"{_cell(e['error'])} |" for e in report["errors"]]
+    if report["incomplete_in_archive"]:
+        lines += ["", "## Incomplete runs in the archive (export interrupted; not loaded)", ""]
+        lines += [f"- `{x}`" for x in report["incomplete_in_archive"]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+# -- HTML ---------------------------------------------------------------------------------------------------
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fafbfc}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}.meta{color:#5a6272;margin-bottom:16px}
+.verdict{display:inline-block;padding:3px 10px;border-radius:12px;font-weight:600;color:#fff}
+.ok{background:#1f883d}.bad{background:#cf222e}
+.cards{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #d8dee4;border-radius:8px;
+padding:10px 14px;min-width:150px}.card .v{font-size:20px;font-weight:600}.card .l{color:#5a6272;font-size:12px}
+.card.alert .v{color:#cf222e}
+table{border-collapse:collapse;background:#fff;border:1px solid #d8dee4;width:100%;margin-bottom:8px}
+th,td{padding:5px 9px;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
+th{background:#f3f5f7;cursor:pointer;user-select:none;white-space:nowrap}th:after{content:" \\2195";color:#9aa3ae}
+th.asc:after{content:" \\2191"}th.desc:after{content:" \\2193"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.s-validated{color:#1f883d;font-weight:600}.s-mismatch,.s-error,.s-failed{color:#cf222e;font-weight:600}
+input.filter{margin:0 0 8px;padding:4px 8px;width:320px}code{font-size:12px}
+"""
+
+_JS = """
+function sortTable(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),
+b=t.tBodies[0],asc=!th.classList.contains('asc');t.querySelectorAll('th').forEach(h=>h.classList.remove('asc','desc'));
+th.classList.add(asc?'asc':'desc');const key=r=>{const c=r.children[i];const v=c.dataset.sort??c.textContent;
+const n=parseFloat(v);return isNaN(n)||!/^-?[0-9.,e+]+$/.test(v.trim())?v.toLowerCase():n};
+[...b.rows].sort((x,y)=>{const a=key(x),c=key(y);return (a<c?-1:a>c?1:0)*(asc?1:-1)}).forEach(r=>b.appendChild(r))}
+function filterTable(inp,id){const q=inp.value.toLowerCase();document.getElementById(id).tBodies[0]
+.querySelectorAll('tr').forEach(r=>{r.style.display=r.textContent.toLowerCase().includes(q)?'':'none'})}
+document.querySelectorAll('th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """One self-contained page (inline CSS and JS, no network): totals, projects, runs, mismatches, errors."""
+    e = html.escape
+    totals = report["totals"]
+    ok = report["ok"]
+    cards = []
+    for name, label in TOTAL_FIELDS:
+        value = totals[name]
+        shown = _human_bytes(value) if name == "bytes" else f"{value:,}"
+        alert = " alert" if name in ("runs_mismatched", "runs_failed", "mismatches", "errors") and value else ""
+        cards.append(f'<div class="card{alert}"><div class="v" id="total-{name}" data-value="{value}">{e(shown)}'
+                     f'</div><div class="l">{e(label)}</div></div>')
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>neptune-migrate validation report: {e(report['target'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Validation report <span class=\"verdict {'ok' if ok else 'bad'}\" id=\"verdict\">"
+        f"{'all selected data matches' if ok else 'mismatches or errors found'}</span></h1>",
+        f"<div class=\"meta\">Target <code>{e(report['target'])}</code> &middot; archive "
+        f"<code>{e(report['archive'] or '-')}</code> &middot; generated {e(report['generated_at'])} by "
+        f"neptune-migrate {e(report['tool_version'])} in {report['seconds']:,.1f} s</div>",
+        f"<div class=\"cards\" id=\"totals\">{''.join(cards)}</div>",
+    ]
+    parts.append(_html_table("projects", "Projects", ["project", "runs", "validated", "mismatched", "failed",
+                                                      "mismatches", "points", "files", "bytes"],
+                             [[p["project_id"], p["runs"], p["validated"], p["mismatched"], p["failed"],
+                               p["mismatches"], p["points"], p["files"], p["bytes"]] for p in report["projects"]]))
+    parts.append(_html_table("runs", "Runs", ["project", "run", "status", "mismatches", "params", "points",
+                                             "series points", "files", "bytes", "load attempts", "seconds",
+                                             "target id"],
+                             [[r["project_id"], r["run_id"], ("status", r["status"]), r["mismatch_count"],
+                               r["checked"].get("params", 0), r["checked"].get("points", 0),
+                               r["checked"].get("series_points", 0), r["checked"].get("files", 0),
+                               r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or ""]
+                              for r in report["runs"]], filter_box=True))
+    parts.append(_html_table("mismatches", "Mismatches", ["project", "run", "attribute", "kind", "what differs",
+                                                          "target key"],
+                             [[m["project_id"], m["run_id"], m["attribute"], m["kind"], m["detail"],
+                               m["target_key"] or ""] for m in report["mismatches"]], filter_box=True,
+                             empty="No mismatches: every compared value is equal."))
+    parts.append(_html_table("approximations", "Documented approximations (see docs/mlflow.md)", ["kind", "count"],
+                             [[k, n] for k, n in report["approximations"].items()], empty="None."))
+    parts.append(_html_table("errors", "Errors", ["project", "run", "stage", "status", "attempts", "error"],
+                             [[x["project_id"], x["run_id"], x["stage"], ("status", x["status"]), x["attempts"],
+                               x["error"]] for x in report["errors"]], empty="No errors."))
+    if report["incomplete_in_archive"]:
+        items = "".join(f"<li><code>{e(x)}</code></li>" for x in report["incomplete_in_archive"])
+        parts.append(f"<h2>Incomplete runs in the archive</h2><ul id=\"incomplete\">{items}</ul>")
+    parts.append(f"<script>{_JS}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(table_id: str, title: str, headers: list[str], rows: list[list[Any]], filter_box: bool = False,
+                empty: str = "") -> str:
+    e = html.escape
+    out = [f"<h2>{e(title)} <small>({len(rows):,})</small></h2>"]
+    if not rows and empty:
+        return out[0] + f"<p id=\"{table_id}-empty\">{e(empty)}</p>"
+    if filter_box:
+        out.append(f"<input class=\"filter\" placeholder=\"filter\" oninput=\"filterTable(this,'{table_id}')\">")
+    out.append(f"<table id=\"{table_id}\"><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers)
+               + "</tr></thead><tbody>")
+    for row in rows:
+        cells = []
+        for value in row:
+            if isinstance(value, tuple):  # a status: coloured, sorted by its text
+                cells.append(f"<td class=\"s-{e(value[1])}\">{e(value[1])}</td>")
+            elif isinstance(value, bool) or value is None:
+                cells.append(f"<td>{e(str(value))}</td>")
+            elif isinstance(value, int | float):
+                cells.append(f"<td class=\"num\" data-sort=\"{value}\">{value:,}</td>")
+            else:
+                cells.append(f"<td>{e(str(value))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def _entries(ledger: Ledger | None, stage: str, target: str) -> dict[tuple[str, str], Entry]:
+    if ledger is None:
+        return {}
+    return {(x.ref.project_id, x.ref.run_id): x for x in ledger.entries(stage=stage, target=target)}
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,} B" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value

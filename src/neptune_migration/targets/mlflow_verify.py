@@ -1,0 +1,662 @@
+"""Read a migrated run back from MLflow and compare it with the archive (the mapping is docs/mlflow.md).
+
+The expected side is derived from the archive with the same pure mapping functions the loader uses, never from
+what the target says about itself: a step scale, a key name or an artifact path is recomputed here, so a loader
+bug shows up as a mismatch instead of being validated against its own output.
+
+Reading is the expensive part. Metric histories come over REST as raw JSON (no per-point MLflow entities),
+several series in flight; for `sqlite:///` stores the metrics table is read directly. Artifacts are downloaded
+once per run through the client into a temporary folder and hashed there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..archive import ArchivedRun
+from ..archive.reader import decimal_micros, timestamps_ms, to_ms
+from ..model import FILE_LIKE_TYPES
+from ..naming import resolve_collisions
+from ..paths import safe_segments
+from ..retry import retrying
+from ..selection import Selection
+from ..validation import RunCheck
+from .mlflow_mapping import (
+    MAX_PARAM_LENGTH,
+    MAX_TAG_LENGTH,
+    artifact_name,
+    decimals_needed,
+    exact_decimals,
+    iso,
+    metric_key,
+    param_text,
+    sanitize_key,
+    scale_exact,
+    scale_micros,
+    truncate_with_marker,
+)
+
+MAX_DOUBLE = 1.7976931348623157e308
+CANONICAL_NAN = np.array([math.nan]).view(np.uint64)[0]
+HISTORY_PAGE = 100_000
+STATE_TAG = "neptune.migration.state"
+SCALE_TAG = "neptune.step_scale"
+# Examples shown per series and kind of difference; the counts are always complete.
+EXAMPLES = 5
+
+# Tags whose Neptune source is one attribute: so a wrong tag is reported on the attribute a person knows.
+_TAG_ATTRIBUTE = {
+    "mlflow.user": "sys/owner",
+    "mlflow.note.content": "sys/description",
+    "neptune.tags": "sys/tags",
+    "neptune.group_tags": "sys/group_tags",
+    "neptune.experiment": "sys/name",
+    "neptune.fork_parent": "sys/forking/parent",
+    "neptune.fork_step": "sys/forking/step",
+}
+
+
+@dataclass
+class Series:
+    """One metric series as sorted arrays: step (int64), timestamp in ms (int64), value bits (uint64)."""
+
+    steps: np.ndarray
+    timestamps: np.ndarray
+    bits: np.ndarray
+
+    @classmethod
+    def build(cls, steps: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> Series:
+        bits = normalise_values(values)
+        order = np.lexsort((bits, timestamps, steps))
+        return cls(steps[order], timestamps[order], bits[order])
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def equals(self, other: Series) -> bool:
+        return (len(self) == len(other) and np.array_equal(self.steps, other.steps)
+                and np.array_equal(self.timestamps, other.timestamps) and np.array_equal(self.bits, other.bits))
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.steps, self.timestamps, self.bits):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+
+def normalise_values(values: np.ndarray) -> np.ndarray:
+    """Values as MLflow gives them back, as comparable bits: +-inf clamped, -0.0 as 0.0, one NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    v = np.where(np.isposinf(v), MAX_DOUBLE, np.where(np.isneginf(v), -MAX_DOUBLE, v)) + 0.0
+    bits = v.view(np.uint64).copy()
+    bits[np.isnan(v)] = CANONICAL_NAN
+    return bits
+
+
+def bits_to_float(bits: int) -> float:
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+@dataclass
+class ExpectedFile:
+    attribute: str
+    source: Path | None  # an archive payload, or None when `content` holds the bytes (a long param's text)
+    size: int
+    content: bytes | None = None
+    recorded_sha256: str | None = None  # what the archive's row says, when it says
+
+    def sha256(self) -> str:
+        if self.content is not None:
+            return hashlib.sha256(self.content).hexdigest()
+        assert self.source is not None
+        return file_sha256(self.source)
+
+
+class MlflowVerifier:
+    """Compares archived runs with an MLflow tracking store through an `MlflowTarget` (same URI and naming)."""
+
+    def __init__(self, target: Any, read_workers: int = 4) -> None:
+        # A tqdm bar per run download would bury the validation progress.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.target = target
+        self.client = target.client
+        store = self.client._tracking_client.store  # the only way to the REST credentials
+        self._rest_creds = store.get_host_creds if type(store).__name__ == "RestStore" else None
+        uri = target.tracking_uri
+        self._sqlite = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        self._pool = ThreadPoolExecutor(max(1, read_workers), thread_name_prefix="mlflow-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- identity -----------------------------------------------------------------------------------------
+    def find_runs(self, run: ArchivedRun) -> list[Any]:
+        """Active MLflow runs carrying this Neptune run's key, oldest first; never creates anything."""
+        exp = self.client.get_experiment_by_name(self.target.experiment_name(run))
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return []
+        return self.target.find_runs(exp.experiment_id, run.ref)
+
+    def discard(self, run: ArchivedRun) -> int:
+        """Delete every MLflow run of this Neptune run (for `retry`): the next load creates it afresh."""
+        found = retrying(lambda: self.find_runs(run))
+        for mlflow_run in found:
+            retrying(lambda r=mlflow_run: self.client.delete_run(r.info.run_id))
+        return len(found)
+
+    # -- the comparison -------------------------------------------------------------------------------------
+    def verify(self, run: ArchivedRun, selection: Selection) -> RunCheck:
+        check = RunCheck(run.ref)
+        found = retrying(lambda: self.find_runs(run))
+        if not found:
+            check.mismatch("run", "run_missing", f"no MLflow run in experiment {self.target.experiment_name(run)!r} "
+                           f"carries this run's key (tag neptune.run_key = {run.ref.key!r})")
+            return check
+        if len(found) > 1:
+            check.mismatch("run", "duplicate_runs", f"{len(found)} MLflow runs carry this run's key: "
+                           + ", ".join(r.info.run_id for r in found), expected=1, actual=len(found))
+        run_id = found[0].info.run_id
+        check.target_id = run_id
+        mlflow_run = retrying(lambda: self.client.get_run(run_id))
+        expected_files: dict[str, ExpectedFile] = {}
+        self._check_metadata(run, mlflow_run, check)
+        self._check_params(run, selection, mlflow_run, check, expected_files)
+        self._check_metrics(run, selection, mlflow_run, check, expected_files)
+        with tempfile.TemporaryDirectory(prefix="neptune-validate-") as tmp:
+            local = Path(retrying(lambda: self.client.download_artifacts(run_id, "", tmp)))
+            actual = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+            series_paths = self._check_text_series(run, selection, actual, check)
+            self._expected_payloads(run, selection, check, expected_files)
+            self._check_files(expected_files, actual, series_paths, check)
+        return check
+
+    # -- run metadata ---------------------------------------------------------------------------------------
+    def _check_metadata(self, run: ArchivedRun, mlflow_run: Any, check: RunCheck) -> None:
+        atoms = run.atoms()
+        info, tags = mlflow_run.info, mlflow_run.data.tags
+
+        def same(attribute: str, what: str, expected: Any, actual: Any, kind: str) -> None:
+            check.count("metadata")
+            if expected != actual:
+                check.mismatch(attribute, kind, f"{what} is {actual!r} in MLflow, {expected!r} expected",
+                               expected=expected, actual=actual)
+
+        same("run", "run name", run.ref.run_id, info.run_name, "name")
+        failed = bool(atoms["sys/failed"].value) if "sys/failed" in atoms else False
+        same("sys/failed", "status", "FAILED" if failed else "FINISHED", info.status, "status")
+        start = to_ms(run.atom_value("sys/creation_time"))
+        if start is not None:
+            same("sys/creation_time", "start time (ms)", max(start, 1), info.start_time, "start_time")
+        end_attr = next((p for p in ("sys/ping_time", "sys/modification_time")
+                         if p in atoms and atoms[p].value is not None), None)
+        if end_attr is not None:
+            end = to_ms(atoms[end_attr].value)
+            if start is not None:
+                end = max(end, start)
+            same(end_attr, "end time (ms)", end, info.end_time, "end_time")
+        owner = run.atom_value("sys/owner")
+        if owner:
+            same("sys/owner", "owner (user_id)", str(owner)[:MAX_TAG_LENGTH], info.user_id, "owner")
+
+        expected_tags = dict(self.target.run_tags(run))
+        # The parent link depends on which run was loaded first; the Neptune parent is checked by its own tag.
+        expected_tags.pop("mlflow.parentRunId", None)
+        expected_tags[STATE_TAG] = "complete"
+        sys_tags = {sanitize_key("neptune." + p): p for p in atoms if p.startswith("sys/")}
+        for key, value in sorted(expected_tags.items()):
+            check.count("tags")
+            attribute = _TAG_ATTRIBUTE.get(key) or sys_tags.get(key) or _tag_set_attribute(key) or "run"
+            if key not in tags:
+                check.mismatch(attribute, "tag_missing", f"tag {key!r} is missing in MLflow", key, expected=value)
+            elif tags[key] != value:
+                check.mismatch(attribute, "tag_value", f"tag {key!r} is {_short(tags[key])!r} in MLflow, "
+                               f"{_short(value)!r} expected", key, expected=value, actual=tags[key])
+        for key in sorted(tags):
+            if key.startswith(("neptune.tag.", "neptune.group_tag.")) and key not in expected_tags:
+                check.mismatch("sys/tags" if key.startswith("neptune.tag.") else "sys/group_tags", "tag_extra",
+                               f"tag {key!r} is in MLflow but the run has no such tag", key, actual=tags[key])
+
+    # -- params ---------------------------------------------------------------------------------------------
+    def _check_params(self, run: ArchivedRun, selection: Selection, mlflow_run: Any, check: RunCheck,
+                      expected_files: dict[str, ExpectedFile]) -> None:
+        atoms = run.atoms()
+        wanted = {p: a for p, a in atoms.items() if not p.startswith("sys/") and selection.wants_attribute(p, a.type)}
+        names = resolve_collisions(wanted, sanitize_key)
+        params = mlflow_run.data.params
+        digest = hashlib.sha256()
+        for path, atom in sorted(wanted.items()):
+            key = names[path]
+            text = param_text(atom.type, atom.value)
+            if len(text) > MAX_PARAM_LENGTH:
+                where = "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+                data = text.encode("utf-8")
+                expected_files[where] = ExpectedFile(path, None, len(data), content=data)
+                text = truncate_with_marker(text, MAX_PARAM_LENGTH, where)
+                check.approx("param_truncated_full_value_in_artifact")
+            check.count("params")
+            digest.update(f"{key}\0{text}\0".encode())
+            if key not in params:
+                check.mismatch(path, "param_missing", f"param {key!r} is missing in MLflow", key, expected=text)
+            elif params[key] != text:
+                check.mismatch(path, "param_value", f"param {key!r} is {_short(params[key])!r} in MLflow, "
+                               f"{_short(text)!r} expected", key, expected=_short(text), actual=_short(params[key]))
+        extra = sorted(set(params) - set(names.values()))
+        if extra:
+            check.warnings.append(f"{len(extra)} param(s) in MLflow not in the archive selection: "
+                                  + ", ".join(extra[:5]))
+        check.digests["params"] = digest.hexdigest()
+
+    # -- metrics --------------------------------------------------------------------------------------------
+    def expected_series(self, run: ArchivedRun, selection: Selection, check: RunCheck
+                        ) -> tuple[dict[str, str], dict[str, int], dict[str, Series]]:
+        """Per float series: MLflow key, step scale, and every point as the mapping says MLflow holds it."""
+        plan = _series_plan(run, selection)
+        names = resolve_collisions(plan, metric_key)
+        scales = {path: 10**d for path, d in plan.items()}
+        check.approx("series_with_scaled_steps", sum(1 for d in plan.values() if d))
+        fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+        cols = ["attribute_path", "step", "step_exact", "timestamp", "float_value"]
+        for batch in run.batches(["float_series"], cols):
+            keep = pc.is_in(batch.column("attribute_path"), value_set=pa.array(list(plan), pa.string()))
+            batch = batch.filter(keep)
+            if batch.num_rows == 0:
+                continue
+            paths = np.array(batch.column("attribute_path").to_pylist(), dtype=object)
+            micros = decimal_micros(batch.column("step"))
+            ts = timestamps_ms(batch.column("timestamp"), fallback_ts)
+            check.approx("negative_timestamp_clamped", int((ts < 0).sum()))
+            ts = np.maximum(ts, 0)
+            values = batch.column("float_value").to_numpy(zero_copy_only=False).astype(np.float64)
+            check.approx("inf_clamped_by_mlflow", int(np.isinf(values).sum()))
+            check.approx("negative_zero_stored_as_zero", int(((values == 0) & np.signbit(values)).sum()))
+            exact_col = batch.column("step_exact")
+            exact = exact_col.to_pylist() if exact_col.null_count < batch.num_rows else None
+            for path in set(paths.tolist()):
+                mask = paths == path
+                steps = scale_micros(micros[mask], plan[path])
+                if exact is not None:
+                    for j, i in enumerate(np.flatnonzero(mask)):
+                        if exact[i] is not None:
+                            steps[j] = scale_exact(exact[i], plan[path])
+                parts[path].append((steps, ts[mask], values[mask]))
+        series = {}
+        for path in plan:
+            chunks = parts.get(path, [])
+            if chunks:
+                series[path] = Series.build(*(np.concatenate([c[k] for c in chunks]) for k in range(3)))
+            else:
+                series[path] = Series.build(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        return names, scales, series
+
+    def _check_metrics(self, run: ArchivedRun, selection: Selection, mlflow_run: Any, check: RunCheck,
+                       expected_files: dict[str, ExpectedFile]) -> None:
+        names, scales, expected = self.expected_series(run, selection, check)
+        scale_map = {names[p]: s for p, s in sorted(scales.items()) if s != 1}
+        if scale_map:
+            text = json.dumps(scale_map, sort_keys=True)
+            if len(text) <= MAX_TAG_LENGTH:
+                check.count("tags")
+                actual = mlflow_run.data.tags.get(SCALE_TAG)
+                if actual is None or _loads(actual) != scale_map:
+                    check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {_short(actual)!r} in MLflow, "
+                                   f"{_short(text)!r} expected", SCALE_TAG, expected=text, actual=actual)
+            else:
+                data = text.encode("utf-8")
+                expected_files["neptune/step_scale.json"] = ExpectedFile("run", None, len(data), content=data)
+        run_id = mlflow_run.info.run_id
+        futures = {path: self._pool.submit(retrying, lambda k=names[path]: self.history(run_id, k))
+                   for path in sorted(expected)}
+        digest = hashlib.sha256()
+        for path, fut in futures.items():
+            actual = fut.result()
+            want = expected[path]
+            check.count("metric_series")
+            check.count("points", len(want))
+            digest.update(f"{names[path]}\0{want.digest()}\0".encode())
+            if not want.equals(actual):
+                compare_series(check, path, names[path], scales[path], want, actual)
+        extra = sorted(set(mlflow_run.data.metrics) - set(names.values()))
+        if extra:
+            check.warnings.append(f"{len(extra)} metric(s) in MLflow not in the archive selection: "
+                                  + ", ".join(extra[:5]))
+        check.digests["metrics"] = digest.hexdigest()
+
+    def history(self, run_id: str, key: str) -> Series:
+        """Every stored point of one metric, read the cheapest way the store allows."""
+        if self._sqlite is not None:
+            return _history_sqlite(self._sqlite, run_id, key)
+        if self._rest_creds is not None:
+            return self._history_rest(run_id, key)
+        points = self.client.get_metric_history(run_id, key)
+        return Series.build(np.array([m.step for m in points], np.int64),
+                            np.array([m.timestamp for m in points], np.int64),
+                            np.array([m.value for m in points], np.float64))
+
+    def _history_rest(self, run_id: str, key: str) -> Series:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/metrics/get-history"
+        steps: list[int] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        token = None
+        while True:
+            query: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+            if token:
+                query["page_token"] = token
+            response = http_request(self._rest_creds(), endpoint, "GET", params=query)
+            verify_rest_response(response, endpoint)
+            data = response.json()
+            for m in data.get("metrics", ()):
+                steps.append(int(m.get("step", 0)))
+                stamps.append(int(m.get("timestamp", 0)))
+                values.append(_json_float(m.get("value", 0.0)))
+            token = data.get("next_page_token")
+            if not token:
+                break
+        return Series.build(np.array(steps, np.int64), np.array(stamps, np.int64), np.array(values, np.float64))
+
+    # -- string and histogram series (JSON-lines artifacts) -----------------------------------------------
+    def _check_text_series(self, run: ArchivedRun, selection: Selection, actual: dict[str, Path],
+                           check: RunCheck) -> set[str]:
+        """Count and digest of every line of each series artifact; returns the artifact paths it covered."""
+        cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "string_value",
+                "histogram_value"]
+        table = run.table(["string_series", "histogram_series"], cols)
+        expected: dict[str, list[str]] = defaultdict(list)
+        for row in table.to_pylist():
+            path, type_ = row["attribute_path"], row["attribute_type"]
+            if not selection.wants_attribute(path, type_):
+                continue
+            step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+            value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
+            expected[path].append(_canonical({
+                "step": _json_number(step),
+                "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
+                "value": value,
+            }))
+        covered = set()
+        digest = hashlib.sha256()
+        for path in sorted(expected):
+            where = series_artifact_path(path)
+            covered.add(where)
+            want = sorted(expected[path])
+            check.count("series_artifacts")
+            check.count("series_points", len(want))
+            check.approx("series_points_in_artifacts", len(want))
+            digest.update(f"{where}\0{_lines_digest(want)}\0".encode())
+            local = actual.get(where)
+            if local is None:
+                check.mismatch(path, "series_missing", f"artifact {where!r} is missing in MLflow ({len(want)} "
+                               "points)", where, expected=len(want), actual=0)
+                continue
+            try:
+                got = sorted(_canonical(json.loads(line)) for line in
+                             local.read_text(encoding="utf-8").splitlines() if line.strip())
+            except (ValueError, UnicodeDecodeError) as exc:
+                check.mismatch(path, "series_unreadable", f"artifact {where!r} is not JSON lines: {exc}", where)
+                continue
+            if len(got) != len(want):
+                check.mismatch(path, "series_count", f"artifact {where!r} holds {len(got)} points, {len(want)} "
+                               "expected", where, expected=len(want), actual=len(got))
+            elif got != want:
+                differing = sum(1 for a, b in zip(got, want, strict=True) if a != b)
+                first = next(b for a, b in zip(got, want, strict=True) if a != b)
+                check.mismatch(path, "series_content", f"artifact {where!r}: {differing} point(s) differ, the first "
+                               f"expected being {_short(first)}", where, expected=_lines_digest(want),
+                               actual=_lines_digest(got))
+        check.digests["series"] = digest.hexdigest()
+        return covered
+
+    # -- files ----------------------------------------------------------------------------------------------
+    def _expected_payloads(self, run: ArchivedRun, selection: Selection, check: RunCheck,
+                           expected: dict[str, ExpectedFile]) -> None:
+        """Where every file payload lands, by the loader's rules (docs/mlflow.md, files)."""
+        cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name", "file_size",
+                "file_sha256"]
+        for batch in run.batches(FILE_LIKE_TYPES, cols):
+            for row in batch.to_pylist():
+                path, type_ = row["attribute_path"], row["attribute_type"]
+                if not selection.wants_attribute(path, type_) or row["file_value"] is None:
+                    continue
+                source = run.file_path(row["file_value"]["path"])
+                if not source.exists():
+                    check.mismatch(path, "archive_file_missing", f"the archive has no payload at {source}")
+                    continue
+                artifact_dir = attribute_dir(path)
+                if type_ == "file_series":
+                    step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                    artifact_dir += "/step_" + _step_folder(step)
+                for local, relative in payload_files(source):
+                    name = row["file_name"] if (row["file_name"] and local == source) else local.name
+                    size = local.stat().st_size
+                    if not selection.wants_file(path, name, size):
+                        continue
+                    target_name = artifact_name("_".join(safe_segments(name)))
+                    sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
+                    where = artifact_dir + (f"/{sub}" if sub else "")
+                    if where.rsplit("/", 1)[-1] == target_name:
+                        where = where.rsplit("/", 1)[0] if "/" in where else ""
+                    dest = f"{where}/{target_name}" if where else target_name
+                    recorded = row["file_sha256"] if local == source else None
+                    expected[dest] = ExpectedFile(path, local, size, recorded_sha256=recorded)
+
+    def _check_files(self, expected: dict[str, ExpectedFile], actual: dict[str, Path], series_paths: set[str],
+                     check: RunCheck) -> None:
+        digest = hashlib.sha256()
+        for dest, want in sorted(expected.items()):
+            check.count("files")
+            check.count("bytes", want.size)
+            want_sha = want.sha256()
+            digest.update(f"{dest}\0{want.size}\0{want_sha}\0".encode())
+            if want.recorded_sha256 and want.recorded_sha256 != want_sha:
+                check.mismatch(want.attribute, "archive_payload_corrupt", f"the archive payload for {dest!r} no "
+                               "longer matches the sha256 recorded at export", dest,
+                               expected=want.recorded_sha256, actual=want_sha)
+            local = actual.get(dest)
+            if local is None:
+                check.mismatch(want.attribute, "file_missing", f"artifact {dest!r} ({want.size} bytes) is missing "
+                               "in MLflow", dest, expected=want.size, actual=None)
+                continue
+            size = local.stat().st_size
+            if size != want.size:
+                check.mismatch(want.attribute, "file_size", f"artifact {dest!r} is {size} bytes in MLflow, "
+                               f"{want.size} expected", dest, expected=want.size, actual=size)
+                continue
+            got_sha = file_sha256(local)
+            if got_sha != want_sha:
+                check.mismatch(want.attribute, "file_sha256", f"artifact {dest!r} has different bytes in MLflow "
+                               "(sha256 differs)", dest, expected=want_sha, actual=got_sha)
+        extra = sorted(set(actual) - set(expected) - series_paths)
+        if extra:
+            check.warnings.append(f"{len(extra)} artifact(s) in MLflow not in the archive selection: "
+                                  + ", ".join(extra[:5]))
+        check.digests["files"] = digest.hexdigest()
+
+
+# -- series comparison ----------------------------------------------------------------------------------------
+def compare_series(check: RunCheck, path: str, key: str, scale: int, want: Series, got: Series) -> None:
+    """Explain how two series differ, one mismatch per kind of difference, each naming example steps."""
+    def label(step: int) -> str:
+        return str(step) if scale == 1 else f"{step} (Neptune step {step / scale:g})"
+
+    expected = _by_step(want)
+    actual = _by_step(got)
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    changed_value: list[tuple[int, float, float]] = []
+    changed_ts: list[tuple[int, int, int]] = []
+    recount: list[tuple[int, int, int]] = []
+    for step in sorted(set(expected) & set(actual)):
+        e, a = expected[step], actual[step]
+        if e == a:
+            continue
+        if len(e) != len(a):
+            recount.append((step, len(e), len(a)))
+            continue
+        for (et, ev), (at, av) in zip(e, a, strict=True):
+            if ev != av:
+                changed_value.append((step, bits_to_float(ev), bits_to_float(av)))
+            if et != at:
+                changed_ts.append((step, et, at))
+    if missing:
+        n = sum(len(expected[s]) for s in missing)
+        check.mismatch(path, "missing_points", f"{n} point(s) missing in MLflow metric {key!r} at step(s) "
+                       + _examples(label(s) for s in missing), key, expected=len(want), actual=len(got))
+    if extra:
+        n = sum(len(actual[s]) for s in extra)
+        check.mismatch(path, "extra_points", f"{n} point(s) in MLflow metric {key!r} at step(s) the archive does "
+                       "not have: " + _examples(label(s) for s in extra), key, expected=len(want), actual=len(got))
+    if recount:
+        check.mismatch(path, "point_count", f"metric {key!r}: " + _examples(
+            f"step {label(s)} has {a} point(s), {e} expected" for s, e, a in recount), key,
+            expected=len(want), actual=len(got))
+    if changed_value:
+        _, e, a = changed_value[0]
+        check.mismatch(path, "value", f"metric {key!r}: {len(changed_value)} value(s) differ: " + _examples(
+            f"step {label(s)}: {a!r} in MLflow, {e!r} expected" for s, e, a in changed_value), key,
+            expected=e, actual=a)
+    if changed_ts:
+        _, e, a = changed_ts[0]
+        check.mismatch(path, "timestamp", f"metric {key!r}: {len(changed_ts)} timestamp(s) differ: " + _examples(
+            f"step {label(s)}: {a} ms in MLflow, {e} ms expected" for s, e, a in changed_ts), key,
+            expected=e, actual=a)
+
+
+def _by_step(series: Series) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for step, ts, bits in zip(series.steps.tolist(), series.timestamps.tolist(), series.bits.tolist(), strict=True):
+        out[step].append((ts, bits))
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def _examples(items: Iterator[str] | Any) -> str:
+    items = list(items)
+    shown = ", ".join(items[:EXAMPLES])
+    return shown + (f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else "")
+
+
+# -- the loader's layout, recomputed from the mapping (docs/mlflow.md) ------------------------------------------
+def _series_plan(run: ArchivedRun, selection: Selection) -> dict[str, int]:
+    """Decimal places each float series needs so every step is an exact integer (the loader's first pass)."""
+    plan: dict[str, int] = {}
+    for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"]):
+        needed = decimals_needed(decimal_micros(batch.column("step")))
+        exact = batch.column("step_exact")
+        if exact.null_count < len(exact):
+            for i, value in enumerate(exact.to_pylist()):
+                if value is not None:
+                    needed[i] = exact_decimals(value)
+        grouped = pa.table({"p": batch.column("attribute_path"), "d": needed}).group_by("p").aggregate(
+            [("d", "max")])
+        for path, d in zip(grouped.column("p").to_pylist(), grouped.column("d_max").to_pylist(), strict=True):
+            plan[path] = max(plan.get(path, 0), int(d))
+    return {p: d for p, d in plan.items() if selection.wants_attribute(p, "float_series")}
+
+
+def attribute_dir(attribute_path: str, parent_only: bool = False) -> str:
+    segments = [artifact_name(s) for s in safe_segments(attribute_path)]
+    return "/".join(segments[:-1] if parent_only else segments)
+
+
+def series_artifact_path(attribute_path: str) -> str:
+    name = artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
+    parent = attribute_dir(attribute_path, parent_only=True)
+    return f"{parent}/{name}" if parent else name
+
+
+def payload_files(source: Path) -> Iterator[tuple[Path, str]]:
+    """A payload file, or every file inside a payload folder (2.x file sets), with its folder relative path."""
+    if source.is_file():
+        yield source, ""
+        return
+    for dirpath, _dirs, files in os.walk(source, followlinks=False):
+        folder = Path(dirpath)
+        relative = folder.relative_to(source).as_posix()
+        for name in sorted(files):
+            yield folder / name, "" if relative == "." else relative
+
+
+def _step_folder(step: Any) -> str:
+    value = float(step)
+    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
+
+
+def _json_number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    f = float(value)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _tag_set_attribute(key: str) -> str | None:
+    if key.startswith("neptune.tag."):
+        return "sys/tags"
+    if key.startswith("neptune.group_tag."):
+        return "sys/group_tags"
+    return None
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+def _history_sqlite(db: Path, run_id: str, key: str) -> Series:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ?", (run_id, key)
+        ).fetchall()
+    if not rows:
+        return Series.build(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    steps, stamps, values, nan = (np.array(col) for col in zip(*rows, strict=True))
+    values = np.where(nan.astype(bool), np.nan, values.astype(np.float64))
+    return Series.build(steps.astype(np.int64), stamps.astype(np.int64), values)
+
+
+def _json_float(value: Any) -> float:
+    special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+    return special[value] if isinstance(value, str) and value in special else float(value)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
+
+
+def _lines_digest(lines: list[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,464 @@
+"""Validation: read every selected run back from the target and compare it with the archive, attribute by attribute.
+
+A target's verifier (targets/mlflow_verify.py, targets/wandb_verify.py) turns one archived run into a `RunCheck`:
+what was compared, every mismatch naming the run, the Neptune attribute and what differs, and the documented
+approximations counted apart. This module runs verifiers over a worker pool, records the outcome in the ledger
+(stage `validate`: done, or mismatch with the details), and offers the source check that proves an export holds
+what the source listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from .archive import Archive, ArchivedRun, IncompleteRun
+from .ledger import FAILED, MISMATCH, Ledger
+from .model import FILE_LIKE_TYPES, SERIES_TYPES, RunRef
+from .progress import Tracker
+from .secrets import redact
+from .selection import Selection
+
+log = logging.getLogger("neptune_migration")
+
+VALIDATE = "validate"
+# What a run's validation ends as (report.json `runs[].status`).
+VALIDATED, MISMATCHED, ERROR = "validated", "mismatch", "error"
+# Mismatches kept per run in the ledger and the report; the count is always exact.
+MAX_MISMATCHES_KEPT = 200
+
+
+@dataclass
+class Mismatch:
+    """One difference between the archive and the target. `attribute` is the Neptune path (or `run`)."""
+
+    attribute: str
+    kind: str
+    detail: str
+    target_key: str | None = None
+    expected: Any = None
+    actual: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class RunCheck:
+    """The outcome of reading one run back and comparing it with the archive."""
+
+    ref: RunRef
+    target_id: str | None = None
+    # What was compared: params, tags, metric_series, points, series_artifacts, series_points, files, bytes.
+    checked: dict[str, int] = field(default_factory=dict)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    mismatch_count: int = 0
+    approximations: dict[str, int] = field(default_factory=dict)
+    # Things the target holds that the archive does not explain (not losses, but worth a look).
+    warnings: list[str] = field(default_factory=list)
+    # sha256 over every compared value, in a fixed order: equal digests mean equal data.
+    digests: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return ERROR
+        return MISMATCHED if self.mismatch_count else VALIDATED
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+    def approx(self, kind: str, n: int = 1) -> None:
+        if n:
+            self.approximations[kind] = self.approximations.get(kind, 0) + n
+
+    def mismatch(self, attribute: str, kind: str, detail: str, target_key: str | None = None,
+                 expected: Any = None, actual: Any = None) -> None:
+        self.mismatch_count += 1
+        if len(self.mismatches) < MAX_MISMATCHES_KEPT:
+            self.mismatches.append(Mismatch(attribute, kind, detail, target_key, expected, actual))
+
+    def summary_line(self) -> str:
+        """One line for `status` and the error report: the first few mismatches, each naming its attribute."""
+        if self.error is not None:
+            return self.error
+        shown = "; ".join(f"{m.attribute}: {m.detail}" for m in self.mismatches[:3])
+        more = f"; and {self.mismatch_count - 3} more" if self.mismatch_count > 3 else ""
+        return f"{self.mismatch_count} mismatch(es): {shown}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "project_id": self.ref.project_id,
+            "run_id": self.ref.run_id,
+            "status": self.status,
+            "target_id": self.target_id,
+            "checked": dict(sorted(self.checked.items())),
+            "mismatch_count": self.mismatch_count,
+            "mismatches": [m.to_dict() for m in self.mismatches],
+            "approximations": dict(sorted(self.approximations.items())),
+            "warnings": list(self.warnings),
+            "digests": dict(sorted(self.digests.items())),
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunCheck:
+        check = cls(RunRef(data["project_id"], data["run_id"]), data.get("target_id"))
+        check.checked = dict(data.get("checked") or {})
+        check.mismatches = [Mismatch(**m) for m in data.get("mismatches") or []]
+        check.mismatch_count = int(data.get("mismatch_count") or len(check.mismatches))
+        check.approximations = dict(data.get("approximations") or {})
+        check.warnings = list(data.get("warnings") or [])
+        check.digests = dict(data.get("digests") or {})
+        check.error = data.get("error")
+        check.seconds = float(data.get("seconds") or 0.0)
+        return check
+
+
+class Verifier(Protocol):
+    """A target's read-back: compares one archived run with what the target holds."""
+
+    def verify(self, run: ArchivedRun, selection: Selection) -> RunCheck: ...
+
+    def close(self) -> None: ...
+
+
+def verifier_for(target: Any) -> Verifier:
+    """The read-back for a target object built by the CLI (MlflowTarget, or a W&B target)."""
+    if getattr(target, "name", None) == "mlflow":
+        from .targets.mlflow_verify import MlflowVerifier
+
+        return MlflowVerifier(target)
+    if hasattr(target, "read_back"):
+        from .targets.wandb_verify import WandbVerifier
+
+        return WandbVerifier(target)
+    raise TypeError(f"no validation for target {type(target).__name__}")
+
+
+@dataclass
+class ValidationSummary:
+    target: str
+    checks: list[RunCheck] = field(default_factory=list)
+    incomplete: list[IncompleteRun] = field(default_factory=list)
+    not_selected: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checks if c.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status == VALIDATED for c in self.checks) and not self.incomplete
+
+    @property
+    def points(self) -> int:
+        return sum(c.checked.get("points", 0) for c in self.checks)
+
+    def approximations(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.checks:
+            for kind, n in c.approximations.items():
+                out[kind] = out.get(kind, 0) + n
+        return dict(sorted(out.items()))
+
+
+def validate(
+    archive: Archive,
+    target: Any,
+    selection: Selection,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker] | None = None,
+    workers: int = 4,
+    only: Iterable[RunRef] | None = None,
+    verifier: Verifier | None = None,
+) -> ValidationSummary:
+    """Validate every selected run of the archive against the target; each result lands in the ledger.
+
+    A run that never reached the target is a mismatch (`run_missing`), so nothing selected goes unnoticed.
+    `only` narrows the work to some runs (what `retry` repaired).
+    """
+    from .pipeline import select_runs
+
+    started = time.monotonic()
+    runs, incomplete, not_selected = select_runs(archive, selection)
+    if only is not None:
+        wanted = set(only)
+        runs = [r for r in runs if r.ref in wanted]
+    summary = ValidationSummary(getattr(target, "canonical", str(target)), incomplete=incomplete,
+                                not_selected=not_selected)
+    own_verifier = verifier is None
+    verifier = verifier or verifier_for(target)
+    lock = threading.Lock()
+    factory = tracker_factory or (lambda n: Tracker("validate", n, _quiet_console(), enabled=False))
+    try:
+        with factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), thread_name_prefix="validate") as pool:
+            futures = [pool.submit(validate_run, run, verifier, selection, ledger, summary.target) for run in runs]
+            for fut in as_completed(futures):
+                check = fut.result()
+                with lock:
+                    summary.checks.append(check)
+                tracker.add_points(check.checked.get("points", 0))
+                tracker.add_bytes(check.checked.get("bytes", 0))
+                tracker.run_done()
+    finally:
+        if own_verifier:
+            verifier.close()
+    summary.checks.sort(key=lambda c: c.ref)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def validate_run(run: ArchivedRun, verifier: Verifier, selection: Selection, ledger: Ledger, target: str) -> RunCheck:
+    """Validate one run and record it: done when every value matches, mismatch (with details) otherwise."""
+    started = time.monotonic()
+    ledger.start(run.ref, VALIDATE, target)
+    try:
+        check = verifier.verify(run, selection)
+    except Exception as exc:  # a read-back that fails is recorded like any failed stage, and retried
+        message = redact(_describe(exc))
+        log.error("run %s could not be validated: %s", run.ref.key, message)
+        log.debug("details", exc_info=True)
+        check = RunCheck(run.ref, error=message)
+    check.seconds = time.monotonic() - started
+    details = check.to_dict()
+    if check.status == VALIDATED:
+        ledger.finish(run.ref, VALIDATE, target, check.target_id, details=details)
+    else:
+        record_problem(ledger, run.ref, target, check)
+        if check.status == MISMATCHED:
+            log.warning("run %s: %s", run.ref.key, redact(check.summary_line()))
+    return check
+
+
+def record_problem(ledger: Ledger, ref: RunRef, target: str, check: RunCheck) -> None:
+    """Store a mismatch (or a failed read-back) with its details in one write."""
+    status = FAILED if check.status == ERROR else MISMATCH
+    # Ledger.fail() takes no details; one UPDATE keeps status, error and details consistent.
+    ledger._update(
+        ref, VALIDATE, target, status=status, last_error=redact(check.summary_line()), target_id=check.target_id,
+        checkpoint=None, details=redact(json.dumps(check.to_dict(), sort_keys=True, default=str)),
+    )
+
+
+def stored_checks(ledger: Ledger, target: str) -> list[RunCheck]:
+    """Every validation result the ledger holds for a target (what `report` renders without re-reading)."""
+    out = []
+    for entry in ledger.entries(stage=VALIDATE, target=target):
+        if entry.details:
+            out.append(RunCheck.from_dict(entry.details))
+        else:
+            check = RunCheck(entry.ref, entry.target_id)
+            if entry.status != "done":
+                check.error = entry.last_error or entry.status
+            out.append(check)
+    return out
+
+
+# -- source check ---------------------------------------------------------------------------------------
+@dataclass
+class SourceCounts:
+    """What a source listed for one run (from `discover`), or what the archive holds. None: not known."""
+
+    attributes: int | None = None
+    points: int | None = None
+    files: int | None = None
+
+
+@dataclass
+class SourceCheck:
+    """What the selection listed at the source against what the archive holds."""
+
+    listed_runs: int = 0
+    archived_runs: int = 0
+    missing: list[RunRef] = field(default_factory=list)  # listed, not (completely) in the archive
+    unexpected: list[RunRef] = field(default_factory=list)  # in the archive, not listed
+    incomplete: list[str] = field(default_factory=list)  # archive folders whose export died half-way
+    differences: list[Mismatch] = field(default_factory=list)
+    differing_runs: list[RunRef] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.differences or self.incomplete)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "listed_runs": self.listed_runs,
+            "archived_runs": self.archived_runs,
+            "missing": [r.key for r in self.missing],
+            "unexpected": [r.key for r in self.unexpected],
+            "incomplete": list(self.incomplete),
+            "differences": [m.to_dict() | {"run": r.key} for m, r in zip(self.differences, self.differing_runs,
+                                                                          strict=True)],
+            "ok": self.ok,
+        }
+
+
+def archive_counts(run: ArchivedRun, selection: Selection | None = None) -> SourceCounts:
+    """Attributes, series points and files of one archived run, counted the way a source lists them.
+
+    Attributes: distinct paths of every type. Points: rows of float, string and histogram series.
+    Files: rows of the file-like types (a file series counts one per step).
+    """
+    import pyarrow as pa
+
+    wants = selection.wants_attribute if selection is not None else (lambda _p, _t: True)
+    paths: set[str] = set()
+    points = files = 0
+    for batch in run.batches(None, ["attribute_path", "attribute_type"]):
+        pairs = pa.table({"p": batch.column("attribute_path"), "t": batch.column("attribute_type")})
+        grouped = pairs.group_by(["p", "t"]).aggregate([("p", "count")])
+        for path, type_, n in zip(grouped.column("p").to_pylist(), grouped.column("t").to_pylist(),
+                                  grouped.column("p_count").to_pylist(), strict=True):
+            if not wants(path, type_):
+                continue
+            paths.add(path)
+            if type_ in SERIES_TYPES:
+                points += n
+            elif type_ in FILE_LIKE_TYPES:
+                files += n
+    return SourceCounts(len(paths), points, files)
+
+
+def check_source(
+    listed: Mapping[RunRef, SourceCounts],
+    archive: Archive,
+    selection: Selection | None = None,
+) -> SourceCheck:
+    """Compare what a source listed (run -> counts) with the archive, so a failed export is never silent.
+
+    Counts a source did not know (None) are not compared. Every listed run must be complete in the archive.
+    """
+    scan = archive.scan()
+    held = {r.ref: r for r in scan.runs}
+    result = SourceCheck(listed_runs=len(listed), archived_runs=len([r for r in held if r in listed]))
+    result.incomplete = [f"{i.project_dir.name}/{i.run_folder}" for i in scan.incomplete]
+    for ref in sorted(listed):
+        run = held.get(ref)
+        if run is None:
+            result.missing.append(ref)
+            continue
+        want = listed[ref]
+        have = archive_counts(run, selection)
+        for what in ("attributes", "points", "files"):
+            expected, actual = getattr(want, what), getattr(have, what)
+            if expected is not None and expected != actual:
+                result.differences.append(Mismatch(
+                    "run", f"source_{what}", f"the source listed {expected} {what}, the archive holds {actual}",
+                    expected=expected, actual=actual))
+                result.differing_runs.append(ref)
+    result.unexpected = sorted(ref for ref in held if ref not in listed and (
+        selection is None or selection.matches_run(ref.project_id, ref.run_id,
+                                                   {p: a.value for p, a in held[ref].atoms().items()})))
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    from .errors import MigrationError
+
+    if isinstance(exc, MigrationError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _quiet_console() -> Any:
+    from rich.console import Console
+
+    return Console(quiet=True)
+
+
+# -- retry ----------------------------------------------------------------------------------------------------
+@dataclass
+class RetryOutcome:
+    reloaded: list[RunRef]
+    revalidated: list[RunRef]
+    load: Any  # pipeline.LoadSummary of the reloaded runs
+    validation: ValidationSummary
+
+
+def runs_to_retry(ledger: Ledger, target: str) -> tuple[set[RunRef], set[RunRef]]:
+    """(runs to load again, runs to validate again) for a target, from the ledger.
+
+    A failed load is resumed by the loader. A mismatch means the target holds wrong data: the run is discarded
+    and loaded afresh. A read-back that failed (network, server) is only validated again.
+    """
+    reload: set[RunRef] = set()
+    recheck: set[RunRef] = set()
+    for entry in ledger.entries(target=target):
+        if (entry.stage, entry.status) in (("load", FAILED), (VALIDATE, MISMATCH)):
+            reload.add(entry.ref)
+        elif entry.stage == VALIDATE and entry.status == FAILED:
+            recheck.add(entry.ref)
+    return reload, recheck | reload
+
+
+def retry(
+    archive: Archive,
+    target: Any,
+    selection: Selection,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker] | None = None,
+    workers: int = 4,
+) -> RetryOutcome:
+    """Load again the runs that failed or mismatched (only those, within the selection), then validate them.
+
+    A mismatched run is deleted in the target first when the target can (MLflow: the run goes to MLflow's
+    trash), so the new load writes every value exactly once; no duplicate point, param or file survives.
+    """
+    import dataclasses
+    import re
+
+    from .pipeline import LOAD, select_runs
+    from .pipeline import load as run_load
+
+    canonical = target.canonical
+    reload, recheck = runs_to_retry(ledger, canonical)
+    selected, _incomplete, _ = select_runs(archive, selection)
+    by_ref = {r.ref: r for r in selected}
+    reload = {ref for ref in reload if ref in by_ref}
+    recheck = {ref for ref in recheck if ref in by_ref}
+    verifier = verifier_for(target)
+    factory = tracker_factory or (lambda n: Tracker("retry", n, _quiet_console(), enabled=False))
+    try:
+        mismatched = {e.ref for e in ledger.entries(stage=VALIDATE, target=canonical) if e.status == MISMATCH}
+        for ref in sorted(reload):
+            if ref in mismatched and hasattr(verifier, "discard"):
+                n = verifier.discard(by_ref[ref])
+                log.info("run %s: discarded %d target run(s) holding wrong data", ref.key, n)
+            ledger.reset(ref, LOAD, canonical)
+        load_summary = None
+        if reload:
+            ids = sorted({ref.run_id for ref in reload})
+            narrowed = dataclasses.replace(
+                selection, projects=sorted({ref.project_id for ref in reload}), limit=None,
+                runs=re.compile("^(?:" + "|".join(re.escape(i) for i in ids) + ")$"))
+            load_summary = run_load(archive, target, narrowed, ledger, factory, workers)
+        keys = {ref.key: ref for ref in reload}
+        failed_again = {keys[o.key] for o in (load_summary.failed if load_summary else []) if o.key in keys}
+        validation = validate(archive, target, selection, ledger, factory, workers,
+                              only=[ref for ref in recheck if ref not in failed_again], verifier=verifier)
+    finally:
+        verifier.close()
+    return RetryOutcome(sorted(reload), sorted(recheck), load_summary, validation)
