@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import urllib.error
 import urllib.request
@@ -138,3 +139,30 @@ def test_rows_and_add_project() -> None:
         assert status == 200 and body == run.attributes["files/f0"].value.data
         with pytest.raises(ValueError):
             sb.add_project(project)
+
+
+def test_file_names_beyond_latin1_download_over_2x() -> None:
+    from neptune_migration.sandbox import FileValue, Project
+
+    project = Project("ws", "names", key="NM")
+    run = project.new_run("r", creation_time=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    run.set("files/cjk", FileValue(b"data", '名前 "x".txt'))
+    with Sandbox([project]) as sb:
+        status, body = call(
+            sb, "GET", "/api/leaderboard/v1/attributes/download?experimentId=ws/names/NM-1&attribute=files/cjk"
+        )
+        assert status == 200 and body == b"data"
+        req = urllib.request.Request(
+            sb.url + "/api/leaderboard/v1/attributes/download?experimentId=ws/names/NM-1&attribute=files/cjk",
+            headers={"Authorization": "Bearer " + _token(sb)},
+        )
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            assert reply.headers["Content-Disposition"] == 'attachment; filename="%E5%90%8D%E5%89%8D %22x%22.txt"'
+
+
+def _token(sb: Sandbox) -> str:
+    req = urllib.request.Request(
+        sb.url + "/api/backend/v1/authorization/oauth-token", headers={"X-Neptune-Api-Token": sb.api_token}
+    )
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())["accessToken"]

@@ -16,6 +16,7 @@ import threading
 import uuid
 import zipfile
 from typing import Any
+from urllib.parse import quote
 
 from . import nql
 from .model import ArtifactValue, Attribute, FileValue, Project, Run, float_series_stats
@@ -67,6 +68,13 @@ def register(router: Router, store: Store) -> None:
     router.add("POST", f"{lb}/leaderboard/attributes/search", api.search_attributes)
     router.add("POST", f"{lb}/leaderboard/entries/search/?", api.search_entries)
     router.add("GET", "/api/artifacts/v1/artifacts/files", api.artifact_files)
+
+
+def disposition(name: str) -> str:
+    """A Content-Disposition the 1.x client can read: it takes the text after ``filename=`` as the name, and
+    HTTP headers are Latin-1, so other characters (and quotes) are percent-encoded rather than lost."""
+    safe = "".join(ch if ch != '"' and ord(ch) < 256 else quote(ch) for ch in name)
+    return f'attachment; filename="{safe}"'
 
 
 def iso(value: Any) -> str:
@@ -289,7 +297,7 @@ class Api2:
         _, _, attr = self._attribute(req, "file")
         fv: FileValue = attr.value
         reply = Reply(200, fv.data, "application/octet-stream")
-        reply.headers["Content-Disposition"] = f'attachment; filename="{fv.name}"'
+        reply.headers["Content-Disposition"] = disposition(fv.name)
         return reply
 
     # -------------------------------------------------------------- file sets
@@ -338,7 +346,7 @@ class Api2:
             for rel, data in sorted(run.attributes[path].value.items()):
                 zf.writestr(rel, data)
         reply = Reply(200, buffer.getvalue(), "application/zip")
-        reply.headers["Content-Disposition"] = f'attachment; filename="{path.rsplit("/", 1)[-1]}.zip"'
+        reply.headers["Content-Disposition"] = disposition(f"{path.rsplit('/', 1)[-1]}.zip")
         return reply
 
     # -------------------------------------------------------------- artifacts

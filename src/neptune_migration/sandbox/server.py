@@ -227,7 +227,8 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.body)))
             for name, value in reply.headers.items():
-                self.send_header(name, value)
+                # headers are Latin-1; a handler's stray character must not break the connection
+                self.send_header(name, value.encode("latin-1", "replace").decode("latin-1"))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(reply.body)
