@@ -245,7 +245,8 @@ const n=parseFloat(v);return isNaN(n)||!/^-?[0-9.,e+]+$/.test(v.trim())?v.toLowe
 [...b.rows].sort((x,y)=>{const a=key(x),c=key(y);return (a<c?-1:a>c?1:0)*(asc?1:-1)}).forEach(r=>b.appendChild(r))}
 function filterTable(inp,id){const q=inp.value.toLowerCase();document.getElementById(id).tBodies[0]
 .querySelectorAll('tr').forEach(r=>{r.style.display=r.textContent.toLowerCase().includes(q)?'':'none'})}
-document.querySelectorAll('th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+const heads=document.querySelectorAll('th');heads.forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+document.documentElement.dataset.sortable=heads.length;
 """
 
 

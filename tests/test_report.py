@@ -1,0 +1,162 @@
+"""Reports: report.json schema and totals, Markdown, errors.jsonl, no secrets; report.html in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from neptune_migration.ledger import Ledger
+from neptune_migration.model import RunRef
+from neptune_migration.report import SCHEMA_VERSION, build_report, print_summary, render_markdown, write_reports
+from neptune_migration.validation import VALIDATE, RunCheck, ValidationSummary, record_problem
+
+SECRET = "nep-secret-token-1234567890"
+
+
+def _sample(ledger: Ledger | None = None) -> ValidationSummary:
+    """Two projects, five runs: three clean, one with two mismatches, one that could not be read back."""
+    checks = []
+    for i in range(3):
+        c = RunCheck(RunRef("acme/vision", f"VIS-{i + 1}"), f"mlflow-{i}")
+        c.count("points", 1000 * (i + 1))
+        c.count("files", 2)
+        c.count("bytes", 2048)
+        c.count("params", 4)
+        c.approx("inf_clamped_by_mlflow", i)
+        checks.append(c)
+    bad = RunCheck(RunRef("acme/nlp", "NLP-7"), "mlflow-7")
+    bad.count("points", 500)
+    bad.mismatch("train/loss", "missing_points", "1 point(s) missing in MLflow metric 'train/loss' at step(s) 10",
+                 "train/loss", 500, 499)
+    bad.mismatch("model/ckpt", "file_missing", "artifact 'model/ckpt/best.pt' (4096 bytes) is missing in MLflow",
+                 "model/ckpt/best.pt", 4096, None)
+    broken = RunCheck(RunRef("acme/nlp", "NLP-8"), error=f"ConnectionError: token={SECRET} refused")
+    checks += [bad, broken]
+    if ledger is not None:
+        for c in checks:
+            ledger.start(c.ref, VALIDATE, "mlflow:http://x")
+            if c.status == "validated":
+                ledger.finish(c.ref, VALIDATE, "mlflow:http://x", c.target_id, details=c.to_dict())
+            else:
+                record_problem(ledger, c.ref, "mlflow:http://x", c)
+        ledger.start(RunRef("acme/nlp", "NLP-9"), "load", "mlflow:http://x")
+        ledger.fail(RunRef("acme/nlp", "NLP-9"), "load", "mlflow:http://x", "HTTP 500 from server")
+    return ValidationSummary("mlflow:http://x", checks=checks, seconds=1.5)
+
+
+def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEPTUNE_API_TOKEN", SECRET)
+    with Ledger(tmp_path / "s.db") as ledger:
+        summary = _sample(ledger)
+        report = build_report(summary, ledger, archive="/data/archive")
+    assert report["schema"] == "neptune-migration/validation-report" and report["schema_version"] == SCHEMA_VERSION
+    assert list(report) == ["schema", "schema_version", "tool_version", "generated_at", "target", "archive", "ok",
+                            "seconds", "totals", "projects", "runs", "mismatches", "approximations",
+                            "incomplete_in_archive", "errors"]
+    t = report["totals"]
+    assert (t["runs_selected"], t["runs_validated"], t["runs_mismatched"], t["runs_failed"]) == (5, 3, 1, 1)
+    assert t["mismatches"] == 2 and t["points"] == 6500 and t["files"] == 6 and t["bytes"] == 6144
+    assert t["approximations"] == 3 and report["approximations"] == {"inf_clamped_by_mlflow": 3}
+    assert report["ok"] is False
+    assert [(p["project_id"], p["runs"], p["validated"]) for p in report["projects"]] == [
+        ("acme/nlp", 2, 0), ("acme/vision", 3, 3)]
+    assert [(m["run_id"], m["attribute"], m["kind"]) for m in report["mismatches"]] == [
+        ("NLP-7", "train/loss", "missing_points"), ("NLP-7", "model/ckpt", "file_missing")]
+    # every failure the ledger holds, any stage, with attempts and the full message
+    errors = {(e["run_id"], e["stage"]): e for e in report["errors"]}
+    assert set(errors) == {("NLP-7", "validate"), ("NLP-8", "validate"), ("NLP-9", "load")}
+    assert errors[("NLP-9", "load")]["error"] == "HTTP 500 from server" and errors[("NLP-9", "load")]["attempts"] == 1
+    assert "train/loss" in errors[("NLP-7", "validate")]["error"]
+
+    paths = write_reports(report, tmp_path / "report")
+    for path in paths.values():
+        assert SECRET not in path.read_text(encoding="utf-8"), path.name
+    assert json.loads(paths["json"].read_text()) == report
+    lines = [json.loads(x) for x in paths["errors"].read_text().splitlines()]
+    assert len(lines) == 3 and {x["stage"] for x in lines} == {"load", "validate"}
+    md = paths["markdown"].read_text()
+    assert "| runs with mismatches | 1 |" in md and "| acme/nlp | NLP-7 | mismatch | 2 |" in md
+    assert "| acme/nlp/NLP-7 | train/loss | missing_points |" in md
+
+
+def test_markdown_escapes_pipes_and_terminal_summary_names_mismatches() -> None:
+    summary = _sample()
+    summary.checks[3].mismatches[0].detail = "a | b"
+    report = build_report(summary)
+    assert "a \\| b" in render_markdown(report)
+    console = Console(record=True, width=160)
+    print_summary(report, console)
+    text = console.export_text()
+    assert "runs with mismatches" in text and "train/loss" in text and "missing_points" in text
+    assert "Per project" in text
+
+
+def test_html_is_self_contained() -> None:
+    page = write_html(_sample())
+    assert not re.search(r"(src|href)=\"(https?:)?//", page), "nothing is fetched from the network"
+    assert 'id="total-runs_selected" data-value="5"' in page
+    assert "<script>" in page and "<style>" in page
+
+
+def write_html(summary: ValidationSummary) -> str:
+    from neptune_migration.report import render_html
+
+    return render_html(build_report(summary))
+
+
+# -- headless Chromium ----------------------------------------------------------------------------------------
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    try:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"chromium is not installed and `apt-get install -y chromium` failed: {exc}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("`apt-get install -y chromium` succeeded but no chromium binary is on PATH")
+    return found
+
+
+def _dump_dom(chromium: str, page: Path, profile: Path) -> str:
+    result = subprocess.run(
+        [chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_report_html_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = _chromium()
+    report = build_report(_sample())
+    paths = write_reports(report, tmp_path / "report")
+    dom = _dump_dom(chromium, paths["html"], tmp_path / "profile")
+    shown = dict(re.findall(r'id="total-([a-z_]+)" data-value="(\d+)">', dom))
+    assert {k: int(v) for k, v in shown.items()} == report["totals"]
+    visible = dict(re.findall(r'id="total-(runs_[a-z]+)" data-value="\d+">([^<]+)<', dom))
+    assert visible["runs_selected"] == "5" and visible["runs_mismatched"] == "1" and visible["runs_failed"] == "1"
+    assert "mismatches or errors found" in dom
+    assert re.search(r'data-sortable="\d+"', dom), "the page's script ran offline"
+
+    # clicking the "mismatches" header sorts the runs table by it (descending on the second click)
+    clicked = paths["html"].with_name("clicked.html")
+    clicked.write_text(paths["html"].read_text().replace(
+        "</body>", "<script>const h=document.querySelectorAll('#runs th')[3];h.click();h.click();</script></body>"))
+    dom = _dump_dom(chromium, clicked, tmp_path / "profile")
+    runs_table = dom[dom.index('id="runs"'):]
+    runs_table = runs_table[: runs_table.index("</table>")]
+    order = re.findall(r"<tr><td>acme/[a-z]+</td><td>([A-Z]+-\d+)</td>", runs_table)
+    assert order[0] == "NLP-7" and len(order) == 5
