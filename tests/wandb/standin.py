@@ -93,6 +93,7 @@ class StandIn:
         self.requests: list[tuple[str, str, str]] = []  # (method, path, operation)
         self.faults: list[list[Any]] = []  # [regex, remaining, status]
         self.unknown: list[str] = []
+        self.file_stream_delay = 0.0  # seconds per file-stream request: widens the window for a crash test
         self._ids = 0
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -180,6 +181,7 @@ class StandIn:
                     try:
                         data = standin._graphql(op, req.get("query", ""), req.get("variables") or {})
                     except KeyError as exc:
+                        print(f"standin: {op} refers to something unknown: {exc}", file=sys.stderr)
                         self._json({"data": None, "errors": [{"message": f"not found: {exc}"}]})
                         return
                     self._json({"data": data})
@@ -187,6 +189,8 @@ class StandIn:
                 m = re.match(r"^/files/([^/]+)/([^/]+)/([^/]+)/file_stream$", path)
                 if m:
                     standin.requests.append(("POST", path, "file_stream"))
+                    if standin.file_stream_delay:
+                        time.sleep(standin.file_stream_delay)
                     if self._maybe_fault("file_stream"):
                         return
                     standin._file_stream(m.group(1), m.group(2), m.group(3), json.loads(body or b"{}"))
@@ -263,6 +267,7 @@ class StandIn:
 
     _op_ViewerEntity = _op_Viewer
     _op_GetDefaultEntity = _op_Viewer
+    _op_GetViewer = _op_Viewer
 
     def _upsert_run(self, v: dict[str, Any]) -> RunState:
         entity = v.get("entity") or v.get("entityName") or DEFAULT_ENTITY
@@ -306,8 +311,8 @@ class StandIn:
     def _op_RunResumeStatus(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         run = self.runs.get((v.get("entity") or DEFAULT_ENTITY, v.get("project"), v.get("name")))
         if run is None:
-            return {"model": {"id": "UHJvamVjdDox", "name": v.get("project"), "entity": {"id": "x", "name": DEFAULT_ENTITY},
-                              "bucket": None}}
+            entity = {"id": "x", "name": DEFAULT_ENTITY}
+            return {"model": {"id": "UHJvamVjdDox", "name": v.get("project"), "entity": entity, "bucket": None}}
         return {"model": {"id": "UHJvamVjdDox", "name": run.project, "entity": {"id": "x", "name": run.entity},
                           "bucket": _bucket_for_resume(run)}}
 
@@ -331,8 +336,12 @@ class StandIn:
         if "minStep" in v or "samples" in v:
             lo = v.get("minStep") or 0
             hi = v.get("maxStep")
-            rows = [r for r in history if r.get("_step", 0) >= lo and (hi is None or r.get("_step", 0) < hi)]
-            node["history"] = [json.dumps(r) for r in rows[: v.get("samples") or len(rows)]]
+            # Served as received (a re-encoded line would lose what JSON parsing loses, such as the sign of -0).
+            raw = run.streams.get("wandb-history.jsonl", {})
+            lines = [raw[k] for k in sorted(raw)]
+            rows = [line for line, r in zip(lines, history, strict=True)
+                    if r.get("_step", 0) >= lo and (hi is None or r.get("_step", 0) < hi)]
+            node["history"] = rows[: v.get("samples") or len(rows)]
         return node
 
     def _op_Run(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +398,7 @@ class StandIn:
 
     _op_NeptuneMigrationArtifactFiles = _op_GetArtifactMembershipFileUrls
 
-    def _op_RunFiles(self, q: str, v: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_RunFiles(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         run = self._find_run(v)
         if run is None:
             return {"project": {"internalId": "1", "run": None}}
@@ -445,7 +454,8 @@ class StandIn:
 
     def _op_UpdateArtifactManifest(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         art = next(a for a in self.artifacts.values() if a.manifest_key)
-        return {"updateArtifactManifest": {"artifactManifest": {"id": "x", "file": self._upload_file(art.manifest_key)}}}
+        manifest = {"id": "x", "file": self._upload_file(art.manifest_key or "missing")}
+        return {"updateArtifactManifest": {"artifactManifest": manifest}}
 
     def _op_CreateArtifactFiles(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         edges = []
@@ -479,7 +489,7 @@ def _op_name(query: str) -> str:
 
 
 def _viewer() -> dict[str, Any]:
-    return {"id": "VXNlcjox", "entity": DEFAULT_ENTITY, "username": DEFAULT_ENTITY, "flags": None,
+    return {"id": "VXNlcjox", "entity": DEFAULT_ENTITY, "username": DEFAULT_ENTITY, "flags": None, "name": "Stand In", "deletedAt": None,
             "teams": {"edges": []}, "email": "standin@example.invalid", "admin": False,
             "defaultFramework": None, "photoUrl": None, "apiKeys": None}
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from wandb_archives import runs_of
-from wandb_expect import bits, files, series
+from wandb_expect import assert_run_matches
 
 from neptune_migration.targets.base import LoadContext
 from neptune_migration.targets.wandb import WandbOfflineTarget
-from neptune_migration.targets.wandb_names import metric_keys
-from neptune_migration.targets.wandb_readback import WandbRunData
 from neptune_migration.targets.wandb_records import read_records
 
 WANDB = Path(sys.executable).parent / "wandb"
@@ -30,74 +27,11 @@ def _load_all(archive: Path, out: Path, files_root: Path | None = None) -> tuple
     return target, loaded
 
 
-def _keys(run, result) -> dict[str, str]:
-    paths = [p for t in ("float_series", "histogram_series", "string_series") for p in series(run, t)]
-    paths += list(files(run))
-    keys = metric_keys(paths)
-    assert {p: k for p, k in keys.items() if p != k} == {p: k for p, k in result.renamed.items() if p in keys}
-    return keys
-
-
-def _assert_run_matches(run, result, data: WandbRunData) -> None:
-    keys = _keys(run, result)
-    # Every float point: same step, same bits, same timestamp.
-    total = 0
-    for path, points in series(run, "float_series").items():
-        got = data.points(keys[path])
-        assert [(s, bits(v), t) for s, v, t in got] == [(s, bits(v), t) for s, v, t in points], path
-        total += len(points)
-    for path, points in series(run, "histogram_series").items():
-        got = data.points(keys[path])
-        assert len(got) == len(points), path
-        for (s, h, t), (es, eh, et) in zip(got, points, strict=True):
-            assert (s, t) == (es, et)
-            assert h["_type"] == "histogram"
-            assert len(h["values"]) <= 512 and len(h["bins"]) == len(h["values"]) + 1
-            assert sum(h["values"]) == sum(eh["values"])
-            if len(eh["values"]) <= 512:
-                assert (h["values"], h["bins"]) == (eh["values"], eh["edges"])
-        total += len(points)
-    for path, points in series(run, "string_series").items():
-        got = data.string_series[keys[path]]
-        assert [(s, t, v) for s, t, v in got] == [(s, t, v) for s, v, t in points], path
-        total += len(points)
-    assert result.points == total
-    # Summary: the last value of each metric, as W&B's UI expects.
-    for path, points in series(run, "float_series").items():
-        if points:
-            assert bits(data.summary[keys[path]]) == bits(points[-1][1]), path
-    # Files: one artifact per attribute, every payload byte-identical.
-    by_attr = {a["metadata"]["neptune_attribute"]: a for a in data.artifacts.values()}
-    for path, expected in files(run).items():
-        art = by_attr[path]
-        got = sorted((f.sha256, f.size) for f in art["files"].values())
-        assert got == sorted((sha, size) for _s, sha, size in expected), path
-    # Config: every atom, native types.
-    atoms = run.atoms()
-    for path, atom in atoms.items():
-        node: object = data.config
-        for seg in path.split("/"):
-            node = node[seg]  # type: ignore[index]
-        if isinstance(node, dict) and "_value" in node:
-            node = node["_value"]
-        v = atom.value
-        if atom.type == "datetime":
-            assert node == v.isoformat().replace("+00:00", "Z")
-        elif atom.type == "string_set":
-            assert node == sorted(v)
-        elif isinstance(v, float) and not math.isfinite(v):
-            assert node in ("NaN", "Infinity", "-Infinity")
-        else:
-            assert node == v and type(node) is type(v), path
-    assert data.config["neptune_migration"]["run_key"] == run.ref.key
-    assert data.state == ("failed" if atoms.get("sys/failed") and atoms["sys/failed"].value else "finished")
-
-
 def test_nasty_archive_round_trip(nasty_archive: Path, tmp_path: Path) -> None:
     _target, loaded = _load_all(nasty_archive, tmp_path / "out")
     assert set(loaded) == {"ws/nasty proj/NAS-1", "ws/nasty proj/NAS-2", "ws/other/OTH-1"}
     for run, result, data in loaded.values():
-        _assert_run_matches(run, result, data)
+        assert_run_matches(run, result, data)
 
     run, result, data = loaded["ws/nasty proj/NAS-1"]
     assert data.project == "nasty-proj"
@@ -190,7 +124,7 @@ def test_exporter_archives_load_as_they_are(exporter_archives: Path, tmp_path: P
     _target, loaded = _load_all(exporter_archives / flavour, tmp_path / "out")
     assert len(loaded) == (3 if flavour == "neptune3" else 2)
     for run, result, data in loaded.values():
-        _assert_run_matches(run, result, data)
+        assert_run_matches(run, result, data)
         assert result.files >= 3 and not result.warnings
         assert data.project == "proj"
         assert data.start_time_ms is not None

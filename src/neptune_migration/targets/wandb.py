@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ..archive import ArchivedRun
 from ..errors import TargetError, UsageError
 from .base import LoadContext, LoadResult
-from .wandb_folder import WrittenRun, spec_for, write_run
+from .wandb_folder import RunSpec, WrittenRun, spec_for, write_run
 from .wandb_readback import WandbRunData, read_offline_run
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "read_offline_run"]
@@ -195,6 +195,9 @@ class WandbOnlineTarget:
         env["WANDB_BASE_URL"] = self.base_url
         env["WANDB_SILENT"] = "true"
         env.pop("WANDB_MODE", None)
+        # A wandb.Api in this process starts a wandb-core and advertises it in WANDB_SERVICE; the sync must
+        # get its own, configured for this server, not attach to ours.
+        env.pop("WANDB_SERVICE", None)
         for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             env.setdefault(var, str(self.staging / var.lower()))
         return env
@@ -218,22 +221,32 @@ class WandbOnlineTarget:
         if self.entity is None:
             self.entity = getattr(viewer, "entity", None) or getattr(viewer, "username", None)
 
+    def spec(self, run: ArchivedRun) -> RunSpec:
+        return spec_for(run, self.entity, self.project, self.project_prefix)
+
     def run_id_for(self, run: ArchivedRun) -> str:
-        return spec_for(run, self.entity, self.project, self.project_prefix).run_id
+        return self.spec(run).run_id
 
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
-        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        spec = self.spec(run)
         root = self.staging / "runs" / spec.run_id
-        written = write_run(run, ctx, root, spec)
+        # A half-synced run is resumed, never duplicated: wandb-core appends history after the server's line
+        # count, so the rows the server already holds are left out of the replay.
+        held = self._server_history_lines(spec)
+        written = write_run(run, ctx, root, spec, skip_history_rows=held)
+        if held:
+            written.result.warnings.append(f"resumed a partly synced run: {held} history rows were already there")
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id})
         self.limiter.acquire()
-        self._sync(root, written)
+        output = self._sync(root, written)
+        # `wandb sync` exits 0 even when the server refused the run: check the server holds it all.
+        self._verify(written, output)
         ctx.save_checkpoint({"stage": "synced", "run_id": spec.run_id})
         if not self.keep_staging:
             shutil.rmtree(root, ignore_errors=True)
         return written.result
 
-    def _sync(self, root: Path, written: WrittenRun) -> None:
+    def _sync(self, root: Path, written: WrittenRun) -> str:
         # --include-synced: a crash after wandb marked the folder synced but before our checkpoint must
         # still replay (idempotent), never skip.
         cmd = [sys.executable, "-m", "wandb", "sync", "--include-synced", str(written.folder.relative_to(root))]
@@ -250,9 +263,38 @@ class WandbOnlineTarget:
         except subprocess.TimeoutExpired:
             raise TargetError(f"wandb sync of {written.spec.run_id} did not finish in {self.sync_timeout:.0f}s") from None
         out = proc.stdout + proc.stderr
-        if proc.returncode != 0 or "error" in out.lower():
+        if proc.returncode != 0:
             tail = " ".join(out.split())[-400:]
             raise TargetError(f"wandb sync of {written.spec.run_id} failed: {_safe(tail, self._api_key)}")
+        return out
+
+    def _server_history_lines(self, spec: RunSpec) -> int:
+        from wandb.errors import CommError
+
+        path = f"{spec.entity or self.entity}/{spec.project}/{spec.run_id}"
+        try:
+            run = with_backoff(lambda: self.api().run(path))
+            with_backoff(lambda: run.load(force=True))
+        except CommError as exc:
+            if "could not find run" in str(exc).lower():
+                return 0
+            raise TargetError(f"cannot look up {path} on {self.base_url}: {_safe(exc, self._api_key)}") from None
+        return int(run._attrs.get("historyLineCount") or 0)
+
+    def _verify(self, written: WrittenRun, output: str) -> None:
+        spec = written.spec
+        path = f"{spec.entity or self.entity}/{spec.project}/{spec.run_id}"
+        tail = _safe(" ".join(output.split())[-300:], self._api_key)
+        try:
+            run = with_backoff(lambda: self.api().run(path))
+            with_backoff(lambda: run.load(force=True))  # wandb.Api caches runs: ask the server again
+        except Exception as exc:
+            raise TargetError(f"run {path} is not on the server after wandb sync ({_safe(exc, self._api_key)}); "
+                              f"sync said: {tail}") from None
+        lines = int(run._attrs.get("historyLineCount") or 0)
+        if lines < written.history_rows or run.state == "running":
+            raise TargetError(f"run {path} is incomplete after wandb sync: {lines}/{written.history_rows} history "
+                              f"rows, state {run.state}; sync said: {tail}")
 
     def read_back(self, run: ArchivedRun) -> WandbRunData:
         from .wandb_online import read_online

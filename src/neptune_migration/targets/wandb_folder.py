@@ -67,6 +67,7 @@ class WrittenRun:
     folder: Path
     result: LoadResult
     artifacts: list[str] = field(default_factory=list)
+    history_rows: int = 0
 
 
 def folder_for(root: Path, spec: RunSpec, start: datetime) -> Path:
@@ -79,8 +80,13 @@ def write_run(
     ctx: LoadContext,
     root: Path,
     spec: RunSpec,
+    skip_history_rows: int = 0,
 ) -> WrittenRun:
-    """Write the run folder atomically (a temporary folder renamed into place) and return what it holds."""
+    """Write the run folder atomically (a temporary folder renamed into place) and return what it holds.
+
+    `skip_history_rows` leaves out the first history rows: the ones a server already holds from an
+    interrupted sync (wandb-core appends a resumed run's history after the server's line count).
+    """
     atoms = run.atoms()
     result = LoadResult(target_id=_target_id(spec))
     start = _start_time(run, atoms)
@@ -93,14 +99,15 @@ def write_run(
     try:
         writer = RecordWriter(tmp / f"run-{spec.run_id}.wandb")
         try:
-            artifacts = _write(run, ctx, root, tmp, final, spec, atoms, start, writer, result)
+            artifacts, rows = _write(run, ctx, root, tmp, final, spec, atoms, start, writer, result,
+                                     skip_history_rows)
         finally:
             writer.close()
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return WrittenRun(spec, final, result, artifacts)
+    return WrittenRun(spec, final, result, artifacts, rows)
 
 
 def _target_id(spec: RunSpec) -> str:
@@ -132,7 +139,8 @@ def _write(
     start: datetime,
     w: RecordWriter,
     result: LoadResult,
-) -> list[str]:
+    skip_history_rows: int = 0,
+) -> tuple[list[str], int]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     start_ms = round(start.timestamp() * 1000)
@@ -194,6 +202,18 @@ def _write(
         env.environment.username = str(owner.value)
     w.write(env)
 
+    # A provenance file. Also: wandb-core uploads the run's own files (config.yaml, wandb-summary.json,
+    # wandb-metadata.json) at the end of a sync only if the run saved at least one file.
+    provenance = tmp / "files" / "neptune_migration.json"
+    provenance.parent.mkdir(parents=True, exist_ok=True)
+    provenance.write_text(_json({"run_key": run.ref.key, "project_id": run.ref.project_id, "run_id": run.ref.run_id,
+                                 "step_mode": hist.step_mode, "writer": "neptune-migration"}))
+    f = pb.Record()
+    item = f.files.files.add()
+    item.path = provenance.name
+    item.policy = pb.FilesItem.PolicyType.NOW
+    w.write(f)
+
     if hist.step_mode == "ordinal":
         m = pb.Record()
         m.metric.name = STEP_KEY
@@ -222,7 +242,15 @@ def _write(
     last_row = None
     last_runtime = 0.0
     points = reported = 0
-    for row in hist.iter_rows():
+    if skip_history_rows > hist.rows:
+        raise ValueError(f"the server holds {skip_history_rows} history rows, the archive only {hist.rows}")
+    for n_row, row in enumerate(hist.iter_rows()):
+        if n_row < skip_history_rows:
+            for m_idx, value in row.values.items():
+                summary[keys[hist.paths[m_idx]]] = value
+            points += len(row.values)
+            last_row, last_runtime = row, (row.timestamp_ms - start_ms) / 1000.0
+            continue
         h = pb.Record()
         hr = h.history
         hr.step.num = row.step
@@ -273,7 +301,7 @@ def _write(
     e.exit.exit_code = 1 if failed is not None and failed.value else 0
     e.exit.runtime = runtime_s
     w.write(e)
-    return artifacts
+    return artifacts, hist.rows
 
 
 def _ms(atom: Any) -> int | None:

@@ -54,7 +54,7 @@ def read_online(
         hi = lo + page_steps
         page = _graphql(api, _HISTORY_PAGE, {**variables, "minStep": lo, "maxStep": hi, "samples": page_steps})
         for line in page["project"]["run"]["history"]:
-            _add_row(history, json.loads(line) if isinstance(line, str) else line)
+            _add_row(history, json.loads(line, parse_int=_int) if isinstance(line, str) else line)
             rows += 1
         lo = hi
     summary = dict(run.summary_metrics)
@@ -149,6 +149,11 @@ def _get(api: Any, url: str) -> bytes:
         return resp.content
 
     return with_backoff(fetch)
+
+
+def _int(text: str) -> int | float:
+    # wandb-core writes the float -0.0 as `-0`; JSON's integer reading would drop the sign.
+    return -0.0 if text == "-0" else int(text)
 
 
 def _iso_ms(text: str | None) -> int | None:
