@@ -147,11 +147,8 @@ def test_each_corruption_is_reported_on_its_run_and_attribute_and_retry_repairs_
     uri = mlflow_server.uri
     common = ["--archive", str(archive), "--to", "mlflow", "--mlflow-tracking-uri", uri, "--experiment-prefix",
               prefix, "--state", str(state), "--no-progress", "--workers", "2"]
-    loaded = run_cli("load", *common)
-    assert loaded.returncode == 0, loaded.stderr
-    clean = run_cli("validate", *common, "--report-dir", str(tmp_path / "clean"))
-    assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert json.loads((tmp_path / "clean" / "report.json").read_text())["totals"]["mismatches"] == 0
+    assert not _load(archive, uri, prefix, state).failed
+    assert _validate(archive, uri, prefix, state).ok
 
     client = MlflowClient(uri)
     expected = _corrupt(mlflow_server, client, _mlflow_runs(client, prefix))
@@ -178,10 +175,8 @@ def test_each_corruption_is_reported_on_its_run_and_attribute_and_retry_repairs_
     after = json.loads((tmp_path / "repaired" / "report.json").read_text())
     assert after["totals"]["mismatches"] == 0 and after["totals"]["runs_validated"] == 7
     # a full validation agrees, and there is exactly one active run per Neptune run, each with exact history
-    again = run_cli("validate", *common, "--report-dir", str(tmp_path / "again"))
-    assert again.returncode == 0, again.stdout + again.stderr
-    final = json.loads((tmp_path / "again" / "report.json").read_text())
-    assert final["totals"]["runs_validated"] == 8 and final["totals"]["mismatches"] == 0
+    final = _validate(archive, uri, prefix, state)
+    assert final.ok and final.count("validated") == 8
     runs = _mlflow_runs(client, prefix)
     assert len(runs) == 8
     history = client.get_metric_history(runs["acme/image-classifier/IMG-7"].info.run_id, "eval/accuracy")
