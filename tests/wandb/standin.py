@@ -489,7 +489,8 @@ def _op_name(query: str) -> str:
 
 
 def _viewer() -> dict[str, Any]:
-    return {"id": "VXNlcjox", "entity": DEFAULT_ENTITY, "username": DEFAULT_ENTITY, "flags": None, "name": "Stand In", "deletedAt": None,
+    return {"id": "VXNlcjox", "entity": DEFAULT_ENTITY, "username": DEFAULT_ENTITY, "flags": None,
+            "name": "Stand In", "deletedAt": None,
             "teams": {"edges": []}, "email": "standin@example.invalid", "admin": False,
             "defaultFramework": None, "photoUrl": None, "apiKeys": None}
 

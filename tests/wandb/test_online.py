@@ -85,7 +85,8 @@ def test_rate_limits_are_retried(standin: StandIn, nasty_archive: Path, tmp_path
     standin.fail_next("upload", 1)
     target = _target(standin, tmp_path, entity=DEFAULT_ENTITY)
     result = target.load_run(run, LoadContext())
-    assert [f[1] for f in standin.faults] == [0, 0, 0], [r[2] for r in standin.requests]  # every injected 429 was met...
+    # Every injected 429 was met and retried...
+    assert [f[1] for f in standin.faults] == [0, 0, 0], [r[2] for r in standin.requests]
     standin.fail_next("graphql:Run", 1)
     data = _read(target, run)  # ...and the read-back retries too
     assert_run_matches(run, result, data)

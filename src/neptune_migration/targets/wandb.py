@@ -261,7 +261,8 @@ class WandbOnlineTarget:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise TargetError(f"wandb sync of {written.spec.run_id} did not finish in {self.sync_timeout:.0f}s") from None
+            limit = f"{self.sync_timeout:.0f}s"
+            raise TargetError(f"wandb sync of {written.spec.run_id} did not finish in {limit}") from None
         out = proc.stdout + proc.stderr
         if proc.returncode != 0:
             tail = " ".join(out.split())[-400:]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..archive import ArchivedRun
 from ..archive.reader import decimal_micros
@@ -121,9 +122,8 @@ def _start_time(run: ArchivedRun, atoms: dict[str, Any]) -> datetime:
     # No creation time: the earliest point is the best witness of when the run started.
     earliest = None
     for batch in run.batches(None, ["timestamp"]):
-        col = batch.column("timestamp")
-        if col.null_count < len(col):
-            v = min(x for x in col.to_pylist() if x is not None)
+        v = pc.min(batch.column("timestamp")).as_py()
+        if v is not None:
             earliest = v if earliest is None else min(earliest, v)
     return (earliest or datetime.fromtimestamp(0, UTC)).astimezone(UTC)
 
@@ -606,8 +606,19 @@ def _artifact_record(
     return total
 
 
+_INF = float("inf")
+
+
 def _json(value: Any) -> str:
     """JSON as wandb writes it: NaN and +-Infinity as bare words, floats in shortest round-trip form."""
+    if type(value) is float:  # the hot path: one call per history value
+        if value != value:
+            return "NaN"
+        if value == _INF:
+            return "Infinity"
+        if value == -_INF:
+            return "-Infinity"
+        return repr(value)
     if isinstance(value, np.floating):
         value = float(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
