@@ -181,3 +181,33 @@ def test_sigkill_mid_load_then_rerun_has_no_duplicates(standin: StandIn, tmp_pat
     committed = [a for a in standin.artifacts.values() if a.state == "COMMITTED"]
     assert len(committed) == 1 and committed[0].version == 0
     assert json.loads((tmp_path / "checkpoint.json").read_text())["stage"] == "synced"
+
+
+def _sync_env(standin: StandIn) -> dict[str, str]:
+    env = dict(os.environ, WANDB_API_KEY=KEY, WANDB_BASE_URL=standin.url)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("WANDB_SERVICE", None)
+    return env
+
+
+def test_offline_folders_sync_with_the_printed_command(standin: StandIn, nasty_archive: Path, tmp_path: Path) -> None:
+    from neptune_migration.targets.wandb import WandbOfflineTarget
+
+    offline = WandbOfflineTarget(tmp_path / "airgap", entity=DEFAULT_ENTITY)
+    runs = runs_of(nasty_archive)
+    results = {key: offline.load_run(run, LoadContext()) for key, run in runs.items()}
+    # Carried to "another machine": the folder moves, the command still works (paths are relative).
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "airgap").rename(moved)
+    cmd = offline.sync_command().replace(str(tmp_path / "airgap"), str(moved))
+    out = subprocess.run(["bash", "-c", cmd], env=_sync_env(standin), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    online = _target(standin, tmp_path, entity=DEFAULT_ENTITY)
+    for key, run in runs.items():
+        assert_run_matches(run, results[key], _read(online, run))
+    # A rerun of the load leaves synced folders alone (rebuilding them would invite a second upload).
+    again = WandbOfflineTarget(moved, entity=DEFAULT_ENTITY)
+    before = {p: p.stat().st_mtime_ns for p in moved.rglob("*.wandb")}
+    res = again.load_run(runs["ws/other/OTH-1"], LoadContext())
+    assert "already synced" in res.warnings[0] and res.points == results["ws/other/OTH-1"].points
+    assert before == {p: p.stat().st_mtime_ns for p in moved.rglob("*.wandb")}

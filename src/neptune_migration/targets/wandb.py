@@ -123,8 +123,28 @@ class WandbOfflineTarget:
             raise TargetError(f"cannot write W&B offline runs under {self.root}: {exc.strerror or exc}") from None
 
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
-        written = self.write(run, ctx)
-        return written.result
+        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        synced = self._synced_folder(spec.run_id)
+        if synced is not None:
+            # `wandb sync` already (partly) uploaded this folder. Rebuilding it would drop wandb's own sync
+            # state, and a second sync would append the history again: leave it exactly as it is.
+            data = read_offline_run(self.root, spec.run_id)
+            result = LoadResult(target_id="/".join(p for p in (spec.entity, spec.project, spec.run_id) if p))
+            result.points = sum(len(v) for v in data.history.values()) + sum(
+                len(v) for v in data.string_series.values()
+            )
+            result.files = sum(len(a["files"]) for a in data.artifacts.values())
+            result.warnings.append(f"{synced.name} was already synced with wandb sync; left unchanged")
+            with self._lock:
+                self._written.append(synced)
+            return result
+        return self.write(run, ctx).result
+
+    def _synced_folder(self, wandb_run_id: str) -> Path | None:
+        for folder in (self.root / "wandb").glob(f"offline-run-*-{wandb_run_id}"):
+            if any(folder.glob("*.wandb.synced")) or any(folder.glob("*.wandb.syncstate")):
+                return folder
+        return None
 
     def write(self, run: ArchivedRun, ctx: LoadContext) -> WrittenRun:
         spec = spec_for(run, self.entity, self.project, self.project_prefix)
