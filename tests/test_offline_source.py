@@ -63,6 +63,8 @@ SCALE_MOVED = b"this file is moved away before the migration"
 SCALE_PREDS = [(0.0, b"\x89PNG pred 0"), (1.0, b"\x89PNG pred 1")]
 SCALE_FORK_STEP = 2.0
 SCALE_FORK_LOSS = [(3.0, 0.5), (4.0, 0.4)]
+SCALE_RESUMED = "scale-resumed"  # logged in two sessions: one database each, one run
+SCALE_RESUMED_POINTS = [(1.0, 10.0), (2.0, 20.0)]
 
 N1_ATOMS: dict[str, Any] = {
     "params/lr": 0.01,
@@ -129,6 +131,11 @@ def write_scale(out: Path) -> None:
              creation_time=T0 + dt.timedelta(hours=1), fork_run_id=SCALE_RUN, fork_step=SCALE_FORK_STEP) as fork:
         for i, (step, value) in enumerate(SCALE_FORK_LOSS):
             fork.log_metrics({"train/loss": value}, step=step, timestamp=T0 + dt.timedelta(hours=1, seconds=i))
+    for i, (step, value) in enumerate(SCALE_RESUMED_POINTS):
+        with Run(project=SCALE_PROJECT, run_id=SCALE_RESUMED, mode="offline",
+                 creation_time=T0 + dt.timedelta(hours=2)) as session:
+            session.log_metrics({"m": value}, step=step, timestamp=T0 + dt.timedelta(hours=2, seconds=i))
+            session.log_configs({f"session{i}": i})
 
 
 def write_neptune1(out: Path) -> None:
@@ -327,6 +334,13 @@ def test_scale_fork_keeps_its_parent(exported: dict[str, Any]) -> None:
     assert [(s, v) for s, _, v in got.series("train/loss")] == SCALE_FORK_LOSS
 
 
+def test_scale_run_resumed_in_a_second_session_is_one_run(exported: dict[str, Any]) -> None:
+    got = ArchivedValues(exported["root"], SCALE_PROJECT, SCALE_RESUMED)
+    assert [(s, v) for s, _, v in got.series("m")] == SCALE_RESUMED_POINTS
+    atoms = got.atoms()
+    assert (atoms["session0"], atoms["session1"]) == (("int", 0), ("int", 1))
+
+
 def test_neptune1_run_archived_value_for_value(written: dict[str, Any], exported: dict[str, Any]) -> None:
     got = ArchivedValues(exported["root"], "offline/n1", written["container_id"])
     atoms = got.atoms()
@@ -408,7 +422,8 @@ def test_derived_identity_options_and_discover(written: dict[str, Any], tmp_path
     report = discover(source)
     assert [p["project"] for p in report["projects"]] == ["ws/assigned"]
     short = written["container_id"][:8]
-    assert sorted(report["projects"][0]["run_ids"]) == sorted([f"n1-1-{short}", SCALE_FORK, SCALE_RUN])
+    assert sorted(report["projects"][0]["run_ids"]) == sorted([f"n1-1-{short}", SCALE_FORK, SCALE_RUN,
+                                                               SCALE_RESUMED])
     (n1,) = [r for r in source.list_runs("ws/assigned") if r.kind == "neptune1"]
     described = source.describe_run(n1)
     assert (described["project"], described["run_id"]) == ("ws/assigned", f"n1-1-{short}")
@@ -467,7 +482,7 @@ def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, m
             exported, loaded = migrate(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"),
                                        target, selection, ledger, tracker, workers=2)
             assert not exported.failed and not loaded.failed, (exported.failed, loaded.failed)
-            assert loaded.count("loaded") == 3
+            assert loaded.count("loaded") == 4
             checked = validate(Archive(tmp_path / "a"), target, selection, ledger, workers=2)
         finally:
             target.close()
