@@ -460,6 +460,36 @@ def test_derived_identity_options_and_discover(written: dict[str, Any], tmp_path
         OfflineSource(tmp_path / "nowhere", Selection()).check()
 
 
+def test_unreadable_folders_fail_alone_with_a_clear_message(written: dict[str, Any], tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.ledger import Ledger
+    from neptune_migration.migration import export
+    from neptune_migration.progress import Tracker
+    from neptune_migration.selection import Selection
+    from neptune_migration.sources.offline import OfflineSource
+
+    user = tmp_path / "lab"
+    shutil.copytree(written["root"] / "n1", user, symlinks=True)
+    broken_db = user / ".neptune" / "w_p_broken_1" / "run_operations.sqlite3"
+    broken_db.parent.mkdir()
+    broken_db.write_bytes(b"this is not a database")
+    broken_n1 = user / ".neptune" / "offline" / "run__broken__1__x"
+    broken_n1.mkdir()
+    (broken_n1 / "metadata.json").write_text("{not json")
+    source = OfflineSource(user, Selection())
+    with Ledger(tmp_path / "state.db") as ledger:
+        summary = export(source, ArchiveWriter(tmp_path / "a"), ledger,
+                         lambda n: Tracker("t", n, Console(quiet=True), enabled=False), workers=1)
+    by_status = {o.key: o for o in summary.outcomes}
+    assert sorted(k for k, o in by_status.items() if o.status == "failed") == [
+        "offline/lab/run__broken__1__x", "offline/lab/w_p_broken_1"]
+    assert str(broken_db) in (by_status["offline/lab/w_p_broken_1"].error or "")
+    assert str(broken_n1) in (by_status["offline/lab/run__broken__1__x"].error or "")
+    assert by_status[f"offline/lab/{written['container_id']}"].status == "exported"
+
+
 def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, mlflow_server: Any,
                                       prefix: str) -> None:
     from mlflow.tracking import MlflowClient

@@ -157,7 +157,8 @@ class OfflineSource:
         message = f"cannot read the offline run at {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         log.error("%s", message)
         folder = path.parent if kind == "scale" else path
-        project = self.assign_project or f"{DEFAULT_PROJECT_WORKSPACE}/{_folder_project(folder)}"
+        neptune_dir = folder.parent if kind == "scale" else folder.parent.parent
+        project = self.assign_project or f"{DEFAULT_PROJECT_WORKSPACE}/{_folder_project(neptune_dir)}"
         return OfflineRun(RunRef(project, folder.name), kind, [path], error=message)
 
     def _n1_identity(self, run: OfflineRun, index: int) -> tuple[RunRef, dict[str, str]]:
@@ -167,7 +168,7 @@ class OfflineSource:
             project = self.assign_project
             derived["project"] = "--assign-project"
         else:
-            project = f"{DEFAULT_PROJECT_WORKSPACE}/{_folder_project(folder)}"
+            project = f"{DEFAULT_PROJECT_WORKSPACE}/{_folder_project(folder.parent.parent)}"
             derived["project"] = "the folder holding .neptune"
         if self.run_id_template:
             values = _template_values(folder, run.container_id or "", run.created, index)
@@ -402,9 +403,8 @@ def _histogram(value: Any) -> dict[str, Any]:
     return {"type": value.type, "edges": list(value.edges), "values": list(value.values)}
 
 
-def _folder_project(folder: Path) -> str:
+def _folder_project(neptune_dir: Path) -> str:
     """The project name a 1.x run gets by default: the folder its script ran in (the one holding .neptune)."""
-    neptune_dir = folder.parent.parent  # <here>/.neptune/offline/run__...
     base = neptune_dir.parent if neptune_dir.name == ".neptune" else neptune_dir
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.resolve().name).strip("-.")
     return name or "project"
@@ -415,7 +415,7 @@ def _template_values(folder: Path, container_id: str, created: dt.datetime | Non
     return {
         "container_id": container_id,
         "short_id": container_id[:8],
-        "folder": _folder_project(folder),
+        "folder": _folder_project(folder.parent.parent),
         "created": created or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         "index": index,
         "pid": parts[2] if len(parts) > 2 else "",
