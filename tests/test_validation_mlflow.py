@@ -181,3 +181,21 @@ def test_each_corruption_is_reported_on_its_run_and_attribute_and_retry_repairs_
     assert len(runs) == 8
     history = client.get_metric_history(runs["acme/image-classifier/IMG-7"].info.run_id, "eval/accuracy")
     assert len(history) == len({m.step for m in history}) == 3
+
+
+def test_sqlite_store_is_read_directly_and_corruption_found(tmp_path: Path) -> None:
+    """A `sqlite:///` tracking URI: metrics read from the store's table, same verdicts as over REST."""
+    archive = write_nasty_archive(tmp_path / "archive")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    state = tmp_path / "state.db"
+    assert not _load(archive, uri, "", state).failed
+    clean = _validate(archive, uri, "", state)
+    assert clean.ok, [c.summary_line() for c in clean.checks]
+    run_id = clean.checks[0].target_id
+    with sqlite3.connect(tmp_path / "store" / "mlflow.db", isolation_level=None) as db:
+        db.execute("UPDATE metrics SET value=0.0, is_nan=0 WHERE run_uuid=? AND key='metrics/special' AND step=0",
+                   (run_id,))
+    bad = _validate(archive, uri, "", state)
+    assert [(c.ref.run_id, [(m.attribute, m.kind) for m in c.mismatches]) for c in bad.checks] == [
+        ("NASTY-1", [("metrics/special", "value")]), ("NASTY-2", [])]
+    assert "nan expected" in bad.checks[0].mismatches[0].detail

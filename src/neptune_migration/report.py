@@ -229,7 +229,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}.meta{color
 padding:10px 14px;min-width:150px}.card .v{font-size:20px;font-weight:600}.card .l{color:#5a6272;font-size:12px}
 .card.alert .v{color:#cf222e}
 table{border-collapse:collapse;background:#fff;border:1px solid #d8dee4;width:100%;margin-bottom:8px}
-th,td{padding:5px 9px;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{padding:5px 9px;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
+td:last-child{overflow-wrap:anywhere}td[class^="s-"]{white-space:nowrap}
 th{background:#f3f5f7;cursor:pointer;user-select:none;white-space:nowrap}th:after{content:" \\2195";color:#9aa3ae}
 th.asc:after{content:" \\2191"}th.desc:after{content:" \\2193"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
