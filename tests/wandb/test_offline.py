@@ -11,8 +11,9 @@ import pytest
 from wandb_archives import runs_of
 from wandb_expect import assert_run_matches
 
+from neptune_migration.model import RunRef
 from neptune_migration.targets.base import LoadContext
-from neptune_migration.targets.wandb import WandbOfflineTarget
+from neptune_migration.targets.wandb import WandbOfflineTarget, fork_parent
 from neptune_migration.targets.wandb_records import read_records
 
 WANDB = Path(sys.executable).parent / "wandb"
@@ -54,6 +55,9 @@ def test_nasty_archive_round_trip(nasty_archive: Path, tmp_path: Path) -> None:
     assert data.summary["logs/stdout"]["_type"] == "table-file"
 
     run, result, data = loaded["ws/nasty proj/NAS-2"]
+    nas1 = loaded["ws/nasty proj/NAS-1"][2].run_id
+    assert data.config["neptune_migration"]["fork"] == {"parent": "NAS-1", "parent_wandb_run_id": nas1, "step": 2.0}
+    assert fork_parent(run) == RunRef("ws/nasty proj", "NAS-1")
     assert [p[0] for p in data.points("m/x")] == [-3.0, 0.5, 1.25, 7.1234567, 1e15, 1e15 + 2]
 
     run, result, data = loaded["ws/other/OTH-1"]

@@ -107,7 +107,7 @@ def test_key_never_in_errors(standin: StandIn, nasty_archive: Path, tmp_path: Pa
 
     run = runs_of(nasty_archive)["ws/other/OTH-1"]
     standin.fail_next("graphql:UpsertBucket", 1000, status=403)
-    target = _target(standin, tmp_path, entity=DEFAULT_ENTITY, sync_timeout=60)
+    target = _target(standin, tmp_path, entity=DEFAULT_ENTITY, sync_timeout=60, verify_timeout=2)
     with pytest.raises(TargetError) as err:
         target.load_run(run, LoadContext())
     assert KEY not in str(err.value)

@@ -77,6 +77,8 @@ def write_nasty_archive(root: Path, rows_per_part: int = 2_000_000, big_strings:
     # Run "huge": fractional and huge steps (beyond decimal(18, 6)), rows shuffled over several parts.
     with w.run(RunRef("ws/nasty proj", "NAS-2")) as r:
         r.add_atom("sys/name", "string", "exp nasty")
+        r.add_atom("sys/forking/parent", "string", "NAS-1")
+        r.add_atom("sys/forking/step", "float", 2.0)
         steps = [0.5, 1.25, 7.1234567, 1e15, 1e15 + 2, -3.0]
         r.add_series("m/x", "float_series", steps, [_ms(i) for i in range(len(steps))],
                      [float(i) for i in range(len(steps))])

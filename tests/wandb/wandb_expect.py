@@ -108,6 +108,9 @@ def assert_run_matches(run: ArchivedRun, result: LoadResult, data: WandbRunData)
             assert node == sorted(v)
         elif isinstance(v, float) and not math.isfinite(v):
             assert node in ("NaN", "Infinity", "-Infinity")
+        elif atom.type == "float":
+            # wandb-core writes whole floats as JSON integers (2.0 -> 2): equal numbers, not bool, not str.
+            assert isinstance(node, int | float) and not isinstance(node, bool) and bits(float(node)) == bits(v), path
         else:
             assert node == v and type(node) is type(v), path
     assert data.config["neptune_migration"]["run_key"] == run.ref.key

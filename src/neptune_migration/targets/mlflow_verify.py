@@ -277,7 +277,9 @@ class MlflowVerifier:
             batch = batch.filter(keep)
             if batch.num_rows == 0:
                 continue
-            paths = np.array(batch.column("attribute_path").to_pylist(), dtype=object)
+            encoded = pc.dictionary_encode(batch.column("attribute_path"))
+            names_in_batch = encoded.dictionary.to_pylist()
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
             micros = decimal_micros(batch.column("step"))
             ts = timestamps_ms(batch.column("timestamp"), fallback_ts)
             check.approx("negative_timestamp_clamped", int((ts < 0).sum()))
@@ -287,14 +289,17 @@ class MlflowVerifier:
             check.approx("negative_zero_stored_as_zero", int(((values == 0) & np.signbit(values)).sum()))
             exact_col = batch.column("step_exact")
             exact = exact_col.to_pylist() if exact_col.null_count < batch.num_rows else None
-            for path in set(paths.tolist()):
-                mask = paths == path
-                steps = scale_micros(micros[mask], plan[path])
+            # Group rows by series with one stable sort, not one mask per series (runs can have thousands).
+            order = np.argsort(codes, kind="stable")
+            bounds = np.flatnonzero(np.diff(codes[order])) + 1
+            for rows in np.split(order, bounds):
+                path = names_in_batch[int(codes[rows[0]])]
+                steps = scale_micros(micros[rows], plan[path])
                 if exact is not None:
-                    for j, i in enumerate(np.flatnonzero(mask)):
+                    for j, i in enumerate(rows.tolist()):
                         if exact[i] is not None:
                             steps[j] = scale_exact(exact[i], plan[path])
-                parts[path].append((steps, ts[mask], values[mask]))
+                parts[path].append((steps, ts[rows], values[rows]))
         series = {}
         for path in plan:
             chunks = parts.get(path, [])

@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 from ..archive import ArchivedRun
 from ..errors import TargetError, UsageError
 from .base import LoadContext, LoadResult
-from .wandb_folder import RunSpec, WrittenRun, spec_for, write_run
+from .wandb_folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from .wandb_readback import WandbRunData, read_offline_run
 
-__all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "read_offline_run"]
+__all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
 
 T = TypeVar("T")
 
@@ -192,6 +192,7 @@ class WandbOnlineTarget:
         staging_dir: Path | None = None,
         runs_per_second: float = 2.0,
         sync_timeout: float = 3600.0,
+        verify_timeout: float = 30.0,
         keep_staging: bool = False,
     ) -> None:
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
@@ -202,8 +203,10 @@ class WandbOnlineTarget:
         self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "neptune-migration-wandb").absolute()
         self.limiter = RateLimiter(runs_per_second)
         self.sync_timeout = sync_timeout
+        self.verify_timeout = verify_timeout
         self.keep_staging = keep_staging
         self._api: Any = None
+        self._api_lock = threading.Lock()
 
     @property
     def canonical(self) -> str:
@@ -223,13 +226,14 @@ class WandbOnlineTarget:
         return env
 
     def api(self) -> Any:
-        if self._api is None:
-            import wandb
+        with self._api_lock:
+            if self._api is None:
+                import wandb
 
-            if not self._api_key:
-                raise UsageError("W&B needs an API key: set WANDB_API_KEY")
-            self._api = wandb.Api(api_key=self._api_key, overrides={"base_url": self.base_url}, timeout=60)
-        return self._api
+                if not self._api_key:
+                    raise UsageError("W&B needs an API key: set WANDB_API_KEY")
+                self._api = wandb.Api(api_key=self._api_key, overrides={"base_url": self.base_url}, timeout=60)
+            return self._api
 
     def check(self) -> None:
         if not self._api_key:
@@ -313,6 +317,12 @@ class WandbOnlineTarget:
             raise TargetError(f"run {path} is not on the server after wandb sync ({_safe(exc, self._api_key)}); "
                               f"sync said: {tail}") from None
         lines = int(run._attrs.get("historyLineCount") or 0)
+        deadline = time.monotonic() + self.verify_timeout
+        # A server may count the last lines a moment after the file stream closed: poll briefly.
+        while (lines < written.history_rows or run.state == "running") and time.monotonic() < deadline:
+            time.sleep(1.0)
+            with_backoff(lambda: run.load(force=True))
+            lines = int(run._attrs.get("historyLineCount") or 0)
         if lines < written.history_rows or run.state == "running":
             raise TargetError(f"run {path} is incomplete after wandb sync: {lines}/{written.history_rows} history "
                               f"rows, state {run.state}; sync said: {tail}")

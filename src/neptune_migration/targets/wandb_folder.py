@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from ..archive import ArchivedRun
 from ..archive.reader import decimal_micros
 from ..errors import ArchiveError, UnsafePathError
-from ..model import FILE_LIKE_TYPES
+from ..model import FILE_LIKE_TYPES, RunRef
 from ..paths import safe_relpath
 from .base import LoadContext, LoadResult
 from .wandb_history import History, build
@@ -343,9 +343,13 @@ def _config(
     if nonfinite:
         result.approx("config_nonfinite_float_as_string", nonfinite)
     fork: dict[str, Any] = {}
-    for k in ("sys/forking/parent", "sys/forking/step", "sys/fork_run_id", "sys/fork_step"):
-        if k in atoms:
-            fork[k.rsplit("/", 1)[-1]] = _config_value(atoms[k].type, atoms[k].value)
+    parent = fork_parent(run)
+    if parent is not None:
+        # W&B's `fork_from` is a preview feature absent on self-managed servers: the link lives in the config.
+        fork["parent"] = parent.run_id
+        fork["parent_wandb_run_id"] = run_id(parent.key)
+        if "sys/forking/step" in atoms:
+            fork["step"] = atoms["sys/forking/step"].value
     root["neptune_migration"] = {
         "run_key": run.ref.key,
         "project_id": run.ref.project_id,
@@ -622,6 +626,12 @@ def _json(value: Any) -> str:
     if isinstance(value, np.floating):
         value = float(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def fork_parent(run: ArchivedRun) -> RunRef | None:
+    """The run this one was forked from (Neptune 3.x `sys/forking/parent`), to load parents first."""
+    parent = run.atom_value("sys/forking/parent")
+    return RunRef(run.ref.project_id, str(parent)) if parent else None
 
 
 def spec_for(
