@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mlflow_load import make_archive, peak_rss_mb, start_server  # noqa: E402
+from bench_mlflow_load import make_archive, peak_rss_mb, start_server
 
 
 def main() -> None:

@@ -232,7 +232,7 @@ def validate_run(run: ArchivedRun, verifier: Verifier, selection: Selection, led
     check.seconds = time.monotonic() - started
     details = check.to_dict()
     if check.status == VALIDATED:
-        ledger.finish(run.ref, VALIDATE, target, check.target_id, details=details)
+        ledger.finish(run.ref, VALIDATE, target, check.target_id, details=redact_tree(details))
     else:
         record_problem(ledger, run.ref, target, check)
         if check.status == MISMATCHED:
@@ -246,7 +246,7 @@ def record_problem(ledger: Ledger, ref: RunRef, target: str, check: RunCheck) ->
     # Ledger.fail() takes no details; one UPDATE keeps status, error and details consistent.
     ledger._update(
         ref, VALIDATE, target, status=status, last_error=redact(check.summary_line()), target_id=check.target_id,
-        checkpoint=None, details=redact(json.dumps(check.to_dict(), sort_keys=True, default=str)),
+        checkpoint=None, details=json.dumps(redact_tree(check.to_dict()), sort_keys=True, default=str),
     )
 
 
@@ -360,6 +360,17 @@ def check_source(
         selection is None or selection.matches_run(ref.project_id, ref.run_id,
                                                    {p: a.value for p, a in held[ref].atoms().items()})))
     return result
+
+
+def redact_tree(value: Any) -> Any:
+    """Every string inside a JSON-like value redacted (redacting the JSON text could break its quoting)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    return value
 
 
 def _describe(exc: BaseException) -> str:
