@@ -12,12 +12,13 @@ from rich.console import Console
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
+from neptune_migration.model import RunRef
 from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_demo_archive, write_nasty_archive
 from neptune_migration.selection import Selection
 from neptune_migration.targets.mlflow import MlflowTarget
-from neptune_migration.validation import VALIDATE, validate
+from neptune_migration.validation import VALIDATE, retry, validate
 
 from .conftest import run_cli
 
@@ -199,3 +200,26 @@ def test_sqlite_store_is_read_directly_and_corruption_found(tmp_path: Path) -> N
     assert [(c.ref.run_id, [(m.attribute, m.kind) for m in c.mismatches]) for c in bad.checks] == [
         ("NASTY-1", [("metrics/special", "value")]), ("NASTY-2", [])]
     assert "nan expected" in bad.checks[0].mismatches[0].detail
+
+
+def test_retry_resumes_a_failed_load_and_leaves_good_runs_alone(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "archive")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    target = MlflowTarget(uri)
+    with Ledger(tmp_path / "s.db") as ledger:
+        load(Archive(archive), target, Selection.from_options(runs="NASTY-2$"), ledger, _quiet, workers=1)
+        assert validate(Archive(archive), target, Selection.from_options(runs="NASTY-2$"), ledger, _quiet, 1).ok
+        first_id = ledger.get(RunRef("nasty/ünïcode-proj", "NASTY-2"), "load", target.canonical).target_id
+        # NASTY-1's load failed (as a crash or a server error would leave it)
+        ref = RunRef("nasty/ünïcode-proj", "NASTY-1")
+        ledger.start(ref, "load", target.canonical)
+        ledger.fail(ref, "load", target.canonical, "HTTP 503 from the tracking server")
+        outcome = retry(Archive(archive), target, Selection(), ledger, _quiet, workers=1)
+        assert outcome.reloaded == [ref] and [c.ref for c in outcome.validation.checks] == [ref]
+        assert outcome.validation.ok and outcome.load.count("loaded") == 1
+        assert ledger.get(ref, "load", target.canonical).status == "done"
+        # the good run was neither reloaded nor replaced
+        assert ledger.get(RunRef("nasty/ünïcode-proj", "NASTY-2"), "load", target.canonical).target_id == first_id
+        again = retry(Archive(archive), target, Selection(), ledger, _quiet, workers=1)
+        assert again.reloaded == [] and again.revalidated == []
+    target.close()

@@ -49,6 +49,8 @@ FilesOpt = Annotated[Path | None, typer.Option(help="neptune-exporter files root
                                                "parquet root.")]
 ReportDirOpt = Annotated[Path, typer.Option(help="Where report.json, report.html, report.md and errors.jsonl "
                                             "are written.")]
+NoValidateOpt = Annotated[bool, typer.Option("--no-validate", help="Skip the validation stage (read-back and "
+                                             "report); run `validate` later.")]
 DEFAULT_REPORT_DIR = Path("neptune-migration-report")
 
 
