@@ -279,7 +279,7 @@ def _write(
     result.points += points
 
     if last_row is not None:
-        end_ms = int(hist.ts.max())
+        end_ms = hist.max_ts if hist.max_ts is not None else start_ms
         summary["_step"] = last_row.step
         summary["_timestamp"] = last_row.timestamp_ms / 1000.0
         summary["_runtime"] = last_runtime
