@@ -130,6 +130,22 @@ def read_scale_offline(db_path: Path) -> ScaleOfflineRun:
     return ScaleOfflineRun(meta.project, meta.run_id, ops, uploads, db_path.parent)
 
 
+def read_scale_identity(db_path: Path) -> tuple[str, str, int]:
+    """(project, run id, first operation's time in ms) of a neptune-scale database, without reading its operations."""
+    from neptune_scale.sync.operations_repository import OperationsRepository
+
+    with tempfile.TemporaryDirectory(prefix="neptune-offline-") as tmp:
+        repo = OperationsRepository(_copy_sqlite(Path(db_path).resolve(), Path(tmp)))
+        try:
+            meta = repo.get_metadata()
+            if meta is None:
+                raise ValueError(f"{db_path} holds no run metadata")
+            first = repo.get_operations_min_timestamp()
+        finally:
+            repo.close(cleanup_files=False)
+    return meta.project, meta.run_id, round(first.timestamp() * 1000) if first is not None else 0
+
+
 def _scale_step(step: Any) -> float:
     return step.whole + step.micro / 1_000_000
 
@@ -308,6 +324,20 @@ class Neptune1OfflineRun:
     last_operation_at: dt.datetime | None = None  # when the client queued its last operation
 
 
+def read_neptune1_metadata(run_dir: Path) -> tuple[str, str, dt.datetime]:
+    """(container id, container type, creation time) from a 1.x run folder's metadata.json alone."""
+    meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+    return meta["containerId"], meta.get("containerType", "run"), _n1_created(meta, Path(run_dir), None)
+
+
+def _n1_created(meta: dict[str, Any], run_dir: Path, first_at: float | None) -> dt.datetime:
+    if "createdAt" in meta:
+        return dt.datetime.fromisoformat(meta["createdAt"])
+    if first_at is not None:
+        return dt.datetime.fromtimestamp(first_at, UTC)
+    return dt.datetime.fromtimestamp((run_dir / "metadata.json").stat().st_mtime, UTC)
+
+
 def read_neptune1_offline(run_dir: Path) -> Neptune1OfflineRun:
     """Read one 1.x offline run folder through a copy, with the client's own disk queue."""
     from neptune.core.components.queue.disk_queue import DiskQueue
@@ -338,16 +368,10 @@ def read_neptune1_offline(run_dir: Path) -> Neptune1OfflineRun:
                     last_at = element.at
         finally:
             queue.close()
-    if "createdAt" in meta:
-        created = dt.datetime.fromisoformat(meta["createdAt"])
-    elif first_at is not None:
-        created = dt.datetime.fromtimestamp(first_at, UTC)
-    else:
-        created = dt.datetime.fromtimestamp((run_dir / "metadata.json").stat().st_mtime, UTC)
     return Neptune1OfflineRun(
         meta["containerId"],
         meta.get("containerType", "run"),
-        created,
+        _n1_created(meta, run_dir, first_at),
         ops,
         run_dir / "upload_path",
         run_dir,

@@ -112,7 +112,7 @@ class OfflineSource:
         return self._runs
 
     def _find(self) -> list[OfflineRun]:
-        from ..offline_replay import find_offline_runs, read_neptune1_offline, read_scale_offline
+        from ..offline_replay import find_offline_runs, read_neptune1_metadata, read_scale_identity
 
         runs: list[OfflineRun] = []
         scale_groups: dict[tuple[str, str], list[tuple[int, Path]]] = {}
@@ -120,23 +120,22 @@ class OfflineSource:
         for loc in find_offline_runs(self.path):
             if loc.kind == "scale":
                 try:
-                    offline = read_scale_offline(loc.path)
+                    project, run_id, first = read_scale_identity(loc.path)
                 except Exception as exc:
                     runs.append(self._unreadable(loc.path, "scale", exc))
                     continue
-                first = min((op.timestamp for op in offline.operations), default=0)
-                scale_groups.setdefault((offline.project, offline.run_id), []).append((first, loc.path))
+                scale_groups.setdefault((project, run_id), []).append((first, loc.path))
             else:
                 try:
-                    meta = read_neptune1_offline(loc.path)
+                    container_id, container_type, created = read_neptune1_metadata(loc.path)
                 except Exception as exc:
                     runs.append(self._unreadable(loc.path, "neptune1", exc))
                     continue
-                if meta.container_type != "run":
-                    log.warning("skipping %s: a neptune 1.x %s, not a run", loc.path, meta.container_type)
+                if container_type != "run":
+                    log.warning("skipping %s: a neptune 1.x %s, not a run", loc.path, container_type)
                     continue
-                n1.append(OfflineRun(RunRef("", ""), "neptune1", [loc.path], partial=loc.partial,
-                                     created=meta.created_at, container_id=meta.container_id))
+                n1.append(OfflineRun(RunRef("", ""), "neptune1", [loc.path], partial=loc.partial, created=created,
+                                     container_id=container_id))
         for (project, run_id), dbs in sorted(scale_groups.items()):
             derived = {}
             if self.assign_project:
