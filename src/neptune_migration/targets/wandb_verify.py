@@ -228,11 +228,12 @@ def _hist_key(step: float, h: Any, rebinned: set[float]) -> str:
     """A histogram as comparable text: bins and counts exactly, or only the total where W&B merged bins."""
     if not isinstance(h, dict):
         return _short(h)
-    values = list(h.get("values") or [])
+    # W&B's API gives whole floats back as JSON integers: compare numbers, not their spelling.
+    values = [float(v) for v in h.get("values") or []]
     if step in rebinned:
         return f"total={sum(values)!r}"
     bins = h.get("bins") if "bins" in h else h.get("edges")
-    return _canonical({"values": values, "bins": list(bins or [])})
+    return _canonical({"values": values, "bins": [float(b) for b in bins or []]})
 
 
 def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_shown: list, have_shown: list) -> None:
