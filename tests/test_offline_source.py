@@ -516,7 +516,7 @@ def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, m
             checked = validate(Archive(tmp_path / "a"), target, selection, ledger, workers=2)
         finally:
             target.close()
-    assert checked.ok, [c.to_dict() for c in checked.checks if c.status != "validated"]
+    assert checked.ok and len(checked.checks) == 4, [c.to_dict() for c in checked.checks if c.status != "validated"]
 
     client = MlflowClient(mlflow_server.uri)
     exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
@@ -544,6 +544,7 @@ def test_migrate_to_wandb_offline_end_to_end(written: dict[str, Any], tmp_path: 
     from neptune_migration.selection import Selection
     from neptune_migration.sources.offline import OfflineSource
     from neptune_migration.targets.wandb import WandbOfflineTarget
+    from neptune_migration.validation import validate
 
     selection = Selection()
     target = WandbOfflineTarget(tmp_path / "wb", project="offline-test")
@@ -551,7 +552,9 @@ def test_migrate_to_wandb_offline_end_to_end(written: dict[str, Any], tmp_path: 
         exported, loaded = migrate(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"), target,
                                    selection, ledger, lambda n: Tracker("t", n, Console(quiet=True), enabled=False),
                                    workers=2)
-    assert not exported.failed and not loaded.failed, (exported.failed, loaded.failed)
+        assert not exported.failed and not loaded.failed, (exported.failed, loaded.failed)
+        checked = validate(Archive(tmp_path / "a"), target, selection, ledger, workers=2)
+    assert checked.ok and len(checked.checks) == 4, [c.to_dict() for c in checked.checks if c.status != "validated"]
     archive = Archive(tmp_path / "a")
     scale_run = archive.run(RunRef(SCALE_PROJECT, SCALE_RUN))
     assert scale_run is not None
