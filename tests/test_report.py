@@ -58,7 +58,8 @@ def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytes
     assert report["schema"] == "neptune-migration/validation-report" and report["schema_version"] == SCHEMA_VERSION
     assert list(report) == ["schema", "schema_version", "tool_version", "generated_at", "target", "archive", "ok",
                             "seconds", "totals", "projects", "runs", "mismatches", "approximations",
-                            "incomplete_in_archive", "errors"]
+                            "incomplete_in_archive", "errors", "source_check"]
+    assert report["source_check"] is None
     t = report["totals"]
     assert (t["runs_selected"], t["runs_validated"], t["runs_mismatched"], t["runs_failed"]) == (5, 3, 1, 1)
     assert t["mismatches"] == 2 and t["points"] == 6500 and t["files"] == 6 and t["bytes"] == 6144
@@ -160,3 +161,24 @@ def test_report_html_in_headless_chromium(tmp_path: Path) -> None:
     runs_table = runs_table[: runs_table.index("</table>")]
     order = re.findall(r"<tr><td>acme/[a-z]+</td><td>([A-Z]+-\d+)</td>", runs_table)
     assert order[0] == "NLP-7" and len(order) == 5
+
+
+def test_source_check_in_the_report() -> None:
+    from neptune_migration.validation import Mismatch, SourceCheck
+
+    source = SourceCheck(listed_runs=3, archived_runs=2, missing=[RunRef("acme/nlp", "NLP-9")])
+    source.differences.append(Mismatch("run", "source_points", "the source listed 10 points, the archive holds 9",
+                                       expected=10, actual=9))
+    source.differing_runs.append(RunRef("acme/vision", "VIS-1"))
+    report = build_report(_sample(), source_check=source)
+    assert report["ok"] is False and report["source_check"]["missing"] == ["acme/nlp/NLP-9"]
+    assert report["source_check"]["differences"][0]["run"] == "acme/vision/VIS-1"
+    md = render_markdown(report)
+    assert "missing from the archive: `acme/nlp/NLP-9`" in md and "listed 10 points" in md
+    from neptune_migration.report import render_html
+
+    page = render_html(report)
+    assert "<td>missing from the archive</td><td>acme/nlp/NLP-9</td>" in page
+    clean = build_report(ValidationSummary("t", checks=[RunCheck(RunRef("p", "r"))]),
+                         source_check=SourceCheck(listed_runs=1, archived_runs=1))
+    assert clean["ok"] is True and "Everything the source listed is in the archive" in render_html(clean)

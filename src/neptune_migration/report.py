@@ -20,7 +20,7 @@ from rich.table import Table
 from . import __version__
 from .ledger import Entry, Ledger
 from .secrets import redact
-from .validation import ERROR, MISMATCHED, VALIDATED, RunCheck, ValidationSummary
+from .validation import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
 
 SCHEMA = "neptune-migration/validation-report"
 SCHEMA_VERSION = 1
@@ -49,8 +49,13 @@ def build_report(
     ledger: Ledger | None = None,
     archive: str | None = None,
     generated_at: datetime | None = None,
+    source_check: SourceCheck | None = None,
 ) -> dict[str, Any]:
-    """The report as report.json holds it (schema in docs/validation.md)."""
+    """The report as report.json holds it (schema in docs/validation.md).
+
+    `source_check` (from `validation.check_source`, when the run came from an export) adds what the source
+    listed against what the archive holds.
+    """
     checks = summary.checks
     load_entries = _entries(ledger, "load", summary.target)
     runs = []
@@ -91,7 +96,7 @@ def build_report(
         "generated_at": (generated_at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "target": summary.target,
         "archive": archive,
-        "ok": summary.ok and not errors,
+        "ok": summary.ok and not errors and (source_check is None or source_check.ok),
         "seconds": round(summary.seconds, 3),
         "totals": totals,
         "projects": [{"project_id": k, **v} for k, v in sorted(projects.items())],
@@ -103,6 +108,7 @@ def build_report(
         "approximations": approximations,
         "incomplete_in_archive": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
         "errors": errors,
+        "source_check": source_check.to_dict() if source_check is not None else None,
     }
     return _redacted(report)
 
@@ -209,6 +215,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Errors", "", "| run | stage | status | attempts | error |", "|---|---|---|---:|---|"]
         lines += [f"| {_cell(e['project_id'] + '/' + e['run_id'])} | {e['stage']} | {e['status']} | {e['attempts']} | "
                   f"{_cell(e['error'])} |" for e in report["errors"]]
+    source = report.get("source_check")
+    if source:
+        lines += ["", "## Source check (what the source listed against the archive)", "",
+                  f"Listed {source['listed_runs']} run(s), {source['archived_runs']} in the archive: "
+                  + ("everything listed is there." if source["ok"] else "SOMETHING IS MISSING."), ""]
+        lines += [f"- missing from the archive: `{_cell(k)}`" for k in source["missing"]]
+        lines += [f"- `{_cell(d['run'])}`: {_cell(d['detail'])}" for d in source["differences"]]
     if report["incomplete_in_archive"]:
         lines += ["", "## Incomplete runs in the archive (export interrupted; not loaded)", ""]
         lines += [f"- `{x}`" for x in report["incomplete_in_archive"]]
@@ -296,6 +309,15 @@ def render_html(report: dict[str, Any]) -> str:
     parts.append(_html_table("errors", "Errors", ["project", "run", "stage", "status", "attempts", "error"],
                              [[x["project_id"], x["run_id"], x["stage"], ("status", x["status"]), x["attempts"],
                                x["error"]] for x in report["errors"]], empty="No errors."))
+    source = report.get("source_check")
+    if source:
+        rows = [["missing from the archive", k, ""] for k in source["missing"]]
+        rows += [["count differs", d["run"], d["detail"]] for d in source["differences"]]
+        rows += [["in the archive, not listed", k, ""] for k in source["unexpected"]]
+        parts.append(_html_table("source", "Source check", ["finding", "run", "what differs"], rows,
+                                 empty="Everything the source listed is in the archive, with the same counts."))
+        parts.append(f"<p id=\"source-summary\">The source listed {source['listed_runs']} run(s); "
+                     f"{source['archived_runs']} of them are complete in the archive.</p>")
     if report["incomplete_in_archive"]:
         items = "".join(f"<li><code>{e(x)}</code></li>" for x in report["incomplete_in_archive"])
         parts.append(f"<h2>Incomplete runs in the archive</h2><ul id=\"incomplete\">{items}</ul>")
