@@ -181,14 +181,19 @@ def retry(
         raise ValidationFailed(f"some runs still fail or differ; see {report_dir / 'report.html'}")
 
 
-def finish_report(summary, ledger: Ledger, archive: str, report_dir: Path) -> bool:
-    """Print the summary table, write the report files; True when everything validated."""
+def finish_report(summary, ledger: Ledger, archive: str, report_dir: Path, source_check=None) -> bool:
+    """Print the summary table, write the report files; True when everything validated.
+
+    `migrate` calls this after `validation.validate` (with `validation.check_source`'s result when it exported).
+    """
     from .report import build_report, print_summary, write_reports
 
-    report = build_report(summary, ledger, archive=archive)
+    report = build_report(summary, ledger, archive=archive, source_check=source_check)
     paths = write_reports(report, report_dir)
     print_summary(report, out)
     out.print(f"\nReport: [bold]{paths['html']}[/bold] (also {paths['json'].name}, {paths['markdown'].name}, "
               f"{paths['errors'].name})")
     totals = report["totals"]
-    return not (totals["runs_mismatched"] or totals["runs_failed"] or totals["runs_incomplete_in_archive"])
+    source_ok = report["source_check"] is None or report["source_check"]["ok"]
+    return source_ok and not (totals["runs_mismatched"] or totals["runs_failed"]
+                              or totals["runs_incomplete_in_archive"])
