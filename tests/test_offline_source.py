@@ -54,6 +54,7 @@ SCALE_TAGS_REMOVED = ["c"]
 SCALE_GROUP_TAGS = ["grp"]
 SCALE_LOSS = [(0.0, 1.0), (0.5, 0.75), (1.0, math.nan), (2.0, math.inf), (3.0, -math.inf), (4.25, 0.25)]
 SCALE_PREVIEW = (5.0, 0.2, 0.5)  # (step, value, completion ratio)
+SCALE_BACKWARDS = (1.0, 123.0)  # a step that goes back: a server rejects it, and so does the migration
 SCALE_LOGS = [(1.0, "first line"), (2.0, "second ünïcode line")]
 SCALE_COUNTS = [(1.0, [0.0, 1.0, 2.0], [3, 4]), (2.0, [0.0, 1.0, 2.0], [5, 0])]
 SCALE_DENSITIES = [(1.0, [0.0, 0.5, 1.0], [0.25, 1.75])]
@@ -81,6 +82,7 @@ N1_SET_ADDED = ["x", "y", "z"]
 N1_SET_REMOVED = ["z"]
 N1_LOSS = [(0.0, 0.9), (1.0, 0.8), (2.5, 0.7)]
 N1_LOGS = [(0.0, "alpha"), (1.0, "beta ü")]
+N1_BACKWARDS = (1.0, 0.123)
 N1_WEIGHTS = bytes(range(256))
 N1_INLINE = b"inline content"
 N1_MOVED = b"moved before the migration"
@@ -114,6 +116,7 @@ def write_scale(out: Path) -> None:
         step, value, completion = SCALE_PREVIEW
         run.log_metrics({"train/loss": value}, step=step, timestamp=T0 + dt.timedelta(seconds=30), preview=True,
                         preview_completion=completion)
+        run.log_metrics({"train/loss": SCALE_BACKWARDS[1]}, step=SCALE_BACKWARDS[0], timestamp=T0)
         for i, (step, line) in enumerate(SCALE_LOGS):
             run.log_string_series({"train/logs": line}, step=step, timestamp=T0 + dt.timedelta(seconds=40 + i))
         for i, (step, edges, counts) in enumerate(SCALE_COUNTS):
@@ -163,6 +166,7 @@ def write_neptune1(out: Path) -> None:
     run["params/set"].remove(N1_SET_REMOVED)
     for i, (step, value) in enumerate(N1_LOSS):
         run["train/loss"].append(value, step=step, timestamp=T0.timestamp() + i)
+    run["train/loss"].append(N1_BACKWARDS[1], step=N1_BACKWARDS[0], timestamp=T0.timestamp())
     for i, (step, line) in enumerate(N1_LOGS):
         run["train/logs"].append(line, step=step, timestamp=T0.timestamp() + 10 + i)
     run["files/weights"].upload(str(sources / "weights.bin"))
@@ -392,6 +396,16 @@ def test_moved_files_are_reported_and_the_runs_still_migrate(written: dict[str, 
     assert [m.split(":")[0] for m in n1.stats.missing_files] == ["files/moved"]
     assert "moved.txt" in n1.stats.missing_files[0]
     assert outcomes[f"{SCALE_PROJECT}/{SCALE_FORK}"].stats.missing_files == []
+
+
+def test_points_a_server_would_reject_are_left_out_and_named(written: dict[str, Any], exported: dict[str, Any]
+                                                             ) -> None:
+    outcomes = {o.key: o for o in exported["summary"].outcomes}
+    scale = outcomes[f"{SCALE_PROJECT}/{SCALE_RUN}"].stats.skipped
+    n1 = outcomes[f"offline/n1/{written['container_id']}"].stats.skipped
+    assert [s.split(":")[0] for s in scale] == ["append train/loss@1.0"]
+    assert [s.split(":")[0] for s in n1 if "train/loss" in s] == ["LogFloats train/loss@1.0"]
+    # the series themselves (checked value for value above) hold only the accepted points
 
 
 def test_previews_on_request(written: dict[str, Any], tmp_path: Path) -> None:

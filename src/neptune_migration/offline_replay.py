@@ -297,8 +297,9 @@ def replay_scale_run(
                 replay.missing.append(f"{path}@{step!r}: {py}")
                 continue
             preview = snap.preview if snap.HasField("preview") else None
-            run.log(
-                path,
+            _log(
+                replay,
+                f"append {path}",
                 type_,
                 step,
                 py,
@@ -308,6 +309,18 @@ def replay_scale_run(
             )
     run.touch()
     return replay
+
+
+def _log(replay: Replay, what: str, type_: str, step: float, value: Any, ts: int, **preview: Any) -> bool:
+    """Append a point as a Neptune server would accept it. Neither client checks steps before writing offline;
+    the server rejects a point whose step does not increase (or whose type differs) and keeps the rest."""
+    path = what.split(" ", 1)[1]
+    try:
+        replay.run.log(path, type_, step, value, ts, **preview)
+    except (ValueError, TypeError) as exc:
+        replay.skipped.append(f"{what}@{float(step)!r}: {exc}")
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- neptune 1.x
@@ -525,16 +538,16 @@ def replay_neptune1_run(
         elif kind in ("LogFloats", "LogStrings", "LogImages"):
             type_ = {"LogFloats": "float_series", "LogStrings": "string_series", "LogImages": "file_series"}[kind]
             for v in op.values:
-                # 1.x fills a missing step with previous + 1, and its timestamps are seconds
+                # a missing step is the previous accepted one + 1 (as the server numbered it); timestamps are seconds
                 step = v.step if v.step is not None else last_step.get(path, -1.0) + 1
-                last_step[path] = float(step)
                 value: Any = v.value
                 if kind == "LogFloats":
                     value = float(value)
                 elif kind == "LogImages":
                     n = len(run.attributes[path].value) if path in run.attributes else 0
                     value = FileValue(base64.b64decode(v.value.data or ""), v.value.name or f"{n}.png", "image/png")
-                run.log(path, type_, step, value, round(float(v.ts) * 1000))
+                if _log(replay, f"{kind} {path}", type_, step, value, round(float(v.ts) * 1000)):
+                    last_step[path] = float(step)
         elif kind == "UploadFile":
             source = Path(op.file_path) if op.file_path else offline.upload_path / (op.tmp_file_name or "")
             name = source.name if op.file_path else _ext_name(path, op.ext)
