@@ -140,6 +140,8 @@ class MlflowVerifier:
         uri = target.tracking_uri
         self._sqlite = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         self._pool = ThreadPoolExecutor(max(1, read_workers), thread_name_prefix="mlflow-read")
+        # Experiment ids by name, once found (thousands of runs share a handful of experiments).
+        self._experiments: dict[str, str] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -147,10 +149,14 @@ class MlflowVerifier:
     # -- identity -----------------------------------------------------------------------------------------
     def find_runs(self, run: ArchivedRun) -> list[Any]:
         """Active MLflow runs carrying this Neptune run's key, oldest first; never creates anything."""
-        exp = self.client.get_experiment_by_name(self.target.experiment_name(run))
-        if exp is None or exp.lifecycle_stage == "deleted":
-            return []
-        return self.target.find_runs(exp.experiment_id, run.ref)
+        name = self.target.experiment_name(run)
+        exp_id = self._experiments.get(name)
+        if exp_id is None:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None or exp.lifecycle_stage == "deleted":
+                return []
+            exp_id = self._experiments.setdefault(name, exp.experiment_id)
+        return self.target.find_runs(exp_id, run.ref)
 
     def discard(self, run: ArchivedRun) -> int:
         """Delete every MLflow run of this Neptune run (for `retry`): the next load creates it afresh."""
