@@ -104,7 +104,8 @@ def write_scale(out: Path) -> None:
     (sources / "moved.bin").write_bytes(SCALE_MOVED)
     for i, (_, data) in enumerate(SCALE_PREDS):
         (sources / f"pred{i}.png").write_bytes(data)
-    os.chdir(out)
+    (out / "work").mkdir()
+    os.chdir(out / "work")  # .neptune lands here; the fixture moves this folder afterwards
     with Run(project=SCALE_PROJECT, run_id=SCALE_RUN, experiment_name=SCALE_EXPERIMENT, mode="offline",
              creation_time=T0) as run:
         run.log_configs(SCALE_CONFIGS)
@@ -205,7 +206,9 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     for kind, proc in procs.items():
         output, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, f"{kind} writer failed:\n{output[-4000:]}"
-    # the user tidied up after the runs: two logged-by-path files are no longer where they were
+    # the user tidied up after the runs: the scale runs' folder moved (in-memory uploads are inside it, recorded
+    # by absolute path), and two logged-by-path files are no longer where they were
+    (root / "scale" / "work").rename(root / "scale" / "work-moved")
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     shutil.move(root / "scale" / "sources" / "moved.bin", elsewhere / "moved.bin")
     shutil.move(root / "n1" / "sources" / "moved.txt", elsewhere / "moved.txt")
@@ -323,7 +326,7 @@ def test_scale_run_archived_value_for_value(exported: dict[str, Any]) -> None:
     (config,) = got.files("files/config")
     assert config[1] == SCALE_CONFIG_FILE and config[2]["file_name"] == "config.yaml"
     (blob,) = got.files("files/blob")
-    assert blob[1] == SCALE_BLOB  # in-memory bytes come from the run's own folder
+    assert blob[1] == SCALE_BLOB  # in-memory bytes come from the run's own folder, found where it is now
     preds = got.files("images/pred")
     assert [(s, data) for s, data, _ in preds] == SCALE_PREDS
     assert [r["timestamp"] for *_, r in preds] == [T0 + dt.timedelta(seconds=60 + i) for i in range(2)]
