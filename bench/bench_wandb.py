@@ -1,6 +1,7 @@
 """Archive -> W&B offline throughput: our `.wandb` writer beside a `run.log`-once-per-step baseline.
 
-    .venv/bin/python bench/bench_wandb.py [--runs 20] [--points 32000] [--metrics 8]
+    .venv/bin/python bench/bench_wandb.py [--runs 20] [--points 32000] [--metrics 8] [--baseline/--no-baseline]
+    .venv/bin/python bench/bench_wandb.py --runs 1 --points 4000000 --no-baseline   # memory on one large run
 
 Each phase runs in its own process so peak RSS (the process and its children, e.g. wandb-core) is its own.
 Prints points/s, wall time and peak RSS per phase. Nothing leaves the machine (offline mode only).
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--points", type=int, default=32_000, help="points per run")
     ap.add_argument("--metrics", type=int, default=8, help="float series per run")
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--phase", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--archive", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -104,7 +106,7 @@ def main() -> None:
         make_archive(base / "archive", args.runs, args.points, args.metrics)
         print(f"archive: {args.runs} runs x {args.points} points ({args.metrics} series) "
               f"written in {time.perf_counter() - t0:.1f}s")
-        for phase in ("ours", "baseline"):
+        for phase in ("ours", "baseline") if args.baseline else ("ours",):
             out = base / f"out-{phase}"
             out.mkdir()
             proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--archive", str(base / "archive"),

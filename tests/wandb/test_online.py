@@ -211,3 +211,16 @@ def test_offline_folders_sync_with_the_printed_command(standin: StandIn, nasty_a
     res = again.load_run(runs["ws/other/OTH-1"], LoadContext())
     assert "already synced" in res.warnings[0] and res.points == results["ws/other/OTH-1"].points
     assert before == {p: p.stat().st_mtime_ns for p in moved.rglob("*.wandb")}
+
+
+def test_parallel_loads(standin: StandIn, nasty_archive: Path, tmp_path: Path) -> None:
+    """The pipeline loads several runs at once through one target: each gets its own staging and sync."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = _target(standin, tmp_path)  # no entity: learned from the server on first use
+    runs = runs_of(nasty_archive)
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(zip(runs, pool.map(lambda r: target.load_run(r, LoadContext()), runs.values()), strict=True))
+    assert len(standin.runs) == 3
+    for key, run in runs.items():
+        assert_run_matches(run, results[key], _read(target, run))

@@ -252,6 +252,8 @@ class WandbOnlineTarget:
         return self.spec(run).run_id
 
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        if self.entity is None:
+            self.check()  # learns the key's default entity: run paths must be complete to verify and resume
         spec = self.spec(run)
         root = self.staging / "runs" / spec.run_id
         # A half-synced run is resumed, never duplicated: wandb-core appends history after the server's line

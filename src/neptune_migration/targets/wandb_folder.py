@@ -623,6 +623,8 @@ def _json(value: Any) -> str:
         if value == -_INF:
             return "-Infinity"
         return repr(value)
+    if type(value) is int:
+        return str(value)
     if isinstance(value, np.floating):
         value = float(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

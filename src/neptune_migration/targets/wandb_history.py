@@ -31,7 +31,7 @@ from ..archive import ArchivedRun
 from ..archive.reader import decimal_micros
 
 MAX_BINS = 512
-CHUNK_POINTS = 2_000_000  # about 56 MB of columns per sorted chunk
+CHUNK_POINTS = 1_000_000  # 28 MB of columns per sorted chunk
 _BLOCK = 65_536  # points read from each spilled chunk per merge step
 _COLUMNS = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "float_value", "histogram_value"]
 _TYPES = ("float_series", "histogram_series")
