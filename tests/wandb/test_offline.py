@@ -36,7 +36,7 @@ def test_nasty_archive_round_trip(nasty_archive: Path, tmp_path: Path) -> None:
 
     run, result, data = loaded["ws/nasty proj/NAS-1"]
     assert data.project == "nasty-proj"
-    assert data.group == "exp nasty" and data.name == "nasty-run"
+    assert data.group == "exp nasty" and data.name == "NAS-1"
     assert data.notes == "description ünïcödé ✓"
     assert all(1 <= len(t) <= 64 for t in data.tags) and "short" in data.tags and len(data.tags) == 3
     assert data.config["neptune_migration"]["tags"][1] == "t" * 100  # the full tag survives in the config
@@ -132,6 +132,10 @@ def test_exporter_archives_load_as_they_are(exporter_archives: Path, tmp_path: P
         assert result.files >= 3 and not result.warnings
         assert data.project == "proj"
         assert data.start_time_ms is not None
+        if flavour == "neptune3":  # 3.x: the run id names the run, the experiment groups it
+            assert (data.name, data.group) == (run.ref.run_id, run.atom_value("sys/name"))
+        else:  # 2.x: `sys/name` is a display name, there are no experiments
+            assert (data.name, data.group) == (run.atom_value("sys/name"), "")
 
 
 def test_filters_are_honoured(nasty_archive: Path, tmp_path: Path) -> None:

@@ -65,6 +65,12 @@ def test_online_load_and_read_back(standin: StandIn, nasty_archive: Path, tmp_pa
         assert all("_timestamp" in row for row in lines)
     nasty = _read(target, runs["ws/nasty proj/NAS-1"])
     assert nasty.state == "failed" and nasty.start_time_ms == 1_700_000_000_000
+    # Ordinal mode: wandb sync turned our metric records into the run's metric definitions, every key on the
+    # `neptune_step` axis (in W&B's compact form: "1" name, "5" 1-based index of the step metric).
+    metrics = standin.run(DEFAULT_ENTITY, nasty.project, nasty.run_id).config["_wandb"]["value"]["m"]
+    names = [m["1"] for m in metrics]
+    step_index = names.index("neptune_step") + 1
+    assert {m["1"] for m in metrics if m.get("5") == step_index} == set(nasty.history)
     assert nasty.group == "exp nasty" and nasty.notes == "description ünïcödé ✓"
     # The staging copies are gone once a run is synced.
     assert not any((tmp_path / "staging" / "runs").iterdir())

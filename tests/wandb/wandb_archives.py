@@ -26,7 +26,7 @@ def write_nasty_archive(root: Path, rows_per_part: int = 2_000_000, big_strings:
     # Run "nasty": every type, per-series steps and timestamps (-> ordinal steps), collisions, NaN/inf.
     with w.run(RunRef("ws/nasty proj", "NAS-1")) as r:
         r.add_atom("sys/name", "string", "exp nasty")
-        r.add_atom("sys/custom_run_id", "string", "nasty-run")
+        r.add_atom("sys/custom_run_id", "string", "NAS-1")
         r.add_atom("sys/description", "string", "description ünïcödé ✓")
         r.add_atom("sys/tags", "string_set", ["short", "t" * 100, "ünï"])
         r.add_atom("sys/failed", "bool", True)

@@ -196,6 +196,7 @@ class WandbOnlineTarget:
         keep_staging: bool = False,
     ) -> None:
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self._configured_entity = self.entity
         self.project = project or None
         self.project_prefix = project_prefix
         self.base_url = (base_url or os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/")
@@ -210,7 +211,8 @@ class WandbOnlineTarget:
 
     @property
     def canonical(self) -> str:
-        return f"wandb:{self.base_url}/{self.entity or ''}"
+        # The entity as configured, not as learned from the server later: the ledger key must not change.
+        return f"wandb:{self.base_url}/{self._configured_entity or ''}"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -259,7 +261,10 @@ class WandbOnlineTarget:
         # A half-synced run is resumed, never duplicated: wandb-core appends history after the server's line
         # count, so the rows the server already holds are left out of the replay.
         held = self._server_history_lines(spec)
-        written = write_run(run, ctx, root, spec, skip_history_rows=held)
+        try:
+            written = write_run(run, ctx, root, spec, skip_history_rows=held)
+        except ValueError as exc:  # the server holds more rows than the archive: not ours to overwrite
+            raise TargetError(f"W&B run {spec.run_id} does not match archived run {run.ref.key}: {exc}") from None
         if held:
             written.result.warnings.append(f"resumed a partly synced run: {held} history rows were already there")
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id})

@@ -168,11 +168,10 @@ def _write(
     if spec.entity:
         r.entity = spec.entity
     r.project = spec.project
-    name = atoms["sys/custom_run_id"].value if "sys/custom_run_id" in atoms else run.ref.run_id
-    r.display_name = str(name or run.ref.run_id)
-    group = atoms.get("sys/name")
-    if group is not None and group.value:
-        r.run_group = str(group.value)[:128]
+    name, group = names_for(run, atoms)
+    r.display_name = name
+    if group:
+        r.run_group = group[:128]
     desc = atoms.get("sys/description")
     if desc is not None and desc.value:
         r.notes = str(desc.value)
@@ -231,7 +230,8 @@ def _write(
     rel_final = final.relative_to(root)
     artifacts: list[str] = []
     for path, (_type, points) in strings.items():
-        art = _write_string_series(pb, w, tmp, rel_final, spec, keys[path], path, points, summary, result)
+        art = _write_string_series(pb, w, tmp, rel_final, spec, keys[path], path, points, summary, result,
+                                   ctx.on_points)
         if art:
             artifacts.append(art)
     for path in file_paths:
@@ -302,6 +302,18 @@ def _write(
     e.exit.runtime = runtime_s
     w.write(e)
     return artifacts, hist.rows
+
+
+def names_for(run: ArchivedRun, atoms: dict[str, Any]) -> tuple[str, str]:
+    """(run name, group). Neptune 3.x runs are keyed by `sys/custom_run_id` and `sys/name` is their
+    experiment: name = run id, group = experiment. In 2.x `sys/name` is only a display name: it becomes the
+    run name and there is no group."""
+    custom = atoms.get("sys/custom_run_id")
+    sys_name = atoms.get("sys/name")
+    sys_name_value = str(sys_name.value) if sys_name is not None and sys_name.value else ""
+    if custom is not None and custom.value == run.ref.run_id:
+        return run.ref.run_id, sys_name_value
+    return sys_name_value or run.ref.run_id, ""
 
 
 def _ms(atom: Any) -> int | None:
@@ -409,10 +421,12 @@ def _write_string_series(
     points: list[tuple[float, int, str | None]],
     summary: dict[str, Any],
     result: LoadResult,
+    ctx_points: Any,
 ) -> str | None:
     """<= 10k rows: a table file in the run's files, shown from the summary; beyond: an artifact of tables."""
     rows = [[step, ts / 1000.0, value] for step, ts, value in points]
     result.points += len(rows)
+    ctx_points(len(rows))
     columns = ["step", "timestamp", "value"]
     if len(rows) <= TABLE_ROWS_IN_HISTORY:
         data = _json({"columns": columns, "data": rows}).encode("utf-8")
