@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..archive import ArchivedRun
@@ -150,7 +151,7 @@ def _write(
     if hist.rebinned:
         result.approx("histogram_rebinned_to_512", hist.rebinned)
 
-    strings = _string_series(run, ctx, start_ms, result)
+    strings = _string_series_paths(run, ctx)
     file_paths = _file_attribute_paths(run, ctx)
     keys = metric_keys([*hist.paths, *strings, *file_paths])
     for path, key in keys.items():
@@ -229,9 +230,11 @@ def _write(
     summary: dict[str, Any] = {}
     rel_final = final.relative_to(root)
     artifacts: list[str] = []
-    for path, (_type, points) in strings.items():
+    for path in strings:
+        points = _string_points(run, path, start_ms, result)
         art = _write_string_series(pb, w, tmp, rel_final, spec, keys[path], path, points, summary, result,
                                    ctx.on_points)
+        del points
         if art:
             artifacts.append(art)
     for path in file_paths:
@@ -386,28 +389,44 @@ def _config_value(type_: str, value: Any) -> Any:
 # -- string series -----------------------------------------------------------------------------------------
 
 
-def _string_series(
-    run: ArchivedRun, ctx: LoadContext, default_ts: int, result: LoadResult
-) -> dict[str, tuple[str, list[tuple[float, int, str | None]]]]:
-    out: dict[str, tuple[str, list[tuple[float, int, str | None]]]] = {}
+def _string_series_paths(run: ArchivedRun, ctx: LoadContext) -> list[str]:
+    seen: set[str] = set()
+    for batch in run.batches(["string_series"], ["attribute_path", "attribute_type"]):
+        seen.update(pc.unique(batch.column("attribute_path")).to_pylist())
+    return sorted(p for p in seen if p is not None and ctx.wants_attribute(p, "string_series"))
+
+
+def _string_points(run: ArchivedRun, path: str, default_ts: int, result: LoadResult) -> pa.Table:
+    """One string series as a compact Arrow table (step, ts, value) sorted by step, then timestamp.
+
+    One attribute at a time, in Arrow rather than Python objects: a million log lines stay a few tens of MB.
+    """
+    parts = []
     cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "string_value"]
     for batch in run.batches(["string_series"], cols):
-        micros = decimal_micros(batch.column("step"))
-        exact = batch.column("step_exact").to_pylist()
-        ts = batch.column("timestamp").to_pylist()
-        for i, (path, value) in enumerate(
-            zip(batch.column("attribute_path").to_pylist(), batch.column("string_value").to_pylist(), strict=True)
-        ):
-            if not ctx.wants_attribute(path, "string_series"):
-                continue
-            step = exact[i] if exact[i] is not None else int(micros[i]) / 1e6
-            if ts[i] is None:
-                result.approx("timestamp_missing_used_start_time")
-            t = default_ts if ts[i] is None else round(ts[i].timestamp() * 1000)
-            out.setdefault(path, ("string_series", []))[1].append((step, t, value))
-    for _, points in out.values():
-        points.sort(key=lambda p: (p[0], p[1]))
-    return out
+        batch = batch.filter(pc.equal(batch.column("attribute_path"), path))
+        if batch.num_rows == 0:
+            continue
+        stepf = decimal_micros(batch.column("step")).astype(np.float64) / 1e6
+        exact = batch.column("step_exact")
+        if exact.null_count < len(exact):
+            ex = exact.to_numpy(zero_copy_only=False)
+            stepf = np.where(np.asarray(exact.is_valid()) & ~np.isnan(ex), ex, stepf)
+        ts = batch.column("timestamp")
+        if ts.null_count:
+            result.approx("timestamp_missing_used_start_time", ts.null_count)
+        parts.append(pa.table({
+            "step": pa.array(stepf, pa.float64()),
+            "ts": ts.cast(pa.int64()).fill_null(default_ts),
+            "value": batch.column("string_value"),
+        }))
+    if not parts:
+        return pa.table({"step": pa.array([], pa.float64()), "ts": pa.array([], pa.int64()),
+                         "value": pa.array([], pa.string())})
+    table = pa.concat_tables(parts)
+    # The value breaks ties so equal (step, timestamp) rows come out the same on every attempt.
+    order = pc.sort_indices(table, [("step", "ascending"), ("ts", "ascending"), ("value", "ascending")])
+    return table.take(order)
 
 
 def _write_string_series(
@@ -418,18 +437,26 @@ def _write_string_series(
     spec: RunSpec,
     key: str,
     path: str,
-    points: list[tuple[float, int, str | None]],
+    points: pa.Table,
     summary: dict[str, Any],
     result: LoadResult,
     ctx_points: Any,
 ) -> str | None:
     """<= 10k rows: a table file in the run's files, shown from the summary; beyond: an artifact of tables."""
-    rows = [[step, ts / 1000.0, value] for step, ts, value in points]
-    result.points += len(rows)
-    ctx_points(len(rows))
+    total = points.num_rows
+    result.points += total
+    ctx_points(total)
     columns = ["step", "timestamp", "value"]
-    if len(rows) <= TABLE_ROWS_IN_HISTORY:
-        data = _json({"columns": columns, "data": rows}).encode("utf-8")
+
+    def rows(lo: int, n: int) -> list[list[Any]]:
+        part = points.slice(lo, n)
+        return [[s, t / 1000.0, v] for s, t, v in zip(
+            part.column("step").to_pylist(), part.column("ts").to_pylist(), part.column("value").to_pylist(),
+            strict=True,
+        )]
+
+    if total <= TABLE_ROWS_IN_HISTORY:
+        data = _json({"columns": columns, "data": rows(0, total)}).encode("utf-8")
         sha = hashlib.sha256(data).hexdigest()
         rel = f"media/table/{key}_{sha[:20]}.table.json"
         target = tmp / "files" / rel
@@ -446,20 +473,20 @@ def _write_string_series(
             "sha256": sha,
             "size": len(data),
             "ncols": len(columns),
-            "nrows": len(rows),
+            "nrows": total,
         }
         return None
     name = artifact_name(spec.run_id, key)
     entries = []
-    for n, lo in enumerate(range(0, len(rows), TABLE_ROWS_IN_ARTIFACT)):
-        data = _json({"columns": columns, "data": rows[lo : lo + TABLE_ROWS_IN_ARTIFACT]}).encode("utf-8")
+    for n, lo in enumerate(range(0, total, TABLE_ROWS_IN_ARTIFACT)):
+        data = _json({"columns": columns, "data": rows(lo, TABLE_ROWS_IN_ARTIFACT)}).encode("utf-8")
         entry = f"part_{n:05d}.table.json"
         target = tmp / "artifacts" / name / entry
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         entries.append((entry, target, rel_final / "artifacts" / name / entry))
     _artifact_record(pb, w, spec, name, "neptune-string-series", path, "string_series", entries)
-    summary[key] = {"_type": "neptune-string-series", "artifact": name, "nrows": len(rows)}
+    summary[key] = {"_type": "neptune-string-series", "artifact": name, "nrows": total}
     return name
 
 
