@@ -150,6 +150,8 @@ def _write(
         result.approx("timestamp_missing_used_start_time", hist.missing_timestamps)
     if hist.rebinned:
         result.approx("histogram_rebinned_to_512", hist.rebinned)
+    if len(hist.paths) > 10_000:
+        result.warnings.append(f"{len(hist.paths)} metrics: W&B recommends fewer than 10,000 per project")
 
     strings = _string_series_paths(run, ctx)
     file_paths = _file_attribute_paths(run, ctx)
