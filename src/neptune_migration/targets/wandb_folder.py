@@ -154,7 +154,8 @@ def _write(
         result.warnings.append(f"{len(hist.paths)} metrics: W&B recommends fewer than 10,000 per project")
 
     strings = _string_series_paths(run, ctx)
-    file_paths = _file_attribute_paths(run, ctx)
+    file_rows = _file_rows(run, ctx)
+    file_paths = sorted(file_rows)
     keys = metric_keys([*hist.paths, *strings, *file_paths])
     for path, key in keys.items():
         if key != path:
@@ -240,7 +241,7 @@ def _write(
         if art:
             artifacts.append(art)
     for path in file_paths:
-        art = _write_files(pb, w, run, ctx, tmp, rel_final, spec, keys[path], path, result)
+        art = _write_files(pb, w, run, ctx, tmp, rel_final, spec, keys[path], path, file_rows[path], result)
         if art:
             artifacts.append(art)
 
@@ -495,15 +496,32 @@ def _write_string_series(
 # -- files -------------------------------------------------------------------------------------------------
 
 
-def _file_attribute_paths(run: ArchivedRun, ctx: LoadContext) -> list[str]:
-    seen: dict[str, str] = {}
-    for batch in run.batches(FILE_LIKE_TYPES, ["attribute_path", "attribute_type"]):
-        for path, type_ in zip(
-            batch.column("attribute_path").to_pylist(), batch.column("attribute_type").to_pylist(), strict=True
+@dataclass
+class _FileRow:
+    type: str
+    rel: str | None  # `file_value.path`
+    step_label: str | None  # file series: the per-step folder name
+    file_name: str | None
+
+
+def _file_rows(run: ArchivedRun, ctx: LoadContext) -> dict[str, list[_FileRow]]:
+    """Every wanted file row of the run grouped by attribute path, in one pass over the archive."""
+    out: dict[str, list[_FileRow]] = {}
+    cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name"]
+    for batch in run.batches(FILE_LIKE_TYPES, cols):
+        micros = decimal_micros(batch.column("step"))
+        steps_valid = batch.column("step").is_valid().to_pylist()
+        exact = batch.column("step_exact").to_pylist()
+        fvals = batch.column("file_value").to_pylist()
+        fnames = batch.column("file_name").to_pylist()
+        for i, (path, type_) in enumerate(
+            zip(batch.column("attribute_path").to_pylist(), batch.column("attribute_type").to_pylist(), strict=True)
         ):
-            if path not in seen and ctx.wants_attribute(path, type_):
-                seen[path] = type_
-    return sorted(seen)
+            if not ctx.wants_attribute(path, type_):
+                continue
+            label = _step_label(int(micros[i]), exact[i]) if type_ == "file_series" and steps_valid[i] else None
+            out.setdefault(path, []).append(_FileRow(type_, (fvals[i] or {}).get("path"), label, fnames[i]))
+    return out
 
 
 def _step_label(micros: int, exact: float | None) -> str:
@@ -522,52 +540,44 @@ def _write_files(
     spec: RunSpec,
     key: str,
     path: str,
+    rows: list[_FileRow],
     result: LoadResult,
 ) -> str | None:
     """One artifact per run and attribute: payloads copied byte for byte, file series under `step_<n>/`."""
     name = artifact_name(spec.run_id, key)
     entries: list[tuple[str, Path, Path]] = []
+    used: set[str] = set()
     type_seen = "file"
-    cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name"]
-    for batch in run.batches(FILE_LIKE_TYPES, cols):
-        mask = np.asarray([p == path for p in batch.column("attribute_path").to_pylist()])
-        if not mask.any():
+    for row in rows:
+        type_seen = row.type
+        if not row.rel:
+            result.warnings.append(f"{path}: a file row without a path was skipped")
+            result.approx("file_row_without_path")
             continue
-        idx = np.flatnonzero(mask)
-        micros = decimal_micros(batch.column("step"))
-        steps_valid = batch.column("step").is_valid().to_pylist()
-        exact = batch.column("step_exact").to_pylist()
-        types = batch.column("attribute_type").to_pylist()
-        fvals = batch.column("file_value").to_pylist()
-        fnames = batch.column("file_name").to_pylist()
-        for i in idx.tolist():
-            type_seen = types[i]
-            rel = (fvals[i] or {}).get("path")
-            if not rel:
-                result.warnings.append(f"{path}: a file row without a path was skipped")
-                result.approx("file_row_without_path")
+        try:
+            source = run.file_path(row.rel)
+        except (ArchiveError, UnsafePathError) as exc:
+            result.warnings.append(f"{path}: {exc}")
+            result.approx("file_missing")
+            continue
+        if not source.exists():
+            result.warnings.append(f"{path}: payload {row.rel} is not in the files root")
+            result.approx("file_missing")
+            continue
+        prefix = f"step_{row.step_label}/" if row.step_label is not None else ""
+        for src, entry_name in _payloads(source, row.file_name):
+            size = src.stat().st_size
+            if not ctx.wants_file(path, entry_name, size):
                 continue
-            try:
-                source = run.file_path(rel)
-            except (ArchiveError, UnsafePathError) as exc:
-                result.warnings.append(f"{path}: {exc}")
-                result.approx("file_missing")
-                continue
-            if not source.exists():
-                result.warnings.append(f"{path}: payload {rel} is not in the files root")
-                result.approx("file_missing")
-                continue
-            prefix = ""
-            if types[i] == "file_series" and steps_valid[i]:
-                prefix = f"step_{_step_label(int(micros[i]), exact[i])}/"
-            for src, entry_name in _payloads(source, fnames[i]):
-                size = src.stat().st_size
-                if not ctx.wants_file(path, entry_name, size):
-                    continue
-                entry = prefix + entry_name
-                dest = tmp / "artifacts" / name / entry
-                entries.append((entry, src, rel_final / "artifacts" / name / entry))
-                _copy(src, dest)
+            entry = prefix + entry_name
+            n = 2
+            while entry in used:  # two payloads under one name (a repeated row): both survive
+                entry = f"{prefix}{entry_name}~{n}"
+                n += 1
+            used.add(entry)
+            dest = tmp / "artifacts" / name / entry
+            entries.append((entry, src, rel_final / "artifacts" / name / entry))
+            _copy(src, dest)
     if not entries:
         return None
     stored = []
