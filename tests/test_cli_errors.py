@@ -80,3 +80,15 @@ def test_second_process_on_one_ledger_is_refused(tmp_path: Path) -> None:
         result = run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
                          "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
     _assert_one_line_error(result, "another neptune-migrate process is using")
+
+
+def test_a_run_that_fails_makes_the_command_fail(tmp_path: Path) -> None:
+    """A partial result is never reported as success: one failed run means a non-zero exit and its error shown."""
+    archive = write_nasty_archive(tmp_path / "a")
+    victim = next((archive / "files").rglob("model.bin"))
+    victim.unlink()
+    result = run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-progress")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed nasty/ünïcode-proj/NASTY-1" in result.stdout and "missing from the archive" in result.stdout
+    assert "runs loaded" in result.stdout and "Traceback" not in result.stderr

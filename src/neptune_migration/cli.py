@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +101,25 @@ PreviewsOpt = Annotated[bool, typer.Option("--previews", help="Also export metri
                                            rich_help_panel="Source")]
 DownloadWorkersOpt = Annotated[int, typer.Option(help="Concurrent file downloads per run.", min=1, max=64,
                                                  rich_help_panel="Source")]
+QueryOpt = Annotated[str | None, typer.Option(help="neptune2: extra NQL for the runs table, ANDed with the "
+                                              "selection (e.g. '`sys/creation_time`:datetime > \"2024-01-01\"').",
+                                              rich_help_panel="Source")]
+WorkspaceOpt = Annotated[str | None, typer.Option(help="neptune2: every project of this workspace (see "
+                                                  "--include-projects/--exclude-projects).", rich_help_panel="Source")]
+IncludeProjectsOpt = Annotated[str | None, typer.Option(help="neptune2 with --workspace: regex on project names "
+                                                        "to include.", rich_help_panel="Source")]
+ExcludeProjectsOpt = Annotated[str | None, typer.Option(help="neptune2 with --workspace: regex on project names "
+                                                        "to leave out.", rich_help_panel="Source")]
+FileSetsOpt = Annotated[str, typer.Option(help="neptune2 file sets: keep as 'zip' (default) or 'extract' their "
+                                          "files (entries escaping the set are refused).", rich_help_panel="Source")]
+PathArg = Annotated[Path | None, typer.Argument(help="With --from neptune-offline: the folder holding the "
+                                                "offline runs (.neptune/ or anything above it).",
+                                                show_default=False)]
+AssignProjectOpt = Annotated[str | None, typer.Option(help="neptune-offline: the project WS/PROJ the runs belong to "
+                                                      "(default: offline/<folder name>).", rich_help_panel="Source")]
+RunIdTemplateOpt = Annotated[str | None, typer.Option(help="neptune-offline (1.x runs): run id template, fields "
+                                                      "{container_id} {short_id} {folder} {created:%Y%m%d} {index}.",
+                                                      rich_help_panel="Source")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-export runs whose Neptune modification time "
                                           "moved since they were exported.", rich_help_panel="Source")]
 
@@ -167,16 +187,47 @@ def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_pr
     raise UsageError(f"--to: unknown target {to!r}; choose mlflow, wandb or wandb-offline")
 
 
-def _source(from_: str, projects: list[str] | None, selection: Selection, token_file: Path | None, lineage: str,
-            previews: bool, download_workers: int):
+@dataclass
+class SourceOptions:
+    token_file: Path | None = None
+    lineage: str = "own"
+    previews: bool = False
+    download_workers: int = 4
+    query: str | None = None
+    workspace: str | None = None
+    include_projects: str | None = None
+    exclude_projects: str | None = None
+    file_sets: str = "zip"
+    path: Path | None = None
+    assign_project: str | None = None
+    run_id_template: str | None = None
+
+
+def _source(from_: str, projects: list[str] | None, selection: Selection, opts: SourceOptions):
     projects = list(projects or ([os.environ["NEPTUNE_PROJECT"]] if os.environ.get("NEPTUNE_PROJECT") else []))
     if from_ == "neptune3":
         from .sources.neptune3 import Neptune3Source, read_api_token
 
-        return Neptune3Source(projects, selection, read_api_token(token_file=token_file), lineage=lineage,
-                              previews=previews, download_workers=download_workers)
-    if from_ in ("neptune2", "neptune-offline"):
-        raise UsageError(f"--from {from_} is not available in this version yet; use --from neptune3")
+        return Neptune3Source(projects, selection, read_api_token(token_file=opts.token_file), lineage=opts.lineage,
+                              previews=opts.previews, download_workers=opts.download_workers)
+    if from_ == "neptune2":
+        from .sources.neptune2 import Neptune2Source
+        from .sources.neptune3 import read_api_token
+
+        return Neptune2Source(projects, selection, read_api_token(token_file=opts.token_file), query=opts.query,
+                              workspace=opts.workspace, include_projects=opts.include_projects,
+                              exclude_projects=opts.exclude_projects, include_trashed=selection.include_archived,
+                              file_sets=opts.file_sets)
+    if from_ == "neptune-offline":
+        from .sources.offline import OfflineSource
+
+        if opts.path is None:
+            raise UsageError("--from neptune-offline needs the folder to read: neptune-migrate ... --from "
+                             "neptune-offline PATH")
+        return OfflineSource(opts.path, selection, assign_project=opts.assign_project,
+                             run_id_template=opts.run_id_template, previews=opts.previews)
+    if opts.path is not None:
+        raise UsageError(f"a PATH argument is only for --from neptune-offline, not --from {from_}")
     raise UsageError(f"--from: unknown source {from_!r}; choose neptune3, neptune2 or neptune-offline")
 
 
@@ -266,12 +317,21 @@ def _print_summary(summary) -> None:
 
 @app.command()
 def export(
-    archive: Annotated[Path, typer.Option(help="Archive folder to write (data/ and files/ inside it).")],
+    path: PathArg = None,
+    archive: Annotated[Path, typer.Option(help="Archive folder to write (data/ and files/ inside it).")] = Path(
+        "neptune-archive"),
     from_: FromOpt = "neptune3",
     api_token_file: TokenFileOpt = None,
     lineage: LineageOpt = "own",
     previews: PreviewsOpt = False,
     download_workers: DownloadWorkersOpt = 4,
+    query: QueryOpt = None,
+    workspace: WorkspaceOpt = None,
+    include_projects: IncludeProjectsOpt = None,
+    exclude_projects: ExcludeProjectsOpt = None,
+    file_sets: FileSetsOpt = "zip",
+    assign_project: AssignProjectOpt = None,
+    run_id_template: RunIdTemplateOpt = None,
     refresh: RefreshOpt = False,
     project: ProjectOpt = None,
     runs: RunsOpt = None,
@@ -304,7 +364,9 @@ def export(
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
-    source = _source(from_, project, selection, api_token_file, lineage, previews, download_workers)
+    source = _source(from_, project, selection, SourceOptions(
+        api_token_file, lineage, previews, download_workers, query, workspace, include_projects, exclude_projects,
+        file_sets, path, assign_project, run_id_template))
     archive.mkdir(parents=True, exist_ok=True)
     with Ledger(state or default_state_path()) as ledger:
         summary = run_export(source, ArchiveWriter(archive), ledger, _tracker("export", no_progress), workers,
@@ -336,8 +398,15 @@ def _print_export(summary) -> None:
 
 @app.command()
 def discover(
+    path: PathArg = None,
     from_: FromOpt = "neptune3",
     api_token_file: TokenFileOpt = None,
+    query: QueryOpt = None,
+    workspace: WorkspaceOpt = None,
+    include_projects: IncludeProjectsOpt = None,
+    exclude_projects: ExcludeProjectsOpt = None,
+    assign_project: AssignProjectOpt = None,
+    run_id_template: RunIdTemplateOpt = None,
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -366,7 +435,10 @@ def discover(
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
-    source = _source(from_, project, selection, api_token_file, "own", False, 1)
+    source = _source(from_, project, selection, SourceOptions(
+        api_token_file, query=query, workspace=workspace, include_projects=include_projects,
+        exclude_projects=exclude_projects, path=path, assign_project=assign_project,
+        run_id_template=run_id_template))
     report = run_discover(source)
     if json_output:
         out.print_json(json.dumps(report))
@@ -384,6 +456,7 @@ def discover(
 
 @app.command()
 def migrate(
+    path: PathArg = None,
     from_: FromOpt = "neptune3",
     to: ToOpt = "mlflow",
     archive: Annotated[Path | None, typer.Option(help="Where the intermediate archive goes (kept, resumable). "
@@ -395,6 +468,13 @@ def migrate(
     lineage: LineageOpt = "own",
     previews: PreviewsOpt = False,
     download_workers: DownloadWorkersOpt = 4,
+    query: QueryOpt = None,
+    workspace: WorkspaceOpt = None,
+    include_projects: IncludeProjectsOpt = None,
+    exclude_projects: ExcludeProjectsOpt = None,
+    file_sets: FileSetsOpt = "zip",
+    assign_project: AssignProjectOpt = None,
+    run_id_template: RunIdTemplateOpt = None,
     refresh: RefreshOpt = False,
     project: ProjectOpt = None,
     runs: RunsOpt = None,
@@ -412,22 +492,30 @@ def migrate(
     max_file_size: MaxFileSizeOpt = None,
     file_types: FileTypesOpt = None,
     file_pattern: FilePatternOpt = None,
+    no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the validation stage (read-back and "
+                                              "report); run `validate` later.")] = False,
+    report_dir: Annotated[Path, typer.Option(help="Where report.json, report.html, report.md and errors.jsonl "
+                                             "are written.")] = Path("neptune-migration-report"),
     workers: WorkersOpt = 4,
     state: StateOpt = None,
     no_progress: NoProgressOpt = False,
     verbose: VerboseOpt = False,
     log_file: LogFileOpt = None,
 ) -> None:
-    """Export from Neptune and load into the target, run by run (pipelined). Resumable: rerun to continue.
+    """Export from Neptune, load into the target run by run (pipelined), then read everything back and compare.
+    Resumable: rerun to continue.
 
     Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
     """
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
-    source = _source(from_, project, selection, api_token_file, lineage, previews, download_workers)
+    source = _source(from_, project, selection, SourceOptions(
+        api_token_file, lineage, previews, download_workers, query, workspace, include_projects, exclude_projects,
+        file_sets, path, assign_project, run_id_template))
     target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
     failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
-                          state or default_state_path(), workers, refresh, no_progress)
+                          state or default_state_path(), workers, refresh, no_progress,
+                          None if no_validate else report_dir)
     if to == "mlflow":
         from .targets.mlflow import ui_command
 
@@ -437,20 +525,32 @@ def migrate(
 
 
 def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers: int, refresh: bool,
-                 no_progress: bool) -> bool:
-    from .archive import ArchiveWriter
+                 no_progress: bool, report_dir: Path | None) -> bool:
+    """Export + load, then (unless report_dir is None) validate the loaded runs and write the reports.
+    True when anything failed or mismatched."""
+    from .archive import Archive, ArchiveWriter
     from .migration import migrate as run_migrate
 
     archive.mkdir(parents=True, exist_ok=True)
+    ok = True
     with Ledger(state) as ledger:
         try:
             exported, loaded = run_migrate(source, ArchiveWriter(archive), target, selection, ledger,
                                            _tracker("migrate", no_progress), workers, refresh)
+            _print_export(exported)
+            _print_summary(loaded)
+            if report_dir is not None:
+                from .cli_validate import finish_report
+                from .validation import validate as run_validate
+
+                refs = [o.key for o in loaded.outcomes]
+                wanted = {run.ref for run in Archive(archive).scan().runs if run.ref.key in refs}
+                checked = run_validate(Archive(archive), target, selection, ledger, _tracker("validate", no_progress),
+                                       workers, only=wanted)
+                ok = finish_report(checked, ledger, str(archive), report_dir)
         finally:
             target.close()
-    _print_export(exported)
-    _print_summary(loaded)
-    return bool(exported.failed or loaded.failed)
+    return bool(exported.failed or loaded.failed) or not ok
 
 
 @app.command()
@@ -513,11 +613,11 @@ def demo(
         project = next(iter(sandbox.projects))
         out.print(f"Neptune sandbox serving project [bold]{project}[/bold] on {sandbox.url}")
         selection = Selection()
-        source = _source("neptune3", [project], selection, None, "own", False, 4)
+        source = _source("neptune3", [project], selection, SourceOptions())
         tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"
         target = MlflowTarget(tracking_uri)
         failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db", 4, False,
-                              no_progress)
+                              no_progress, workdir / "report")
     out.print(f"\nArchive: {workdir / 'archive'}   Ledger: {workdir / 'state.db'}")
     out.print(f"Open the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
     if failed:
@@ -555,7 +655,9 @@ def _root(
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the exit code of a `typer.Exit` instead of exiting with it.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except MigrationError as exc:
         console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

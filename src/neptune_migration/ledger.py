@@ -148,8 +148,14 @@ class Ledger:
             details=json.dumps(details, sort_keys=True, default=str) if details is not None else None,
         )
 
-    def fail(self, ref: RunRef, stage: str, target: str, error: str, status: str = FAILED) -> None:
-        self._update(ref, stage, target, status=status, last_error=redact(error))
+    def fail(
+        self, ref: RunRef, stage: str, target: str, error: str, status: str = FAILED,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"status": status, "last_error": redact(error)}
+        if details is not None:
+            fields["details"] = redact(json.dumps(details, sort_keys=True, default=str))
+        self._update(ref, stage, target, **fields)
 
     def skip(self, ref: RunRef, stage: str, target: str, reason: str) -> None:
         self._ensure(ref, stage, target)

@@ -46,6 +46,8 @@ class Source(Protocol):
 
     def export_run(self, run: Any, archive: ArchiveWriter) -> Any: ...
 
+    def describe_run(self, run: Any) -> dict[str, Any]: ...
+
 
 @dataclass
 class ExportOutcome:

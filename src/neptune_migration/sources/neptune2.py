@@ -1,0 +1,361 @@
+"""Read a Neptune 2.x project through the neptune 1.x client (pinned 1.14.0.post2) into an archive.
+
+Listing goes through `fetch_runs_table` sorted ascending by `sys/id`: the client continues past the server's
+10,000-row offset limit with a "sort column > last value" query, and a unique sort column is what makes that
+continuation list every run exactly once. Each run is then opened read-only and read attribute by attribute.
+
+What the 1.x client cannot give is recorded honestly: file series come back without steps or timestamps, so
+the archive holds each file's index as its step (docs/neptune2.md); artifacts hold only their file list, since
+their bytes never lived in Neptune.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..archive import ArchiveWriter
+from ..errors import MigrationError, UsageError
+from ..model import RunRef
+from ..retry import retrying
+from ..secrets import redact
+from ..selection import Selection
+from .neptune3 import ExportStats, SourceError, api_url
+
+log = logging.getLogger("neptune_migration")
+
+# The 1.x client's attribute classes, by class name, and the archive type they become. `sys/state`
+# (RunState) has no read method in the client; whether a run failed is in `sys/failed`.
+_TYPES = {
+    "Float": "float",
+    "Integer": "int",
+    "String": "string",
+    "Boolean": "bool",
+    "Datetime": "datetime",
+    "StringSet": "string_set",
+    "FloatSeries": "float_series",
+    "StringSeries": "string_series",
+    "File": "file",
+    "FileSeries": "file_series",
+    "FileSet": "file_set",
+    "Artifact": "artifact",
+}
+
+
+@dataclass
+class ListedRun2:
+    ref: RunRef
+    sys_id: str
+    modification_time: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _utc(value: Any) -> datetime | None:
+    """The 1.x client builds naive local datetimes from epoch milliseconds; turn them back into UTC."""
+    if value is None:
+        return None
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        return datetime.fromtimestamp(round(value.timestamp() * 1000) / 1000, UTC)
+    return value.astimezone(UTC)
+
+
+def _nql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Neptune2Source:
+    name = "neptune2"
+
+    def __init__(
+        self,
+        projects: list[str],
+        selection: Selection,
+        api_token: str,
+        query: str | None = None,
+        workspace: str | None = None,
+        include_projects: str | None = None,
+        exclude_projects: str | None = None,
+        include_trashed: bool = False,
+        file_sets: str = "zip",
+    ) -> None:
+        if file_sets not in ("zip", "extract"):
+            raise UsageError(f"--file-sets must be 'zip' or 'extract', not {file_sets!r}")
+        if not projects and not workspace:
+            raise UsageError("name a project with -p WS/PROJ, or a whole workspace with --workspace WS")
+        self.projects = list(projects)
+        self.selection = selection
+        self.token = api_token
+        self.query = query
+        self.workspace = workspace
+        self.include_projects = _regex(include_projects, "--include-projects")
+        self.exclude_projects = _regex(exclude_projects, "--exclude-projects")
+        self.include_trashed = include_trashed
+        self.file_sets = file_sets
+        self._checked = False
+
+    def _explain(self, exc: BaseException, doing: str, project: str | None = None) -> SourceError:
+        text = redact(" ".join(str(exc).split()))
+        kind = type(exc).__name__
+        where = api_url(self.token)
+        if "Connection" in kind or "Connection refused" in text or "CannotResolveHostname" in kind:
+            return SourceError(f"cannot reach the Neptune server at {where} to {doing}")
+        if "InvalidApiToken" in kind or "Unauthorized" in text or "401" in text:
+            return SourceError(f"the Neptune server at {where} refused the API token")
+        if project and ("ProjectNotFound" in kind or "NotFound" in kind or "404" in text):
+            return SourceError(f"project {project!r} not found on {where} (or the token cannot read it)")
+        return SourceError(f"Neptune: failed to {doing}: {kind}: {text[:300]}")
+
+    def check(self) -> None:
+        """Log in, and expand `--workspace` into its projects (with the include/exclude patterns)."""
+        if self._checked:
+            return
+        if self.workspace:
+            from neptune import management
+
+            try:
+                names = management.get_project_list(api_token=self.token)
+            except Exception as exc:
+                raise self._explain(exc, "list projects") from None
+            for name in sorted(names):
+                ws, _, proj = name.partition("/")
+                if ws != self.workspace:
+                    continue
+                if self.include_projects and not self.include_projects.search(proj):
+                    continue
+                if self.exclude_projects and self.exclude_projects.search(proj):
+                    continue
+                if name not in self.projects:
+                    self.projects.append(name)
+            if not self.projects:
+                raise UsageError(f"no project in workspace {self.workspace!r} matches the project patterns")
+        self._checked = True
+
+    # -- listing ----------------------------------------------------------------------------------------
+    def run_query(self) -> str | None:
+        """The selection as 2.x NQL, combined with the user's own `--query`."""
+        sel = self.selection
+        parts = []
+        if sel.runs:
+            parts.append(f"(`sys/id`:string MATCHES {_nql_string(sel.runs.pattern)})")
+        if sel.experiments:
+            parts.append(f"(`sys/name`:string MATCHES {_nql_string(sel.experiments.pattern)})")
+        if sel.since:
+            parts.append(f"(`sys/creation_time`:datetime >= {_nql_string(_iso(sel.since))})")
+        if sel.until:
+            parts.append(f"(`sys/creation_time`:datetime <= {_nql_string(_iso(sel.until))})")
+        if sel.tags:
+            tag_parts = [f"(`sys/tags`:stringSet CONTAINS {_nql_string(t)})" for t in sel.tags]
+            parts.append("(" + (" AND " if sel.all_tags else " OR ").join(tag_parts) + ")")
+        if self.query:
+            parts.append(f"({self.query})")
+        return " AND ".join(parts) if parts else None
+
+    def list_runs(self, project: str) -> list[ListedRun2]:
+        _quiet_client()
+        import neptune
+
+        self.check()
+        try:
+            handle = neptune.init_project(project=project, mode="read-only", api_token=self.token)
+        except Exception as exc:
+            raise self._explain(exc, f"open project {project}", project) from None
+        try:
+            table = handle.fetch_runs_table(
+                query=self.run_query(),
+                columns=["sys/id", "sys/modification_time"],
+                trashed=None if self.include_trashed else False,
+                sort_by="sys/id",
+                ascending=True,
+                progress_bar=False,
+            ).to_pandas()
+        except Exception as exc:
+            raise self._explain(exc, f"list the runs of {project}", project) from None
+        finally:
+            handle.stop()
+        runs = []
+        ids = table["sys/id"].tolist() if "sys/id" in table else []
+        mods = table["sys/modification_time"].tolist() if "sys/modification_time" in table else [None] * len(ids)
+        for sys_id, mod in zip(ids, mods, strict=True):
+            when = _utc(mod)
+            runs.append(ListedRun2(RunRef(project, str(sys_id)), str(sys_id), when.isoformat() if when else None))
+            if self.selection.limit is not None and len(runs) >= self.selection.limit:
+                break
+        return runs
+
+    # -- reading a run ----------------------------------------------------------------------------------
+    def _open(self, run: ListedRun2) -> Any:
+        _quiet_client()
+        import neptune
+
+        return retrying(lambda: neptune.init_run(project=run.ref.project_id, with_id=run.sys_id, mode="read-only",
+                                                 api_token=self.token))
+
+    def _structure(self, handle: Any) -> dict[str, Any]:
+        items = dict(_flatten(handle.get_structure()))
+        return {p: a for p, a in items.items()
+                if type(a).__name__ in _TYPES and self.selection.wants_attribute(p, _TYPES[type(a).__name__])}
+
+    def describe_run(self, run: ListedRun2) -> dict[str, Any]:
+        try:
+            handle = self._open(run)
+            try:
+                items = self._structure(handle)
+                experiment = handle["sys/name"].fetch() if "sys/name" in items else None
+            finally:
+                handle.stop()
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"describe run {run.ref.key}") from None
+        by_type: dict[str, int] = {}
+        for attr in items.values():
+            t = _TYPES[type(attr).__name__]
+            by_type[t] = by_type.get(t, 0) + 1
+        return {"attributes_by_type": by_type, "experiment": experiment, "file_bytes": 0}
+
+    def export_run(self, run: ListedRun2, archive: ArchiveWriter) -> ExportStats:
+        try:
+            handle = self._open(run)
+        except Exception as exc:
+            raise self._explain(exc, f"open run {run.ref.key}") from None
+        try:
+            return self._export(handle, run, archive)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"export run {run.ref.key}") from None
+        finally:
+            handle.stop()
+
+    def _export(self, handle: Any, run: ListedRun2, archive: ArchiveWriter) -> ExportStats:
+        items = self._structure(handle)
+        stats = ExportStats(attributes=len(items), modification_time=run.modification_time)
+        with archive.run(run.ref) as writer, tempfile.TemporaryDirectory(prefix="neptune2-export-") as tmp:
+            for n, (path, attr) in enumerate(sorted(items.items())):
+                type_ = _TYPES[type(attr).__name__]
+                stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
+                work = Path(tmp) / str(n)
+                if type_ in ("float", "int", "string", "bool", "datetime", "string_set"):
+                    value = retrying(attr.fetch)
+                    if value is None:
+                        continue
+                    if type_ == "datetime":
+                        value = _utc(value)
+                    elif type_ == "string_set":
+                        value = sorted(value)
+                    elif type_ == "string" and not isinstance(value, str):
+                        value = str(getattr(value, "value", value))  # sys/state comes as an enum-like value
+                    writer.add_atom(path, type_, value)
+                elif type_ in ("float_series", "string_series"):
+                    frame = retrying(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
+                    steps = frame["step"].astype(float).tolist() if len(frame) else []
+                    stamps = [_utc(t) for t in frame["timestamp"]] if len(frame) else []
+                    values = frame["value"].tolist() if len(frame) else []
+                    if type_ == "float_series":
+                        values = [float(v) for v in values]
+                    writer.add_series(path, type_, steps, stamps, values)
+                    stats.points += len(steps)
+                else:
+                    self._export_files(attr, path, type_, work, writer, stats)
+        return stats
+
+    def _export_files(self, attr: Any, path: str, type_: str, work: Path, writer: Any, stats: ExportStats) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        if type_ == "file":
+            retrying(lambda: attr.download(destination=str(work), progress_bar=False))
+            for local in _files_in(work):
+                self._add_file(writer, stats, path, "file", local, local.name)
+        elif type_ == "file_series":
+            retrying(lambda: attr.download(destination=str(work), progress_bar=False))
+            # The 1.x client names each file "<index>.<ext>" and gives no step: the index becomes the step.
+            for local in sorted(_files_in(work), key=_index_of):
+                self._add_file(writer, stats, path, "file_series", local, local.name, step=float(_index_of(local)))
+        elif type_ == "file_set":
+            target = work / "files.zip"
+            retrying(lambda: attr.download(destination=str(target), progress_bar=False))
+            if self.file_sets == "zip":
+                self._add_file(writer, stats, path, "file_set", target, "files.zip")
+            else:
+                for name, data in _safe_zip_members(target):
+                    self._add_file(writer, stats, path, "file_set", data, name)
+        elif type_ == "artifact":
+            files = retrying(attr.fetch_files_list)
+            listing = [{"filePath": f.file_path, "fileHash": f.file_hash, "type": f.type, "size": f.size,
+                        "metadata": [{"key": k, "value": v} for k, v in dict(f.metadata).items()]} for f in files]
+            data = json.dumps(listing, indent=1, sort_keys=True).encode()
+            self._add_file(writer, stats, path, "artifact", data, "files_list.json")
+
+    def _add_file(self, writer: Any, stats: ExportStats, path: str, type_: str, data: Path | bytes, name: str,
+                  step: float | None = None) -> None:
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if type_ != "artifact" and not self.selection.wants_file(path, name, size):
+            return
+        info = writer.add_file(path, type_, data, name, step=step)
+        stats.files += 1
+        stats.bytes += info.size
+
+
+def _quiet_client() -> None:
+    # The client logs a few INFO lines (with links to a web app that no longer exists) per opened run.
+    import neptune  # noqa: F401 - configures its logger on import; lower it afterwards
+
+    logging.getLogger("neptune").setLevel(logging.WARNING)
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield prefix + key, value
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _index_of(path: Path) -> int:
+    try:
+        return int(path.name.split(".", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _safe_zip_members(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """Members of a file-set zip, refusing any that would land outside the set (zip-slip) or are links."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.replace("\\", "/")
+            parts = PurePosixPath(name).parts
+            if name.startswith("/") or ".." in parts or (len(name) > 1 and name[1] == ":"):
+                raise SourceError(f"file set {archive.name} holds an entry that escapes it: {name!r}")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise SourceError(f"file set {archive.name} holds a symbolic link: {name!r}")
+            yield name, zf.read(info)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _regex(pattern: str | None, option: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"{option}: invalid regular expression {pattern!r}: {exc}") from None
