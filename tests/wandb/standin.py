@@ -94,6 +94,7 @@ class StandIn:
         self.faults: list[list[Any]] = []  # [regex, remaining, status]
         self.unknown: list[str] = []
         self.file_stream_delay = 0.0  # seconds per file-stream request: widens the window for a crash test
+        self.upload_delay = 0.0  # seconds per PUT upload, likewise
         self._ids = 0
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -204,6 +205,8 @@ class StandIn:
                 body = self._body()
                 path = urlparse(self.path).path
                 standin.requests.append(("PUT", path, "upload"))
+                if standin.upload_delay:
+                    time.sleep(standin.upload_delay)
                 if self._maybe_fault("upload"):
                     return
                 key = path[len("/upload/") :]

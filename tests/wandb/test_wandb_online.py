@@ -230,3 +230,43 @@ def test_parallel_loads(standin: StandIn, nasty_archive: Path, tmp_path: Path) -
     assert len(standin.runs) == 3
     for key, run in runs.items():
         assert_run_matches(run, results[key], _read(target, run))
+
+
+def test_sigkill_during_uploads_then_rerun(standin: StandIn, tmp_path: Path) -> None:
+    """Killed while payloads upload (history already sent, run not finished): the rerun completes the run,
+    sends no history row twice and commits each artifact once."""
+    archive = tmp_path / "files"
+    n = 3000
+    with ArchiveWriter(archive).run(RunRef("ws/files", "FIL-1")) as w:
+        w.add_series("m/x", "float_series", list(range(n)), [1_700_000_000_000 + i for i in range(n)],
+                     [i / 3 for i in range(n)])
+        for k in range(3):
+            w.add_file(f"model/ckpt{k}", "file", bytes([k]) * 50_000, f"ckpt{k}.bin")
+    standin.upload_delay = 3.0
+    args = [sys.executable, "-c", _LOADER, str(archive), standin.url, str(tmp_path / "staging"),
+            str(tmp_path / "checkpoint.json")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(op == "upload" for _m, _p, op in list(standin.requests)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    (server,) = standin.runs.values()
+    assert not server.complete
+    assert not any(a.state == "COMMITTED" for a in standin.artifacts.values())
+
+    standin.upload_delay = 0.0
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (server,) = standin.runs.values()
+    assert server.complete and server.state == "finished"
+    assert [r["_step"] for r in server.history()] == list(range(n))
+    assert sum(c for f, _o, c in server.chunks if f == "wandb-history.jsonl") == n
+    committed = sorted(a.name for a in standin.artifacts.values() if a.state == "COMMITTED")
+    assert len(committed) == 3 and len(set(committed)) == 3
+    for a in standin.artifacts.values():
+        if a.state == "COMMITTED":
+            (key,) = a.files.values()
+            assert len(standin.blobs[key]) == 50_000
