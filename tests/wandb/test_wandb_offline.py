@@ -167,3 +167,15 @@ def test_bounded_memory_merge_writes_the_same_files(nasty_archive: Path, tmp_pat
     a = {p.relative_to(tmp_path / "memory"): p.read_bytes() for p in (tmp_path / "memory").rglob("*") if p.is_file()}
     b = {p.relative_to(tmp_path / "spilled"): p.read_bytes() for p in (tmp_path / "spilled").rglob("*") if p.is_file()}
     assert a == b
+    # One chunk exactly full is spilled and read back whole, never element by element (a 1M-point run once
+    # took minutes that way).
+    monkeypatch.setattr(wandb_history, "CHUNK_POINTS", 4200)  # OTH-1: 2000 + 2000 + 200 points
+    singles = []
+    real_getitem = wandb_history._SpilledColumn.__getitem__
+    monkeypatch.setattr(wandb_history._SpilledColumn, "__getitem__",
+                        lambda self, key: (singles.append(key) if isinstance(key, int) else None)
+                        or real_getitem(self, key))
+    _load_all(nasty_archive, tmp_path / "single")
+    assert len(singles) < 50
+    c = {p.relative_to(tmp_path / "single"): p.read_bytes() for p in (tmp_path / "single").rglob("*") if p.is_file()}
+    assert a == c

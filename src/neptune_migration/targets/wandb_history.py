@@ -129,6 +129,25 @@ class History:
                 r += 1
 
 
+class _SpilledColumn:
+    """A column on disk read by explicit slices: unlike a memory map, pages read once do not stay in the
+    process's resident set, so the merge's footprint is what it holds, not what it has read."""
+
+    def __init__(self, path: Path, dtype: np.dtype, size: int) -> None:
+        self.path, self.dtype, self.size = path, np.dtype(dtype), size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, int):
+            return self[key : key + 1][0]
+        start, stop, _ = key.indices(self.size)
+        with open(self.path, "rb") as fh:
+            fh.seek(start * self.dtype.itemsize)
+            return np.fromfile(fh, dtype=self.dtype, count=max(0, stop - start))
+
+
 def _sorted(cols: Columns) -> Columns:
     stepf, ts, mid, val = cols
     order = np.lexsort((mid, ts, stepf))
@@ -143,7 +162,8 @@ def _merge(chunks: list[Columns]) -> Iterator[Columns]:
     """K-way merge of sorted chunks, yielding sorted windows that never split a (step, timestamp) group."""
     if len(chunks) <= 1:
         if chunks and len(chunks[0][2]):
-            yield tuple(np.asarray(c) for c in chunks[0])  # type: ignore[misc]
+            # Slicing reads a spilled column in one go (np.asarray would fetch it element by element).
+            yield tuple(np.asarray(c[0 : len(c)]) for c in chunks[0])  # type: ignore[misc]
         return
     pos = [0] * len(chunks)
     block = [_BLOCK] * len(chunks)
@@ -200,12 +220,12 @@ def build(
             # Removed when the History is dropped, however the caller leaves (return or exception).
             weakref.finalize(hist, shutil.rmtree, hist.spill_dir, True)
         n = len(hist.chunks)
-        mapped = []
+        spilled = []
         for name, arr in zip(_NAMES, cols, strict=True):
-            path = hist.spill_dir / f"{n}_{name}.npy"
-            np.save(path, arr)
-            mapped.append(np.load(path, mmap_mode="r"))
-        hist.chunks.append(tuple(mapped))  # type: ignore[arg-type]
+            path = hist.spill_dir / f"{n}_{name}.bin"
+            arr.tofile(path)
+            spilled.append(_SpilledColumn(path, arr.dtype, len(arr)))
+        hist.chunks.append(tuple(spilled))  # type: ignore[arg-type]
 
     try:
         for batch in run.batches(_TYPES, _COLUMNS):
