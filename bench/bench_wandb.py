@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_wandb.py [--runs 20] [--points 32000] [--metrics 8] [--baseline/--no-baseline]
     .venv/bin/python bench/bench_wandb.py --runs 1 --points 4000000 --no-baseline   # memory on one large run
 
-Each phase runs in its own process so peak RSS (the process and its children, e.g. wandb-core) is its own.
+Each phase runs in its own process; peak RSS is sampled for it and for its children (wandb-core).
 Prints points/s, wall time and peak RSS per phase. Nothing leaves the machine (offline mode only).
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,12 +74,47 @@ def phase_baseline(archive: Path, out: Path) -> dict[str, float]:
     return {"points": points, "seconds": time.perf_counter() - t0}
 
 
+class _PeakRss:
+    """Samples this process's RSS and its descendants' (wandb-core) every 20 ms.
+
+    Not `getrusage(...).ru_maxrss`: on Linux it survives fork and exec, so a child started from a big parent
+    reports the parent's size, whatever it used itself.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.self_peak = self.tree_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                own = self.proc.memory_info().rss
+                kids = sum(c.memory_info().rss for c in self.proc.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.self_peak = max(self.self_peak, own)
+            self.tree_peak = max(self.tree_peak, own + kids)
+            time.sleep(0.02)
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.self_peak / 2**20, self.tree_peak / 2**20
+
+
 def _child(phase: str, archive: Path, out: Path) -> None:
     fn = phase_ours if phase == "ours" else phase_baseline
+    peak = _PeakRss()
     res = fn(archive, out)
-    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    res.update(peak_rss_mb=rss_self / 1024, peak_rss_children_mb=rss_children / 1024)
+    own, tree = peak.stop()
+    res.update(peak_rss_mb=own, peak_rss_with_children_mb=tree)
     print(json.dumps(res))
 
 
@@ -114,7 +149,7 @@ def main() -> None:
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             label = "neptune-migration .wandb writer" if phase == "ours" else "baseline run.log per step"
             print(f"{label:34s} {res['points'] / res['seconds']:>10,.0f} points/s  {res['seconds']:7.1f}s  "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB (children {res['peak_rss_children_mb']:.0f} MB)")
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB (with wandb-core {res['peak_rss_with_children_mb']:.0f} MB)")
 
 
 if __name__ == "__main__":
