@@ -1,17 +1,16 @@
 """Extraction from a Neptune 3.x server (the sandbox) into an archive: points/s, files MB/s, peak RSS.
 
-    .venv/bin/python bench/bench_neptune3_export.py [--runs 200] [--points 50000] [--series 10] [--files 2]
+    .venv/bin/python bench/bench_neptune3_export.py [--runs 200] [--points 50000] [--series 10] [--file-mb 1]
 
-The sandbox serves a generated project (runs x series float series splitting `--points` per run, plus files of
-256 KB each); `neptune-migrate export` runs in a child process through the real neptune-query client, so its peak
-RSS is measured alone (the sandbox lives in this process). Never part of the test run.
+The sandbox serves a generated project: `--runs` runs, each with `--series` float series splitting `--points`,
+the generator's small files, and one `--file-mb` file. `neptune-migrate export` runs in a child process through
+the real neptune-query client, so its peak RSS is measured alone. Never part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -20,21 +19,42 @@ import time
 from pathlib import Path
 
 
+def poll_peak_rss(child: subprocess.Popen) -> float:
+    """Peak RSS of a child in MB, polled. (RUSAGE_CHILDREN would count the pages a fork of this process
+    inherits from the sandbox before exec, which says nothing about the exporter.)"""
+    import psutil
+
+    peak = 0
+    proc = psutil.Process(child.pid)
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.05)
+    child.wait()
+    return peak / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--points", type=int, default=50_000, help="points per run")
     parser.add_argument("--series", type=int, default=10)
     parser.add_argument("--files", type=int, default=2)
+    parser.add_argument("--file-mb", type=float, default=1.0, help="size of one extra file per run")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
 
     from neptune_migration.archive import Archive
-    from neptune_migration.sandbox import Sandbox, generate_project
+    from neptune_migration.sandbox import FileValue, Sandbox, generate_project
 
     started = time.perf_counter()
     project = generate_project("bench", runs=args.runs, series=args.series, points=args.points // args.series,
                                files=args.files, nasty=False)
+    payload = os.urandom(int(args.file_mb * 1e6))
+    for run in project.runs:
+        run.set("model/weights", FileValue(payload, "weights.bin"))
     print(f"seeded {args.runs} runs x {args.points:,} points in {time.perf_counter() - started:.1f} s")
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
@@ -44,9 +64,11 @@ def main() -> None:
                    "-p", "sandbox/bench", "--archive", str(tmp / "archive"), "--state", str(tmp / "state.db"),
                    "--workers", str(args.workers), "--no-progress"]
             started = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+            child_rss = poll_peak_rss(child)
             seconds = time.perf_counter() - started
-        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            if child.returncode != 0:
+                raise SystemExit(f"export failed with exit code {child.returncode}")
         runs = Archive(tmp / "archive").scan().runs
         points = sum(r.table(["float_series"], ["attribute_path"]).num_rows for r in runs)
         file_bytes = sum(p.stat().st_size for p in (tmp / "archive" / "files").rglob("*") if p.is_file())
