@@ -387,7 +387,7 @@ def _print_export(summary) -> None:
     table.add_row("files", f"{sum(s.files for s in stats):,} ({sum(s.bytes for s in stats) / 1e6:,.1f} MB)")
     missing = [f"{o.key}: {m}" for o in summary.outcomes if o.stats is not None for m in o.stats.missing_files]
     if missing:
-        table.add_row("files missing in Neptune's storage", str(len(missing)))
+        table.add_row("files missing at the source", str(len(missing)))
     table.add_row("time", f"{summary.seconds:,.1f} s")
     out.print(table)
     for line in missing:
@@ -450,6 +450,10 @@ def discover(
         by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
         table.add_row(p["project"], str(p["runs"]), str(len(p["experiments"])), str(p["attributes"]), by_type)
     out.print(table)
+    for p in report["projects"]:
+        for run in p.get("run_details", []):
+            derived = ", ".join(f"{k} from {v}" for k, v in (run.get("derived") or {}).items())
+            out.print(f"  {p['project']}/{run['run_id']}: {run.get('folder', '')} {derived}".rstrip())
     out.print(f"{report['runs']} runs selected; files declared: {report['file_bytes'] / 1e6:,.1f} MB "
               f"(file series counted at export)")
 

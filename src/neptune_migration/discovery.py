@@ -21,8 +21,13 @@ def discover(source: Source) -> dict[str, Any]:
         by_type: dict[str, int] = {}
         experiments: set[str] = set()
         file_bytes = 0
+        details = []
         for run in runs:
             described = source.describe_run(run)
+            # Sources that derive what their data does not record (offline folders) say where it came from.
+            extra = {k: v for k, v in described.items() if k not in ("attributes_by_type", "experiment", "file_bytes")}
+            if extra:
+                details.append({"run_id": run.ref.run_id, **extra})
             for type_, n in described["attributes_by_type"].items():
                 by_type[type_] = by_type.get(type_, 0) + n
             if described.get("experiment"):
@@ -36,6 +41,7 @@ def discover(source: Source) -> dict[str, Any]:
             "attributes": sum(by_type.values()),
             "attributes_by_type": by_type,
             "file_bytes": file_bytes,
+            **({"run_details": details} if details else {}),
         })
         total_runs += len(runs)
         total_bytes += file_bytes
