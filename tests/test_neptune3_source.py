@@ -339,6 +339,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'demo' / 'mlflow-store' / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments() if e.name != "Default"]
     assert len(client.search_runs(exps)) == 8
+    wandb_runs = [p for p in (tmp_path / "demo" / "wandb-offline" / "wandb").iterdir() if p.name.startswith("offline-")]
+    assert len(wandb_runs) == 8 and "wandb sync" in result.stdout
+    for name in ("report", "report-wandb"):
+        report = json.loads((tmp_path / "demo" / name / "report.json").read_text())
+        assert report["totals"]["runs_validated"] == 8 and report["totals"]["mismatches"] == 0
 
 
 def test_refresh_reexports_changed_runs_and_replaces_them_in_mlflow(tmp_path: Path, mlflow_server: Any,

@@ -77,7 +77,8 @@ NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log li
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 LogFileOpt = Annotated[Path | None, typer.Option(help="Also write the full log to this file.")]
 # -- targets -------------------------------------------------------------------------------------------
-ToOpt = Annotated[str, typer.Option("--to", help="Target: mlflow, wandb, or wandb-offline (with --wandb-dir).",
+ToOpt = Annotated[str, typer.Option("--to", help="Target: mlflow, wandb (online), or wandb-offline (sync-ready "
+                                    "folders in --wandb-dir).",
                                     rich_help_panel="Target")]
 TrackingUriOpt = Annotated[str | None, typer.Option(
     "--mlflow-tracking-uri", envvar="MLFLOW_TRACKING_URI",
@@ -88,6 +89,15 @@ ExperimentByOpt = Annotated[str, typer.Option(help="MLflow experiment per Neptun
                                               "'experiment' (sys/name).", rich_help_panel="Target")]
 ExperimentPrefixOpt = Annotated[str, typer.Option(help="Prefix for MLflow experiment names.",
                                                   rich_help_panel="Target")]
+WandbEntityOpt = Annotated[str | None, typer.Option(envvar="WANDB_ENTITY", help="W&B entity (team or user). Default: "
+                                                    "the API key's default entity.", rich_help_panel="Target")]
+WandbProjectOpt = Annotated[str | None, typer.Option(help="W&B project for every run. Default: derived from each "
+                                                     "Neptune project (sanitised).", rich_help_panel="Target")]
+WandbProjectPrefixOpt = Annotated[str, typer.Option(help="Prefix for derived W&B project names.",
+                                                    rich_help_panel="Target")]
+WandbDirOpt = Annotated[Path, typer.Option(help="--to wandb-offline: folder for the sync-ready run folders. The API "
+                                           "key (online) comes from WANDB_API_KEY; WANDB_BASE_URL selects a "
+                                           "dedicated or self-managed server.", rich_help_panel="Target")]
 
 
 # -- sources -------------------------------------------------------------------------------------------
@@ -176,15 +186,42 @@ def _selection(**kwargs: object) -> Selection:
     )  # type: ignore[arg-type]
 
 
-def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int):
+@dataclass
+class WandbOptions:
+    entity: str | None = None
+    project: str | None = None
+    project_prefix: str = ""
+    directory: Path = Path("wandb-offline")
+
+
+def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int,
+            wandb: WandbOptions | None = None):
     if to == "mlflow":
         from .targets.mlflow import MlflowTarget
 
         return MlflowTarget(tracking_uri, experiment_by=experiment_by, experiment_prefix=experiment_prefix,
                             artifact_workers=max(2, workers))
-    if to in ("wandb", "wandb-offline"):
-        raise UsageError(f"--to {to} is not available in this version yet; use --to mlflow")
+    wandb = wandb or WandbOptions()
+    if to == "wandb-offline":
+        from .targets.wandb import WandbOfflineTarget
+
+        return WandbOfflineTarget(wandb.directory, entity=wandb.entity, project=wandb.project,
+                                  project_prefix=wandb.project_prefix)
+    if to == "wandb":
+        from .targets.wandb import WandbOnlineTarget
+
+        return WandbOnlineTarget(entity=wandb.entity, project=wandb.project, project_prefix=wandb.project_prefix)
     raise UsageError(f"--to: unknown target {to!r}; choose mlflow, wandb or wandb-offline")
+
+
+def _after_load(to: str, target) -> None:
+    """Tell the user how to look at what arrived."""
+    if to == "mlflow":
+        from .targets.mlflow import ui_command
+
+        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+    elif to == "wandb-offline":
+        out.print(f"\nOn a connected machine, upload with: [bold]{target.sync_command()}[/bold]")
 
 
 @dataclass
@@ -245,6 +282,10 @@ def load(
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
+    wandb_entity: WandbEntityOpt = None,
+    wandb_project: WandbProjectOpt = None,
+    wandb_project_prefix: WandbProjectPrefixOpt = "",
+    wandb_dir: WandbDirOpt = Path("wandb-offline"),
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -277,7 +318,8 @@ def load(
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
     source = Archive(archive, files)
-    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir))
     target.check()
     with Ledger(state or default_state_path()) as ledger:
         try:
@@ -285,10 +327,7 @@ def load(
         finally:
             target.close()
     _print_summary(summary)
-    if to == "mlflow":
-        from .targets.mlflow import ui_command
-
-        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+    _after_load(to, target)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -468,6 +507,10 @@ def migrate(
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
+    wandb_entity: WandbEntityOpt = None,
+    wandb_project: WandbProjectOpt = None,
+    wandb_project_prefix: WandbProjectPrefixOpt = "",
+    wandb_dir: WandbDirOpt = Path("wandb-offline"),
     api_token_file: TokenFileOpt = None,
     lineage: LineageOpt = "own",
     previews: PreviewsOpt = False,
@@ -516,14 +559,12 @@ def migrate(
     source = _source(from_, project, selection, SourceOptions(
         api_token_file, lineage, previews, download_workers, query, workspace, include_projects, exclude_projects,
         file_sets, path, assign_project, run_id_template))
-    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir))
     failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
                           state or default_state_path(), workers, refresh, no_progress,
                           None if no_validate else report_dir)
-    if to == "mlflow":
-        from .targets.mlflow import ui_command
-
-        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+    _after_load(to, target)
     if failed:
         raise typer.Exit(1)
 
@@ -601,7 +642,8 @@ def demo(
     no_progress: NoProgressOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Start the built-in Neptune sandbox with a realistic project and migrate it into a local MLflow store.
+    """Start the built-in Neptune sandbox with a realistic project and migrate it into a local MLflow store and a
+    W&B offline folder, validating both.
 
     No credentials and no network needed: the sandbox is a local Neptune API server that the real
     neptune-query client talks to, so this runs exactly the code path of a real migration.
@@ -622,8 +664,28 @@ def demo(
         target = MlflowTarget(tracking_uri)
         failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db", 4, False,
                               no_progress, workdir / "report")
+    # The same archive into W&B, offline: sync-ready folders a connected machine can upload.
+    from .archive import Archive
+    from .cli_validate import finish_report
+    from .pipeline import load as run_load
+    from .targets.wandb import WandbOfflineTarget
+    from .validation import validate as run_validate
+
+    wandb_target = WandbOfflineTarget(workdir / "wandb-offline")
+    with Ledger(workdir / "state.db") as ledger:
+        try:
+            loaded = run_load(Archive(workdir / "archive"), wandb_target, selection, ledger,
+                              _tracker("demo: W&B offline", no_progress), 4)
+            _print_summary(loaded)
+            checked = run_validate(Archive(workdir / "archive"), wandb_target, selection, ledger,
+                                   _tracker("validate", no_progress), 4)
+            failed = not finish_report(checked, ledger, str(workdir / "archive"), workdir / "report-wandb") or \
+                bool(loaded.failed) or failed
+        finally:
+            wandb_target.close()
     out.print(f"\nArchive: {workdir / 'archive'}   Ledger: {workdir / 'state.db'}")
     out.print(f"Open the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
+    out.print(f"Upload to W&B from a connected machine: [bold]{wandb_target.sync_command()}[/bold]")
     if failed:
         raise typer.Exit(1)
 

@@ -32,6 +32,11 @@ from .cli import (
     TrackingUriOpt,
     UntilOpt,
     VerboseOpt,
+    WandbDirOpt,
+    WandbEntityOpt,
+    WandbOptions,
+    WandbProjectOpt,
+    WandbProjectPrefixOpt,
     WorkersOpt,
     _selection,
     _setup_logging,
@@ -66,6 +71,10 @@ def validate(
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
+    wandb_entity: WandbEntityOpt = None,
+    wandb_project: WandbProjectOpt = None,
+    wandb_project_prefix: WandbProjectPrefixOpt = "",
+    wandb_dir: WandbDirOpt = Path("wandb-offline"),
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -101,7 +110,8 @@ def validate(
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
     source = Archive(archive, files)
-    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir))
     target.check()
     with Ledger(state or default_state_path()) as ledger:
         try:
@@ -121,6 +131,10 @@ def retry(
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
+    wandb_entity: WandbEntityOpt = None,
+    wandb_project: WandbProjectOpt = None,
+    wandb_project_prefix: WandbProjectPrefixOpt = "",
+    wandb_dir: WandbDirOpt = Path("wandb-offline"),
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -160,7 +174,8 @@ def retry(
     if not path.exists():
         raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
     source = Archive(archive, files)
-    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers)
+    target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir))
     target.check()
     with Ledger(path) as ledger:
         try:
