@@ -219,9 +219,9 @@ def _after_load(to: str, target) -> None:
     if to == "mlflow":
         from .targets.mlflow import ui_command
 
-        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]")
+        out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]", soft_wrap=True)
     elif to == "wandb-offline":
-        out.print(f"\nOn a connected machine, upload with: [bold]{target.sync_command()}[/bold]")
+        out.print(f"\nOn a connected machine, upload with: [bold]{target.sync_command()}[/bold]", soft_wrap=True)
 
 
 @dataclass
@@ -683,9 +683,9 @@ def demo(
                 bool(loaded.failed) or failed
         finally:
             wandb_target.close()
-    out.print(f"\nArchive: {workdir / 'archive'}   Ledger: {workdir / 'state.db'}")
-    out.print(f"Open the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]")
-    out.print(f"Upload to W&B from a connected machine: [bold]{wandb_target.sync_command()}[/bold]")
+    out.print(f"\nArchive: {workdir / 'archive'}   Ledger: {workdir / 'state.db'}", soft_wrap=True)
+    out.print(f"Open the MLflow UI: [bold]{ui_command(tracking_uri)}[/bold]", soft_wrap=True)
+    out.print(f"Upload to W&B from a connected machine: [bold]{wandb_target.sync_command()}[/bold]", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
