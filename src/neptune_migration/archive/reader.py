@@ -172,6 +172,18 @@ class Archive:
         if self.files_root is not None and not self.files_root.exists() and files_root is not None:
             raise ArchiveError(f"files root not found: {self.files_root}")
 
+    @classmethod
+    def from_roots(cls, data_root: Path, files_root: Path | None) -> Archive:
+        archive = cls.__new__(cls)
+        archive.data_root, archive.files_root, archive.models_root = Path(data_root), files_root, None
+        return archive
+
+    def registry(self) -> Archive | None:
+        """The 2.x model registry stored beside the runs (`models/`, `model_files/`), if the archive has one."""
+        if self.models_root is None or not self.models_root.is_dir():
+            return None
+        return Archive.from_roots(self.models_root, self.models_root.parent / "model_files")
+
     def run(self, ref: RunRef) -> ArchivedRun | None:
         """One run by its ids, without scanning the archive (the writer's folder names are deterministic)."""
         project_dir = self.data_root / folder_name(ref.project_id)

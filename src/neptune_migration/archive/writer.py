@@ -54,10 +54,18 @@ class FileInfo:
 class ArchiveWriter:
     """An archive root holding `data/` and `files/`, as `export` writes it."""
 
-    def __init__(self, root: Path, rows_per_part: int = 2_000_000, rows_per_batch: int = 50_000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        rows_per_part: int = 2_000_000,
+        rows_per_batch: int = 50_000,
+        data_dir: str = "data",
+        files_dir: str = "files",
+    ) -> None:
         self.root = Path(root)
-        self.data_root = self.root / "data"
-        self.files_root = self.root / "files"
+        # The 2.x model registry lives beside the runs, in `models/` and `model_files/`.
+        self.data_root = self.root / data_dir
+        self.files_root = self.root / files_dir
         self.rows_per_part = rows_per_part
         self.rows_per_batch = rows_per_batch
 

@@ -56,6 +56,7 @@ class ListedRun2:
     sys_id: str
     modification_time: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    kind: str = "run"  # or "model" / "model_version" for the model registry
 
 
 def _utc(value: Any) -> datetime | None:
@@ -199,8 +200,40 @@ class Neptune2Source:
         _quiet_client()
         import neptune
 
-        return retrying(lambda: neptune.init_run(project=run.ref.project_id, with_id=run.sys_id, mode="read-only",
-                                                 api_token=self.token))
+        opener = {"run": neptune.init_run, "model": neptune.init_model,
+                  "model_version": neptune.init_model_version}[run.kind]
+        return retrying(lambda: opener(project=run.ref.project_id, with_id=run.sys_id, mode="read-only",
+                                       api_token=self.token))
+
+    # -- model registry ---------------------------------------------------------------------------------
+    def list_registry(self, project: str) -> list[ListedRun2]:
+        """Every model of the project, each followed by its versions (so a loader sees models first)."""
+        _quiet_client()
+        import neptune
+
+        self.check()
+        entries: list[ListedRun2] = []
+        try:
+            handle = neptune.init_project(project=project, mode="read-only", api_token=self.token)
+            try:
+                models = handle.fetch_models_table(columns=["sys/id"], progress_bar=False).to_pandas()
+            finally:
+                handle.stop()
+            for model_id in sorted(models["sys/id"].tolist() if "sys/id" in models else []):
+                entries.append(ListedRun2(RunRef(project, model_id), model_id, kind="model"))
+                model = neptune.init_model(project=project, with_id=model_id, mode="read-only",
+                                           api_token=self.token)
+                try:
+                    versions = model.fetch_model_versions_table(columns=["sys/id"], progress_bar=False).to_pandas()
+                finally:
+                    model.stop()
+                for version_id in sorted(versions["sys/id"].tolist() if "sys/id" in versions else []):
+                    entries.append(ListedRun2(RunRef(project, version_id), version_id, kind="model_version"))
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, f"list the model registry of {project}", project) from None
+        return entries
 
     def _structure(self, handle: Any) -> dict[str, Any]:
         items = dict(_flatten(handle.get_structure()))
