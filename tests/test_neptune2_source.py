@@ -230,3 +230,45 @@ def test_migrate_from_neptune2_to_mlflow(sandbox: Any, tmp_path: Path, mlflow_se
     first = runs["DEMO-1"]
     arts = [a.path for a in client.list_artifacts(first.info.run_id)]
     assert arts, "files, file sets and the artifact list arrive as artifacts"
+
+
+def test_model_registry_export_and_load_into_mlflow(sandbox: Any, tmp_path: Path, mlflow_server: Any,
+                                                    prefix: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    args = ["migrate", "--from", "neptune2", "-p", DEMO, "--to", "mlflow", "--mlflow-tracking-uri", mlflow_server.uri,
+            "--experiment-prefix", prefix, "--archive", str(tmp_path / "a"), "--state", str(tmp_path / "s.db"),
+            "--no-progress", "--no-validate", "--runs", "^DEMO-1$"]
+    result = run_cli(*args, env=sandbox.env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    models = [r for r in sandbox.projects[DEMO].runs if r.kind == "model"]
+    versions = [r for r in sandbox.projects[DEMO].runs if r.kind == "model_version"]
+    assert models and versions
+    registry = Archive.from_roots(tmp_path / "a" / "models", tmp_path / "a" / "model_files").scan().runs
+    assert sorted(r.ref.run_id for r in registry) == sorted(r.sys_id for r in models + versions)
+
+    client = MlflowClient(mlflow_server.uri)
+    for model in models:
+        name = f"{prefix}{DEMO.replace('/', '.')}.{model.sys_id}"
+        registered = client.get_registered_model(name)
+        assert registered.tags["neptune.id"] == model.sys_id
+        assert registered.tags["neptune.config/architecture"] == model.attributes["config/architecture"].value
+        got = {v.tags["neptune.id"]: v for v in client.search_model_versions(f"name = '{name}'")}
+        mine = [v for v in versions if v.attributes["sys/model_id"].value == model.sys_id]
+        assert sorted(got) == sorted(v.sys_id for v in mine), "every version exactly once"
+        for version in mine:
+            stage = str(version.attributes["sys/stage"].value)
+            assert got[version.sys_id].tags["neptune.stage"] == stage
+            run = client.get_run(got[version.sys_id].run_id)
+            assert run.data.tags["neptune.run_id"] == version.sys_id
+            weights = version.attributes["model/weights"].value
+            files = [a.path for a in client.list_artifacts(run.info.run_id, "model/weights")]
+            assert files == [f"model/weights/{weights.name}"]
+            if stage.lower() not in ("", "none"):
+                assert client.get_model_version_by_alias(name, stage.lower()).tags["neptune.id"] in got
+    again = run_cli(*args, env=sandbox.env())
+    assert again.returncode == 0
+    for model in models:
+        name = f"{prefix}{DEMO.replace('/', '.')}.{model.sys_id}"
+        assert len(client.search_model_versions(f"name = '{name}'")) == len(
+            [v for v in versions if v.attributes["sys/model_id"].value == model.sys_id]), "a rerun adds no version"

@@ -130,6 +130,8 @@ AssignProjectOpt = Annotated[str | None, typer.Option(help="neptune-offline: the
 RunIdTemplateOpt = Annotated[str | None, typer.Option(help="neptune-offline (1.x runs): run id template, fields "
                                                       "{container_id} {short_id} {folder} {created:%Y%m%d} {index}.",
                                                       rich_help_panel="Source")]
+NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="neptune2: leave the model registry (models and "
+                                           "model versions) out.", rich_help_panel="Source")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-export runs whose Neptune modification time "
                                           "moved since they were exported.", rich_help_panel="Source")]
 
@@ -324,9 +326,12 @@ def load(
     with Ledger(state or default_state_path()) as ledger:
         try:
             summary = run_load(source, target, selection, ledger, _tracker("load", no_progress), workers)
+            registry_failed = _load_registry(archive, files, target, ledger)
         finally:
             target.close()
     _print_summary(summary)
+    if registry_failed:
+        raise typer.Exit(1)
     _after_load(to, target)
     if summary.failed:
         raise typer.Exit(1)
@@ -372,6 +377,7 @@ def export(
     assign_project: AssignProjectOpt = None,
     run_id_template: RunIdTemplateOpt = None,
     refresh: RefreshOpt = False,
+    no_models: NoModelsOpt = False,
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -410,9 +416,45 @@ def export(
     with Ledger(state or default_state_path()) as ledger:
         summary = run_export(source, ArchiveWriter(archive), ledger, _tracker("export", no_progress), workers,
                              refresh)
+        registry_failed = _export_registry(source, archive, ledger, no_models)
     _print_export(summary)
+    if registry_failed:
+        raise typer.Exit(1)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _export_registry(source, archive: Path, ledger: Ledger, no_models: bool) -> bool:
+    """The 2.x model registry, after the runs. True when an entry failed."""
+    if no_models or not hasattr(source, "list_registry"):
+        return False
+    from .registry import export_registry
+
+    outcomes = export_registry(source, archive, ledger)
+    if outcomes:
+        done = sum(1 for o in outcomes if o.status != "failed")
+        out.print(f"model registry: {done} of {len(outcomes)} models and versions exported")
+    for o in outcomes:
+        if o.status == "failed":
+            out.print(f"[red]failed[/red] registry {o.key}: {o.error}")
+    return any(o.status == "failed" for o in outcomes)
+
+
+def _load_registry(archive: Path, files: Path | None, target, ledger: Ledger) -> bool:
+    """Models and versions into MLflow's registry when the archive holds them. True when an entry failed."""
+    from .archive import Archive
+    from .registry import load_registry
+
+    if getattr(target, "name", "") != "mlflow":
+        return False
+    results = load_registry(Archive(archive, files), target, ledger)
+    if results:
+        done = sum(1 for _, status, _ in results if status != "failed")
+        out.print(f"model registry: {done} of {len(results)} models and versions in MLflow")
+    for key, status, error in results:
+        if status == "failed":
+            out.print(f"[red]failed[/red] registry {key}: {error}")
+    return any(status == "failed" for _, status, _ in results)
 
 
 def _print_export(summary) -> None:
@@ -523,6 +565,7 @@ def migrate(
     assign_project: AssignProjectOpt = None,
     run_id_template: RunIdTemplateOpt = None,
     refresh: RefreshOpt = False,
+    no_models: NoModelsOpt = False,
     project: ProjectOpt = None,
     runs: RunsOpt = None,
     experiments: ExperimentsOpt = None,
@@ -563,14 +606,14 @@ def migrate(
                      WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir))
     failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
                           state or default_state_path(), workers, refresh, no_progress,
-                          None if no_validate else report_dir)
+                          None if no_validate else report_dir, no_models)
     _after_load(to, target)
     if failed:
         raise typer.Exit(1)
 
 
 def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers: int, refresh: bool,
-                 no_progress: bool, report_dir: Path | None) -> bool:
+                 no_progress: bool, report_dir: Path | None, no_models: bool = False) -> bool:
     """Export + load, then (unless report_dir is None) validate the loaded runs and write the reports.
     True when anything failed or mismatched."""
     from .archive import Archive, ArchiveWriter
@@ -582,6 +625,8 @@ def _run_migrate(source, target, selection: Selection, archive: Path, state: Pat
         try:
             exported, loaded = run_migrate(source, ArchiveWriter(archive), target, selection, ledger,
                                            _tracker("migrate", no_progress), workers, refresh)
+            registry_failed = _export_registry(source, archive, ledger, no_models)
+            registry_failed = _load_registry(archive, None, target, ledger) or registry_failed
             _print_export(exported)
             _print_summary(loaded)
             if report_dir is not None:
@@ -595,7 +640,7 @@ def _run_migrate(source, target, selection: Selection, archive: Path, state: Pat
                 ok = finish_report(checked, ledger, str(archive), report_dir)
         finally:
             target.close()
-    return bool(exported.failed or loaded.failed) or not ok
+    return bool(exported.failed or loaded.failed or registry_failed) or not ok
 
 
 @app.command()
