@@ -224,3 +224,31 @@ def test_cli_load_with_selection(tmp_path: Path, mlflow_server, prefix: str) -> 
     status = run_cli("status", "--state", str(tmp_path / "s.db"), "--json")
     rows = json.loads(status.stdout)
     assert [(r["run_id"], r["status"]) for r in rows] == [("NASTY-2", "done")]
+
+
+def test_forks_load_after_their_parents_and_link_to_them(tmp_path: Path, mlflow_server, prefix: str) -> None:
+    from datetime import UTC, datetime
+
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.model import RunRef
+    from neptune_migration.pipeline import fork_waves
+
+    writer = ArchiveWriter(tmp_path / "archive")
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
+    # Fork ids sort before their parents, so a naive parallel load would start them first.
+    for run_id, parent in (("a-grandchild", "b-child"), ("b-child", "z-root"), ("z-root", None)):
+        with writer.run(RunRef("ws/forks", run_id)) as w:
+            w.add_atom("sys/creation_time", "datetime", t0)
+            if parent:
+                w.add_atom("sys/forking/parent", "string", parent)
+                w.add_atom("sys/forking/step", "float", 10.0)
+            w.add_series("loss", "float_series", [11.0, 12.0], [t0, t0], [1.0, 0.5])
+    runs = Archive(tmp_path / "archive").scan().runs
+    assert [[r.ref.run_id for r in wave] for wave in fork_waves(runs)] == [["z-root"], ["b-child"], ["a-grandchild"]]
+    summary = _load(tmp_path / "archive", mlflow_server.uri, prefix, tmp_path / "state.db")
+    assert not summary.failed
+    loaded = _runs(MlflowClient(mlflow_server.uri), prefix)
+    root, child, grandchild = (loaded[f"ws/forks/{r}"] for r in ("z-root", "b-child", "a-grandchild"))
+    assert child.data.tags["mlflow.parentRunId"] == root.info.run_id
+    assert grandchild.data.tags["mlflow.parentRunId"] == child.info.run_id
+    assert child.data.tags["neptune.fork_parent"] == "z-root" and child.data.tags["neptune.fork_step"] == "10.0"

@@ -116,15 +116,34 @@ def load(
         for _ in range(len(runs) - len(todo)):
             tracker.run_done()
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="load") as pool:
-            futures = {pool.submit(_load_one, run, target, selection, ledger, tracker): run for run in todo}
-            for fut in as_completed(futures):
-                outcome = fut.result()
-                with lock:
-                    summary.outcomes.append(outcome)
-                tracker.run_done()
+            # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
+            for wave in fork_waves(todo):
+                futures = {pool.submit(_load_one, run, target, selection, ledger, tracker): run for run in wave}
+                for fut in as_completed(futures):
+                    outcome = fut.result()
+                    with lock:
+                        summary.outcomes.append(outcome)
+                    tracker.run_done()
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
+    """Runs grouped by fork depth within the selection: parents in an earlier wave than their forks."""
+    by_key = {run.ref.key: run for run in runs}
+
+    def depth(run: ArchivedRun, seen: frozenset[str]) -> int:
+        parent = run.atom_value("sys/forking/parent")
+        key = f"{run.ref.project_id}/{parent}" if parent else None
+        if key is None or key not in by_key or key in seen:
+            return 0
+        return 1 + depth(by_key[key], seen | {key})
+
+    waves: dict[int, list[ArchivedRun]] = {}
+    for run in runs:
+        waves.setdefault(depth(run, frozenset({run.ref.key})), []).append(run)
+    return [waves[d] for d in sorted(waves)]
 
 
 def _load_one(
