@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from neptune_migration.sandbox import Sandbox, demo_project, generate_project
 from neptune_migration.selection import Selection
 from neptune_migration.sources.neptune3 import Neptune3Source
 
+from .archive_compare import archive_digest, exported_runs
 from .conftest import VENV_BIN, run_cli
 
 NASTY = "sandbox/nasty"
@@ -251,12 +251,6 @@ def test_clear_errors(sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.returncode == 2 and "--runs: invalid regular expression" in result.stderr
 
 
-def _batches_of(state: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM progress WHERE stage='export' AND status='done'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def test_sigkill_mid_export_then_rerun_gives_the_same_archive(tmp_path: Path) -> None:
@@ -271,12 +265,12 @@ def test_sigkill_mid_export_then_rerun_gives_the_same_archive(tmp_path: Path) ->
         proc = subprocess.Popen([str(VENV_BIN / "neptune-migrate"), *args], env=dict(os.environ, **env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120
-        while _batches_of(state) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        while exported_runs(state) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, "export finished before the kill"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        done_before = _batches_of(state)
+        done_before = exported_runs(state)
         assert 0 < done_before < 12
         result = run_cli(*args, env=env)
         assert result.returncode == 0, result.stderr
@@ -285,16 +279,9 @@ def test_sigkill_mid_export_then_rerun_gives_the_same_archive(tmp_path: Path) ->
                         "--state", str(tmp_path / "clean.db"), "--no-progress", env=env)
         assert clean.returncode == 0, clean.stderr
         compare_with_model(tmp_path / "a", _model_runs(sb, "sandbox/kill"))
-        assert _archive_digest(tmp_path / "a") == _archive_digest(tmp_path / "b")
+        assert archive_digest(tmp_path / "a") == archive_digest(tmp_path / "b")
 
 
-def _archive_digest(root: Path) -> dict[str, str]:
-    out = {}
-    for run in Archive(root).scan().runs:
-        rows = run.table().drop_columns(["file_value"]).to_pylist()
-        rows.sort(key=lambda r: json.dumps(r, default=str, sort_keys=True))
-        out[run.ref.key] = hashlib.sha256(json.dumps(rows, default=str, sort_keys=True).encode()).hexdigest()
-    return out
 
 
 def test_migrate_to_mlflow_end_to_end(sandbox: Any, tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
