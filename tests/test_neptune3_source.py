@@ -361,3 +361,58 @@ def test_refresh_reexports_changed_runs_and_replaces_them_in_mlflow(tmp_path: Pa
     with Ledger(tmp_path / "s.db") as ledger:
         exports = {e.ref.run_id: e.attempts for e in ledger.entries(stage="export")}
     assert exports[changed.custom_run_id] == 2 and sorted(exports.values()) == [1, 1, 2]
+
+
+def _archive_contents(root: Path) -> dict[str, set[tuple[str, str]]]:
+    """Per run: the (attribute path, type) pairs it holds, files named by their original file name."""
+    out = {}
+    for run in Archive(root).scan().runs:
+        rows = run.table(None, ["attribute_path", "attribute_type", "file_name"]).to_pylist()
+        out[run.ref.run_id] = {(r["attribute_path"], r["attribute_type"]) for r in rows if not
+                               r["attribute_path"].startswith("sys/")}
+    return out
+
+
+def _files(root: Path) -> set[str]:
+    names = set()
+    for run in Archive(root).scan().runs:
+        names |= {r["file_name"] for r in run.table(["file", "file_series"], ["file_name"]).to_pylist()}
+    return names
+
+
+@pytest.mark.parametrize("options", [
+    {"until": "2025-03-01T10:00:00Z"},
+    {"tags": ["demo", "gpu"], "all_tags": True},
+    {"include": ["metrics"]},
+    {"exclude": ["params", "series"]},
+    {"attributes": "^train/"},
+    {"max_file_size": "1KB"},
+    {"file_types": ["png"]},
+    {"file_pattern": "*.ckpt"},
+])
+def test_every_selection_option_on_sandbox_and_archive(sandbox: Any, tmp_path: Path, options: dict[str, Any]) -> None:
+    """Each option selects exactly what it should, computed here from the model; `load` on an archive agrees."""
+    from neptune_migration.pipeline import select_runs
+
+    selection = Selection.from_options(**options)
+    _export(sandbox, tmp_path / "sel", DEMO, selection)
+    _export(sandbox, tmp_path / "all", DEMO)
+    got = _archive_contents(tmp_path / "sel")
+    model = _model_runs(sandbox, DEMO)
+    want_runs = sorted(k for k, r in model.items()
+                       if selection.matches_run(DEMO, k, {p: a.value for p, a in r.attributes.items()}))
+    assert sorted(got) == want_runs and want_runs
+    for run_id in want_runs:
+        expected = {(p, a.type) for p, a in model[run_id].attributes.items()
+                    if not p.startswith("sys/") and a.type not in ("file_set", "artifact")  # 2.x only
+                    and selection.wants_attribute(p, a.type)
+                    and not (a.type == "file_series" and not [pt for pt in a.value if selection.wants_file(
+                        p, pt.value.name, len(pt.value.data))])
+                    and not (a.type == "file" and not selection.wants_file(p, a.value.name, len(a.value.data)))}
+        assert got[run_id] == expected, (run_id, got[run_id] ^ expected)
+    wanted_files = {n for n in _files(tmp_path / "all")}
+    if any(k in options for k in ("max_file_size", "file_types", "file_pattern")):
+        assert _files(tmp_path / "sel") < wanted_files, "the file filter left some files out"
+    # The same selection on the full archive, as `load` applies it, picks the same runs.
+    chosen, _, _ = select_runs(Archive(tmp_path / "all"), selection)
+    assert sorted(r.ref.run_id for r in chosen) == want_runs
