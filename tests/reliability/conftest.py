@@ -1,0 +1,186 @@
+"""Shared tools for the reliability tests: an observing proxy in front of MLflow, and target snapshots.
+
+The proxy lets a test see which MLflow calls a migration has in flight (so a SIGKILL can be aimed at metric
+loading, artifact upload or validation) and slow one kind of call down to widen that window.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlflow.tracking import MlflowClient
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
+
+
+def mlflow_category(method: str, path: str) -> str:
+    """The kind of MLflow call, as the torture names the stages."""
+    if "/mlflow-artifacts/" in path:
+        return "artifact_upload" if method == "PUT" else "artifact_read"
+    if path.endswith("/runs/log-batch"):
+        return "metric_loading"
+    if "get-history" in path:
+        return "history_read"
+    return "other"
+
+
+class MlflowProxy:
+    """A threaded reverse proxy on 127.0.0.1 that counts calls per category and can delay one category."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.delays: dict[str, float] = {}
+        self.started: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()
+        self.down = False  # answer 503 to everything, like a server that is not there
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _forward(self) -> None:
+                body = self._body()
+                category = mlflow_category(self.command, self.path)
+                with proxy._lock:
+                    proxy.started[category] += 1
+                    proxy.in_flight[category] += 1
+                try:
+                    delay = proxy.delays.get(category, 0.0)
+                    if delay:
+                        threading.Event().wait(delay)
+                    if proxy.down:
+                        self._reply(503, [("Content-Type", "text/plain")], b"proxy: upstream down")
+                        return
+                    conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=120)
+                    try:
+                        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                        conn.request(self.command, self.path, body=body or None, headers=headers)
+                        resp = conn.getresponse()
+                        data = resp.read()
+                        self._reply(resp.status, [(k, v) for k, v in resp.getheaders()
+                                                  if k.lower() not in _HOP_BY_HOP], data)
+                    except OSError:
+                        self._reply(502, [("Content-Type", "text/plain")], b"proxy: upstream unreachable")
+                    finally:
+                        conn.close()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client was killed mid-call; that is what the torture does
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight[category] -= 1
+
+            def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client killed mid-call resets its connection; expected here, not worth a traceback
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> MlflowProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def snapshot(self) -> tuple[Counter[str], Counter[str]]:
+        with self._lock:
+            return Counter(self.started), Counter(self.in_flight)
+
+
+def ledger_rows(state: Path) -> list[tuple[str, str, str, str | None]]:
+    """(run_id, stage, status, checkpoint) of every ledger row, read without taking the ledger's lock."""
+    if not state.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT run_id, stage, status, checkpoint FROM progress").fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            out.update(_artifacts(client, run_id, item.path))
+        else:
+            out[item.path] = item.file_size or 0
+    return out
+
+
+def mlflow_snapshot(uri: str, prefix: str) -> dict[str, Any]:
+    """Everything the migration wrote under an experiment prefix, keyed by Neptune run key and free of MLflow ids,
+    so two migrations of one project compare equal exactly when they hold the same data."""
+    client = MlflowClient(uri)
+    experiments = {e.experiment_id: e.name[len(prefix):] for e in client.search_experiments()
+                   if e.name.startswith(prefix)}
+    runs = client.search_runs(list(experiments), max_results=1000) if experiments else []
+    key_of = {r.info.run_id: r.data.tags.get("neptune.run_key") for r in runs}
+    out: dict[str, Any] = {}
+    for run in runs:
+        key = run.data.tags.get("neptune.run_key")
+        assert key not in out, f"two active MLflow runs for {key}"
+        tags = {k: v for k, v in run.data.tags.items()}
+        if "mlflow.parentRunId" in tags:
+            tags["mlflow.parentRunId"] = key_of.get(tags["mlflow.parentRunId"], "?")
+        metrics = {}
+        for name in sorted(run.data.metrics):
+            history = client.get_metric_history(run.info.run_id, name)
+            # repr keeps NaN comparable and -0.0 distinct
+            metrics[name] = sorted((m.step, m.timestamp, repr(m.value)) for m in history)
+        out[key] = {
+            "experiment": experiments[run.info.experiment_id],
+            "name": run.info.run_name,
+            "status": run.info.status,
+            "start": run.info.start_time,
+            "end": run.info.end_time,
+            "params": dict(run.data.params),
+            "tags": tags,
+            "metrics": metrics,
+            "artifacts": _artifacts(client, run.info.run_id),
+        }
+    return out
+
+
+def read_report(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "report.json").read_text())
