@@ -102,7 +102,7 @@ class MlflowProxy:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True

@@ -174,7 +174,8 @@ def test_crash_torture(tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
     # campaign reaches several stages before its data is fully migrated.
     aims = [STAGES[i % len(STAGES)] for i in range(TRIALS)]
     # Listing is one call and validation is counted by runs being validated, so those are hit at their first.
-    trials = [Trial(i, rng.randrange(2**31), aim, occurrence=1 if aim in ("listing", "validation") else rng.randint(1, 3))
+    trials = [Trial(i, rng.randrange(2**31), aim,
+                    occurrence=1 if aim in ("listing", "validation") else rng.randint(1, 3))
               for i, aim in enumerate(aims)]
     work = tmp_path
     with Sandbox([_project()]) as sb, MlflowProxy(mlflow_server.uri) as proxy:
