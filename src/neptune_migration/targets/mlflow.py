@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -345,19 +346,13 @@ class MlflowTarget:
                 plan[path] = max(plan.get(path, 0), d)
         return {p: d for p, d in plan.items() if ctx.wants_attribute(p, "float_series")}
 
-    def _log_metrics(
-        self,
-        run_id: str,
-        run: ArchivedRun,
-        ctx: LoadContext,
-        checkpoint: dict[str, Any],
-        result: LoadResult,
-        staging: Path,
-        uploads: list[Future[None]],
-    ) -> None:
+    def _prepare_metrics(
+        self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult
+    ) -> tuple[dict[str, int], dict[str, str]]:
+        """The series plan, metric names and the recorded step scales, shared by every metric writer."""
         plan = self._series_plan(run, ctx)
         if not plan:
-            return
+            return plan, {}
         names = resolve_collisions(plan, metric_key)
         for path, key in names.items():
             if key != path:
@@ -370,6 +365,21 @@ class MlflowTarget:
             else:
                 retrying(lambda: self.client.log_text(run_id, text, "neptune/step_scale.json"))
             result.approx("series_with_scaled_steps", len(scales))
+        return plan, names
+
+    def _log_metrics(
+        self,
+        run_id: str,
+        run: ArchivedRun,
+        ctx: LoadContext,
+        checkpoint: dict[str, Any],
+        result: LoadResult,
+        staging: Path,
+        uploads: list[Future[None]],
+    ) -> None:
+        plan, names = self._prepare_metrics(run_id, run, ctx, result)
+        if not plan:
+            return
         done = int(checkpoint.get("metric_batches_done", 0))
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
         window: list[tuple[int, Future[None], int]] = []
@@ -428,37 +438,62 @@ class MlflowTarget:
 
     def _metric_batches(
         self, run: ArchivedRun, plan: dict[str, int], names: dict[str, str], fallback_ts: int, result: LoadResult
-    ) -> Iterator[list[Any]]:
+    ) -> Iterator[list[dict[str, Any]]]:
         """Second pass: metric batches of at most 1000, in the archive's own (deterministic) order."""
-        pending: list[Any] = []
+        pending: list[dict[str, Any]] = []
+        for cols in self._metric_columns(run, plan, names, fallback_ts, result):
+            keys = cols.keys()
+            start = 0
+            while start < cols.size:
+                # Slice the numpy columns first, so only the rows of one request become Python objects.
+                stop = min(cols.size, start + METRICS_PER_BATCH - len(pending))
+                pending.extend(
+                    {"key": k, "value": v, "timestamp": t, "step": s}
+                    for k, v, t, s in zip(
+                        keys[start:stop],
+                        cols.values[start:stop].tolist(),
+                        cols.timestamps[start:stop].tolist(),
+                        cols.steps[start:stop].tolist(),
+                        strict=True,
+                    )
+                )
+                start = stop
+                if len(pending) == METRICS_PER_BATCH:
+                    yield pending
+                    pending = []
+        if pending:
+            yield pending
+
+    def _metric_columns(
+        self, run: ArchivedRun, plan: dict[str, int], names: dict[str, str], fallback_ts: int, result: LoadResult
+    ) -> Iterator[MetricColumns]:
+        """The run's wanted float points as numpy columns, one archive batch at a time, in archive order."""
         cols = ["attribute_path", "step", "step_exact", "timestamp", "float_value"]
+        wanted = pa.array(list(plan), pa.string())
         for batch in run.batches(["float_series"], cols):
-            paths = batch.column("attribute_path")
-            keep = pc.is_in(paths, value_set=pa.array(list(plan), pa.string()))
+            keep = pc.is_in(batch.column("attribute_path"), value_set=wanted)
             batch = batch.filter(keep)
             if batch.num_rows == 0:
                 continue
             micros = decimal_micros(batch.column("step"))
-            exact_col = batch.column("step_exact")
-            exact = exact_col.to_pylist() if exact_col.null_count < batch.num_rows else None
             ts = timestamps_ms(batch.column("timestamp"), fallback_ts)
             if (ts < 0).any():
                 result.approx("negative_timestamp_clamped", int((ts < 0).sum()))
                 ts = np.maximum(ts, 0)
-            values = batch.column("float_value").to_numpy(zero_copy_only=False)
+            values = batch.column("float_value").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
             infinite = np.isinf(values)
             if infinite.any():
                 result.approx("inf_clamped_by_mlflow", int(infinite.sum()))
             negative_zero = (values == 0) & np.signbit(values)
             if negative_zero.any():
                 result.approx("negative_zero_stored_as_zero", int(negative_zero.sum()))
-            path_list = paths.filter(keep).to_pylist()
-            # Scale per series; group rows by series so the numpy work is vectorised.
+            # Dictionary codes group rows by series with integer compares, not string compares per series.
+            encoded = pc.dictionary_encode(batch.column("attribute_path"))
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
+            series = encoded.dictionary.to_pylist()
             steps = np.empty(len(micros), dtype=np.int64)
-            unique = set(path_list)
-            path_arr = np.array(path_list, dtype=object)
-            for path in unique:
-                mask = path_arr == path
+            for code, path in enumerate(series):
+                mask = codes == code
                 try:
                     steps[mask] = scale_micros(micros[mask], plan[path])
                 except OverflowError:
@@ -466,20 +501,16 @@ class MlflowTarget:
                         f"run {run.ref.key}: series {path!r} has steps beyond int64 after scaling by "
                         f"10^{plan[path]}"
                     ) from None
-            if exact is not None:
-                for i, value in enumerate(exact):
+            exact_col = batch.column("step_exact")
+            if exact_col.null_count < batch.num_rows:
+                for i, value in enumerate(exact_col.to_pylist()):
                     if value is not None:
+                        path = series[codes[i]]
                         try:
-                            steps[i] = scale_exact(value, plan[path_list[i]])
+                            steps[i] = scale_exact(value, plan[path])
                         except (OverflowError, ArithmeticError) as exc:
-                            raise ArchiveError(f"run {run.ref.key}: series {path_list[i]!r}: {exc}") from None
-            for path, value, t, step in zip(path_list, values.tolist(), ts.tolist(), steps.tolist(), strict=True):
-                pending.append({"key": names[path], "value": value, "timestamp": t, "step": step})
-                if len(pending) == METRICS_PER_BATCH:
-                    yield pending
-                    pending = []
-        if pending:
-            yield pending
+                            raise ArchiveError(f"run {run.ref.key}: series {path!r}: {exc}") from None
+            yield MetricColumns([names[p] for p in series], codes, values, ts, steps)
 
     # -- series kept as files ---------------------------------------------------------------------------
     def _log_text_series(
@@ -576,6 +607,24 @@ class MlflowTarget:
         retrying(
             lambda: self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
         )
+
+
+@dataclass
+class MetricColumns:
+    """Float points of one archive batch, ready for a target: `codes` index `series_keys` per row."""
+
+    series_keys: list[str]
+    codes: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
+    steps: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    def keys(self) -> list[str]:
+        return np.array(self.series_keys, dtype=object)[self.codes].tolist()
 
 
 def _json_metric(metric: dict[str, Any]) -> dict[str, Any]:

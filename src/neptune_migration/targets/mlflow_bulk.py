@@ -1,0 +1,249 @@
+"""Opt-in bulk path into an MLflow `sqlite:///` store that the user owns (docs/performance.md).
+
+Runs, params, tags, artifacts and termination go through MLflow's API exactly as in `MlflowTarget`; only the
+metric points are written with plain `executemany` into `metrics` and `latest_metrics`. MLflow's own store spends
+most of its time building SQLAlchemy objects per point, while the insert itself is cheap.
+
+Writing another program's tables is only safe for the schema we read: the store's `alembic_version` must be the
+revision this module was written for (MLflow 3.17.2), otherwise the target refuses to start. Every row follows
+`SqlAlchemyStore`: NaN is stored as value 0 with `is_nan` set, +-inf as +-max double, and `latest_metrics` keeps
+the point with the greatest (step, timestamp, value), the first one on a tie. After each run the points per key and
+the latest values are read back (latest values through `MlflowClient.get_run`) and compared.
+
+Resuming: `metrics`' primary key covers every column, so `INSERT OR IGNORE` makes a repeated point a no-op; the
+checkpoint counts archive rows whose transaction committed, and a rerun starts after them.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from concurrent.futures import Future
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..archive import ArchivedRun
+from ..archive.reader import to_ms
+from ..errors import TargetError
+from .base import LoadContext, LoadResult
+from .mlflow import MetricColumns, MlflowTarget, public_uri
+
+# alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
+SCHEMA_REVISION = "dc11669786a5"
+MAX_DOUBLE = 1.7976931348623157e308
+CHECKPOINT_KEY = "bulk_rows_done"
+
+_INSERT_METRICS = (
+    "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)"
+)
+# Same rule as SqlAlchemyStore._update_latest_metrics_if_necessary: replace only when strictly more recent.
+_UPSERT_LATEST = (
+    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
+    "step = excluded.step, is_nan = excluded.is_nan "
+    "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+)
+
+
+def sqlite_path(tracking_uri: str) -> Path:
+    if not tracking_uri.startswith("sqlite:///"):
+        raise TargetError(
+            f"the MLflow bulk path needs a sqlite:/// tracking URI (a database you own), not {public_uri(tracking_uri)}"
+        )
+    return Path(tracking_uri[len("sqlite:///") :])
+
+
+def schema_revision(db: Path) -> str | None:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as conn:
+        try:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.DatabaseError:
+            return None
+    return row[0] if row else None
+
+
+def check_schema(db: Path) -> None:
+    found = schema_revision(db)
+    if found != SCHEMA_REVISION:
+        raise TargetError(
+            f"MLflow bulk path refused: {db} has schema version {found or 'none'}, this tool writes only "
+            f"{SCHEMA_REVISION} (MLflow 3.17.2); load without the bulk option"
+        )
+
+
+class MlflowBulkTarget(MlflowTarget):
+    """`MlflowTarget` whose metric points go straight into the `sqlite:///` store's tables."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_by: str = "project",
+        experiment_prefix: str = "",
+        artifact_workers: int = 4,
+    ) -> None:
+        if tracking_uri is not None:
+            db = sqlite_path(tracking_uri)
+            # A store at another version must be refused before MLflow's client opens (and might migrate) it.
+            if db.exists() and db.stat().st_size > 0:
+                check_schema(db)
+        super().__init__(tracking_uri, experiment_by, experiment_prefix, artifact_workers)
+        self.db = sqlite_path(self.tracking_uri)
+        check_schema(self.db)
+
+    def _log_metrics(
+        self,
+        run_id: str,
+        run: ArchivedRun,
+        ctx: LoadContext,
+        checkpoint: dict[str, Any],
+        result: LoadResult,
+        staging: Path,
+        uploads: list[Future[None]],
+    ) -> None:
+        plan, names = self._prepare_metrics(run_id, run, ctx, result)
+        if not plan:
+            return
+        done = int(checkpoint.get(CHECKPOINT_KEY, 0))
+        fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
+        counts: dict[str, int] = {}
+        latest: dict[str, tuple[int, int, float, int]] = {}
+        offset = 0
+        with closing(sqlite3.connect(self.db, timeout=300, isolation_level=None)) as conn:
+            fresh = conn.execute("SELECT 1 FROM metrics WHERE run_uuid = ? LIMIT 1", (run_id,)).fetchone() is None
+            ignored = 0
+            for cols in self._metric_columns(run, plan, names, fallback_ts, result):
+                value, is_nan = _stored_values(cols.values)
+                _count(cols, counts)
+                _merge_latest(cols, value, is_nan, latest)
+                skip = min(max(done - offset, 0), cols.size)
+                offset += cols.size
+                if skip == cols.size:
+                    result.points += cols.size
+                    continue
+                rows = _rows(run_id, cols, value, is_nan, skip)
+                batch_latest: dict[str, tuple[int, int, float, int]] = {}
+                _merge_latest(cols, value, is_nan, batch_latest, skip)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    before = conn.total_changes
+                    conn.executemany(_INSERT_METRICS, rows)
+                    inserted = conn.total_changes - before
+                    conn.executemany(
+                        _UPSERT_LATEST,
+                        [(k, v, t, s, n, run_id) for k, (s, t, v, n) in batch_latest.items()],
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                ignored += len(rows) - inserted
+                n = cols.size - skip
+                result.points += skip + n
+                ctx.on_points(n)
+                checkpoint[CHECKPOINT_KEY] = offset
+                ctx.save_checkpoint(dict(checkpoint))
+            stored = dict(
+                conn.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run_id,)).fetchall()
+            )
+        self._verify(run, run_id, counts, latest, stored, ignored if fresh else None)
+
+    def _verify(
+        self,
+        run: ArchivedRun,
+        run_id: str,
+        counts: dict[str, int],
+        latest: dict[str, tuple[int, int, float, int]],
+        stored: dict[str, int],
+        ignored: int | None,
+    ) -> None:
+        """Points per key and the latest value per key as MLflow reports them, against what the archive holds."""
+        wrong = {k: (n, stored.get(k, 0)) for k, n in counts.items() if stored.get(k, 0) != n}
+        extra = sorted(set(stored) - set(counts))
+        if wrong and not extra and ignored is not None:
+            # Exact repeats inside the archive are dropped by the primary key, as they are over REST; on a fresh
+            # run every ignored row is such a repeat, so a shortfall of exactly that many is expected.
+            shortfall = sum(n - got for n, got in wrong.values())
+            if all(got < n for n, got in wrong.values()) and shortfall == ignored:
+                wrong = {}
+        if wrong or extra:
+            detail = ", ".join(f"{k}: {got} stored, {n} in the archive" for k, (n, got) in sorted(wrong.items())[:5])
+            if extra:
+                detail += f"; keys not in the archive: {extra[:5]}"
+            raise TargetError(f"run {run.ref.key}: bulk metric check failed ({detail})")
+        reported = {m.key: m for m in self.client.get_run(run_id).data._metric_objs}
+        for key, (step, timestamp, value, is_nan) in latest.items():
+            metric = reported.get(key)
+            got_nan = metric is not None and isinstance(metric.value, float) and math.isnan(metric.value)
+            if (
+                metric is None
+                or metric.step != step
+                or metric.timestamp != timestamp
+                or got_nan != bool(is_nan)
+                or (not is_nan and metric.value != value)
+            ):
+                raise TargetError(
+                    f"run {run.ref.key}: MLflow reports latest {key!r} as "
+                    f"{None if metric is None else (metric.step, metric.timestamp, metric.value)}, expected "
+                    f"{(step, timestamp, math.nan if is_nan else value)}"
+                )
+
+
+def _stored_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values as SqlAlchemyStore.sanitize_metric_value stores them: NaN as 0 with is_nan, +-inf as +-max double."""
+    nan = np.isnan(values)
+    stored = np.clip(values, -MAX_DOUBLE, MAX_DOUBLE)
+    stored[nan] = 0.0
+    return stored, nan.astype(np.int8)
+
+
+def _rows(run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, skip: int) -> list[tuple]:
+    keys = np.array(cols.series_keys, dtype=object)[cols.codes[skip:]].tolist()
+    n = len(keys)
+    return list(
+        zip(
+            keys,
+            value[skip:].tolist(),
+            cols.timestamps[skip:].tolist(),
+            cols.steps[skip:].tolist(),
+            is_nan[skip:].tolist(),
+            [run_id] * n,
+            strict=True,
+        )
+    )
+
+
+def _count(cols: MetricColumns, counts: dict[str, int]) -> None:
+    per_code = np.bincount(cols.codes, minlength=len(cols.series_keys))
+    for key, n in zip(cols.series_keys, per_code.tolist(), strict=True):
+        if n:
+            counts[key] = counts.get(key, 0) + n
+
+
+def _merge_latest(
+    cols: MetricColumns,
+    value: np.ndarray,
+    is_nan: np.ndarray,
+    latest: dict[str, tuple[int, int, float, int]],
+    skip: int = 0,
+) -> None:
+    """Fold rows [skip:] into `latest` {key: (step, timestamp, value, is_nan)}, the way MLflow does in order:
+    the greatest (step, timestamp, value) wins and, among equals, the earliest row."""
+    codes, steps, ts, vals, nans = (a[skip:] for a in (cols.codes, cols.steps, cols.timestamps, value, is_nan))
+    if len(codes) == 0:
+        return
+    # Sorting the reversed rows stably puts the earliest of equal rows last in each group.
+    rev = slice(None, None, -1)
+    order = np.lexsort((vals[rev], ts[rev], steps[rev], codes[rev]))
+    sorted_codes = codes[rev][order]
+    last = np.flatnonzero(np.append(sorted_codes[1:] != sorted_codes[:-1], True))
+    picks = (len(codes) - 1) - order[last]
+    for i in picks.tolist():
+        key = cols.series_keys[codes[i]]
+        candidate = (int(steps[i]), int(ts[i]), float(vals[i]), int(nans[i]))
+        current = latest.get(key)
+        if current is None or candidate[:3] > current[:3]:
+            latest[key] = candidate

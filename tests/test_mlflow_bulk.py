@@ -1,0 +1,188 @@
+"""The bulk MLflow path against real `sqlite:///` stores, read back through `MlflowClient`."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from neptune_migration.archive import Archive, ArchiveWriter
+from neptune_migration.errors import TargetError
+from neptune_migration.ledger import Ledger
+from neptune_migration.model import RunRef
+from neptune_migration.pipeline import load
+from neptune_migration.progress import Tracker
+from neptune_migration.samples import write_nasty_archive
+from neptune_migration.selection import Selection
+from neptune_migration.targets.mlflow import MlflowTarget
+from neptune_migration.targets.mlflow_bulk import SCHEMA_REVISION, MlflowBulkTarget
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _load(archive: Path, target: MlflowTarget, state: Path) -> object:
+    target.check()
+    with Ledger(state) as ledger:
+        try:
+            return load(Archive(archive), target, Selection(), ledger,
+                        lambda n: Tracker("t", n, Console(quiet=True), enabled=False), workers=2)
+        finally:
+            target.close()
+
+
+def _edge_archive(root: Path) -> Path:
+    """Ties that decide MLflow's latest value, exact repeats, and series that cross transaction boundaries."""
+    writer = ArchiveWriter(root, rows_per_batch=30_000)
+    with writer.run(RunRef("bulk/edge", "EDGE-1")) as w:
+        w.add_atom("sys/creation_time", "datetime", T0)
+        # Same step: the later timestamp wins; same step and timestamp: the larger value; NaN counts as 0 and
+        # loses a tie against an earlier 0.0.
+        w.add_series("ties/ts", "float_series", [5, 5, 5, 1], [T0 + timedelta(seconds=s) for s in (1, 3, 2, 9)],
+                     [1.0, 2.0, 3.0, 4.0])
+        w.add_series("ties/value", "float_series", [7, 7, 7], [T0] * 3, [2.0, 9.0, -1.0])
+        w.add_series("ties/nan", "float_series", [3, 3], [T0] * 2, [0.0, math.nan])
+        w.add_series("ties/nan_first", "float_series", [3, 3], [T0] * 2, [math.nan, 0.0])
+        w.add_series("repeat", "float_series", [1, 1, 2], [T0, T0, T0], [0.5, 0.5, 0.5])
+        n = 40_000
+        w.add_series("long/a", "float_series", list(range(n)), [T0 + timedelta(milliseconds=i) for i in range(n)],
+                     [math.sin(i) * 1e-3 for i in range(n)])
+        w.add_series("long/b", "float_series", [i * 0.5 for i in range(n)], [None] * n,
+                     [float(i % 97) for i in range(n)])
+    return root
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple]:
+    points = client.get_metric_history(run_id, key)
+    # NaN != NaN, so compare NaN by name; every other value bit-exactly through repr.
+    return sorted((m.step, m.timestamp, "nan" if math.isnan(m.value) else repr(m.value)) for m in points)
+
+
+def _snapshot(uri: str) -> dict[str, dict]:
+    client = MlflowClient(uri)
+    out = {}
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100):
+        data = run.data
+        latest = {m.key: (m.step, m.timestamp, "nan" if math.isnan(m.value) else repr(m.value))
+                  for m in data._metric_objs}
+        out[data.tags["neptune.run_key"]] = {
+            "history": {k: _history(client, run.info.run_id, k) for k in sorted(data.metrics)},
+            "latest": latest,
+            "params": data.params,
+            "tags": {k: v for k, v in data.tags.items() if k != "mlflow.parentRunId"},
+            # end_time is "now" for runs without a ping or modification time, so it differs between loads.
+            "status": (run.info.status, run.info.start_time),
+        }
+    return out
+
+
+def test_bulk_reads_back_like_log_batch(tmp_path: Path) -> None:
+    nasty = write_nasty_archive(tmp_path / "nasty", rows_per_part=700)
+    edge = _edge_archive(tmp_path / "edge")
+    for archive in (nasty, edge):
+        name = archive.name
+        plain_uri = f"sqlite:///{tmp_path / name / 'plain' / 'mlflow.db'}"
+        bulk_uri = f"sqlite:///{tmp_path / name / 'bulk' / 'mlflow.db'}"
+        plain = _load(archive, MlflowTarget(plain_uri), tmp_path / f"{name}-plain.db")
+        bulk = _load(archive, MlflowBulkTarget(bulk_uri), tmp_path / f"{name}-bulk.db")
+        assert not plain.failed and not bulk.failed
+        want, got = _snapshot(plain_uri), _snapshot(bulk_uri)
+        assert want.keys() == got.keys() and want
+        for key in want:
+            assert got[key] == want[key], key
+    edge_run = got["bulk/edge/EDGE-1"]
+    assert edge_run["latest"]["ties/ts"] == (5, int((T0 + timedelta(seconds=3)).timestamp() * 1000), "2.0")
+    assert edge_run["latest"]["ties/value"][2] == "9.0"
+    assert edge_run["latest"]["ties/nan"][2] == "0.0" and edge_run["latest"]["ties/nan_first"][2] == "nan"
+    assert len(edge_run["history"]["repeat"]) == 2
+    assert len(edge_run["history"]["long/b"]) == 40_000
+
+
+def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    MlflowBulkTarget(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_REVISION
+        conn.execute("UPDATE alembic_version SET version_num = 'f5a4f2784254'")
+    with pytest.raises(TargetError) as err:
+        MlflowBulkTarget(f"sqlite:///{db}")
+    message = str(err.value)
+    assert "\n" not in message and "f5a4f2784254" in message and SCHEMA_REVISION in message
+    with pytest.raises(TargetError, match="sqlite:///"):
+        MlflowBulkTarget("http://127.0.0.1:5000")
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from rich.console import Console
+from neptune_migration.archive import Archive
+from neptune_migration.ledger import Ledger
+from neptune_migration.pipeline import load
+from neptune_migration.progress import Tracker
+from neptune_migration.selection import Selection
+from neptune_migration.targets.mlflow_bulk import MlflowBulkTarget
+
+target = MlflowBulkTarget(sys.argv[2])
+with Ledger(Path(sys.argv[3])) as ledger:
+    summary = load(Archive(Path(sys.argv[1])), target, Selection(), ledger,
+                   lambda n: Tracker("t", n, Console(quiet=True), enabled=False), workers=1)
+target.close()
+sys.exit(1 if summary.failed else 0)
+"""
+
+
+def _stored_points(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_then_rerun_stores_every_point_once(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    writer = ArchiveWriter(archive, rows_per_batch=10_000)
+    n = 60_000
+    with writer.run(RunRef("bulk/kill", "KILL-1")) as w:
+        w.add_atom("sys/creation_time", "datetime", T0)
+        for s in range(4):
+            w.add_series(f"m/{s}", "float_series", list(range(n)), [T0 + timedelta(milliseconds=i) for i in range(n)],
+                         [float(i * (s + 1)) for i in range(n)])
+    db = tmp_path / "store" / "mlflow.db"
+    uri, state = f"sqlite:///{db}", tmp_path / "state.db"
+    cmd = [sys.executable, "-c", _CHILD, str(archive), uri, str(state)]
+    child = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while _stored_points(db) == 0 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, "the load finished before it could be killed; make the archive bigger"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    partial = _stored_points(db)
+    assert 0 < partial < 4 * n
+    assert subprocess.run(cmd, timeout=120).returncode == 0
+    assert subprocess.run(cmd, timeout=120).returncode == 0  # a third pass over a complete run adds nothing
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.tags["neptune.migration.state"] == "complete"
+    run_id = runs[0].info.run_id
+    with sqlite3.connect(db) as conn:
+        per_key = dict(conn.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run_id,)))
+        distinct = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT key, step FROM metrics WHERE run_uuid = ?)", (run_id,)
+        ).fetchone()[0]
+    assert per_key == {f"m/{s}": n for s in range(4)} and distinct == 4 * n
+    history = client.get_metric_history(run_id, "m/3")
+    assert sorted((m.step, m.value) for m in history) == [(i, float(i * 4)) for i in range(n)]
+    assert runs[0].data.metrics == {f"m/{s}": float((n - 1) * (s + 1)) for s in range(4)}
