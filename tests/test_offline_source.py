@@ -616,6 +616,15 @@ def test_cli_discover_and_migrate(written: dict[str, Any], tmp_path: Path, mlflo
     assert len(missing) == 2, first.stdout  # one per run whose logged-by-path file was moved away
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "runs already loaded (skipped)" in again.stdout
+    offline = run_cli("migrate", "--from", "neptune-offline", root, "--to", "wandb-offline", "--wandb-dir",
+                      str(tmp_path / "wb"), "--archive", str(tmp_path / "a"), "--state", str(tmp_path / "s.db"),
+                      "--report-dir", str(tmp_path / "report-wb"), "--no-progress", cwd=tmp_path,
+                      env={"WANDB_DIR": str(tmp_path / "wbdir"), "WANDB_CONFIG_DIR": str(tmp_path / "wbcfg"),
+                           "WANDB_CACHE_DIR": str(tmp_path / "wbcache"), "WANDB_DATA_DIR": str(tmp_path / "wbdata")})
+    assert offline.returncode == 0, offline.stdout[-3000:] + offline.stderr[-3000:]
+    assert "wandb sync" in offline.stdout
+    report = json.loads((tmp_path / "report-wb" / "report.json").read_text())
+    assert report["totals"]["runs_validated"] == 4 and report["totals"]["mismatches"] == 0
 
 
 def test_user_folders_are_byte_identical_afterwards(written: dict[str, Any], exported: dict[str, Any]) -> None:
