@@ -24,6 +24,9 @@ from .selection import Selection
 app = typer.Typer(
     name="neptune-migrate",
     help="Move Neptune experiment history into MLflow or Weights & Biases, and prove nothing was lost.",
+    epilog="Tokens are read from the environment (NEPTUNE_API_TOKEN or --api-token-file FILE, WANDB_API_KEY, "
+    "MLFLOW_TRACKING_TOKEN / MLFLOW_TRACKING_PASSWORD) and never printed, logged or stored. "
+    "Try it without a server: neptune-migrate demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
