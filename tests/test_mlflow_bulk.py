@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -186,3 +187,25 @@ def test_sigkill_then_rerun_stores_every_point_once(tmp_path: Path) -> None:
     history = client.get_metric_history(run_id, "m/3")
     assert sorted((m.step, m.value) for m in history) == [(i, float(i * 4)) for i in range(n)]
     assert runs[0].data.metrics == {f"m/{s}": float((n - 1) * (s + 1)) for s in range(4)}
+
+
+def test_string_series_stream_to_artifacts_in_step_order(tmp_path: Path) -> None:
+    """Rows of a series may come in any order in an archive; the artifact lists them by step (ties in archive
+    order), and a value holding a Unicode line separator stays one line."""
+    writer = ArchiveWriter(tmp_path / "archive", rows_per_batch=2)
+    with writer.run(RunRef("bulk/text", "TEXT-1")) as w:
+        w.add_atom("sys/creation_time", "datetime", T0)
+        w.add_series("logs/out", "string_series", [3, 1, 2], [T0] * 3, ["three", "one\u2028sep", "two a"])
+        w.add_series("logs/in_order", "string_series", [0, 1], [T0] * 2, ["a", "b"])
+        w.add_series("logs/out", "string_series", [2, 0.5], [T0] * 2, ["two b", "half"])
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    assert not _load(tmp_path / "archive", MlflowBulkTarget(uri), tmp_path / "state.db").failed
+    client = MlflowClient(uri)
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    local = Path(client.download_artifacts(run.info.run_id, "logs", str(tmp_path / "dl")))
+    out = [json.loads(x) for x in (local / "out.jsonl").read_bytes().split(b"\n")[:-1]]
+    assert [(x["step"], x["value"]) for x in out] == [
+        (0.5, "half"), (1, "one\u2028sep"), (2, "two a"), (2, "two b"), (3, "three")
+    ]
+    assert [x["value"] for x in map(json.loads, (local / "in_order.jsonl").read_text().split("\n")[:-1])] == ["a", "b"]
+    assert sorted(p.name for p in local.iterdir()) == ["in_order.jsonl", "out.jsonl"]

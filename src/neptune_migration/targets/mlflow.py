@@ -516,36 +516,57 @@ class MlflowTarget:
     def _log_text_series(
         self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult, staging: Path, uploads: list
     ) -> None:
-        """String and histogram series become one JSON-lines artifact each: step, timestamp, value per line."""
+        """String and histogram series become one JSON-lines artifact each: step, timestamp, value per line.
+
+        Rows stream from the archive straight into one file per series, in step order: a series whose rows
+        arrive out of step order (any order is allowed in an archive) is sorted afterwards on its own, so memory
+        never holds more than one such series, and never the whole run.
+        """
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp"]
         cols += ["string_value", "histogram_value"]
-        table = run.table(["string_series", "histogram_series"], cols)
-        if table.num_rows == 0:
-            return
-        table = table.sort_by([("attribute_path", "ascending"), ("step", "ascending")])
-        handles: dict[str, Any] = {}
-        rows = table.to_pylist()
-        for row in rows:
-            path, type_ = row["attribute_path"], row["attribute_type"]
-            if not ctx.wants_attribute(path, type_):
-                continue
-            if path not in handles:
-                local = staging / "series" / short_hash(path, 16) / _series_file_name(path)
-                local.parent.mkdir(parents=True, exist_ok=True)
-                handles[path] = (open(local, "w", encoding="utf-8"), local)  # noqa: SIM115
-            step = row["step_exact"] if row["step_exact"] is not None else row["step"]
-            value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
-            line = {
-                "step": _json_number(step),
-                "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
-                "value": value,
-            }
-            handles[path][0].write(json.dumps(line, ensure_ascii=False, allow_nan=True) + "\n")
-            result.approx("series_points_in_artifacts")
-        for path, (fh, local) in handles.items():
-            fh.close()
-            artifact_dir = _artifact_dir(path, parent_only=True)
-            uploads.append(self._upload(run_id, local, artifact_dir, ctx, result))
+        handles: dict[str, tuple[Any, Path, Any]] = {}
+        last_step: dict[str, int] = {}
+        unordered: set[str] = set()
+        try:
+            for batch in run.batches(["string_series", "histogram_series"], cols):
+                micros = decimal_micros(batch.column("step")).tolist()
+                for row, step_key in zip(batch.to_pylist(), micros, strict=True):
+                    path, type_ = row["attribute_path"], row["attribute_type"]
+                    if not ctx.wants_attribute(path, type_):
+                        continue
+                    if path not in handles:
+                        local = staging / "series" / short_hash(path, 16) / _series_file_name(path)
+                        local.parent.mkdir(parents=True, exist_ok=True)
+                        # Sort keys go to a side file so a disordered series can be re-sorted exactly later.
+                        handles[path] = (
+                            open(local, "w", encoding="utf-8"),  # noqa: SIM115
+                            local,
+                            open(local.with_suffix(".keys"), "wb"),  # noqa: SIM115
+                        )
+                    if step_key < last_step.get(path, step_key):
+                        unordered.add(path)
+                    last_step[path] = step_key
+                    step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                    value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
+                    line = {
+                        "step": _json_number(step),
+                        "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
+                        "value": value,
+                    }
+                    fh, _local, keys = handles[path]
+                    fh.write(json.dumps(line, ensure_ascii=False, allow_nan=True) + "\n")
+                    keys.write(step_key.to_bytes(8, "little", signed=True))
+                    result.approx("series_points_in_artifacts")
+        finally:
+            for fh, _local, keys in handles.values():
+                fh.close()
+                keys.close()
+        for path in sorted(handles):
+            local = handles[path][1]
+            if path in unordered:
+                _sort_lines(local, local.with_suffix(".keys"))
+            local.with_suffix(".keys").unlink()
+            uploads.append(self._upload(run_id, local, _artifact_dir(path, parent_only=True), ctx, result))
 
     # -- files --------------------------------------------------------------------------------------------
     def _log_files(
@@ -633,6 +654,16 @@ def _json_metric(metric: dict[str, Any]) -> dict[str, Any]:
         # MLflow's REST API spells non-finite doubles the protobuf-JSON way.
         metric = dict(metric, value="NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity"))
     return metric
+
+
+def _sort_lines(local: Path, keys_file: Path) -> None:
+    """Rewrite a JSON-lines file in step order; equal steps keep their archive order (a stable sort)."""
+    keys = np.fromfile(keys_file, dtype="<i8")
+    # Split on b"\n" only: values may hold U+2028 or NEL, which str.splitlines would also split on.
+    lines = local.read_bytes().split(b"\n")[:-1]
+    order = np.argsort(keys, kind="stable")
+    with open(local, "wb") as fh:
+        fh.writelines(lines[i] + b"\n" for i in order.tolist())
 
 
 def _tag_value(text: str) -> str:

@@ -16,8 +16,10 @@ checkpoint counts archive rows whose transaction committed, and a rerun starts a
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import closing
 from pathlib import Path
@@ -140,8 +142,8 @@ class MlflowBulkTarget(MlflowTarget):
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-                ignored += len(rows) - inserted
                 n = cols.size - skip
+                ignored += n - inserted
                 result.points += skip + n
                 ctx.on_points(n)
                 checkpoint[CHECKPOINT_KEY] = offset
@@ -200,19 +202,18 @@ def _stored_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return stored, nan.astype(np.int8)
 
 
-def _rows(run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, skip: int) -> list[tuple]:
-    keys = np.array(cols.series_keys, dtype=object)[cols.codes[skip:]].tolist()
-    n = len(keys)
-    return list(
-        zip(
-            keys,
-            value[skip:].tolist(),
-            cols.timestamps[skip:].tolist(),
-            cols.steps[skip:].tolist(),
-            is_nan[skip:].tolist(),
-            [run_id] * n,
-            strict=True,
-        )
+def _rows(
+    run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, skip: int
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for executemany, made one at a time as SQLite consumes them (no list of a batch's tuples)."""
+    keys = np.array(cols.series_keys, dtype=object)[cols.codes[skip:]]
+    return zip(
+        keys.tolist(),
+        value[skip:].tolist(),
+        cols.timestamps[skip:].tolist(),
+        cols.steps[skip:].tolist(),
+        is_nan[skip:].tolist(),
+        itertools.repeat(run_id),
     )
 
 
