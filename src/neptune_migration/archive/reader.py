@@ -197,6 +197,7 @@ class Archive:
                 parts[int(m.group("n"))] = p
         if 0 not in parts:
             return None
+        _refuse_gaps(project_dir, folder_name(ref.run_id), parts)
         files_dir = self.files_root / project_dir.name if self.files_root else None
         return ArchivedRun(ref, [parts[n] for n in sorted(parts)], project_dir, files_dir)
 
@@ -219,12 +220,25 @@ class Archive:
                 if 0 not in parts:
                     incomplete.append(IncompleteRun(project_dir, run_folder, ordered))
                     continue
+                _refuse_gaps(project_dir, run_folder, parts)
                 ref = _run_ref(parts[0], ordered)
                 if ref is None:
                     continue  # an empty part_0 with no rows at all: nothing to identify or load
                 runs.append(ArchivedRun(ref, ordered, project_dir, files_dir))
         runs.sort(key=lambda r: r.ref)
         return ArchiveScan(runs, incomplete)
+
+
+def _refuse_gaps(project_dir: Path, run_folder: str, parts: dict[int, Path]) -> None:
+    """A committed run whose parts are not numbered 0..N without a hole lost a part after it was written (a
+    deleted or half-copied file). Loading the rest would migrate half a run and call it whole."""
+    missing = sorted(set(range(max(parts) + 1)) - set(parts))
+    if missing:
+        raise ArchiveError(
+            f"run {project_dir.name}/{run_folder} is missing part(s) {', '.join(map(str, missing))} "
+            f"(present: {', '.join(map(str, sorted(parts)))}); refusing to load part of a run: re-export it "
+            "or restore the missing file"
+        )
 
 
 def _open(path: Path) -> pq.ParquetFile:
