@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from .archive import Archive, ArchiveWriter
 from .ledger import Ledger
-from .model import RunRef
+from .model import RunRef, folder_name
 from .pipeline import LOAD, LoadSummary, RunOutcome, _load_one
 from .progress import Tracker
 from .secrets import redact
@@ -149,6 +149,10 @@ def migrate(
     exported = ExportSummary(writer.root, listed=len(runs))
     loaded = LoadSummary(target=target.canonical)
     writer.data_root.mkdir(parents=True, exist_ok=True)  # so the archive is read as an archive root
+    for project in source.projects:
+        # A selected project with no runs still gets its (empty) folder: the archive then reads as "nothing to
+        # validate" instead of "not an archive", and migrating an empty project succeeds.
+        (writer.data_root / folder_name(project)).mkdir(exist_ok=True)
     archive = Archive(writer.root)
     lock = threading.Lock()
 

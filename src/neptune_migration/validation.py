@@ -190,6 +190,10 @@ def validate(
     from .pipeline import select_runs
 
     started = time.monotonic()
+    if only is not None and not only:
+        # Nothing was migrated (an empty project): no run to read back, and the selection's projects cannot be
+        # looked up in an archive that holds no run of them.
+        return ValidationSummary(getattr(target, "canonical", str(target)), incomplete=[], not_selected=0)
     runs, incomplete, not_selected = select_runs(archive, selection)
     if only is not None:
         wanted = set(only)
