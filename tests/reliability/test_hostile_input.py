@@ -218,15 +218,13 @@ def test_steps_beyond_int64_after_scaling(tmp_path: Path, mlflow_server: Any, pr
         w.add_atom("sys/creation_time", "datetime", T0)
         w.add_series("metrics/huge", "float_series", [0.5, 9.0e18], [T0, T0 + timedelta(seconds=1)], [1.0, 2.0])
     result = _load(tmp_path / "a", tmp_path, mlflow_server.uri, prefix)
-    assert "Traceback" not in result.stderr + result.stdout
-    if result.returncode == 0:
-        checked = _validate(tmp_path / "a", tmp_path, mlflow_server.uri, prefix)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        report = read_report(tmp_path / "report")
-        # the point survives only as a documented approximation, never silently wrong
-        assert report["totals"]["mismatches"] == 0 and report["totals"]["approximations"] > 0, report
-    else:
-        assert "HUGE-1" in result.stdout and "int64" in result.stdout + result.stderr, result.stdout
+    # Refused, never truncated or wrapped: the run fails with the reason, the command exits non-zero.
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert "failed ws/steps/HUGE-1" in result.stdout and "beyond int64" in result.stdout, result.stdout
+    checked = _validate(tmp_path / "a", tmp_path, mlflow_server.uri, prefix)
+    assert checked.returncode != 0, "validation must not call the refused run fine"
+    report = read_report(tmp_path / "report")
+    assert report["totals"]["runs_validated"] == 0 and report["totals"]["runs_failed"] == 1, report["totals"]
 
 
 # -- source side: an empty project, a full disk -------------------------------------------------------------------
