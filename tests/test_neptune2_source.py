@@ -210,7 +210,8 @@ def test_migrate_from_neptune2_to_mlflow(sandbox: Any, tmp_path: Path, mlflow_se
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server.uri)
-    exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
+    # The project's runs; its model versions have an experiment of their own (`<project>/models`).
+    exps = [e.experiment_id for e in client.search_experiments() if e.name == prefix + DEMO]
     runs = {r.info.run_name: r for r in client.search_runs(exps)}
     assert sorted(runs) == sorted(_model_runs(sandbox, DEMO))
     first = runs["DEMO-1"]

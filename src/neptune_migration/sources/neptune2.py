@@ -216,7 +216,9 @@ class Neptune2Source:
         try:
             handle = neptune.init_project(project=project, mode="read-only", api_token=self.token)
             try:
-                models = handle.fetch_models_table(columns=["sys/id"], progress_bar=False).to_pandas()
+                # Sorting by the one requested column also keeps the client happy when the table is empty.
+                models = handle.fetch_models_table(columns=["sys/id"], sort_by="sys/id", ascending=True,
+                                                   progress_bar=False).to_pandas()
             finally:
                 handle.stop()
             for model_id in sorted(models["sys/id"].tolist() if "sys/id" in models else []):
@@ -224,7 +226,8 @@ class Neptune2Source:
                 model = neptune.init_model(project=project, with_id=model_id, mode="read-only",
                                            api_token=self.token)
                 try:
-                    versions = model.fetch_model_versions_table(columns=["sys/id"], progress_bar=False).to_pandas()
+                    versions = model.fetch_model_versions_table(columns=["sys/id"], sort_by="sys/id",
+                                                                ascending=True, progress_bar=False).to_pandas()
                 finally:
                     model.stop()
                 for version_id in sorted(versions["sys/id"].tolist() if "sys/id" in versions else []):
