@@ -24,7 +24,9 @@ from pathlib import Path
 import psutil
 
 SERIES = 10
-CHUNK = 200_000
+# Rows per add_series call = rows per parquet row group, like the exporter's default batches; the reader decodes
+# one row group at a time, so that (not the run) bounds the memory of reading.
+CHUNK = 50_000
 
 _CHILD = """
 import json, sys, time

@@ -25,6 +25,7 @@ from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
+from neptune_migration.targets import mlflow_bulk
 from neptune_migration.targets.mlflow import MlflowTarget
 from neptune_migration.targets.mlflow_bulk import SCHEMA_REVISION, MlflowBulkTarget
 
@@ -43,7 +44,7 @@ def _load(archive: Path, target: MlflowTarget, state: Path) -> object:
 
 def _edge_archive(root: Path) -> Path:
     """Ties that decide MLflow's latest value, exact repeats, and series that cross transaction boundaries."""
-    writer = ArchiveWriter(root, rows_per_batch=30_000)
+    writer = ArchiveWriter(root, rows_per_batch=20_000)
     with writer.run(RunRef("bulk/edge", "EDGE-1")) as w:
         w.add_atom("sys/creation_time", "datetime", T0)
         # Same step: the later timestamp wins; same step and timestamp: the larger value; NaN counts as 0 and
@@ -54,7 +55,7 @@ def _edge_archive(root: Path) -> Path:
         w.add_series("ties/nan", "float_series", [3, 3], [T0] * 2, [0.0, math.nan])
         w.add_series("ties/nan_first", "float_series", [3, 3], [T0] * 2, [math.nan, 0.0])
         w.add_series("repeat", "float_series", [1, 1, 2], [T0, T0, T0], [0.5, 0.5, 0.5])
-        n = 40_000
+        n = 25_000
         w.add_series("long/a", "float_series", list(range(n)), [T0 + timedelta(milliseconds=i) for i in range(n)],
                      [math.sin(i) * 1e-3 for i in range(n)])
         w.add_series("long/b", "float_series", [i * 0.5 for i in range(n)], [None] * n,
@@ -86,7 +87,9 @@ def _snapshot(uri: str) -> dict[str, dict]:
     return out
 
 
-def test_bulk_reads_back_like_log_batch(tmp_path: Path) -> None:
+def test_bulk_reads_back_like_log_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several transactions per archive batch, so latest_metrics is folded across transaction boundaries.
+    monkeypatch.setattr(mlflow_bulk, "ROWS_PER_TRANSACTION", 7_000)
     nasty = write_nasty_archive(tmp_path / "nasty", rows_per_part=700)
     edge = _edge_archive(tmp_path / "edge")
     for archive in (nasty, edge):
@@ -105,7 +108,7 @@ def test_bulk_reads_back_like_log_batch(tmp_path: Path) -> None:
     assert edge_run["latest"]["ties/value"][2] == "9.0"
     assert edge_run["latest"]["ties/nan"][2] == "0.0" and edge_run["latest"]["ties/nan_first"][2] == "nan"
     assert len(edge_run["history"]["repeat"]) == 2
-    assert len(edge_run["history"]["long/b"]) == 40_000
+    assert len(edge_run["history"]["long/b"]) == 25_000
 
 
 def test_other_schema_version_is_refused(tmp_path: Path) -> None:
@@ -153,7 +156,7 @@ def _stored_points(db: Path) -> int:
 def test_sigkill_then_rerun_stores_every_point_once(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     writer = ArchiveWriter(archive, rows_per_batch=10_000)
-    n = 60_000
+    n = 40_000
     with writer.run(RunRef("bulk/kill", "KILL-1")) as w:
         w.add_atom("sys/creation_time", "datetime", T0)
         for s in range(4):

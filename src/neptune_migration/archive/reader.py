@@ -99,8 +99,11 @@ class ArchivedRun:
             need_null_check = types is None or any(t in ATOM_TYPES for t in types)
             if need_null_check:
                 read_cols += [c for c in _VALUE_COLUMNS if c in present and c not in read_cols]
+            groups = _row_groups_with(pf, sorted(set(types))) if types is not None else None
+            if groups == []:
+                continue
             try:
-                for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols):
+                for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols, row_groups=groups):
                     batch = _filter(batch, type_filter, need_null_check)
                     if batch.num_rows == 0:
                         continue
@@ -108,6 +111,10 @@ class ArchivedRun:
                     yield batch
             except (OSError, pa.ArrowException) as exc:
                 raise ArchiveError(f"cannot read {part}: {_one_line(exc)}") from None
+            finally:
+                # The allocator keeps freed pages of decoded row groups; hand them back so a big run's peak
+                # memory stays that of one row group, not of every column read so far.
+                pa.default_memory_pool().release_unused()
 
     def table(self, types: Iterable[str] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         cols = list(columns) if columns is not None else list(ARCHIVE_SCHEMA.names)
@@ -246,6 +253,31 @@ def _open(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise ArchiveError(f"corrupt or unreadable parquet file {path}: {_one_line(exc)}") from None
+
+
+def _row_groups_with(pf: pq.ParquetFile, types: list[str]) -> list[int] | None:
+    """Row groups that may hold rows of the given attribute types, judged by the column's min/max statistics.
+
+    Reading atoms (a few rows) out of a run of millions of series points otherwise decodes every row group.
+    None means "all" (no usable statistics).
+    """
+    meta = pf.metadata
+    # Statistics are per leaf column of the parquet schema, where nested columns count several leaves.
+    leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    if "attribute_type" not in leaves:
+        return None
+    col = leaves.index("attribute_type")
+    keep = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        low, high = stats.min, stats.max
+        if isinstance(low, bytes) or isinstance(high, bytes):
+            return None
+        if any(low <= t <= high for t in types):
+            keep.append(i)
+    return keep
 
 
 def _run_ref(part0: Path, parts: list[Path]) -> RunRef | None:

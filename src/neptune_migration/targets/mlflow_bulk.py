@@ -37,6 +37,7 @@ from .mlflow import MetricColumns, MlflowTarget, public_uri
 SCHEMA_REVISION = "dc11669786a5"
 MAX_DOUBLE = 1.7976931348623157e308
 CHECKPOINT_KEY = "bulk_rows_done"
+ROWS_PER_TRANSACTION = 20_000
 
 _INSERT_METRICS = (
     "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)"
@@ -122,36 +123,45 @@ class MlflowBulkTarget(MlflowTarget):
                 _count(cols, counts)
                 _merge_latest(cols, value, is_nan, latest)
                 skip = min(max(done - offset, 0), cols.size)
+                result.points += skip
+                for start in range(skip, cols.size, ROWS_PER_TRANSACTION):
+                    stop = min(cols.size, start + ROWS_PER_TRANSACTION)
+                    ignored += self._insert(conn, run_id, cols, value, is_nan, start, stop)
+                    result.points += stop - start
+                    ctx.on_points(stop - start)
+                    checkpoint[CHECKPOINT_KEY] = offset + stop
+                    ctx.save_checkpoint(dict(checkpoint))
                 offset += cols.size
-                if skip == cols.size:
-                    result.points += cols.size
-                    continue
-                rows = _rows(run_id, cols, value, is_nan, skip)
-                batch_latest: dict[str, tuple[int, int, float, int]] = {}
-                _merge_latest(cols, value, is_nan, batch_latest, skip)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    before = conn.total_changes
-                    conn.executemany(_INSERT_METRICS, rows)
-                    inserted = conn.total_changes - before
-                    conn.executemany(
-                        _UPSERT_LATEST,
-                        [(k, v, t, s, n, run_id) for k, (s, t, v, n) in batch_latest.items()],
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                n = cols.size - skip
-                ignored += n - inserted
-                result.points += skip + n
-                ctx.on_points(n)
-                checkpoint[CHECKPOINT_KEY] = offset
-                ctx.save_checkpoint(dict(checkpoint))
             stored = dict(
                 conn.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run_id,)).fetchall()
             )
         self._verify(run, run_id, counts, latest, stored, ignored if fresh else None)
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        run_id: str,
+        cols: MetricColumns,
+        value: np.ndarray,
+        is_nan: np.ndarray,
+        start: int,
+        stop: int,
+    ) -> int:
+        """Rows [start:stop) and their effect on latest_metrics in one transaction; returns rows ignored as
+        exact repeats. Short transactions keep MLflow's own writers (tags, other runs) from waiting long."""
+        batch_latest: dict[str, tuple[int, int, float, int]] = {}
+        _merge_latest(cols, value, is_nan, batch_latest, start, stop)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            conn.executemany(_INSERT_METRICS, _rows(run_id, cols, value, is_nan, start, stop))
+            inserted = conn.total_changes - before
+            conn.executemany(_UPSERT_LATEST, [(k, v, t, s, n, run_id) for k, (s, t, v, n) in batch_latest.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return (stop - start) - inserted
 
     def _verify(
         self,
@@ -203,16 +213,17 @@ def _stored_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rows(
-    run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, skip: int
+    run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, start: int, stop: int
 ) -> Iterator[tuple[Any, ...]]:
-    """Rows for executemany, made one at a time as SQLite consumes them (no list of a batch's tuples)."""
-    keys = np.array(cols.series_keys, dtype=object)[cols.codes[skip:]]
+    """Rows for executemany, made one at a time as SQLite consumes them (no list of tuples)."""
+    part = slice(start, stop)
+    keys = np.array(cols.series_keys, dtype=object)[cols.codes[part]]
     return zip(
         keys.tolist(),
-        value[skip:].tolist(),
-        cols.timestamps[skip:].tolist(),
-        cols.steps[skip:].tolist(),
-        is_nan[skip:].tolist(),
+        value[part].tolist(),
+        cols.timestamps[part].tolist(),
+        cols.steps[part].tolist(),
+        is_nan[part].tolist(),
         itertools.repeat(run_id),
     )
 
@@ -229,11 +240,12 @@ def _merge_latest(
     value: np.ndarray,
     is_nan: np.ndarray,
     latest: dict[str, tuple[int, int, float, int]],
-    skip: int = 0,
+    start: int = 0,
+    stop: int | None = None,
 ) -> None:
-    """Fold rows [skip:] into `latest` {key: (step, timestamp, value, is_nan)}, the way MLflow does in order:
+    """Fold rows [start:stop) into `latest` {key: (step, timestamp, value, is_nan)}, the way MLflow does in order:
     the greatest (step, timestamp, value) wins and, among equals, the earliest row."""
-    codes, steps, ts, vals, nans = (a[skip:] for a in (cols.codes, cols.steps, cols.timestamps, value, is_nan))
+    codes, steps, ts, vals, nans = (a[start:stop] for a in (cols.codes, cols.steps, cols.timestamps, value, is_nan))
     if len(codes) == 0:
         return
     # Sorting the reversed rows stably puts the earliest of equal rows last in each group.

@@ -1,0 +1,119 @@
+"""Archive -> MLflow `sqlite:///`: the bulk path beside MLflow's own store, same archive, same machine.
+
+    .venv/bin/python bench/bench_mlflow_bulk.py [--runs 10] [--points 100000] [--modes bulk,sqlite]
+
+Writes an archive (runs x points over 4 float series), then loads it into a fresh `sqlite:///` store per mode,
+each in a child process whose peak RSS is polled with psutil:
+  - sqlite: `MlflowTarget` on the database URL (MlflowClient.log_batch -> SqlAlchemyStore), the in-process path;
+  - bulk:   `MlflowBulkTarget` (executemany into metrics + latest_metrics, verified per run).
+Prints points/s for the whole load (runs, params, tags, metrics, verification). Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+SERIES = 4
+
+_CHILD = """
+import json, sys, time
+from pathlib import Path
+from rich.console import Console
+from neptune_migration.archive import Archive
+from neptune_migration.ledger import Ledger
+from neptune_migration.pipeline import load
+from neptune_migration.progress import Tracker
+from neptune_migration.selection import Selection
+
+archive, uri, state, mode, workers = sys.argv[1:6]
+if mode == "bulk":
+    from neptune_migration.targets.mlflow_bulk import MlflowBulkTarget as Target
+else:
+    from neptune_migration.targets.mlflow import MlflowTarget as Target
+target = Target(uri)
+started = time.perf_counter()
+with Ledger(Path(state)) as ledger:
+    summary = load(Archive(Path(archive)), target, Selection(), ledger,
+                   lambda n: Tracker("bench", n, Console(quiet=True), enabled=False), workers=int(workers))
+target.close()
+assert not summary.failed, summary.failed
+print(json.dumps({"points": summary.points, "seconds": time.perf_counter() - started}))
+"""
+
+
+def make_archive(root: Path, runs: int, points: int) -> None:
+    from datetime import UTC, datetime
+
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.model import RunRef
+
+    writer = ArchiveWriter(root)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    ms0 = int(t0.timestamp() * 1000)
+    steps = range(points // SERIES)
+    for r in range(runs):
+        with writer.run(RunRef("bench/bulk", f"RUN-{r}")) as w:
+            w.add_atom("sys/creation_time", "datetime", t0)
+            w.add_atom("params/lr", "float", 0.001 * (r + 1))
+            for s in range(SERIES):
+                w.add_series(f"train/metric_{s}", "float_series", steps, [ms0 + i for i in steps],
+                             [float((i * 7919 + s * 104729 + r) % 1000) / 7.0 for i in steps])
+
+
+def run_child(archive: Path, mode: str, workers: int, tmp: Path) -> tuple[int, float, float]:
+    store = tmp / f"store-{mode}"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    cmd = [sys.executable, "-c", _CHILD, str(archive), f"sqlite:///{store / 'mlflow.db'}", str(store / "state.db"),
+           mode, str(workers)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    out, _ = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"{mode} load failed (exit {child.returncode})")
+    figures = json.loads(out.strip().splitlines()[-1])
+    shutil.rmtree(store, ignore_errors=True)
+    return figures["points"], figures["seconds"], peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--modes", default="bulk,sqlite")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mlflow-bulk-"))
+    try:
+        make_archive(tmp / "archive", args.runs, args.points)
+        print(f"archive: {args.runs} runs x {args.points:,} points ({SERIES} series); --workers {args.workers}")
+        rates = {}
+        for mode in args.modes.split(","):
+            points, seconds, peak = run_child(tmp / "archive", mode, args.workers, tmp)
+            rates[mode] = points / seconds
+            print(f"{mode:6}: {points:,} points in {seconds:.1f} s = {rates[mode]:,.0f} points/s; "
+                  f"peak RSS {peak:.0f} MB")
+        if "bulk" in rates and "sqlite" in rates:
+            print(f"bulk / sqlite: {rates['bulk'] / rates['sqlite']:.1f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
