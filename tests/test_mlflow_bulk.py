@@ -13,11 +13,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from neptune_migration.archive import Archive, ArchiveWriter
+from neptune_migration.archive.reader import _row_groups_with
 from neptune_migration.errors import TargetError
 from neptune_migration.ledger import Ledger
 from neptune_migration.model import RunRef
@@ -212,3 +214,30 @@ def test_string_series_stream_to_artifacts_in_step_order(tmp_path: Path) -> None
     ]
     assert [x["value"] for x in map(json.loads, (local / "in_order.jsonl").read_text().split("\n")[:-1])] == ["a", "b"]
     assert sorted(p.name for p in local.iterdir()) == ["in_order.jsonl", "out.jsonl"]
+
+
+def test_reader_skips_only_row_groups_without_wanted_types(tmp_path: Path) -> None:
+    """Row-group pruning by attribute_type statistics must never drop a row of a wanted type."""
+    writer = ArchiveWriter(tmp_path / "archive", rows_per_batch=5)
+    with writer.run(RunRef("bulk/groups", "G-1")) as w:
+        w.add_atom("params/first", "int", 1)
+        for start in range(0, 23, 5):  # row groups holding float points only, which atom reads skip
+            steps = list(range(start, min(23, start + 5)))
+            w.add_series("m", "float_series", steps, [T0] * len(steps), [float(i) for i in steps])
+        w.add_series("s", "string_series", [0, 1], [T0] * 2, ["a", "b"])
+        w.add_atom("params/last", "float", 2.5)  # lands in the last row group, after the series
+        w.add_series("m", "float_series", [23], [T0], [23.0])
+    run = Archive(tmp_path / "archive").scan().runs[0]
+    part = pq.ParquetFile(run.parts[0])
+    groups = _row_groups_with(part, ["float", "int"])
+    last = part.metadata.num_row_groups - 1
+    # Statistics are a range, so mixed groups stay; the float-only ones in between are skipped.
+    assert groups is not None and groups[0] == 0 and groups[-1] == last and len(groups) <= last - 2
+    assert {p: a.value for p, a in run.atoms().items() if p.startswith("params/")} == {
+        "params/first": 1, "params/last": 2.5
+    }
+    floats = [v for b in run.batches(["float_series"], ["float_value"]) for v in b.column("float_value").to_pylist()]
+    assert sorted(floats) == [float(i) for i in range(24)]
+    texts = [v for b in run.batches(["string_series"], ["string_value"]) for v in b.column("string_value").to_pylist()]
+    assert texts == ["a", "b"]
+    assert sum(b.num_rows for b in run.batches()) == 24 + 2 + 2
