@@ -103,7 +103,9 @@ class ArchivedRun:
             if groups == []:
                 continue
             try:
-                for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols, row_groups=groups):
+                for batch in pf.iter_batches(
+                    batch_size=batch_size, columns=read_cols, row_groups=groups, use_threads=False
+                ):
                     batch = _filter(batch, type_filter, need_null_check)
                     if batch.num_rows == 0:
                         continue
