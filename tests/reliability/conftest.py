@@ -138,6 +138,19 @@ def ledger_rows(state: Path) -> list[tuple[str, str, str, str | None]]:
         return []
 
 
+def validating_since(state: Path, since: float) -> int:
+    """Runs whose validation started at or after `since` (epoch seconds) and is still running. A row left
+    `running` by a killed earlier invocation is older, so it does not count."""
+    if not state.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM progress WHERE stage='validate' AND status='running' "
+                              "AND updated_at >= ?", (since,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in client.list_artifacts(run_id, path):

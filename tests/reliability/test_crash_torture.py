@@ -28,7 +28,7 @@ import pytest
 from neptune_migration.sandbox import Sandbox, generate_project
 
 from ..conftest import VENV_BIN, run_cli
-from .conftest import MlflowProxy, ledger_rows, mlflow_snapshot, read_report
+from .conftest import MlflowProxy, ledger_rows, mlflow_snapshot, read_report, validating_since
 
 STAGES = ("listing", "export", "file_download", "metric_loading", "artifact_upload", "validation")
 TRIALS = 20
@@ -80,14 +80,14 @@ class Watch:
         self.answered0 = {stage: len(sb.requests_to(route)) for stage, route in SANDBOX_ROUTES.items()}
         proxy.delays = dict([MLFLOW_DELAY[aim]]) if aim in MLFLOW_DELAY else {}
         self.mlflow0, _ = proxy.snapshot()
+        self.since = time.time()
 
     def started(self) -> Counter[str]:
         out: Counter[str] = Counter({stage: fault.seen for stage, fault in self.faults.items()})
         mlflow_started, _ = self.proxy.snapshot()
         for stage, (category, _delay) in MLFLOW_DELAY.items():
             out[stage] = mlflow_started[category] - self.mlflow0[category]
-        out["validation"] = sum(1 for _r, stage, status, _c in ledger_rows(self.state)
-                                if stage == "validate" and status == "running")
+        out["validation"] = validating_since(self.state, self.since)
         return out
 
     def in_flight(self) -> list[str]:
@@ -101,7 +101,7 @@ class Watch:
         for stage in ("metric_loading", "artifact_upload"):
             if mlflow_in_flight[stage] > 0:
                 stages.append(stage)
-        if any(stage == "validate" and status == "running" for _r, stage, status, _c in ledger_rows(self.state)):
+        if validating_since(self.state, self.since):
             stages.append("validation")
         return stages
 
