@@ -105,6 +105,14 @@ def export_one(run: Any, source: Source, writer: ArchiveWriter, ledger: Ledger, 
     return ExportOutcome(run.ref.key, "exported", stats)
 
 
+def make_project_folders(source: Source, writer: ArchiveWriter) -> None:
+    """A selected project with no runs still gets its (empty) folder: the archive then reads as "nothing to load
+    or validate" instead of "not an archive", and exporting or migrating an empty project succeeds."""
+    writer.data_root.mkdir(parents=True, exist_ok=True)
+    for project in source.projects:
+        (writer.data_root / folder_name(project)).mkdir(exist_ok=True)
+
+
 def export(
     source: Source,
     writer: ArchiveWriter,
@@ -117,6 +125,7 @@ def export(
     source.check()
     runs = list_selected(source)
     summary = ExportSummary(writer.root, listed=len(runs))
+    make_project_folders(source, writer)
     with tracker_factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), "export") as pool:
         futures = [pool.submit(export_one, run, source, writer, ledger, refresh) for run in runs]
         for fut in as_completed(futures):
@@ -148,11 +157,7 @@ def migrate(
     runs = list_selected(source)
     exported = ExportSummary(writer.root, listed=len(runs))
     loaded = LoadSummary(target=target.canonical)
-    writer.data_root.mkdir(parents=True, exist_ok=True)  # so the archive is read as an archive root
-    for project in source.projects:
-        # A selected project with no runs still gets its (empty) folder: the archive then reads as "nothing to
-        # validate" instead of "not an archive", and migrating an empty project succeeds.
-        (writer.data_root / folder_name(project)).mkdir(exist_ok=True)
+    make_project_folders(source, writer)
     archive = Archive(writer.root)
     lock = threading.Lock()
 
