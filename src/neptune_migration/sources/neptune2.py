@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from ..errors import MigrationError, UsageError
 from ..model import RunRef
 from ..retry import retrying
 from ..secrets import redact
-from ..selection import Selection
+from ..selection import Selection, compile_regex
 from .neptune3 import ExportStats, SourceError, api_url
 
 log = logging.getLogger("neptune_migration")
@@ -100,8 +99,8 @@ class Neptune2Source:
         self.token = api_token
         self.query = query
         self.workspace = workspace
-        self.include_projects = _regex(include_projects, "--include-projects")
-        self.exclude_projects = _regex(exclude_projects, "--exclude-projects")
+        self.include_projects = compile_regex(include_projects, "--include-projects")
+        self.exclude_projects = compile_regex(exclude_projects, "--exclude-projects")
         self.include_trashed = include_trashed
         self.file_sets = file_sets
         self._checked = False
@@ -386,12 +385,3 @@ def _safe_zip_members(archive: Path) -> Iterator[tuple[str, bytes]]:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _regex(pattern: str | None, option: str) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"{option}: invalid regular expression {pattern!r}: {exc}") from None
