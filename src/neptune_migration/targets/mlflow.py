@@ -533,7 +533,7 @@ class MlflowTarget:
         last_step: dict[str, int] = {}
         unordered: set[str] = set()
         try:
-            for batch in run.batches(["string_series", "histogram_series"], cols):
+            for batch in run.batches(["string_series", "histogram_series"], cols, READ_BATCH):
                 micros = decimal_micros(batch.column("step")).tolist()
                 for row, step_key in zip(batch.to_pylist(), micros, strict=True):
                     path, type_ = row["attribute_path"], row["attribute_type"]
