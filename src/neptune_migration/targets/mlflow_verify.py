@@ -36,6 +36,9 @@ from ..paths import safe_segments
 from ..retry import retrying
 from ..selection import Selection
 from ..validation import RunCheck
+
+# The loader's own layout rules: validation must expect exactly what it wrote.
+from .mlflow import _json_number, _step_folder
 from .mlflow_mapping import (
     MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
@@ -614,18 +617,6 @@ def payload_files(source: Path) -> Iterator[tuple[Path, str]]:
         relative = folder.relative_to(source).as_posix()
         for name in sorted(files):
             yield folder / name, "" if relative == "." else relative
-
-
-def _step_folder(step: Any) -> str:
-    value = float(step)
-    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
-
-
-def _json_number(value: Any) -> float | int | None:
-    if value is None:
-        return None
-    f = float(value)
-    return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
 def _tag_set_attribute(key: str) -> str | None:
