@@ -74,6 +74,13 @@ FilePatternOpt = Annotated[str | None, typer.Option(help="Only files whose name 
                                                     rich_help_panel="Selection")]
 # -- options every command has ------------------------------------------------------------------------
 WorkersOpt = Annotated[int, typer.Option(help="Runs processed in parallel.", min=1, max=64)]
+ExportWorkersOpt = Annotated[int | None, typer.Option(help="migrate: runs exported in parallel (default: --workers).",
+                                                      min=1, max=64)]
+ValidateWorkersOpt = Annotated[int | None, typer.Option(help="migrate: runs read back in parallel (default: "
+                                                        "--workers).", min=1, max=64)]
+UploadWorkersOpt = Annotated[int | None, typer.Option(help="Concurrent file uploads into the target (default: "
+                                                      "--workers, at least 2).", min=1, max=64,
+                                                      rich_help_panel="Target")]
 StateOpt = Annotated[Path | None, typer.Option(help="Ledger file (SQLite). Default: .neptune-migration/state.db "
                                                "or $NEPTUNE_MIGRATION_STATE.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of progress bars.")]
@@ -204,14 +211,15 @@ class WandbOptions:
 
 
 def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int,
-            wandb: WandbOptions | None = None, mlflow_bulk: bool = False):
+            wandb: WandbOptions | None = None, mlflow_bulk: bool = False, upload_workers: int | None = None):
+    uploads = upload_workers or max(2, workers)
     if to == "mlflow":
         from .targets.mlflow import MlflowTarget
         from .targets.mlflow_bulk import MlflowBulkTarget
 
         kind = MlflowBulkTarget if mlflow_bulk else MlflowTarget
         return kind(tracking_uri, experiment_by=experiment_by, experiment_prefix=experiment_prefix,
-                    artifact_workers=max(2, workers))
+                    artifact_workers=uploads)
     if mlflow_bulk:
         raise UsageError("--mlflow-bulk is only for --to mlflow")
     wandb = wandb or WandbOptions()
@@ -281,8 +289,8 @@ def _source(from_: str, projects: list[str] | None, selection: Selection, opts: 
     raise UsageError(f"--from: unknown source {from_!r}; choose neptune3, neptune2 or neptune-offline")
 
 
-def _tracker(title: str, no_progress: bool):
-    return lambda total: Tracker(title, total, console, enabled=not no_progress)
+def _tracker(title: str, no_progress: bool, stages: tuple[str, ...] = ()):
+    return lambda total: Tracker(title, total, console, enabled=not no_progress, stages=stages)
 
 
 @app.command()
@@ -317,6 +325,7 @@ def load(
     file_types: FileTypesOpt = None,
     file_pattern: FilePatternOpt = None,
     workers: WorkersOpt = 4,
+    upload_workers: UploadWorkersOpt = None,
     state: StateOpt = None,
     no_progress: NoProgressOpt = False,
     verbose: VerboseOpt = False,
@@ -333,7 +342,8 @@ def load(
     selection = _selection(**locals())
     source = Archive(archive, files)
     target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
-                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk)
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk,
+                     upload_workers)
     target.check()
     with Ledger(state or default_state_path()) as ledger:
         try:
@@ -600,12 +610,15 @@ def migrate(
     report_dir: Annotated[Path, typer.Option(help="Where report.json, report.html, report.md and errors.jsonl "
                                              "are written.")] = Path("neptune-migration-report"),
     workers: WorkersOpt = 4,
+    export_workers: ExportWorkersOpt = None,
+    validate_workers: ValidateWorkersOpt = None,
+    upload_workers: UploadWorkersOpt = None,
     state: StateOpt = None,
     no_progress: NoProgressOpt = False,
     verbose: VerboseOpt = False,
     log_file: LogFileOpt = None,
 ) -> None:
-    """Export from Neptune, load into the target run by run (pipelined), then read everything back and compare.
+    """Export from Neptune, load into the target and read back, the three stages overlapping run by run.
     Resumable: rerun to continue.
 
     Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
@@ -616,44 +629,45 @@ def migrate(
         api_token_file, lineage, previews, download_workers, query, workspace, include_projects, exclude_projects,
         file_sets, path, assign_project, run_id_template))
     target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
-                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk)
+                     WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk,
+                     upload_workers)
+    from .scheduler import Workers
+
+    stages = Workers(export=export_workers or workers, load=workers, validate=validate_workers or workers)
     failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
-                          state or default_state_path(), workers, refresh, no_progress,
+                          state or default_state_path(), stages, refresh, no_progress,
                           None if no_validate else report_dir, no_models)
     _after_load(to, target)
     if failed:
         raise typer.Exit(1)
 
 
-def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers: int, refresh: bool,
+def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers, refresh: bool,
                  no_progress: bool, report_dir: Path | None, no_models: bool = False) -> bool:
-    """Export + load, then (unless report_dir is None) validate the loaded runs and write the reports.
+    """Export, load and (unless report_dir is None) validate, pipelined; then the reports.
     True when anything failed or mismatched."""
-    from .archive import Archive, ArchiveWriter
-    from .migration import migrate as run_migrate
+    from .archive import ArchiveWriter
+    from .scheduler import run_pipeline
 
     archive.mkdir(parents=True, exist_ok=True)
     ok = True
     with Ledger(state) as ledger:
         try:
-            exported, loaded = run_migrate(source, ArchiveWriter(archive), target, selection, ledger,
-                                           _tracker("migrate", no_progress), workers, refresh)
+            result = run_pipeline(source, ArchiveWriter(archive), target, selection, ledger,
+                                  _tracker("migrate", no_progress, ("export", "load", "validate")), workers, refresh,
+                                  validate=report_dir is not None)
+            log.debug("stage seconds: %s", result.clock.to_dict())
             registry_failed = _export_registry(source, archive, ledger, no_models)
             registry_failed = _load_registry(archive, None, target, ledger) or registry_failed
-            _print_export(exported)
-            _print_summary(loaded)
+            _print_export(result.exported)
+            _print_summary(result.loaded)
             if report_dir is not None:
                 from .cli_validate import finish_report
-                from .validation import validate as run_validate
 
-                refs = [o.key for o in loaded.outcomes]
-                wanted = {run.ref for run in Archive(archive).scan().runs if run.ref.key in refs}
-                checked = run_validate(Archive(archive), target, selection, ledger, _tracker("validate", no_progress),
-                                       workers, only=wanted)
-                ok = finish_report(checked, ledger, str(archive), report_dir)
+                ok = finish_report(result.validated, ledger, str(archive), report_dir)
         finally:
             target.close()
-    return bool(exported.failed or loaded.failed or registry_failed) or not ok
+    return bool(result.exported.failed or result.loaded.failed or registry_failed) or not ok
 
 
 @app.command()
@@ -707,6 +721,7 @@ def demo(
     neptune-query client talks to, so this runs exactly the code path of a real migration.
     """
     from .sandbox import Sandbox, demo_project
+    from .scheduler import Workers
     from .targets.mlflow import MlflowTarget, ui_command
 
     _setup_logging(verbose, None, no_progress)
@@ -720,8 +735,8 @@ def demo(
         source = _source("neptune3", [project], selection, SourceOptions())
         tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"
         target = MlflowTarget(tracking_uri)
-        failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db", 4, False,
-                              no_progress, workdir / "report")
+        failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db",
+                              Workers(), False, no_progress, workdir / "report")
     # The same archive into W&B, offline: sync-ready folders a connected machine can upload.
     from .archive import Archive
     from .cli_validate import finish_report

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,21 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
         self._mutex = threading.Lock()
+        # Seconds spent in (and waiting for) ledger calls, summed over threads: the scale benchmark's overhead.
+        self.seconds = 0.0
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        started = time.perf_counter()
+        with self._mutex:
+            try:
+                yield
+            finally:
+                self.seconds += time.perf_counter() - started
 
     # -- reads ------------------------------------------------------------------------------------------
     def get(self, ref: RunRef, stage: str, target: str) -> Entry | None:
-        with self._mutex:
+        with self._locked():
             row = self._db.execute(
                 "SELECT * FROM progress WHERE project_id=? AND run_id=? AND stage=? AND target=?",
                 (ref.project_id, ref.run_id, stage, target),
@@ -106,7 +118,7 @@ class Ledger:
             sql += " AND target=?"
             args.append(target)
         sql += " ORDER BY project_id, run_id, stage, target"
-        with self._mutex:
+        with self._locked():
             rows = self._db.execute(sql, args).fetchall()
         for row in rows:
             yield _entry(row)
@@ -119,7 +131,7 @@ class Ledger:
     def start(self, ref: RunRef, stage: str, target: str) -> Entry:
         """Mark an attempt as begun; keeps the previous checkpoint so the attempt can resume from it."""
         now = time.time()
-        with self._mutex:
+        with self._locked():
             self._db.execute(
                 """INSERT INTO progress (project_id, run_id, stage, target, status, attempts, updated_at)
                    VALUES (?, ?, ?, ?, ?, 1, ?)
@@ -165,14 +177,14 @@ class Ledger:
         self._update(ref, stage, target, target_id=target_id)
 
     def reset(self, ref: RunRef, stage: str, target: str) -> None:
-        with self._mutex:
+        with self._locked():
             self._db.execute(
                 "DELETE FROM progress WHERE project_id=? AND run_id=? AND stage=? AND target=?",
                 (ref.project_id, ref.run_id, stage, target),
             )
 
     def _ensure(self, ref: RunRef, stage: str, target: str) -> None:
-        with self._mutex:
+        with self._locked():
             self._db.execute(
                 """INSERT OR IGNORE INTO progress (project_id, run_id, stage, target, status, attempts, updated_at)
                    VALUES (?, ?, ?, ?, ?, 0, ?)""",
@@ -182,14 +194,14 @@ class Ledger:
     def _update(self, ref: RunRef, stage: str, target: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name}=?" for name in fields)
-        with self._mutex:
+        with self._locked():
             self._db.execute(
                 f"UPDATE progress SET {assignments} WHERE project_id=? AND run_id=? AND stage=? AND target=?",
                 (*fields.values(), ref.project_id, ref.run_id, stage, target),
             )
 
     def close(self) -> None:
-        with self._mutex:
+        with self._locked():
             self._db.close()
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)

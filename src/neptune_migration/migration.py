@@ -1,14 +1,12 @@
-"""Export from a source into an archive, and migrate: export and load pipelined run by run.
+"""Export from a source into an archive (and the per-run export step that `migrate` pipelines).
 
-Both are resumable through the ledger: a run exported before is not fetched again (unless `--refresh` sees
-that its Neptune modification time moved), a run loaded before is not loaded again. A worker takes one run
-through export and then load, so run N loads while run N+1 exports on another worker.
+Resumable through the ledger: a run exported before is not fetched again (unless `--refresh` sees that its
+Neptune modification time moved). `migrate` itself lives in `scheduler.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -16,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .archive import Archive, ArchiveWriter
+from .archive import ArchiveWriter
 from .ledger import Ledger
 from .model import RunRef, folder_name
-from .pipeline import LOAD, LoadSummary, RunOutcome, _load_one
+from .pipeline import LoadSummary
 from .progress import Tracker
 from .secrets import redact
 from .selection import Selection
@@ -150,44 +148,10 @@ def migrate(
     workers: int = 4,
     refresh: bool = False,
 ) -> tuple[ExportSummary, LoadSummary]:
-    """Export each selected run and load it right after, on the same worker."""
-    started = time.monotonic()
-    source.check()
-    target.check()
-    runs = list_selected(source)
-    exported = ExportSummary(writer.root, listed=len(runs))
-    loaded = LoadSummary(target=target.canonical)
-    make_project_folders(source, writer)
-    archive = Archive(writer.root)
-    lock = threading.Lock()
+    """Export each selected run and load it, the two stages overlapping (see `scheduler.run_pipeline`, which
+    also validates)."""
+    from .scheduler import Workers, run_pipeline
 
-    def one(run: Any, tracker: Tracker) -> None:
-        ex = export_one(run, source, writer, ledger, refresh)
-        with lock:
-            exported.outcomes.append(ex)
-        if ex.status == "failed":
-            return
-        replace = ex.status == "exported" and refresh and ledger.get(run.ref, LOAD, target.canonical) is not None
-        if replace:
-            # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
-            ledger.reset(run.ref, LOAD, target.canonical)
-        if ledger.is_done(run.ref, LOAD, target.canonical):
-            outcome = RunOutcome(run.ref.key, "already_loaded")
-        else:
-            archived = archive.run(run.ref)
-            if archived is None:  # pragma: no cover - export_one just committed it
-                outcome = RunOutcome(run.ref.key, "failed", error="run missing from the archive after export")
-            else:
-                outcome = _load_one(archived, target, selection, ledger, tracker, replace=replace)
-        with lock:
-            loaded.outcomes.append(outcome)
-
-    with tracker_factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), "migrate") as pool:
-        futures = [pool.submit(one, run, tracker) for run in runs]
-        for fut in as_completed(futures):
-            fut.result()
-            tracker.run_done()
-    exported.outcomes.sort(key=lambda o: o.key)
-    loaded.outcomes.sort(key=lambda o: o.key)
-    exported.seconds = loaded.seconds = time.monotonic() - started
-    return exported, loaded
+    result = run_pipeline(source, writer, target, selection, ledger, tracker_factory,
+                          Workers(export=workers, load=workers, validate=workers), refresh, validate=False)
+    return result.exported, result.loaded

@@ -24,8 +24,12 @@ log = logging.getLogger("neptune_migration")
 class Tracker:
     """Counts runs, points and bytes; thread-safe, so every worker reports into it directly."""
 
-    def __init__(self, title: str, total_runs: int, console: Console, enabled: bool = True) -> None:
+    def __init__(self, title: str, total_runs: int, console: Console, enabled: bool = True,
+                 stages: tuple[str, ...] = ()) -> None:
         self.title = title
+        # A pipelined command shows one bar per stage (export, load, validate) above the overall one.
+        self.stages = stages
+        self.stage_runs = dict.fromkeys(stages, 0)
         self.total_runs = total_runs
         self.console = console
         self.enabled = enabled and console.is_terminal
@@ -49,6 +53,9 @@ class Tracker:
                 console=self.console,
                 transient=False,
             )
+            self._stage_tasks = {
+                stage: self._progress.add_task(f"  {stage}", total=self.total_runs) for stage in self.stages
+            }
             self._runs_task = self._progress.add_task(f"{self.title}: runs", total=self.total_runs)
             self._points_task = self._progress.add_task("points", total=None)
             self._bytes_task = self._progress.add_task("file bytes", total=None)
@@ -67,6 +74,12 @@ class Tracker:
         if self._progress is not None:
             self._progress.advance(self._runs_task)
         self._maybe_log(force=self.runs == self.total_runs)
+
+    def stage_done(self, stage: str) -> None:
+        with self._lock:
+            self.stage_runs[stage] = self.stage_runs.get(stage, 0) + 1
+        if self._progress is not None and stage in self._stage_tasks:
+            self._progress.advance(self._stage_tasks[stage])
 
     def add_points(self, n: int) -> None:
         with self._lock:
@@ -95,9 +108,11 @@ class Tracker:
             return
         self._last_log = now
         elapsed = now - self.started
+        stages = "".join(f" {stage} {n}," for stage, n in self.stage_runs.items())
         log.info(
-            "%s: %d/%d runs, %d points (%.0f/s), %.1f MB of files, %.0fs elapsed",
+            "%s:%s %d/%d runs done, %d points (%.0f/s), %.1f MB of files, %.0fs elapsed",
             self.title,
+            stages,
             self.runs,
             self.total_runs,
             self.points,

@@ -10,6 +10,7 @@ import hashlib
 import mimetypes
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,7 @@ from ..model import (
     step_to_decimal,
 )
 from ..paths import resolve_inside, safe_relpath
+from .reader import Archive, ArchivedRun
 
 _VALUE_COLUMN = {
     "float": "float_value",
@@ -68,12 +70,43 @@ class ArchiveWriter:
         self.files_root = self.root / files_dir
         self.rows_per_part = rows_per_part
         self.rows_per_batch = rows_per_batch
+        # Names in each project folder, listed once and then kept up to date by this writer: re-listing a
+        # folder of 10,000 runs for every run made exporting a big project quadratic.
+        self._names: dict[Path, set[str]] = {}
+        self._committed: dict[RunRef, list[Path]] = {}
+        self._lock = threading.Lock()
 
     def run(self, ref: RunRef) -> RunWriter:
         return RunWriter(self, ref)
 
     def has_run(self, ref: RunRef) -> bool:
         return self.part_path(ref, 0).exists()
+
+    def archived(self, ref: RunRef) -> ArchivedRun | None:
+        """A complete run as a reader sees it; without listing its folder when this writer committed it."""
+        with self._lock:
+            parts = self._committed.get(ref)
+        if parts is None:
+            return Archive.from_roots(self.data_root, self.files_root).run(ref)
+        return ArchivedRun(ref, parts, parts[0].parent, self.files_root / folder_name(ref.project_id))
+
+    def names_in(self, project_dir: Path) -> set[str]:
+        """A copy of the file names in one project folder (listed on first use)."""
+        with self._lock:
+            if project_dir not in self._names:
+                self._names[project_dir] = {e.name for e in os.scandir(project_dir)} if project_dir.is_dir() else set()
+            return set(self._names[project_dir])
+
+    def _note(self, project_dir: Path, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
+        with self._lock:
+            names = self._names.get(project_dir)
+            if names is not None:
+                names.update(added)
+                names.difference_update(removed)
+
+    def _record_commit(self, ref: RunRef, parts: list[Path]) -> None:
+        with self._lock:
+            self._committed[ref] = parts
 
     def part_path(self, ref: RunRef, n: int) -> Path:
         return self.data_root / folder_name(ref.project_id) / f"{folder_name(ref.run_id)}_part_{n}.parquet"
@@ -247,10 +280,14 @@ class RunWriter:
             pq.write_table(ARCHIVE_SCHEMA.empty_table(), self._tmp_path(0))
             self._written.append(self._tmp_path(0))
         self._close_part()
+        final = []
         for tmp in sorted(self._written, key=lambda p: p.name, reverse=True):
             # Highest part first, part_0 last: part_0 is the completeness marker.
             _fsync(tmp)
             os.replace(tmp, tmp.with_suffix(""))
+            final.append(tmp.with_suffix(""))
+        self.archive._note(self.project_dir, added=[p.name for p in final])
+        self.archive._record_commit(self.ref, final[::-1])
         self._committed = True
 
     def abort(self) -> None:
@@ -265,10 +302,10 @@ class RunWriter:
         part0 = self.archive.part_path(self.ref, 0)
         part0.unlink(missing_ok=True)  # first, so the run is never "complete" with stale parts
         prefix = f"{folder_name(self.ref.run_id)}_part_"
-        if self.project_dir.is_dir():
-            for p in self.project_dir.iterdir():
-                if p.name.startswith(prefix):
-                    p.unlink(missing_ok=True)
+        stale = [name for name in self.archive.names_in(self.project_dir) if name.startswith(prefix)]
+        for name in stale:
+            (self.project_dir / name).unlink(missing_ok=True)
+        self.archive._note(self.project_dir, removed=[*stale, part0.name])
         run_files = self.files_dir / self._run_files
         if run_files.is_dir():
             shutil.rmtree(run_files)

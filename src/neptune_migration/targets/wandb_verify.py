@@ -24,6 +24,7 @@ from ..model import FILE_LIKE_TYPES
 from ..paths import safe_relpath
 from ..selection import Selection
 from ..validation import RunCheck
+from .wandb_folder import names_for
 from .wandb_names import artifact_name, metric_keys, tags
 
 MAX_BINS = 512
@@ -109,10 +110,10 @@ class WandbVerifier:
                 check.mismatch(attribute, kind, f"{what} is {actual!r} in W&B, {expected!r} expected",
                                expected=expected, actual=actual)
 
-        name = atoms["sys/custom_run_id"].value if "sys/custom_run_id" in atoms else run.ref.run_id
-        same("sys/custom_run_id", "run name", str(name or run.ref.run_id), data.name, "name")
-        group = atoms["sys/name"].value if "sys/name" in atoms else None
-        same("sys/name", "group", str(group)[:128] if group else "", data.group, "group")
+        # The loader's own naming rule (3.x: run id + experiment as group; 2.x: display name, no group).
+        name, group = names_for(run, atoms)
+        same("sys/custom_run_id", "run name", name, data.name, "name")
+        same("sys/name", "group", group[:128], data.group, "group")
         desc = atoms["sys/description"].value if "sys/description" in atoms else None
         same("sys/description", "notes", str(desc) if desc else "", data.notes, "description")
         neptune_tags = list(atoms["sys/tags"].value or []) if "sys/tags" in atoms else []

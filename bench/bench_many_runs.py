@@ -1,0 +1,99 @@
+"""A project of many small runs through the pipelined `migrate`: how much of the wall time is overhead.
+
+    .venv/bin/python bench/bench_many_runs.py [--runs 10000] [--to wandb-offline|mlflow] [--workers 4]
+
+The Neptune sandbox serves a generated project (`--runs` runs, each with a few parameters and `--series`
+metrics of `--points` points) from its own process, so it does not share this process's interpreter lock.
+`migrate` (export -> load -> validate) runs here, in-process, so the pipeline's stage clock can be read:
+listing, ledger and coordinator time (everything that is not moving data) are printed as a share of the wall
+time. `--to mlflow` loads into a local `sqlite:///` store in-process (no server), `--to wandb-offline` into
+sync-ready folders. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def start_sandbox(seed: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    cmd = [str(Path(sys.executable).parent / "neptune-migrate"), "sandbox", "serve", "--seed", seed, "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    env: dict[str, str] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].strip().partition("=")
+            env[key] = value.strip("'")
+        if line.startswith("# Ctrl+C"):
+            return proc, env
+    raise SystemExit("the sandbox did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--series", type=int, default=2)
+    parser.add_argument("--points", type=int, default=20, help="points per series")
+    parser.add_argument("--to", choices=("wandb-offline", "mlflow"), default="wandb-offline")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--no-validate", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-many-"))
+    t0 = time.perf_counter()
+    sandbox, env = start_sandbox(f"generate:runs={args.runs},series={args.series},points={args.points},files=0")
+    print(f"sandbox seeded with {args.runs:,} runs in {time.perf_counter() - t0:.1f} s")
+    os.environ.update(env)  # before neptune-query is first imported: it reads its environment then
+    try:
+        from rich.console import Console
+
+        from neptune_migration.archive import ArchiveWriter
+        from neptune_migration.ledger import Ledger
+        from neptune_migration.progress import Tracker
+        from neptune_migration.scheduler import Workers, run_pipeline
+        from neptune_migration.selection import Selection
+        from neptune_migration.sources.neptune3 import Neptune3Source
+
+        selection = Selection()
+        source = Neptune3Source(["sandbox/generated"], selection, env["NEPTUNE_API_TOKEN"])
+        if args.to == "mlflow":
+            from neptune_migration.targets.mlflow import MlflowTarget
+
+            target = MlflowTarget(f"sqlite:///{tmp / 'mlflow.db'}", artifact_workers=2)
+        else:
+            from neptune_migration.targets.wandb import WandbOfflineTarget
+
+            target = WandbOfflineTarget(tmp / "wandb", project="bench")
+        console = Console(stderr=True)
+        with Ledger(tmp / "state.db") as ledger:
+            started = time.perf_counter()
+            result = run_pipeline(source, ArchiveWriter(tmp / "archive"), target, selection, ledger,
+                                  lambda n: Tracker("migrate", n, console, enabled=False),
+                                  Workers(args.workers, args.workers, args.workers), validate=not args.no_validate)
+            wall = time.perf_counter() - started
+            target.close()
+        clock = result.clock
+        failed = len(result.exported.failed) + len(result.loaded.failed)
+        bad = 0 if result.validated is None else sum(1 for c in result.validated.checks if c.status != "validated")
+        print(f"{args.runs:,} runs -> {args.to}: {wall:.1f} s wall, {args.runs / wall:.1f} runs/s, "
+              f"{result.loaded.points:,} points, failed {failed}, not validated {bad}")
+        print(f"stage seconds (summed over workers): export {clock.export:.1f}, load {clock.load:.1f}, "
+              f"validate {clock.validate:.1f}")
+        share = 100 * clock.overhead / wall
+        print(f"overhead: listing {clock.listing:.2f} s, ledger {clock.ledger:.2f} s, coordinator "
+              f"{clock.coordinator:.2f} s = {clock.overhead:.2f} s = {share:.1f}% of the wall time")
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""`migrate` as a pipeline: export, load and validate run side by side, each stage with its own workers.
+
+One coordinating thread hands runs from stage to stage; each stage has a pool of its own size and is only
+given work while it has a free worker. Between two stages at most `buffer` runs wait, and an upstream
+stage stops taking new runs while its downstream buffer is full. So run N+1 exports while run N loads and
+run N-1 is read back, and what is held in memory is bounded by the worker counts, not by the project.
+
+A fork waits for its parent's load (when the parent is in the same migration) so the target can link the
+two; a cycle or a parent that failed does not block it for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from .archive import ArchivedRun, ArchiveWriter
+from .ledger import Ledger
+from .migration import ExportOutcome, ExportSummary, Source, export_one, list_selected, make_project_folders
+from .pipeline import LOAD, LoadSummary, RunOutcome, _load_one
+from .progress import Tracker
+from .selection import Selection
+from .targets.base import Target
+
+log = logging.getLogger("neptune_migration")
+
+
+@dataclass
+class Workers:
+    """Runs in flight per stage. Downloads and uploads inside a run have their own counts on the source and
+    the target (`--download-workers`, `--upload-workers`)."""
+
+    export: int = 4
+    load: int = 4
+    validate: int = 4
+
+    @property
+    def buffer(self) -> int:
+        # Enough exported runs waiting that a loader never idles while an exporter finishes, few enough that
+        # a crash leaves little exported-but-not-loaded work behind.
+        return max(2, self.load * 2)
+
+
+@dataclass
+class StageClock:
+    """Seconds per stage, summed over that stage's workers, and the wall time of the whole migration.
+
+    `overhead` is everything that is not moving data: listing the source, the ledger, and the coordinator's
+    own bookkeeping. The scale benchmark reports it as a share of the wall time.
+    """
+
+    wall: float = 0.0
+    listing: float = 0.0
+    export: float = 0.0
+    load: float = 0.0
+    validate: float = 0.0
+    ledger: float = 0.0
+    coordinator: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, stage, getattr(self, stage) + seconds)
+
+    @property
+    def overhead(self) -> float:
+        return self.listing + self.ledger + self.coordinator
+
+    def to_dict(self) -> dict[str, float]:
+        keys = ("wall", "listing", "export", "load", "validate", "ledger", "coordinator")
+        return {k: round(getattr(self, k), 3) for k in keys} | {"overhead": round(self.overhead, 3)}
+
+
+@dataclass
+class MigrationResult:
+    exported: ExportSummary
+    loaded: LoadSummary
+    validated: Any = None  # validation.ValidationSummary when the pipeline validated
+    clock: StageClock = field(default_factory=StageClock)
+
+
+@dataclass
+class _Exported:
+    outcome: ExportOutcome
+    run: ArchivedRun | None = None
+    replace: bool = False
+    already_loaded: bool = False
+    parent: str | None = None  # run key of the run this one was forked from
+
+
+def run_pipeline(
+    source: Source,
+    writer: ArchiveWriter,
+    target: Target,
+    selection: Selection,
+    ledger: Ledger,
+    tracker_factory: Callable[[int], Tracker],
+    workers: Workers | None = None,
+    refresh: bool = False,
+    validate: bool = True,
+) -> MigrationResult:
+    """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping."""
+    from .validation import ValidationSummary, validate_run, verifier_for
+
+    workers = workers or Workers()
+    clock = StageClock()
+    started = time.monotonic()
+    ledger_before = ledger.seconds
+    source.check()
+    target.check()
+    runs = list_selected(source)
+    clock.listing = time.monotonic() - started
+    result = MigrationResult(ExportSummary(writer.root, listed=len(runs)), LoadSummary(target=target.canonical),
+                             ValidationSummary(target.canonical) if validate else None, clock)
+    make_project_folders(source, writer)
+    selected = {run.ref.key for run in runs}
+    verifier = verifier_for(target) if validate else None
+
+    def timed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            clock.add(stage, time.monotonic() - t0)
+
+    def export_task(run: Any) -> _Exported:
+        outcome = export_one(run, source, writer, ledger, refresh)
+        if outcome.status == "failed":
+            return _Exported(outcome)
+        archived = writer.archived(run.ref)
+        if archived is None:  # pragma: no cover - export_one just committed it
+            outcome = ExportOutcome(run.ref.key, "failed", error="run missing from the archive after export")
+            return _Exported(outcome)
+        replace = outcome.status == "exported" and refresh and ledger.get(run.ref, LOAD, target.canonical) is not None
+        if replace:
+            # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
+            ledger.reset(run.ref, LOAD, target.canonical)
+        parent = archived.atom_value("sys/forking/parent")
+        return _Exported(outcome, archived, replace, ledger.is_done(run.ref, LOAD, target.canonical),
+                         f"{run.ref.project_id}/{parent}" if parent else None)
+
+    def load_task(item: _Exported, tracker: Tracker) -> RunOutcome:
+        assert item.run is not None
+        if item.already_loaded:
+            return RunOutcome(item.run.ref.key, "already_loaded")
+        return _load_one(item.run, target, selection, ledger, tracker, replace=item.replace)
+
+    to_export: deque[Any] = deque(runs)
+    to_load: deque[_Exported] = deque()
+    to_validate: deque[ArchivedRun] = deque()
+    waiting_for_parent: dict[str, list[_Exported]] = {}
+    loads_settled: set[str] = set()  # loaded, already there, or failed: a fork need not wait any more
+    unlinked: set[str] = set()  # forks in a parent cycle: they load without waiting
+    running: dict[Future[Any], tuple[str, Any]] = {}
+    busy = {"export": 0, "load": 0, "validate": 0}
+
+    def parent_pending(item: _Exported) -> str | None:
+        key = item.parent
+        if key is None or key == item.outcome.key or key not in selected or key in loads_settled or key in unlinked:
+            return None
+        return key
+
+    def settle_load(key: str) -> None:
+        loads_settled.add(key)
+        to_load.extendleft(reversed(waiting_for_parent.pop(key, [])))
+
+    pools = {
+        "export": ThreadPoolExecutor(max(1, workers.export), thread_name_prefix="export"),
+        "load": ThreadPoolExecutor(max(1, workers.load), thread_name_prefix="load"),
+        "validate": ThreadPoolExecutor(max(1, workers.validate), thread_name_prefix="validate"),
+    }
+
+    def submit(stage: str, fn: Callable[..., Any], *args: Any) -> None:
+        running[pools[stage].submit(timed, stage, fn, *args)] = (stage, args[0])
+        busy[stage] += 1
+
+    try:
+        with tracker_factory(len(runs)) as tracker:
+            while True:
+                t0 = time.monotonic()
+                while to_validate and verifier is not None and busy["validate"] < workers.validate:
+                    submit("validate", validate_run, to_validate.popleft(), verifier, selection, ledger,
+                           target.canonical)
+                while to_load and busy["load"] < workers.load and len(to_validate) < workers.buffer:
+                    item = to_load.popleft()
+                    parent = parent_pending(item)
+                    if parent is not None:
+                        waiting_for_parent.setdefault(parent, []).append(item)
+                        continue
+                    submit("load", load_task, item, tracker)
+                while (to_export and busy["export"] < workers.export
+                       and len(to_load) + busy["export"] < workers.buffer + workers.export):
+                    submit("export", export_task, to_export.popleft())
+                if not running:
+                    if waiting_for_parent:
+                        # Whatever still waits has a parent that will never load here (a cycle): load it unlinked.
+                        unlinked.update(waiting_for_parent)
+                        for items in waiting_for_parent.values():
+                            to_load.extend(items)
+                        waiting_for_parent.clear()
+                        continue
+                    break
+                clock.add("coordinator", time.monotonic() - t0)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                t0 = time.monotonic()
+                for fut in done:
+                    stage, _arg = running.pop(fut)
+                    busy[stage] -= 1
+                    value = fut.result()
+                    tracker.stage_done(stage)
+                    if stage == "export":
+                        result.exported.outcomes.append(value.outcome)
+                        if value.run is None:
+                            settle_load(value.outcome.key)
+                            tracker.run_done()
+                        else:
+                            to_load.append(value)
+                    elif stage == "load":
+                        result.loaded.outcomes.append(value)
+                        settle_load(value.key)
+                        archived = _arg.run
+                        if verifier is not None and value.status != "failed":
+                            to_validate.append(archived)
+                        else:
+                            tracker.run_done()
+                    else:
+                        result.validated.checks.append(value)
+                        tracker.run_done()
+                clock.add("coordinator", time.monotonic() - t0)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        if verifier is not None:
+            verifier.close()
+    result.exported.outcomes.sort(key=lambda o: o.key)
+    result.loaded.outcomes.sort(key=lambda o: o.key)
+    if result.validated is not None:
+        result.validated.checks.sort(key=lambda c: c.ref)
+    clock.wall = time.monotonic() - started
+    clock.ledger = ledger.seconds - ledger_before
+    result.exported.seconds = result.loaded.seconds = clock.wall
+    if result.validated is not None:
+        result.validated.seconds = clock.wall
+    return result
