@@ -6,13 +6,15 @@ The Neptune sandbox serves a generated project (`--runs` runs, each with a few p
 metrics of `--points` points) from its own process, so it does not share this process's interpreter lock.
 `migrate` (export -> load -> validate) runs here, in-process, so the pipeline's stage clock can be read:
 listing, ledger and coordinator time (everything that is not moving data) are printed as a share of the wall
-time. `--to mlflow` loads into a local `sqlite:///` store in-process (no server), `--to wandb-offline` into
+time. `--baseline` first runs the same three stages one after the other (export all, load all, validate all).
+`--to mlflow` loads into a local `sqlite:///` store in-process (no server), `--to wandb-offline` into
 sync-ready folders. Never part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--to", choices=("wandb-offline", "mlflow"), default="wandb-offline")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the stages one after the other (export all, load all, validate all)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-many-"))
@@ -62,23 +66,53 @@ def main() -> None:
         from neptune_migration.sources.neptune3 import Neptune3Source
 
         selection = Selection()
-        source = Neptune3Source(["sandbox/generated"], selection, env["NEPTUNE_API_TOKEN"])
-        if args.to == "mlflow":
-            from neptune_migration.targets.mlflow import MlflowTarget
 
-            target = MlflowTarget(f"sqlite:///{tmp / 'mlflow.db'}", artifact_workers=2)
-        else:
+        def target_at(folder: Path):
+            if args.to == "mlflow":
+                from neptune_migration.targets.mlflow import MlflowTarget
+
+                return MlflowTarget(f"sqlite:///{folder / 'mlflow.db'}", artifact_workers=2)
             from neptune_migration.targets.wandb import WandbOfflineTarget
 
-            target = WandbOfflineTarget(tmp / "wandb", project="bench")
-        console = Console(stderr=True)
-        with Ledger(tmp / "state.db") as ledger:
-            started = time.perf_counter()
-            result = run_pipeline(source, ArchiveWriter(tmp / "archive"), target, selection, ledger,
-                                  lambda n: Tracker("migrate", n, console, enabled=False),
-                                  Workers(args.workers, args.workers, args.workers), validate=not args.no_validate)
-            wall = time.perf_counter() - started
+            return WandbOfflineTarget(folder / "wandb", project="bench")
+
+        quiet = Console(stderr=True)
+        tracker = lambda n: Tracker("migrate", n, quiet, enabled=False)  # noqa: E731
+        workers = Workers(args.workers, args.workers, args.workers)
+        rows = []
+        if args.baseline:
+            from neptune_migration.archive import Archive
+            from neptune_migration.migration import export
+            from neptune_migration.pipeline import load
+            from neptune_migration.validation import validate
+
+            folder = tmp / "baseline"
+            folder.mkdir()
+            target = target_at(folder)
+            with Ledger(folder / "state.db") as ledger:
+                started = time.perf_counter()
+                export(Neptune3Source(["sandbox/generated"], selection, env["NEPTUNE_API_TOKEN"]),
+                       ArchiveWriter(folder / "archive"), ledger, tracker, args.workers)
+                load(Archive(folder / "archive"), target, selection, ledger, tracker, args.workers)
+                if not args.no_validate:
+                    validate(Archive(folder / "archive"), target, selection, ledger, tracker, args.workers)
+                wall = time.perf_counter() - started
             target.close()
+            print(f"baseline (export all, then load all, then validate all): {wall:.1f} s wall, "
+                  f"{args.runs / wall:.1f} runs/s")
+            rows.append({"bench": "sandbox -> migrate -> " + args.to, "case": f"{args.runs:,} runs, stage after stage",
+                         "runs_per_s": args.runs / wall, "wall_s": wall})
+
+        folder = tmp / "pipelined"
+        folder.mkdir()
+        target = target_at(folder)
+        source = Neptune3Source(["sandbox/generated"], selection, env["NEPTUNE_API_TOKEN"])
+        with Ledger(folder / "state.db") as ledger:
+            started = time.perf_counter()
+            result = run_pipeline(source, ArchiveWriter(folder / "archive"), target, selection, ledger, tracker,
+                                  workers, validate=not args.no_validate)
+            wall = time.perf_counter() - started
+        target.close()
         clock = result.clock
         failed = len(result.exported.failed) + len(result.loaded.failed)
         bad = 0 if result.validated is None else sum(1 for c in result.validated.checks if c.status != "validated")
@@ -89,6 +123,11 @@ def main() -> None:
         share = 100 * clock.overhead / wall
         print(f"overhead: listing {clock.listing:.2f} s, ledger {clock.ledger:.2f} s, coordinator "
               f"{clock.coordinator:.2f} s = {clock.overhead:.2f} s = {share:.1f}% of the wall time")
+        rows.append({"bench": "sandbox -> migrate -> " + args.to,
+                     "case": f"{args.runs:,} runs, pipelined (overhead {share:.1f}%)",
+                     "runs_per_s": args.runs / wall, "points_per_s": result.loaded.points / wall, "wall_s": wall})
+        for row in rows:
+            print("RESULT " + json.dumps(row))
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)

@@ -109,6 +109,10 @@ def main() -> None:
             rates[mode] = points / seconds
             print(f"{mode:6}: {points:,} points in {seconds:.1f} s = {rates[mode]:,.0f} points/s; "
                   f"peak RSS {peak:.0f} MB")
+            case = {"bulk": "--mlflow-bulk (executemany into the tables)",
+                    "sqlite": "in-process sqlite:/// (MLflow's own store)"}.get(mode, mode)
+            print("RESULT " + json.dumps({"bench": "archive -> MLflow database", "case": case,
+                                          "points_per_s": rates[mode], "peak_rss_mb": peak, "wall_s": seconds}))
         if "bulk" in rates and "sqlite" in rates:
             print(f"bulk / sqlite: {rates['bulk'] / rates['sqlite']:.1f}x")
     finally:

@@ -10,6 +10,7 @@ the real neptune-query client, so its peak RSS is measured alone. Never part of 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -75,6 +76,11 @@ def main() -> None:
         print(f"exported {len(runs)} runs, {points:,} points, {file_bytes / 1e6:.1f} MB of files in {seconds:.1f} s: "
               f"{points / seconds:,.0f} points/s, {file_bytes / 1e6 / seconds:.1f} MB/s; "
               f"peak RSS of the exporter {child_rss:.0f} MB")
+        print("RESULT " + json.dumps({"bench": "sandbox -> archive (Neptune 3.x)",
+                                      "case": f"neptune-migrate export --workers {args.workers}",
+                                      "points_per_s": points / seconds, "runs_per_s": len(runs) / seconds,
+                                      "mb_per_s": file_bytes / 1e6 / seconds, "peak_rss_mb": child_rss,
+                                      "wall_s": seconds}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -150,6 +150,9 @@ def main() -> None:
             label = "neptune-migration .wandb writer" if phase == "ours" else "baseline run.log per step"
             print(f"{label:34s} {res['points'] / res['seconds']:>10,.0f} points/s  {res['seconds']:7.1f}s  "
                   f"peak RSS {res['peak_rss_mb']:.0f} MB (with wandb-core {res['peak_rss_with_children_mb']:.0f} MB)")
+            print("RESULT " + json.dumps({"bench": "archive -> W&B offline", "case": label,
+                                          "points_per_s": res["points"] / res["seconds"],
+                                          "peak_rss_mb": res["peak_rss_with_children_mb"], "wall_s": res["seconds"]}))
 
 
 if __name__ == "__main__":

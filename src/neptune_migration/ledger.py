@@ -88,13 +88,14 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
         self._mutex = threading.Lock()
-        # Seconds spent in (and waiting for) ledger calls, summed over threads: the scale benchmark's overhead.
+        # Seconds the ledger was busy (calls are serialised): the scale benchmark's overhead.
         self.seconds = 0.0
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        started = time.perf_counter()
         with self._mutex:
+            # Time held, not time waited: calls are serialised, so held time is what the ledger costs the run.
+            started = time.perf_counter()
             try:
                 yield
             finally:
