@@ -116,8 +116,9 @@ def run_pipeline(
     target.check()
     runs = list_selected(source)
     clock.listing = time.monotonic() - started
-    result = MigrationResult(ExportSummary(writer.root, listed=len(runs)), LoadSummary(target=target.canonical),
-                             ValidationSummary(target.canonical) if validate else None, clock)
+    canonical = target.canonical  # a property that may resolve paths: read once
+    result = MigrationResult(ExportSummary(writer.root, listed=len(runs)), LoadSummary(target=canonical),
+                             ValidationSummary(canonical) if validate else None, clock)
     make_project_folders(source, writer)
     selected = {run.ref.key for run in runs}
     verifier = verifier_for(target) if validate else None
@@ -137,12 +138,12 @@ def run_pipeline(
         if archived is None:  # pragma: no cover - export_one just committed it
             outcome = ExportOutcome(run.ref.key, "failed", error="run missing from the archive after export")
             return _Exported(outcome)
-        replace = outcome.status == "exported" and refresh and ledger.get(run.ref, LOAD, target.canonical) is not None
+        replace = outcome.status == "exported" and refresh and ledger.get(run.ref, LOAD, canonical) is not None
         if replace:
             # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
-            ledger.reset(run.ref, LOAD, target.canonical)
+            ledger.reset(run.ref, LOAD, canonical)
         parent = archived.atom_value("sys/forking/parent")
-        return _Exported(outcome, archived, replace, ledger.is_done(run.ref, LOAD, target.canonical),
+        return _Exported(outcome, archived, replace, ledger.is_done(run.ref, LOAD, canonical),
                          f"{run.ref.project_id}/{parent}" if parent else None)
 
     def load_task(item: _Exported, tracker: Tracker) -> RunOutcome:
@@ -185,8 +186,7 @@ def run_pipeline(
             while True:
                 t0 = time.monotonic()
                 while to_validate and verifier is not None and busy["validate"] < workers.validate:
-                    submit("validate", validate_run, to_validate.popleft(), verifier, selection, ledger,
-                           target.canonical)
+                    submit("validate", validate_run, to_validate.popleft(), verifier, selection, ledger, canonical)
                 while to_load and busy["load"] < workers.load and len(to_validate) < workers.buffer:
                     item = to_load.popleft()
                     parent = parent_pending(item)
