@@ -10,8 +10,11 @@ revision this module was written for (MLflow 3.17.2), otherwise the target refus
 the point with the greatest (step, timestamp, value), the first one on a tie. After each run the points per key and
 the latest values are read back (latest values through `MlflowClient.get_run`) and compared.
 
-Resuming: `metrics`' primary key covers every column, so `INSERT OR IGNORE` makes a repeated point a no-op; the
-checkpoint counts archive rows whose transaction committed, and a rerun starts after them.
+Resuming: each transaction also writes the run's tag `neptune.bulk_rows` = "<archive rows committed>:<rows ignored
+as exact repeats>", so progress and data commit together and a rerun starts exactly after the committed rows.
+`metrics`' primary key covers every column, so `INSERT OR IGNORE` drops a point the archive holds twice; the
+running count of those is what lets the check after the run tell them from lost points, however many attempts
+the run took.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ from .mlflow import MetricColumns, MlflowTarget, public_uri
 SCHEMA_REVISION = "dc11669786a5"
 MAX_DOUBLE = 1.7976931348623157e308
 CHECKPOINT_KEY = "bulk_rows_done"
+PROGRESS_TAG = "neptune.bulk_rows"
 ROWS_PER_TRANSACTION = 20_000
 
 _INSERT_METRICS = (
     "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)"
 )
 # Same rule as SqlAlchemyStore._update_latest_metrics_if_necessary: replace only when strictly more recent.
+_UPSERT_PROGRESS = (
+    "INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET value = "
+    "excluded.value"
+)
 _UPSERT_LATEST = (
     "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
@@ -110,14 +118,21 @@ class MlflowBulkTarget(MlflowTarget):
         plan, names = self._prepare_metrics(run_id, run, ctx, result)
         if not plan:
             return
-        done = int(checkpoint.get(CHECKPOINT_KEY, 0))
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
         counts: dict[str, int] = {}
         latest: dict[str, tuple[int, int, float, int]] = {}
         offset = 0
         with closing(sqlite3.connect(self.db, timeout=300, isolation_level=None)) as conn:
-            fresh = conn.execute("SELECT 1 FROM metrics WHERE run_uuid = ? LIMIT 1", (run_id,)).fetchone() is None
-            ignored = 0
+            progress = conn.execute("SELECT value FROM tags WHERE run_uuid = ? AND key = ?",
+                                    (run_id, PROGRESS_TAG)).fetchone()
+            if progress is not None:
+                done, ignored = (int(x) for x in progress[0].split(":"))
+            else:
+                # No progress tag: a fresh run, or points an earlier attempt sent another way (REST, log_batch),
+                # whose exact repeats cannot be told from the archive's own.
+                done = int(checkpoint.get(CHECKPOINT_KEY, 0))
+                fresh = conn.execute("SELECT 1 FROM metrics WHERE run_uuid = ? LIMIT 1", (run_id,)).fetchone() is None
+                ignored = 0 if fresh else None
             for cols in self._metric_columns(run, plan, names, fallback_ts, result):
                 value, is_nan = _stored_values(cols.values)
                 _count(cols, counts)
@@ -126,7 +141,8 @@ class MlflowBulkTarget(MlflowTarget):
                 result.points += skip
                 for start in range(skip, cols.size, ROWS_PER_TRANSACTION):
                     stop = min(cols.size, start + ROWS_PER_TRANSACTION)
-                    ignored += self._insert(conn, run_id, cols, value, is_nan, start, stop)
+                    dropped = self._insert(conn, run_id, cols, value, is_nan, start, stop, offset, ignored)
+                    ignored = None if ignored is None else ignored + dropped
                     result.points += stop - start
                     ctx.on_points(stop - start)
                     checkpoint[CHECKPOINT_KEY] = offset + stop
@@ -135,7 +151,13 @@ class MlflowBulkTarget(MlflowTarget):
             stored = dict(
                 conn.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run_id,)).fetchall()
             )
-        self._verify(run, run_id, counts, latest, stored, ignored if fresh else None)
+            latest_stored = {
+                key: (step, timestamp)
+                for key, step, timestamp in conn.execute(
+                    "SELECT key, step, timestamp FROM latest_metrics WHERE run_uuid = ?", (run_id,)
+                )
+            }
+        self._verify(run, run_id, counts, latest, stored, ignored, latest_stored)
 
     @staticmethod
     def _insert(
@@ -146,22 +168,27 @@ class MlflowBulkTarget(MlflowTarget):
         is_nan: np.ndarray,
         start: int,
         stop: int,
+        offset: int,
+        ignored: int | None,
     ) -> int:
-        """Rows [start:stop) and their effect on latest_metrics in one transaction; returns rows ignored as
-        exact repeats. Short transactions keep MLflow's own writers (tags, other runs) from waiting long."""
+        """Rows [start:stop) of a batch that begins at archive row `offset`, their effect on latest_metrics and the
+        progress tag, in one transaction; returns rows ignored as exact repeats. Short transactions keep MLflow's
+        own writers (tags, other runs) from waiting long."""
         batch_latest: dict[str, tuple[int, int, float, int]] = {}
         _merge_latest(cols, value, is_nan, batch_latest, start, stop)
         conn.execute("BEGIN IMMEDIATE")
         try:
             before = conn.total_changes
             conn.executemany(_INSERT_METRICS, _rows(run_id, cols, value, is_nan, start, stop))
-            inserted = conn.total_changes - before
+            dropped = (stop - start) - (conn.total_changes - before)
             conn.executemany(_UPSERT_LATEST, [(k, v, t, s, n, run_id) for k, (s, t, v, n) in batch_latest.items()])
+            if ignored is not None:
+                conn.execute(_UPSERT_PROGRESS, (PROGRESS_TAG, f"{offset + stop}:{ignored + dropped}", run_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return (stop - start) - inserted
+        return dropped
 
     def _verify(
         self,
@@ -171,13 +198,15 @@ class MlflowBulkTarget(MlflowTarget):
         latest: dict[str, tuple[int, int, float, int]],
         stored: dict[str, int],
         ignored: int | None,
+        latest_stored: dict[str, tuple[int, int]],
     ) -> None:
-        """Points per key and the latest value per key as MLflow reports them, against what the archive holds."""
+        """Points per key, and the latest point per key (its value as `MlflowClient.get_run` reports it, its step
+        and timestamp from `latest_metrics`, which MLflow's API serves), against what the archive holds."""
         wrong = {k: (n, stored.get(k, 0)) for k, n in counts.items() if stored.get(k, 0) != n}
         extra = sorted(set(stored) - set(counts))
         if wrong and not extra and ignored is not None:
-            # Exact repeats inside the archive are dropped by the primary key, as they are over REST; on a fresh
-            # run every ignored row is such a repeat, so a shortfall of exactly that many is expected.
+            # Exact repeats inside the archive are dropped by the primary key, as they are over REST; every row
+            # ignored since the run's first point is such a repeat, so a shortfall of exactly that many is expected.
             shortfall = sum(n - got for n, got in wrong.values())
             if all(got < n for n, got in wrong.values()) and shortfall == ignored:
                 wrong = {}
@@ -186,21 +215,19 @@ class MlflowBulkTarget(MlflowTarget):
             if extra:
                 detail += f"; keys not in the archive: {extra[:5]}"
             raise TargetError(f"run {run.ref.key}: bulk metric check failed ({detail})")
-        reported = {m.key: m for m in self.client.get_run(run_id).data._metric_objs}
+        reported = self.client.get_run(run_id).data.metrics
         for key, (step, timestamp, value, is_nan) in latest.items():
-            metric = reported.get(key)
-            got_nan = metric is not None and isinstance(metric.value, float) and math.isnan(metric.value)
+            got = reported.get(key)
+            got_nan = isinstance(got, float) and math.isnan(got)
             if (
-                metric is None
-                or metric.step != step
-                or metric.timestamp != timestamp
+                got is None
+                or latest_stored.get(key) != (step, timestamp)
                 or got_nan != bool(is_nan)
-                or (not is_nan and metric.value != value)
+                or (not is_nan and got != value)
             ):
                 raise TargetError(
-                    f"run {run.ref.key}: MLflow reports latest {key!r} as "
-                    f"{None if metric is None else (metric.step, metric.timestamp, metric.value)}, expected "
-                    f"{(step, timestamp, math.nan if is_nan else value)}"
+                    f"run {run.ref.key}: MLflow reports latest {key!r} as {got!r} at (step, timestamp) "
+                    f"{latest_stored.get(key)}, expected {math.nan if is_nan else value!r} at {(step, timestamp)}"
                 )
 
 
