@@ -27,6 +27,8 @@ from .web import HttpError, Reply, Request, Router
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 1 << 20  # bytes per write of a streamed reply
+
 # Routes a client reaches without a bearer token.
 _OPEN_ROUTES = (
     "/sandbox/zip/",
@@ -223,15 +225,33 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers.items():
-                # headers are Latin-1; a handler's stray character must not break the connection
-                self.send_header(name, value.encode("latin-1", "replace").decode("latin-1"))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(reply.body)
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                length = reply.length if reply.stream is not None else len(reply.body)
+                self.send_header("Content-Length", str(length))
+                for name, value in reply.headers.items():
+                    # headers are Latin-1; a handler's stray character must not break the connection
+                    self.send_header(name, value.encode("latin-1", "replace").decode("latin-1"))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if reply.stream is None:
+                    self.wfile.write(reply.body)
+                    return
+                # file payloads go out in chunks, so a 2 GB file costs the sandbox 1 MB of memory
+                left = length
+                while left > 0:
+                    chunk = reply.stream.read(min(left, _CHUNK))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
+                if left:
+                    self.close_connection = True  # the file shrank under us: the client sees a short body
+            finally:
+                if reply.stream is not None:
+                    reply.stream.close()
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 
