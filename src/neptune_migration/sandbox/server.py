@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -87,7 +88,7 @@ class Sandbox:
         if self._httpd is not None:
             return self
         handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd = _Server((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.store.base_url = self.url
@@ -205,6 +206,18 @@ class Sandbox:
                 reply = Reply.error(500, f"sandbox error: {type(e).__name__}: {e}")
         self._record(req, reply.status)
         return reply
+
+
+# A client that went away mid-reply (killed, timed out, dropped its keep-alive connection) is not a server error.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            log.debug("client %s went away mid-request", client_address)
+            return
+        super().handle_error(request, client_address)  # anything else keeps its traceback on stderr
 
 
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
