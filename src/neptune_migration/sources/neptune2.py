@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +28,7 @@ from ..model import RunRef
 from ..retry import retrying
 from ..secrets import redact
 from ..selection import Selection, compile_regex
-from .neptune3 import ExportStats, SourceError, api_url
+from .neptune3 import ExportStats, SourceError, api_url, scratch_dir
 
 log = logging.getLogger("neptune_migration")
 
@@ -284,7 +283,7 @@ class Neptune2Source:
         stats = ExportStats(attributes=len(items), modification_time=run.modification_time)
         ordered = sorted(items.items())
         pool = ThreadPoolExecutor(self.download_workers, thread_name_prefix="neptune2-download")
-        with archive.run(run.ref) as writer, tempfile.TemporaryDirectory(prefix="neptune2-export-") as tmp:
+        with archive.run(run.ref) as writer, scratch_dir(archive, "neptune2-export-") as tmp:
             try:
                 self._export_values(ordered, Path(tmp), pool, writer, stats)
             finally:
@@ -358,7 +357,8 @@ class Neptune2Source:
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         if type_ != "artifact" and not self.selection.wants_file(path, name, size):
             return
-        info = writer.add_file(path, type_, data, name, step=step)
+        # every path here is a scratch download (or an unpacked member): given away, renamed when it can be
+        info = writer.add_file(path, type_, data, name, step=step, move=isinstance(data, Path))
         stats.files += 1
         stats.bytes += info.size
 

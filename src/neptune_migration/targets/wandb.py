@@ -194,7 +194,10 @@ class WandbOnlineTarget:
         sync_timeout: float = 3600.0,
         verify_timeout: float = 30.0,
         keep_staging: bool = False,
+        upload_workers: int | None = None,
     ) -> None:
+        """`upload_workers`: at most this many runs upload at once (one `wandb sync` each, whose wandb-core
+        streams every file from disk); None lets every loading worker upload."""
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self._configured_entity = self.entity
         self.project = project or None
@@ -208,6 +211,8 @@ class WandbOnlineTarget:
         self.keep_staging = keep_staging
         self._api: Any = None
         self._api_lock = threading.Lock()
+        self.upload_workers = max(1, upload_workers) if upload_workers is not None else None
+        self._uploads = threading.BoundedSemaphore(self.upload_workers) if self.upload_workers else None
 
     @property
     def canonical(self) -> str:
@@ -269,7 +274,11 @@ class WandbOnlineTarget:
             written.result.warnings.append(f"resumed a partly synced run: {held} history rows were already there")
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id})
         self.limiter.acquire()
-        output = self._sync(root, written)
+        if self._uploads is None:
+            output = self._sync(root, written)
+        else:
+            with self._uploads:
+                output = self._sync(root, written)
         # `wandb sync` exits 0 even when the server refused the run: check the server holds it all.
         self._verify(written, output)
         ctx.save_checkpoint({"stage": "synced", "run_id": spec.run_id})
