@@ -192,7 +192,7 @@ class WandbOnlineTarget:
         staging_dir: Path | None = None,
         runs_per_second: float = 2.0,
         sync_timeout: float = 3600.0,
-        verify_timeout: float = 30.0,
+        verify_timeout: float | None = None,
         keep_staging: bool = False,
         upload_workers: int | None = None,
     ) -> None:
@@ -207,7 +207,9 @@ class WandbOnlineTarget:
         self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "neptune-migration-wandb").absolute()
         self.limiter = RateLimiter(runs_per_second)
         self.sync_timeout = sync_timeout
-        self.verify_timeout = verify_timeout
+        # How long to wait for the server to count the last history lines after `wandb sync` exited.
+        self.verify_timeout = verify_timeout if verify_timeout is not None else float(
+            os.environ.get("NEPTUNE_MIGRATION_WANDB_VERIFY_TIMEOUT") or 30.0)
         self.keep_staging = keep_staging
         self._api: Any = None
         self._api_lock = threading.Lock()
