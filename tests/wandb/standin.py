@@ -342,6 +342,10 @@ class StandIn:
             }
         }
 
+    # the target's own tag/config update of an older generation (targets/wandb.py: _SUPERSEDE)
+    def _op_NeptuneMigrationSupersede(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
+        return self._op_UpsertBucket(q, v)
+
     def _op_RunResumeStatus(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         run = self.runs.get((v.get("entity") or DEFAULT_ENTITY, v.get("project"), v.get("name")))
         if run is None:
