@@ -197,3 +197,44 @@ def mlflow_snapshot(uri: str, prefix: str) -> dict[str, Any]:
 
 def read_report(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "report.json").read_text())
+
+
+def wandb_offline_snapshot(root: Path) -> dict[str, Any]:
+    """Everything a `--to wandb-offline` target root holds, read back from the run files, keyed by Neptune run key:
+    the folder name, run metadata, config, summary, every history point, string series, artifacts with each
+    payload's size and sha256, and the sha256 of every file in the folder (the folders are rebuilt identically, so
+    a resumed migration must be byte-for-byte the clean one). Stray entries (temporary folders, two folders for one
+    run, symlinks) fail the snapshot."""
+    import hashlib
+
+    from neptune_migration.targets.wandb_readback import read_offline_run
+
+    out: dict[str, Any] = {}
+    folders = sorted((root / "wandb").iterdir())
+    for folder in folders:
+        assert folder.is_dir() and folder.name.startswith("offline-run-"), f"stray entry {folder}"
+        run_id = folder.name[len("offline-run-"):].split("-", 1)[1]  # offline-run-<YYYYmmdd_HHMMSS>-<run id>
+        data = read_offline_run(root, run_id)
+        key = data.config["neptune_migration"]["run_key"]
+        assert key not in out, f"two run folders for {key}"
+        files = {}
+        for path in sorted(folder.rglob("*")):
+            assert not path.is_symlink(), f"symlink in a run folder: {path}"
+            if path.is_file():
+                files[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[key] = {
+            "folder": folder.name,
+            "meta": (data.run_id, data.entity, data.project, data.name, data.group, data.notes, sorted(data.tags),
+                     data.start_time_ms, data.runtime_s, data.state),
+            "config": json.dumps(data.config, sort_keys=True),
+            "summary": json.dumps(data.summary, sort_keys=True),
+            "history_rows": data.history_rows,
+            # repr keeps NaN comparable and -0.0 distinct
+            "history": {k: sorted((repr(s), repr(v), t) for s, v, t in pts) for k, pts in data.history.items()},
+            "string_series": {k: sorted(map(repr, pts)) for k, pts in data.string_series.items()},
+            "artifacts": {name: (a["type"], a["metadata"], {e: (f.size, f.sha256, f.md5_b64)
+                                                             for e, f in a["files"].items()})
+                          for name, a in data.artifacts.items()},
+            "files": files,
+        }
+    return out

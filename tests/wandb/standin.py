@@ -8,8 +8,10 @@ This is a contract test, not a backend. It speaks:
 - POST /files/<entity>/<project>/<run>/file_stream: history, summary, events and console lines, stored by
   offset (as W&B does: a replayed chunk overwrites the same lines, it does not append);
 - PUT /upload/<key>: file and artifact payloads; GET /download/<key> serves them back.
-- Fault injection: `fail_next(pattern, n, status=429)` answers the next n matching requests with 429
-  (RateLimit-Remaining / RateLimit-Reset / Retry-After headers) or another status.
+- Fault injection: `fail_next(pattern, n, status=429, retry_after=1)` answers the next n requests whose label
+  matches (`graphql:<operation>`, `file_stream`, `upload`) with 429 (RateLimit-Remaining / RateLimit-Reset /
+  Retry-After headers) or another status (500, 502, 503...: a burst of server errors); the returned `Fault` counts
+  what it served and when.
 Binds 127.0.0.1 only.
 """
 
@@ -84,6 +86,17 @@ class ArtifactState:
     files: dict[str, str] = field(default_factory=dict)  # entry path -> upload key
 
 
+@dataclass
+class Fault:
+    pattern: re.Pattern[str]
+    remaining: int
+    status: int
+    retry_after: float | None
+    served: int = 0
+    # (label, monotonic time) of every request this fault answered, and of the first one after each it let through
+    hits: list[tuple[str, float]] = field(default_factory=list)
+
+
 class StandIn:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -91,7 +104,8 @@ class StandIn:
         self.artifacts: dict[str, ArtifactState] = {}
         self.blobs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, operation)
-        self.faults: list[list[Any]] = []  # [regex, remaining, status]
+        self.faults: list[Fault] = []
+        self.times: list[tuple[str, float]] = []  # (label, monotonic time) of every labelled request
         self.unknown: list[str] = []
         self.file_stream_delay = 0.0  # seconds per file-stream request: widens the window for a crash test
         self.upload_delay = 0.0  # seconds per PUT upload, likewise
@@ -110,9 +124,19 @@ class StandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def fail_next(self, pattern: str, n: int = 1, status: int = 429) -> None:
+    def fail_next(self, pattern: str, n: int = 1, status: int = 429, retry_after: float | None = 1.0) -> Fault:
+        """Answer the next `n` matching requests with `status`; Retry-After (seconds) is sent with 429 and 503."""
+        fault = Fault(re.compile(pattern), n, status, retry_after)
         with self.lock:
-            self.faults.append([re.compile(pattern), n, status])
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def served(self) -> int:
+        return sum(f.served for f in self.faults)
 
     def run(self, entity: str, project: str, name: str) -> RunState:
         return self.runs[(entity, project, name)]
@@ -125,12 +149,15 @@ class StandIn:
         self._ids += 1
         return base64.b64encode(f"{kind}:{self._ids}".encode()).decode()
 
-    def _fault(self, label: str) -> int | None:
+    def _fault(self, label: str) -> Fault | None:
         with self.lock:
+            self.times.append((label, time.monotonic()))
             for f in self.faults:
-                if f[1] > 0 and f[0].search(label):
-                    f[1] -= 1
-                    return int(f[2])
+                if f.remaining > 0 and f.pattern.search(label):
+                    f.remaining -= 1
+                    f.served += 1
+                    f.hits.append((label, time.monotonic()))
+                    return f
         return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -159,11 +186,15 @@ class StandIn:
                 self._send(status, json.dumps(obj).encode())
 
             def _maybe_fault(self, label: str) -> bool:
-                status = standin._fault(label)
-                if status is None:
+                fault = standin._fault(label)
+                if fault is None:
                     return False
-                hdrs = {"Retry_After": "1", "RateLimit_Remaining": "0", "RateLimit_Reset": "1"} if status == 429 else {}
-                self._send(status, b'{"errors":[{"message":"injected"}]}', **hdrs)
+                hdrs = {}
+                if fault.retry_after is not None and fault.status in (429, 503):
+                    wait = f"{fault.retry_after:g}"
+                    hdrs = {"Retry_After": wait, "RateLimit_Remaining": "0", "RateLimit_Reset": wait}
+                message = "rate limit exceeded" if fault.status == 429 else "injected server error"
+                self._send(fault.status, json.dumps({"errors": [{"message": message}]}).encode(), **hdrs)
                 return True
 
             def do_POST(self) -> None:
@@ -310,6 +341,10 @@ class StandIn:
                 "inserted": not existed,
             }
         }
+
+    # the target's own tag/config update of an older generation (targets/wandb.py: _SUPERSEDE)
+    def _op_NeptuneMigrationSupersede(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
+        return self._op_UpsertBucket(q, v)
 
     def _op_RunResumeStatus(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         run = self.runs.get((v.get("entity") or DEFAULT_ENTITY, v.get("project"), v.get("name")))

@@ -92,7 +92,7 @@ def test_rate_limits_are_retried(standin: StandIn, nasty_archive: Path, tmp_path
     target = _target(standin, tmp_path, entity=DEFAULT_ENTITY)
     result = target.load_run(run, LoadContext())
     # Every injected 429 was met and retried...
-    assert [f[1] for f in standin.faults] == [0, 0, 0], [r[2] for r in standin.requests]
+    assert [f.remaining for f in standin.faults] == [0, 0, 0], [r[2] for r in standin.requests]
     standin.fail_next("graphql:Run", 1)
     data = _read(target, run)  # ...and the read-back retries too
     assert_run_matches(run, result, data)

@@ -179,8 +179,13 @@ class RunWriter:
         step: float | None = None,
         timestamp: datetime | int | None = None,
         mime: str | None = None,
+        move: bool = False,
     ) -> FileInfo:
-        """Store a file payload under `files/` and a row pointing at it. `data` is bytes or a path to copy."""
+        """Store a file payload under `files/` and a row pointing at it. `data` is bytes or a path to copy.
+
+        With `move`, a path is a scratch file the caller gives away: on the same filesystem it is renamed into
+        place after hashing instead of copied (a 2 GB download is then written once, not twice).
+        """
         if type_ not in FILE_LIKE_TYPES:
             raise ValueError(f"{type_} is not a file type")
         rel_dir = f"{self._run_files}/{safe_relpath(path)}"
@@ -190,7 +195,12 @@ class RunWriter:
         target = resolve_inside(self.files_dir, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        if isinstance(data, Path | str):
+        if isinstance(data, Path | str) and move and os.stat(data).st_dev == os.stat(target.parent).st_dev:
+            with open(data, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+            os.replace(data, target)
+        elif isinstance(data, Path | str):
             with open(data, "rb") as src, open(target, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     digest.update(chunk)

@@ -291,12 +291,12 @@ class Api2:
         if not 0 <= index < len(attr.value):
             raise HttpError(404, f"no element {index}")
         fv: FileValue = attr.value[index].value
-        return Reply(200, fv.data, fv.mime_type or "application/octet-stream")
+        return Reply.streamed(fv.open(), fv.size, fv.mime_type or "application/octet-stream")
 
     def download_file(self, req: Request) -> Reply:
         _, _, attr = self._attribute(req, "file")
         fv: FileValue = attr.value
-        reply = Reply(200, fv.data, "application/octet-stream")
+        reply = Reply.streamed(fv.open(), fv.size, "application/octet-stream")
         reply.headers["Content-Disposition"] = disposition(fv.name)
         return reply
 

@@ -332,7 +332,7 @@ class Api3:
         fv = self.store.files.get(path)
         if fv is None:
             return Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
-        return Reply(200, fv.data, fv.mime_type)
+        return Reply.streamed(fv.open(), fv.size, fv.mime_type)
 
 
 def _fill_point_object(obj: Any, type_: str, value: Any) -> None:

@@ -17,6 +17,7 @@ Shape (plain dataclasses, so tests can compare exported archives with it value b
           each Point.value being float / str / Histogram / FileValue respectively
     Point(step: float, value, timestamp_ms: int, is_preview=False, completion_ratio=1.0)
     FileValue(data: bytes, name: str, mime_type: str, path: str)   path = storage key in the sandbox
+      (or FileValue(b"", name, source=Path): the bytes stay in a file on disk and are served by streaming)
     Histogram(type: str, edges: list[float], values: list[float])
 
 sys/* fields every run carries (all ordinary attributes): sys/id, sys/custom_run_id, sys/name (the
@@ -36,12 +37,14 @@ step <= fork_step when a client asks for the full lineage.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 import mimetypes
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 ATTRIBUTE_TYPES = (
     "float",
@@ -110,6 +113,9 @@ class FileValue:
     name: str
     mime_type: str = ""
     path: str = ""  # assigned by Project.add_run when empty
+    # The payload lives in this file instead of `data`: big files (benchmarks, tests of streaming) never sit
+    # in the sandbox's memory; replies stream it from disk.
+    source: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.mime_type:
@@ -117,7 +123,11 @@ class FileValue:
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return self.source.stat().st_size if self.source is not None else len(self.data)
+
+    def open(self) -> BinaryIO:
+        """The payload as a binary stream (the caller closes it)."""
+        return open(self.source, "rb") if self.source is not None else io.BytesIO(self.data)
 
 
 @dataclass(frozen=True)

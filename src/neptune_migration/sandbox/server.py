@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from .store import Store
 from .web import HttpError, Reply, Request, Router
 
 log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20  # bytes per write of a streamed reply
 
 # Routes a client reaches without a bearer token.
 _OPEN_ROUTES = (
@@ -85,7 +88,7 @@ class Sandbox:
         if self._httpd is not None:
             return self
         handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd = _Server((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.store.base_url = self.url
@@ -205,6 +208,18 @@ class Sandbox:
         return reply
 
 
+# A client that went away mid-reply (killed, timed out, dropped its keep-alive connection) is not a server error.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            log.debug("client %s went away mid-request", client_address)
+            return
+        super().handle_error(request, client_address)  # anything else keeps its traceback on stderr
+
+
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as both clients expect
@@ -223,15 +238,33 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers.items():
-                # headers are Latin-1; a handler's stray character must not break the connection
-                self.send_header(name, value.encode("latin-1", "replace").decode("latin-1"))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(reply.body)
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                length = reply.length if reply.stream is not None else len(reply.body)
+                self.send_header("Content-Length", str(length))
+                for name, value in reply.headers.items():
+                    # headers are Latin-1; a handler's stray character must not break the connection
+                    self.send_header(name, value.encode("latin-1", "replace").decode("latin-1"))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if reply.stream is None:
+                    self.wfile.write(reply.body)
+                    return
+                # file payloads go out in chunks, so a 2 GB file costs the sandbox 1 MB of memory
+                left = length
+                while left > 0:
+                    chunk = reply.stream.read(min(left, _CHUNK))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
+                if left:
+                    self.close_connection = True  # the file shrank under us: the client sees a short body
+            finally:
+                if reply.stream is not None:
+                    reply.stream.close()
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 

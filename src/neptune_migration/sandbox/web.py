@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs
 
 
@@ -65,6 +65,13 @@ class Reply:
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    # A body too big to hold: `length` bytes read from `stream` in chunks while sending (then closed).
+    stream: BinaryIO | None = None
+    length: int = 0
+
+    @classmethod
+    def streamed(cls, stream: BinaryIO, length: int, content_type: str, status: int = 200) -> Reply:
+        return cls(status, b"", content_type, stream=stream, length=length)
 
     @classmethod
     def json(cls, data: Any, status: int = 200, *, allow_nan: bool = False) -> Reply:

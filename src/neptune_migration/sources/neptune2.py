@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
+import shutil
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -27,7 +28,7 @@ from ..model import RunRef
 from ..retry import retrying
 from ..secrets import redact
 from ..selection import Selection, compile_regex
-from .neptune3 import ExportStats, SourceError, api_url
+from .neptune3 import ExportStats, SourceError, api_url, scratch_dir
 
 log = logging.getLogger("neptune_migration")
 
@@ -89,6 +90,7 @@ class Neptune2Source:
         exclude_projects: str | None = None,
         include_trashed: bool = False,
         file_sets: str = "zip",
+        download_workers: int = 4,
     ) -> None:
         if file_sets not in ("zip", "extract"):
             raise UsageError(f"--file-sets must be 'zip' or 'extract', not {file_sets!r}")
@@ -103,6 +105,8 @@ class Neptune2Source:
         self.exclude_projects = compile_regex(exclude_projects, "--exclude-projects")
         self.include_trashed = include_trashed
         self.file_sets = file_sets
+        # File payloads of a run download this many at a time, in the background while its values are read.
+        self.download_workers = max(1, download_workers)
         self._checked = False
 
     def _explain(self, exc: BaseException, doing: str, project: str | None = None) -> SourceError:
@@ -277,54 +281,70 @@ class Neptune2Source:
     def _export(self, handle: Any, run: ListedRun2, archive: ArchiveWriter) -> ExportStats:
         items = self._structure(handle)
         stats = ExportStats(attributes=len(items), modification_time=run.modification_time)
-        with archive.run(run.ref) as writer, tempfile.TemporaryDirectory(prefix="neptune2-export-") as tmp:
-            for n, (path, attr) in enumerate(sorted(items.items())):
-                type_ = _TYPES[type(attr).__name__]
-                stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
-                work = Path(tmp) / str(n)
-                if type_ in ("float", "int", "string", "bool", "datetime", "string_set"):
-                    value = retrying(attr.fetch)
-                    if value is None:
-                        continue
-                    if type_ == "datetime":
-                        value = _utc(value)
-                    elif type_ == "string_set":
-                        value = sorted(value)
-                    elif type_ == "string" and not isinstance(value, str):
-                        value = str(getattr(value, "value", value))  # sys/state comes as an enum-like value
-                    writer.add_atom(path, type_, value)
-                elif type_ in ("float_series", "string_series"):
-                    frame = retrying(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
-                    steps = frame["step"].astype(float).tolist() if len(frame) else []
-                    stamps = [_utc(t) for t in frame["timestamp"]] if len(frame) else []
-                    values = frame["value"].tolist() if len(frame) else []
-                    if type_ == "float_series":
-                        values = [float(v) for v in values]
-                    writer.add_series(path, type_, steps, stamps, values)
-                    stats.points += len(steps)
-                else:
-                    self._export_files(attr, path, type_, work, writer, stats)
+        ordered = sorted(items.items())
+        pool = ThreadPoolExecutor(self.download_workers, thread_name_prefix="neptune2-download")
+        with archive.run(run.ref) as writer, scratch_dir(archive, "neptune2-export-") as tmp:
+            try:
+                self._export_values(ordered, Path(tmp), pool, writer, stats)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         return stats
 
+    def _export_values(self, ordered: list[tuple[str, Any]], tmp: Path, pool: ThreadPoolExecutor, writer: Any,
+                       stats: ExportStats) -> None:
+        # Payloads download concurrently (the 1.x client streams each to disk in 1 MB chunks); the run's rows
+        # are still written in attribute order.
+        downloads: dict[str, Future[None]] = {}
+        for n, (path, attr) in enumerate(ordered):
+            type_ = _TYPES[type(attr).__name__]
+            if type_ in _DOWNLOADED:
+                downloads[path] = pool.submit(_download, attr, type_, tmp / str(n))
+        for n, (path, attr) in enumerate(ordered):
+            type_ = _TYPES[type(attr).__name__]
+            stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
+            work = tmp / str(n)
+            if type_ in ("float", "int", "string", "bool", "datetime", "string_set"):
+                value = retrying(attr.fetch)
+                if value is None:
+                    continue
+                if type_ == "datetime":
+                    value = _utc(value)
+                elif type_ == "string_set":
+                    value = sorted(value)
+                elif type_ == "string" and not isinstance(value, str):
+                    value = str(getattr(value, "value", value))  # sys/state comes as an enum-like value
+                writer.add_atom(path, type_, value)
+            elif type_ in ("float_series", "string_series"):
+                frame = retrying(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
+                steps = frame["step"].astype(float).tolist() if len(frame) else []
+                stamps = [_utc(t) for t in frame["timestamp"]] if len(frame) else []
+                values = frame["value"].tolist() if len(frame) else []
+                if type_ == "float_series":
+                    values = [float(v) for v in values]
+                writer.add_series(path, type_, steps, stamps, values)
+                stats.points += len(steps)
+            else:
+                if path in downloads:
+                    downloads[path].result()
+                self._export_files(attr, path, type_, work, writer, stats)
+
     def _export_files(self, attr: Any, path: str, type_: str, work: Path, writer: Any, stats: ExportStats) -> None:
-        work.mkdir(parents=True, exist_ok=True)
+        """Add the payloads `_download` left in `work` (an artifact's file list is fetched here)."""
         if type_ == "file":
-            retrying(lambda: attr.download(destination=str(work), progress_bar=False))
             for local in _files_in(work):
                 self._add_file(writer, stats, path, "file", local, local.name)
         elif type_ == "file_series":
-            retrying(lambda: attr.download(destination=str(work), progress_bar=False))
             # The 1.x client names each file "<index>.<ext>" and gives no step: the index becomes the step.
             for local in sorted(_files_in(work), key=_index_of):
                 self._add_file(writer, stats, path, "file_series", local, local.name, step=float(_index_of(local)))
         elif type_ == "file_set":
             target = work / "files.zip"
-            retrying(lambda: attr.download(destination=str(target), progress_bar=False))
             if self.file_sets == "zip":
                 self._add_file(writer, stats, path, "file_set", target, "files.zip")
             else:
-                for name, data in _safe_zip_members(target):
-                    self._add_file(writer, stats, path, "file_set", data, name)
+                for name, member in _safe_zip_members(target, work / "extracted"):
+                    self._add_file(writer, stats, path, "file_set", member, name)
+                    member.unlink()
         elif type_ == "artifact":
             files = retrying(attr.fetch_files_list)
             listing = [{"filePath": f.file_path, "fileHash": f.file_hash, "type": f.type, "size": f.size,
@@ -337,9 +357,20 @@ class Neptune2Source:
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         if type_ != "artifact" and not self.selection.wants_file(path, name, size):
             return
-        info = writer.add_file(path, type_, data, name, step=step)
+        # every path here is a scratch download (or an unpacked member): given away, renamed when it can be
+        info = writer.add_file(path, type_, data, name, step=step, move=isinstance(data, Path))
         stats.files += 1
         stats.bytes += info.size
+
+
+_DOWNLOADED = ("file", "file_series", "file_set")
+
+
+def _download(attr: Any, type_: str, work: Path) -> None:
+    """One attribute's payloads into `work` (a file set as `files.zip`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    destination = work / "files.zip" if type_ == "file_set" else work
+    retrying(lambda: attr.download(destination=str(destination), progress_bar=False))
 
 
 def _quiet_client() -> None:
@@ -368,10 +399,15 @@ def _index_of(path: Path) -> int:
         return 0
 
 
-def _safe_zip_members(archive: Path) -> Iterator[tuple[str, bytes]]:
-    """Members of a file-set zip, refusing any that would land outside the set (zip-slip) or are links."""
+def _safe_zip_members(archive: Path, scratch: Path) -> Iterator[tuple[str, Path]]:
+    """Members of a file-set zip, refusing any that would land outside the set (zip-slip) or are links.
+
+    Each member is unpacked in chunks to a scratch file (a big member never sits in memory); the caller
+    consumes it before asking for the next, which overwrites it.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        for n, info in enumerate(zf.infolist()):
             if info.is_dir():
                 continue
             name = info.filename.replace("\\", "/")
@@ -380,7 +416,10 @@ def _safe_zip_members(archive: Path) -> Iterator[tuple[str, bytes]]:
                 raise SourceError(f"file set {archive.name} holds an entry that escapes it: {name!r}")
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise SourceError(f"file set {archive.name} holds a symbolic link: {name!r}")
-            yield name, zf.read(info)
+            member = scratch / str(n)
+            with zf.open(info) as src, open(member, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            yield name, member
 
 
 def _iso(value: datetime) -> str:

@@ -263,7 +263,7 @@ class Neptune3Source:
         stats = ExportStats(attributes=len(attributes))
         for type_ in attributes.values():
             stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
-        with archive.run(run.ref) as writer, tempfile.TemporaryDirectory(prefix="neptune-export-") as tmp:
+        with archive.run(run.ref) as writer, scratch_dir(archive, "neptune-export-") as tmp:
             downloads = _Downloads(self, Path(tmp), writer, stats)
             atoms = {p: t for p, t in attributes.items() if t in (*ATOM_TYPES, "file")}
             for value in self._atom_values(rid, atoms):
@@ -364,12 +364,25 @@ class _Downloads:
                     log.warning("file %s of a run is gone from Neptune's storage; recorded as missing", path)
                     continue
                 info = self.writer.add_file(path, type_, local, _file_name(path, file, step), step=step,
-                                            timestamp=timestamp, mime=getattr(file, "mime_type", None))
+                                            timestamp=timestamp, mime=getattr(file, "mime_type", None), move=True)
                 local.unlink(missing_ok=True)
                 self.stats.files += 1
                 self.stats.bytes += info.size
         finally:
             self.pool.shutdown(wait=True)
+
+
+def scratch_dir(archive: Any, prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for downloads, inside a local archive's root when it can be: the finished file is then
+    renamed into the archive instead of copied, and a big download never lands in a RAM-backed /tmp."""
+    root = getattr(archive, "root", None)
+    if isinstance(root, Path):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return tempfile.TemporaryDirectory(prefix=f".{prefix}", dir=root)
+        except OSError:
+            pass
+    return tempfile.TemporaryDirectory(prefix=prefix)
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,10 @@ class MlflowTarget:
         experiment_prefix: str = "",
         artifact_workers: int = 4,
         metric_requests_in_flight: int = 2,
+        upload_workers: int | None = None,
     ) -> None:
+        """`upload_workers`: artifact uploads in flight at once, across all runs this target loads (each file
+        streams from disk in one PUT); `artifact_workers` is its older name, used when it is not given."""
         from mlflow.tracking import MlflowClient
 
         # One "View run at" line per run on stdout (and a get_run call each) is noise in a migration of thousands.
@@ -127,7 +130,8 @@ class MlflowTarget:
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
         self._experiments: dict[str, str] = {}
         self._exp_lock = threading.Lock()
-        self._artifact_pool = ThreadPoolExecutor(artifact_workers, thread_name_prefix="mlflow-artifacts")
+        self.upload_workers = max(1, upload_workers if upload_workers is not None else artifact_workers)
+        self._artifact_pool = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="mlflow-artifacts")
         self._metric_pool = ThreadPoolExecutor(
             max(1, metric_requests_in_flight * 4), thread_name_prefix="mlflow-metrics"
         )

@@ -29,6 +29,7 @@ from ..archive import ArchivedRun
 from ..errors import TargetError, UsageError
 from .base import LoadContext, LoadResult
 from .wandb_folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
+from .wandb_generations import SUPERSEDED_TAG, Existing, existing_from_config, offline_existing, offline_mark, resolve
 from .wandb_readback import WandbRunData, read_offline_run
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
@@ -122,8 +123,15 @@ class WandbOfflineTarget:
         except OSError as exc:
             raise TargetError(f"cannot write W&B offline runs under {self.root}: {exc.strerror or exc}") from None
 
+    def spec(self, run: ArchivedRun) -> RunSpec:
+        """Where the run goes: its base id, or a new generation's id when the archive holds a re-export of a
+        changed run (wandb_generations.py)."""
+        base = spec_for(run, self.entity, self.project, self.project_prefix)
+        run_id, supersedes = resolve(run, offline_existing(self.root, base.run_id))
+        return RunSpec(base.entity, base.project, run_id, supersedes)
+
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
-        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        spec = self.spec(run)
         synced = self._synced_folder(spec.run_id)
         if synced is not None:
             # `wandb sync` already (partly) uploaded this folder. Rebuilding it would drop wandb's own sync
@@ -138,7 +146,22 @@ class WandbOfflineTarget:
             with self._lock:
                 self._written.append(synced)
             return result
-        return self.write(run, ctx).result
+        result = self.write(run, ctx, spec).result
+        if spec.supersedes:
+            self._supersede(run, spec, result)
+        return result
+
+    def _supersede(self, run: ArchivedRun, spec: RunSpec, result: LoadResult) -> None:
+        """The new generation is complete: tag the run it replaces, and point the base run at the new one."""
+        base_id = spec_for(run, self.entity, self.project, self.project_prefix).run_id
+        marks = [(spec.supersedes, {"superseded_by": spec.run_id})]
+        marks.append((base_id, {"current": spec.run_id}))
+        for run_id, change in marks:
+            if run_id and not offline_mark(self.root, run_id, **change):
+                result.warnings.append(f"run {run_id} was already synced with wandb sync; on the server, tag it "
+                                       f"'{SUPERSEDED_TAG}' by hand (replaced by {spec.run_id})")
+        result.warnings.append(f"replaces W&B run {spec.supersedes} (tagged '{SUPERSEDED_TAG}'): the run changed "
+                               "in Neptune")
 
     def _synced_folder(self, wandb_run_id: str) -> Path | None:
         for folder in (self.root / "wandb").glob(f"offline-run-*-{wandb_run_id}"):
@@ -146,8 +169,8 @@ class WandbOfflineTarget:
                 return folder
         return None
 
-    def write(self, run: ArchivedRun, ctx: LoadContext) -> WrittenRun:
-        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+    def write(self, run: ArchivedRun, ctx: LoadContext, spec: RunSpec | None = None) -> WrittenRun:
+        spec = spec or self.spec(run)
         # An interrupted attempt left at most a temporary folder (removed here) or a complete identical one.
         written = write_run(run, ctx, self.root, spec)
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id, "folder": written.folder.name})
@@ -156,7 +179,7 @@ class WandbOfflineTarget:
         return written
 
     def run_id_for(self, run: ArchivedRun) -> str:
-        return spec_for(run, self.entity, self.project, self.project_prefix).run_id
+        return self.spec(run).run_id
 
     def sync_command(self, folders: list[Path] | None = None) -> str:
         """The exact command to upload the folders from a connected machine (set WANDB_API_KEY first,
@@ -192,9 +215,12 @@ class WandbOnlineTarget:
         staging_dir: Path | None = None,
         runs_per_second: float = 2.0,
         sync_timeout: float = 3600.0,
-        verify_timeout: float = 30.0,
+        verify_timeout: float | None = None,
         keep_staging: bool = False,
+        upload_workers: int | None = None,
     ) -> None:
+        """`upload_workers`: at most this many runs upload at once (one `wandb sync` each, whose wandb-core
+        streams every file from disk); None lets every loading worker upload."""
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self._configured_entity = self.entity
         self.project = project or None
@@ -204,10 +230,14 @@ class WandbOnlineTarget:
         self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "neptune-migration-wandb").absolute()
         self.limiter = RateLimiter(runs_per_second)
         self.sync_timeout = sync_timeout
-        self.verify_timeout = verify_timeout
+        # How long to wait for the server to count the last history lines after `wandb sync` exited.
+        self.verify_timeout = verify_timeout if verify_timeout is not None else float(
+            os.environ.get("NEPTUNE_MIGRATION_WANDB_VERIFY_TIMEOUT") or 30.0)
         self.keep_staging = keep_staging
         self._api: Any = None
         self._api_lock = threading.Lock()
+        self.upload_workers = max(1, upload_workers) if upload_workers is not None else None
+        self._uploads = threading.BoundedSemaphore(self.upload_workers) if self.upload_workers else None
 
     @property
     def canonical(self) -> str:
@@ -248,10 +278,53 @@ class WandbOnlineTarget:
             self.entity = getattr(viewer, "entity", None) or getattr(viewer, "username", None)
 
     def spec(self, run: ArchivedRun) -> RunSpec:
-        return spec_for(run, self.entity, self.project, self.project_prefix)
+        """Where the run goes: its base id, or a new generation's id when the archive holds a re-export of a
+        changed run (wandb_generations.py). Asks the server about the base run."""
+        base = spec_for(run, self.entity, self.project, self.project_prefix)
+        run_id, supersedes = resolve(run, self._existing(base))
+        return RunSpec(base.entity, base.project, run_id, supersedes)
 
     def run_id_for(self, run: ArchivedRun) -> str:
         return self.spec(run).run_id
+
+    def _server_run(self, spec: RunSpec) -> Any | None:
+        """The run on the server (fresh, not cached), or None when there is none."""
+        from wandb.errors import CommError
+
+        path = f"{spec.entity or self.entity}/{spec.project}/{spec.run_id}"
+        try:
+            run = with_backoff(lambda: self.api().run(path))
+            with_backoff(lambda: run.load(force=True))
+        except CommError as exc:
+            if "could not find run" in str(exc).lower():
+                return None
+            raise TargetError(f"cannot look up {path} on {self.base_url}: {_safe(exc, self._api_key)}") from None
+        return run
+
+    def _existing(self, base: RunSpec) -> Existing | None:
+        run = self._server_run(base)
+        return None if run is None else existing_from_config(dict(run.config))
+
+    def _supersede(self, run: ArchivedRun, spec: RunSpec, result: LoadResult) -> None:
+        """The new generation is complete: tag the run it replaces, and point the base run at the new one."""
+        import json
+
+        base = spec_for(run, self.entity, self.project, self.project_prefix)
+        for run_id, change in ((spec.supersedes, {"superseded_by": spec.run_id}), (base.run_id,
+                                                                                     {"current": spec.run_id})):
+            old = self._server_run(RunSpec(spec.entity, spec.project, run_id or ""))
+            if old is None:
+                continue
+            raw = dict(old.rawconfig or {})  # the whole config, values unwrapped
+            raw["neptune_migration"] = {**(raw.get("neptune_migration") or {}), **change}
+            tags = list(old.tags or [])
+            if "superseded_by" in change and SUPERSEDED_TAG not in tags:
+                tags.append(SUPERSEDED_TAG)
+            variables = {"entity": old.entity, "project": spec.project, "name": run_id, "tags": tags,
+                         "config": json.dumps({k: {"value": v, "desc": None} for k, v in raw.items()})}
+            with_backoff(lambda v=variables: self.api()._service_api.execute_graphql(_SUPERSEDE, v))
+        result.warnings.append(f"replaces W&B run {spec.supersedes} (tagged '{SUPERSEDED_TAG}'): the run changed "
+                               "in Neptune")
 
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
         if self.entity is None:
@@ -269,10 +342,17 @@ class WandbOnlineTarget:
             written.result.warnings.append(f"resumed a partly synced run: {held} history rows were already there")
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id})
         self.limiter.acquire()
-        output = self._sync(root, written)
+        if self._uploads is None:
+            output = self._sync(root, written)
+        else:
+            with self._uploads:
+                output = self._sync(root, written)
         # `wandb sync` exits 0 even when the server refused the run: check the server holds it all.
         self._verify(written, output)
         ctx.save_checkpoint({"stage": "synced", "run_id": spec.run_id})
+        if spec.supersedes:
+            # Last, once the new generation is whole: a crash before this leaves the old run as it was.
+            self._supersede(run, spec, written.result)
         if not self.keep_staging:
             shutil.rmtree(root, ignore_errors=True)
         return written.result
@@ -301,17 +381,8 @@ class WandbOnlineTarget:
         return out
 
     def _server_history_lines(self, spec: RunSpec) -> int:
-        from wandb.errors import CommError
-
-        path = f"{spec.entity or self.entity}/{spec.project}/{spec.run_id}"
-        try:
-            run = with_backoff(lambda: self.api().run(path))
-            with_backoff(lambda: run.load(force=True))
-        except CommError as exc:
-            if "could not find run" in str(exc).lower():
-                return 0
-            raise TargetError(f"cannot look up {path} on {self.base_url}: {_safe(exc, self._api_key)}") from None
-        return int(run._attrs.get("historyLineCount") or 0)
+        run = self._server_run(spec)
+        return 0 if run is None else int(run._attrs.get("historyLineCount") or 0)
 
     def _verify(self, written: WrittenRun, output: str) -> None:
         spec = written.spec
@@ -337,11 +408,22 @@ class WandbOnlineTarget:
     def read_back(self, run: ArchivedRun) -> WandbRunData:
         from .wandb_online import read_online
 
-        spec = spec_for(run, self.entity, self.project, self.project_prefix)
+        spec = self.spec(run)
         return read_online(self.api(), spec.entity, spec.project, spec.run_id)
 
     def close(self) -> None:
         pass
+
+
+# Tags and config of an existing run, as wandb's own `Run.update` sets them (by name rather than storage id).
+_SUPERSEDE = """
+mutation NeptuneMigrationSupersede($entity: String, $project: String, $name: String!, $tags: [String!],
+                                   $config: JSONString) {
+    upsertBucket(input: {entityName: $entity, modelName: $project, name: $name, tags: $tags, config: $config}) {
+        bucket { id }
+    }
+}
+"""
 
 
 def _safe(value: object, secret: str) -> str:

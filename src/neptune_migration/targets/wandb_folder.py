@@ -61,6 +61,8 @@ class RunSpec:
     entity: str | None
     project: str
     run_id: str
+    # A run re-exported by `--refresh` gets a new id; the id of the run it replaces (see wandb_generations.py).
+    supersedes: str | None = None
 
 
 @dataclass
@@ -186,7 +188,7 @@ def _write(
     r.tags.extend(clean_tags)
     r.start_time.FromMilliseconds(start_ms)
     r.host = "neptune-migration"
-    config = _config(run, atoms, hist, neptune_tags, result)
+    config = _config(run, atoms, hist, neptune_tags, result, spec.supersedes)
     for k, v in config.items():
         item = r.config.update.add()
         item.key = k
@@ -332,7 +334,8 @@ def _ms(atom: Any) -> int | None:
 
 
 def _config(
-    run: ArchivedRun, atoms: dict[str, Any], hist: History, neptune_tags: list[str], result: LoadResult
+    run: ArchivedRun, atoms: dict[str, Any], hist: History, neptune_tags: list[str], result: LoadResult,
+    supersedes: str | None = None,
 ) -> dict[str, Any]:
     """Atoms nested by `/` with native JSON types; a leaf that is also a branch keeps its value under `_value`."""
     root: dict[str, Any] = {}
@@ -375,6 +378,7 @@ def _config(
         "step_mode": hist.step_mode,
         "tags": sorted(neptune_tags),
         **({"fork": fork} if fork else {}),
+        **({"supersedes": supersedes} if supersedes else {}),
     }
     return root
 

@@ -1,0 +1,134 @@
+"""A big file moves Neptune 3.x (sandbox) -> archive -> MLflow server byte for byte, with flat memory.
+
+The file (256 MiB of a 4 MiB random block, each block stamped with its index, so a misplaced chunk changes the
+hash) lives on disk and the sandbox streams it. `export` and `load` run as the real CLI in child processes whose
+RSS is polled; each is run once with a 1 MiB file first, and the big file may raise the peak by far less than
+its size. A memory bound, not a timing: bench/bench_large_files.py has the figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from neptune_migration.sandbox import FileValue, Project, Sandbox
+
+from .conftest import VENV_BIN, MlflowServer
+
+BIG = 256 << 20
+SMALL = 1 << 20
+NAME = "weights.bin"
+
+
+def _pattern_file(path: Path, size: int) -> str:
+    block = bytearray(os.urandom(4 << 20))
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        n = written = 0
+        while written < size:
+            block[:8] = n.to_bytes(8, "little")
+            chunk = block[: min(len(block), size - written)]
+            fh.write(chunk)
+            digest.update(chunk)
+            written, n = written + len(chunk), n + 1
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _project(name: str, payload: Path) -> Project:
+    project = Project("sandbox", name, key=name.upper().replace("-", "")[:5])
+    run = project.new_run("run-0", experiment_name="big", creation_time=datetime(2024, 1, 1, tzinfo=UTC))
+    run.set("model/weights", FileValue(b"", NAME, "application/octet-stream", source=payload))
+    run.touch()
+    return project
+
+
+def _cli_peak_rss(args: list[str], env: dict[str, str]) -> int:
+    """Run neptune-migrate; its peak RSS in bytes, polled every 10 ms from here."""
+    child = subprocess.Popen([str(VENV_BIN / "neptune-migrate"), *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.01)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    _, err = child.communicate(timeout=600)
+    done.set()
+    poller.join()
+    assert child.returncode == 0, err.decode()[-3000:]
+    return peak
+
+
+def test_big_file_streams_to_mlflow(tmp_path: Path, mlflow_server: MlflowServer, prefix: str) -> None:
+    sizes = {"small": SMALL, "big": BIG}
+    digests = {label: _pattern_file(tmp_path / f"{label}.bin", size) for label, size in sizes.items()}
+    projects = [_project(f"lf-{label}", tmp_path / f"{label}.bin") for label in sizes]
+    peaks: dict[tuple[str, str], int] = {}
+    with Sandbox(projects) as sb:
+        env = dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="2")
+        for label in sizes:
+            archive, state = tmp_path / f"archive-{label}", str(tmp_path / f"state-{label}.db")
+            peaks["export", label] = _cli_peak_rss(
+                ["export", "--from", "neptune3", "-p", f"sandbox/lf-{label}", "--archive", str(archive),
+                 "--state", state, "--no-progress"], env)
+            stored = [p for p in (archive / "files").rglob(NAME) if p.is_file()]
+            assert len(stored) == 1 and _sha256(stored[0]) == digests[label]
+            # the download scratch folder inside the archive root is gone, and nothing else was left
+            assert sorted(p.name for p in archive.iterdir()) == ["data", "files"]
+            peaks["load", label] = _cli_peak_rss(
+                ["load", "--archive", str(archive), "--to", "mlflow", "--mlflow-tracking-uri", mlflow_server.uri,
+                 "--experiment-prefix", f"{prefix}{label}-", "--state", state, "--no-progress"], env)
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(f"{prefix}big-sandbox/lf-big")
+    assert exp is not None
+    (run,) = client.search_runs([exp.experiment_id])
+    uploaded = [p for p in (mlflow_server.root / "artifacts" / exp.experiment_id / run.info.run_id).rglob(NAME)]
+    assert len(uploaded) == 1
+    assert uploaded[0].stat().st_size == BIG
+    assert _sha256(uploaded[0]) == digests["big"]
+
+    for stage in ("export", "load"):
+        growth = peaks[stage, "big"] - peaks[stage, "small"]
+        assert growth < BIG / 4, (
+            f"{stage}: peak RSS {peaks[stage, 'big'] / 2**20:.0f} MiB with a {BIG >> 20} MiB file against "
+            f"{peaks[stage, 'small'] / 2**20:.0f} MiB with a 1 MiB file"
+        )
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_mlflow_upload_workers_bound_the_pool(tmp_path: Path, workers: int) -> None:
+    from neptune_migration.targets.mlflow import MlflowTarget
+
+    target = MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", upload_workers=workers, artifact_workers=8)
+    try:
+        assert target.upload_workers == workers
+        assert target._artifact_pool._max_workers == workers
+    finally:
+        target.close()
