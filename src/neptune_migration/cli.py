@@ -78,8 +78,9 @@ ExportWorkersOpt = Annotated[int | None, typer.Option(help="migrate: runs export
                                                       min=1, max=64)]
 ValidateWorkersOpt = Annotated[int | None, typer.Option(help="migrate: runs read back in parallel (default: "
                                                         "--workers).", min=1, max=64)]
-UploadWorkersOpt = Annotated[int | None, typer.Option(help="Concurrent file uploads into the target (default: "
-                                                      "--workers, at least 2).", min=1, max=64,
+UploadWorkersOpt = Annotated[int | None, typer.Option(help="Concurrent uploads into the target: MLflow artifact "
+                                                      "files (default: --workers, at least 2), W&B runs being "
+                                                      "synced (default: --workers).", min=1, max=64,
                                                       rich_help_panel="Target")]
 StateOpt = Annotated[Path | None, typer.Option(help="Ledger file (SQLite). Default: .neptune-migration/state.db "
                                                "or $NEPTUNE_MIGRATION_STATE.")]
@@ -212,14 +213,13 @@ class WandbOptions:
 
 def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int,
             wandb: WandbOptions | None = None, mlflow_bulk: bool = False, upload_workers: int | None = None):
-    uploads = upload_workers or max(2, workers)
     if to == "mlflow":
         from .targets.mlflow import MlflowTarget
         from .targets.mlflow_bulk import MlflowBulkTarget
 
         kind = MlflowBulkTarget if mlflow_bulk else MlflowTarget
         return kind(tracking_uri, experiment_by=experiment_by, experiment_prefix=experiment_prefix,
-                    artifact_workers=uploads)
+                    upload_workers=upload_workers or max(2, workers))
     if mlflow_bulk:
         raise UsageError("--mlflow-bulk is only for --to mlflow")
     wandb = wandb or WandbOptions()
@@ -231,7 +231,8 @@ def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_pr
     if to == "wandb":
         from .targets.wandb import WandbOnlineTarget
 
-        return WandbOnlineTarget(entity=wandb.entity, project=wandb.project, project_prefix=wandb.project_prefix)
+        return WandbOnlineTarget(entity=wandb.entity, project=wandb.project, project_prefix=wandb.project_prefix,
+                                 upload_workers=upload_workers)
     raise UsageError(f"--to: unknown target {to!r}; choose mlflow, wandb or wandb-offline")
 
 
