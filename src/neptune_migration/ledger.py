@@ -133,16 +133,15 @@ class Ledger:
         """Mark an attempt as begun; keeps the previous checkpoint so the attempt can resume from it."""
         now = time.time()
         with self._locked():
-            self._db.execute(
+            row = self._db.execute(
                 """INSERT INTO progress (project_id, run_id, stage, target, status, attempts, updated_at)
                    VALUES (?, ?, ?, ?, ?, 1, ?)
                    ON CONFLICT (project_id, run_id, stage, target)
-                   DO UPDATE SET status=excluded.status, attempts=attempts+1, updated_at=excluded.updated_at""",
+                   DO UPDATE SET status=excluded.status, attempts=attempts+1, updated_at=excluded.updated_at
+                   RETURNING *""",
                 (ref.project_id, ref.run_id, stage, target, RUNNING, now),
-            )
-        entry = self.get(ref, stage, target)
-        assert entry is not None
-        return entry
+            ).fetchone()
+        return _entry(row)
 
     def save_checkpoint(self, ref: RunRef, stage: str, target: str, state: dict[str, Any]) -> None:
         self._update(ref, stage, target, checkpoint=json.dumps(state, sort_keys=True))

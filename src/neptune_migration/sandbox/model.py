@@ -446,12 +446,25 @@ class Project:
                     fv.path = f"{self.project_id}/{run.sys_id}/{path}{suffix}/{_safe_name(fv.name)}"
 
     def run_by_sys_id(self, sys_id: str) -> Run | None:
-        return next((r for r in self.runs if r.sys_id == sys_id), None)
+        return self._id_index()[0].get(sys_id)
 
     def run_by_custom_id(self, custom_run_id: str) -> Run | None:
-        # the newest wins if an id was reused (it cannot be in Neptune, but seeds can be sloppy)
-        found = [r for r in self.runs if r.kind == "run" and r.custom_run_id == custom_run_id]
-        return found[-1] if found else None
+        return self._id_index()[1].get(custom_run_id)
+
+    def _id_index(self) -> tuple[dict[str, Run], dict[str, Run]]:
+        """Runs by sys id (the first one) and by custom run id (the newest wins if a seed reused one), rebuilt when
+        runs were added: scanning the list per lookup made a 10,000-run project quadratic to serve."""
+        cached = getattr(self, "_ids", None)
+        if cached is None or cached[0] != len(self.runs):
+            by_sys: dict[str, Run] = {}
+            by_custom: dict[str, Run] = {}
+            for run in self.runs:
+                by_sys.setdefault(run.sys_id, run)
+                if run.kind == "run":
+                    by_custom[run.custom_run_id] = run
+            cached = (len(self.runs), by_sys, by_custom)
+            self._ids = cached
+        return cached[1], cached[2]
 
     def experiment_leaders(self) -> list[Run]:
         """The run that currently represents each experiment: the newest non-trashed run per sys/experiment/name."""
