@@ -15,6 +15,12 @@ The parent polls the child's RSS with psutil every 20 ms (ru_maxrss of children 
 across fork), and also its own RSS growth during export (the sandbox serving) and the MLflow server's process
 tree during its load. Every copy at the end of the chain is hashed and compared with the source (sha256).
 Prints one table; never part of the test run. Needs about 4x --size-mb of free disk.
+
+    .venv/bin/python bench/bench_large_files.py --neptune2-files 16 [--small-mb 8] [--latency 0.2]
+
+instead measures the 2.x source's concurrent downloads: one run with 16 file attributes of --small-mb each, the
+sandbox answering every download after --latency seconds (a remote server's round trip), exported through
+`Neptune2Source(download_workers=1)` and `(download_workers=4)` in child processes.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_project(name: str, payload: Path):
+def make_project(name: str, payload: Path, in_memory: bool = False):
     from datetime import UTC, datetime
 
     from neptune_migration.sandbox import FileValue, Project
@@ -72,7 +78,10 @@ def make_project(name: str, payload: Path):
     project = Project("sandbox", name, key=name.upper().replace("-", "")[:5])
     run = project.new_run("run-0", experiment_name="large-files", creation_time=datetime(2024, 1, 1, tzinfo=UTC))
     run.set("params/lr", 0.001)
-    run.set(ATTRIBUTE, FileValue(b"", FILE_NAME, "application/octet-stream", source=payload))
+    if in_memory:  # how the sandbox held payloads before it could stream them from disk
+        run.set(ATTRIBUTE, FileValue(payload.read_bytes(), FILE_NAME, "application/octet-stream"))
+    else:
+        run.set(ATTRIBUTE, FileValue(b"", FILE_NAME, "application/octet-stream", source=payload))
     run.touch()
     return project
 
@@ -129,7 +138,7 @@ class Row:
 
 def run_child(cmd: list[str], env: dict[str, str], watch_self: bool = False, watch_tree: int | None = None,
               child_tree: bool = False) -> tuple[float, float, float, float]:
-    """(seconds, child peak RSS MB, parent RSS growth MB, watched tree peak MB)."""
+    """(seconds, child peak RSS MB, parent (sandbox) peak RSS MB, watched tree peak MB)."""
     me = Peak([os.getpid()]) if watch_self else None
     other = Peak([watch_tree], tree=True) if watch_tree else None
     started = time.perf_counter()
@@ -138,11 +147,11 @@ def run_child(cmd: list[str], env: dict[str, str], watch_self: bool = False, wat
     _, err = child.communicate()
     seconds = time.perf_counter() - started
     peak = watched.stop()
-    growth = (me.stop() - me.first) if me else 0
+    parent = me.stop() if me else 0
     tree = other.stop() if other else 0
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({child.returncode}): {err.decode()[-2000:]}")
-    return seconds, peak / 2**20, growth / 2**20, tree / 2**20
+    return seconds, peak / 2**20, parent / 2**20, tree / 2**20
 
 
 def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
@@ -177,6 +186,59 @@ def start_standin():
     return StandIn().start()
 
 
+_NEPTUNE2_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.selection import Selection
+from neptune_migration.sources.neptune2 import Neptune2Source
+project, archive, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+source = Neptune2Source([project], Selection(), os.environ["NEPTUNE_API_TOKEN"], download_workers=workers)
+(run,) = source.list_runs(project)
+started = time.perf_counter()
+stats = source.export_run(run, ArchiveWriter(Path(archive)))
+print(json.dumps({"seconds": time.perf_counter() - started, "files": stats.files, "bytes": stats.bytes}))
+"""
+
+
+def neptune2_downloads(files: int, mb: float, latency: float) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from neptune_migration.sandbox import FileValue, Project, Sandbox
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-neptune2-files-"))
+    try:
+        size = int(mb * 2**20)
+        write_pattern_file(tmp / "payload.bin", size)
+        project = Project("sandbox", "n2files", key="NTWO")
+        run = project.new_run("run-0", creation_time=datetime(2024, 1, 1, tzinfo=UTC))
+        for i in range(files):
+            run.set(f"files/f{i:02d}", FileValue(b"", f"f{i:02d}.bin", source=tmp / "payload.bin"))
+        run.touch()
+        with Sandbox([project]) as sb:
+            sb.faults.add(r"/attributes/download$", "slow", delay=latency)
+            env = dict(os.environ, **sb.env())
+            print("| download_workers | files | wall time | MB/s | peak RSS |")
+            print("|---|---|---|---|---|")
+            for workers in (1, 4):
+                archive = tmp / f"archive-{workers}"
+                cmd = [sys.executable, "-c", _NEPTUNE2_CHILD, "sandbox/n2files", str(archive), str(workers)]
+                child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                watched = Peak([child.pid])
+                out, err = child.communicate()
+                peak = watched.stop()
+                if child.returncode != 0:
+                    raise SystemExit(err.decode()[-2000:])
+                got = json.loads(out.decode().strip().splitlines()[-1])
+                assert got["files"] == files, got
+                print(f"| {workers} | {files} x {mb:g} MiB | {got['seconds']:.1f} s | "
+                      f"{got['bytes'] / 2**20 / got['seconds']:.1f} | {peak / 2**20:.0f} MB |")
+                shutil.rmtree(archive, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def find_copy(root: Path, size: int) -> Path:
     found = [p for p in root.rglob(FILE_NAME) if p.is_file() and p.stat().st_size == size]
     if len(found) != 1:
@@ -191,7 +253,14 @@ def main() -> None:
     parser.add_argument("--stages", default="export,mlflow,wandb-offline", help="also: wandb-online")
     parser.add_argument("--workdir", type=Path, help="where to put the files (default: a temp folder)")
     parser.add_argument("--no-verify", action="store_true", help="skip hashing the copies")
+    parser.add_argument("--in-memory-payload", action="store_true",
+                        help="seed the sandbox with bytes objects (the only way before FileValue.source existed)")
+    parser.add_argument("--neptune2-files", type=int, default=0, help="measure the 2.x source's downloads instead")
+    parser.add_argument("--latency", type=float, default=0.2, help="with --neptune2-files: seconds per download")
     args = parser.parse_args()
+    if args.neptune2_files:
+        neptune2_downloads(args.neptune2_files, args.small_mb, args.latency)
+        return
     stages = args.stages.split(",")
 
     from neptune_migration.sandbox import Sandbox
@@ -206,7 +275,8 @@ def main() -> None:
             started = time.perf_counter()
             digests[label] = write_pattern_file(tmp / f"{label}.bin", size)
             print(f"wrote the {label} file ({size / 2**20:,.0f} MiB) in {time.perf_counter() - started:.1f} s")
-        projects = {label: make_project(f"large-{label}", tmp / f"{label}.bin") for label in sizes}
+        projects = {label: make_project(f"large-{label}", tmp / f"{label}.bin", args.in_memory_payload)
+                    for label in sizes}
         if "mlflow" in stages:
             server, uri = start_mlflow(tmp / "mlflow")
         with Sandbox(list(projects.values())) as sb:
@@ -218,12 +288,12 @@ def main() -> None:
                 # export (also when not asked for: the loads need its archive)
                 cmd = [str(BIN / "neptune-migrate"), "export", "--from", "neptune3", "-p", f"sandbox/large-{label}",
                        "--archive", str(archive), "--state", str(state), "--no-progress"]
-                seconds, peak, growth, _ = run_child(cmd, env, watch_self=True)
+                seconds, peak, sandbox_peak, _ = run_child(cmd, env, watch_self=True)
                 copy = find_copy(archive / "files", size)
                 ok = "" if args.no_verify else ("sha256 ok" if sha256_of(copy) == digests[label] else "SHA256 DIFFERS")
                 if "export" in stages:
                     rows.append(Row("export (sandbox -> archive)", label, mb, seconds, peak,
-                                    f"sandbox RSS +{growth:.0f} MB; {ok}"))
+                                    f"sandbox process peak {sandbox_peak:.0f} MB; {ok}"))
                 if "mlflow" in stages:
                     cmd = [str(BIN / "neptune-migrate"), "load", "--archive", str(archive), "--to", "mlflow",
                            "--mlflow-tracking-uri", uri, "--experiment-prefix", f"{label}-",

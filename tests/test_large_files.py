@@ -132,3 +132,69 @@ def test_mlflow_upload_workers_bound_the_pool(tmp_path: Path, workers: int) -> N
         assert target._artifact_pool._max_workers == workers
     finally:
         target.close()
+
+
+def test_wandb_upload_workers_cap_concurrent_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs loaded from two threads with `upload_workers=1`: their real `wandb sync`s never overlap."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "wandb"))
+    from standin import StandIn
+
+    from neptune_migration.archive import Archive, ArchiveWriter
+    from neptune_migration.model import RunRef
+    from neptune_migration.targets.base import LoadContext
+    from neptune_migration.targets.wandb import WandbOnlineTarget
+
+    home = tmp_path / "home"
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        (home / var.lower()).mkdir(parents=True)
+        monkeypatch.setenv(var, str(home / var.lower()))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    writer = ArchiveWriter(tmp_path / "archive")
+    for n in range(2):
+        with writer.run(RunRef("ws/proj", f"RUN-{n}")) as w:
+            w.add_atom("sys/creation_time", "datetime", datetime(2024, 1, 1, tzinfo=UTC))
+            w.add_series("train/loss", "float_series", [0, 1], [1704067200000, 1704067201000], [1.0, 0.5])
+            w.add_file("model/weights", "file", os.urandom(3 << 20), NAME)
+    runs = Archive(tmp_path / "archive").scan().runs
+
+    standin = StandIn().start()
+    try:
+        target = WandbOnlineTarget(base_url=standin.url, api_key="k" * 40, staging_dir=tmp_path / "staging",
+                                   runs_per_second=50, upload_workers=1)
+        target.check()
+        active, overlap, lock = [0], [0], threading.Lock()
+        real_sync = target._sync
+
+        def counting_sync(*args: object) -> str:
+            with lock:
+                active[0] += 1
+                overlap[0] = max(overlap[0], active[0])
+            try:
+                return real_sync(*args)  # type: ignore[arg-type]
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        monkeypatch.setattr(target, "_sync", counting_sync)
+        errors: list[BaseException] = []
+
+        def load(run: object) -> None:
+            try:
+                target.load_run(run, LoadContext())  # type: ignore[arg-type]
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=load, args=(run,)) for run in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert not errors, errors
+        assert overlap[0] == 1
+        uploaded = [b for b in standin.blobs.values() if len(b) == 3 << 20]
+        assert len(uploaded) == 2
+    finally:
+        standin.stop()

@@ -147,15 +147,20 @@ def test_zip_slip_in_file_sets_is_refused(tmp_path: Path, entry: tuple[str, bool
     name, is_link = entry
     path = tmp_path / "set.zip"
     path.write_bytes(_zip([("fine.txt", b"ok", False), (name, b"/etc/passwd" if is_link else b"x", is_link)]))
+    scratch = tmp_path / "scratch"
     with pytest.raises(SourceError, match=r"escapes it|symbolic link"):
-        list(_safe_zip_members(path))
+        list(_safe_zip_members(path, scratch))
     assert not (tmp_path.parent / "evil.sh").exists()
+    # members are unpacked under numbered scratch names only, never under the name the zip gives them
+    assert {p.name for p in scratch.iterdir()} <= {"0"}
 
 
 def test_a_clean_file_set_extracts(tmp_path: Path) -> None:
     path = tmp_path / "set.zip"
     path.write_bytes(_zip([("a/b.txt", b"1", False), ("c..d.txt", b"2", False)]))
-    assert list(_safe_zip_members(path)) == [("a/b.txt", b"1"), ("c..d.txt", b"2")]
+    # each member is read before the next is asked for, as the exporter does
+    members = [(name, member.read_bytes()) for name, member in _safe_zip_members(path, tmp_path / "scratch")]
+    assert members == [("a/b.txt", b"1"), ("c..d.txt", b"2")]
 
 
 # -- names and values that break naive loaders ---------------------------------------------------------------

@@ -192,6 +192,7 @@ def test_persistent_server_errors_stop_cleanly_and_resume(sandbox: Sandbox, stan
                       f"WANDB_X_{what}_RETRY_WAIT_MAX_SECONDS": "0.5"})
     result = _migrate(sandbox, standin, tmp_path, project, NEPTUNE_MIGRATION_WANDB_VERIFY_TIMEOUT="2", **quick)
     output = result.stdout + result.stderr
+    print(f"persistent 500 on {label}: {fault.served} injected before the command stopped")
     assert fault.served > 0
     assert result.returncode != 0, "a migration the server refused must not report success"
     assert "Traceback" not in output and KEY not in output

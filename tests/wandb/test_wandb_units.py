@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wandb.proto import wandb_internal_pb2 as pb
@@ -98,3 +99,37 @@ def test_rate_limiter_spaces_acquisitions() -> None:
     for _ in range(5):
         limiter.acquire()
     assert time.monotonic() - t0 >= 0.19
+
+
+
+def test_generation_resolution(tmp_path: Path) -> None:
+    """Which W&B id an archived run loads under (wandb_generations.py): the base id unless the base run holds
+    another Neptune modification time; the run it supersedes is the base's newest generation."""
+    from datetime import UTC, datetime
+
+    from neptune_migration.archive import Archive, ArchiveWriter
+    from neptune_migration.model import RunRef
+    from neptune_migration.targets.wandb_generations import Existing, resolve
+    from neptune_migration.targets.wandb_names import run_id
+
+    def archived(name: str, mod: datetime | None) -> Any:
+        with ArchiveWriter(tmp_path / name).run(RunRef("ws/p", "RUN-1")) as w:
+            w.add_atom("sys/creation_time", "datetime", datetime(2024, 12, 1, tzinfo=UTC))
+            if mod is not None:
+                w.add_atom("sys/modification_time", "datetime", mod)
+        return Archive(tmp_path / name).scan().runs[0]
+
+    t1, t2, t3 = (archived(f"a{m}", datetime(2025, m, 1, tzinfo=UTC)) for m in (1, 2, 3))
+    none = archived("none", None)
+    base = run_id("ws/p/RUN-1")
+    gen2 = run_id("ws/p/RUN-1", "2025-02-01T00:00:00Z")
+    gen3 = run_id("ws/p/RUN-1", "2025-03-01T00:00:00Z")
+    first = Existing("2025-01-01T00:00:00Z")
+    assert resolve(t1, None) == (base, None)  # first load
+    assert resolve(t1, first) == (base, None)  # rerun, same generation
+    assert resolve(t2, Existing(None)) == (base, None)  # base without a recorded time: resumed, not forked
+    assert resolve(none, first) == (base, None)
+    assert resolve(t2, first) == (gen2, base)  # refreshed: a new id, superseding the base run
+    assert resolve(t2, Existing(first.generation, current=gen2)) == (gen2, None)  # already superseded
+    assert resolve(t3, Existing(first.generation, current=gen2)) == (gen3, gen2)  # third generation
+    assert len({base, gen2, gen3}) == 3

@@ -63,7 +63,9 @@ def resolve(run: ArchivedRun, base: Existing | None) -> tuple[str, str | None]:
     """(the W&B run id for this archived run, the id of the run it supersedes or None)."""
     base_id = run_id(run.ref.key)
     generation = generation_of(run)
-    if base is None or generation is None or base.generation == generation:
+    # A base run without a recorded modification time (a sync killed before the config reached the server, or
+    # an archive without `sys/modification_time`) is this generation: resumed, never forked.
+    if base is None or generation is None or base.generation is None or base.generation == generation:
         return base_id, None
     new_id = run_id(run.ref.key, generation)
     previous = base.current or base_id
