@@ -303,6 +303,11 @@ def test_clear_errors_without_secrets(s3: S3Server, sandbox: Any, tmp_path: Path
                                 tmp=tmp_path), s3.secret)
     assert "credentials do not belong in the archive URL" in line
 
+    line = _one_error_line(_cli("export", "--from", "neptune3", "-p", DEMO, "--archive", f"s3://{BUCKET}/x",
+                                "--state", f"s3://{BUCKET}/state.db", env={**sandbox.env(), **s3.env()},
+                                tmp=tmp_path))
+    assert "--state must be a local file" in line
+
 
 def test_writer_uploads_parts_before_part0_and_cleans_stale_parts(s3: S3Server, s3_env: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -401,6 +406,9 @@ def test_archive_location_parsing() -> None:
     assert archive_location("gs://b/p") == "gs://b/p"
     assert archive_location("./local/s3:/x") == Path("./local/s3:/x")
     assert archive_location(Path("a")) == Path("a")
+    # gs:// builds pyarrow's GcsFileSystem without touching the network (credentials are resolved on first use).
+    gcs, root = storage_module.open_storage("gs://some-bucket/pre/fix")
+    assert gcs.remote and gcs.url(root / "data") == "gs://some-bucket/pre/fix/data"
     for bad in ("s3:///prefix", "s3://b/a/../c", "s3://b/p?endpoint_override=x"):
         with pytest.raises(UsageError):
             storage_module.open_storage(bad)

@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -250,7 +251,10 @@ def _object_storage(scheme: str, bucket: str) -> ObjectStorage:
     with _filesystems_lock:
         if cache_key in _filesystems:
             return _filesystems[cache_key]
-        fs = _s3(bucket, endpoint, region) if scheme == "s3" else pafs.GcsFileSystem(retry_time_limit=60)
+        if scheme == "s3":
+            fs: pafs.FileSystem = _s3(bucket, endpoint, region)
+        else:
+            fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=60))
         storage = ObjectStorage("s3" if scheme == "s3" else "gs", fs, endpoint)
         _filesystems[cache_key] = storage
         return storage
