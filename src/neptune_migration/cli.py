@@ -289,10 +289,12 @@ def _tracker(title: str, no_progress: bool):
 
 @app.command()
 def load(
-    archive: Annotated[str, typer.Option(help="Archive root (holding data/ and files/) or a neptune-exporter "
-                                         "parquet root (one folder per project). " + OBJECT_STORE_HELP)],
-    files: Annotated[str | None, typer.Option(help="neptune-exporter files root, when --archive is their "
-                                              "parquet root (a folder, s3://... or gs://...).")] = None,
+    archive: Annotated[str, typer.Option(
+        metavar="DIR|URL", help="Archive root (holding data/ and files/) or a neptune-exporter "
+                                "parquet root (one folder per project). " + OBJECT_STORE_HELP)],
+    files: Annotated[str | None, typer.Option(
+        metavar="DIR|URL", help="neptune-exporter files root, when --archive is their "
+                                "parquet root (a folder, s3://... or gs://...).")] = None,
     to: ToOpt = "mlflow",
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
@@ -376,8 +378,8 @@ def _print_summary(summary) -> None:
 @app.command()
 def export(
     path: PathArg = None,
-    archive: Annotated[str, typer.Option(help="Archive to write (data/ and files/ inside it). "
-                                         + OBJECT_STORE_HELP)] = "neptune-archive",
+    archive: Annotated[str, typer.Option(metavar="DIR|URL", help="Archive to write (data/ and files/ inside it). "
+                                                                 + OBJECT_STORE_HELP)] = "neptune-archive",
     from_: FromOpt = "neptune3",
     api_token_file: TokenFileOpt = None,
     lineage: LineageOpt = "own",
@@ -560,8 +562,9 @@ def migrate(
     path: PathArg = None,
     from_: FromOpt = "neptune3",
     to: ToOpt = "mlflow",
-    archive: Annotated[str | None, typer.Option(help="Where the intermediate archive goes (kept, resumable). "
-                                                "Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)] = None,
+    archive: Annotated[str | None, typer.Option(
+        metavar="DIR|URL", help="Where the intermediate archive goes (kept, resumable). "
+                                "Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)] = None,
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
