@@ -409,6 +409,6 @@ def test_archive_location_parsing() -> None:
     # gs:// builds pyarrow's GcsFileSystem without touching the network (credentials are resolved on first use).
     gcs, root = storage_module.open_storage("gs://some-bucket/pre/fix")
     assert gcs.remote and gcs.url(root / "data") == "gs://some-bucket/pre/fix/data"
-    for bad in ("s3:///prefix", "s3://b/a/../c", "s3://b/p?endpoint_override=x"):
+    for bad in ("s3:///prefix", "s3://KEY:se/cret@bucket/p", "s3://KEY:secret@bucket/p", "s3://b:1/p", "s3://b/a/../c", "s3://b/p?endpoint_override=x"):
         with pytest.raises(UsageError):
             storage_module.open_storage(bad)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -227,10 +228,13 @@ def open_storage(location: str | Path) -> tuple[Storage, StoragePath]:
     assert isinstance(location, str)
     parts = urlsplit(location)
     scheme = parts.scheme.lower()
-    if "@" in parts.netloc:
-        # Never echo the value: it holds a credential.
+    if "@" in location:
+        # `KEY:SECRET@bucket`. Never echo the value: it holds a credential, perhaps with a `/` that moves the `@`
+        # out of what urlsplit calls the host.
         raise UsageError(f"credentials do not belong in the archive URL; set them in the environment "
                          f"({_credential_hint('s3' if scheme == 's3' else 'gs')})")
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", parts.netloc):
+        raise UsageError(f"the archive URL's bucket name is not valid: use {scheme}://BUCKET/PREFIX")
     if parts.query or parts.fragment:
         raise UsageError(f"archive URL {scheme}://{parts.netloc}{parts.path}: options (?...) are not supported; "
                          "configure the endpoint and region through the environment")
