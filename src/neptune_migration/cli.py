@@ -87,6 +87,8 @@ StateOpt = Annotated[Path | None, typer.Option(help="Ledger file (SQLite). Defau
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of progress bars.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 LogFileOpt = Annotated[Path | None, typer.Option(help="Also write the full log to this file.")]
+OBJECT_STORE_HELP = ("A folder, or a prefix on object storage: s3://BUCKET/PREFIX (credentials, region and "
+                     "AWS_ENDPOINT_URL from the AWS environment) or gs://BUCKET/PREFIX; the ledger stays local.")
 # -- targets -------------------------------------------------------------------------------------------
 ToOpt = Annotated[str, typer.Option("--to", help="Target: mlflow, wandb (online), or wandb-offline (sync-ready "
                                     "folders in --wandb-dir).",
@@ -296,10 +298,12 @@ def _tracker(title: str, no_progress: bool, stages: tuple[str, ...] = ()):
 
 @app.command()
 def load(
-    archive: Annotated[Path, typer.Option(help="Archive root (holding data/ and files/) or a neptune-exporter "
-                                          "parquet root (one folder per project).")],
-    files: Annotated[Path | None, typer.Option(help="neptune-exporter files root, when --archive is their "
-                                               "parquet root.")] = None,
+    archive: Annotated[str, typer.Option(
+        metavar="DIR|URL", help="Archive root (holding data/ and files/) or a neptune-exporter "
+                                "parquet root (one folder per project). " + OBJECT_STORE_HELP)],
+    files: Annotated[str | None, typer.Option(
+        metavar="DIR|URL", help="neptune-exporter files root, when --archive is their "
+                                "parquet root (a folder, s3://... or gs://...).")] = None,
     to: ToOpt = "mlflow",
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
@@ -385,8 +389,8 @@ def _print_summary(summary) -> None:
 @app.command()
 def export(
     path: PathArg = None,
-    archive: Annotated[Path, typer.Option(help="Archive folder to write (data/ and files/ inside it).")] = Path(
-        "neptune-archive"),
+    archive: Annotated[str, typer.Option(metavar="DIR|URL", help="Archive to write (data/ and files/ inside it). "
+                                                                 + OBJECT_STORE_HELP)] = "neptune-archive",
     from_: FromOpt = "neptune3",
     api_token_file: TokenFileOpt = None,
     lineage: LineageOpt = "own",
@@ -427,7 +431,7 @@ def export(
 
     Example: NEPTUNE_API_TOKEN=... neptune-migrate export --from neptune3 -p ws/proj --archive ./archive
     """
-    from .archive import ArchiveWriter
+    from .archive import ArchiveWriter, archive_location
     from .migration import export as run_export
 
     _setup_logging(verbose, log_file, no_progress)
@@ -435,11 +439,13 @@ def export(
     source = _source(from_, project, selection, SourceOptions(
         api_token_file, lineage, previews, download_workers, query, workspace, include_projects, exclude_projects,
         file_sets, path, assign_project, run_id_template))
-    archive.mkdir(parents=True, exist_ok=True)
+    root = archive_location(archive)
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
     with Ledger(state or default_state_path()) as ledger:
-        summary = run_export(source, ArchiveWriter(archive), ledger, _tracker("export", no_progress), workers,
+        summary = run_export(source, ArchiveWriter(root), ledger, _tracker("export", no_progress), workers,
                              refresh)
-        registry_failed = _export_registry(source, archive, ledger, no_models)
+        registry_failed = _export_registry(source, root, ledger, no_models)
     _print_export(summary)
     if registry_failed:
         raise typer.Exit(1)
@@ -447,7 +453,7 @@ def export(
         raise typer.Exit(1)
 
 
-def _export_registry(source, archive: Path, ledger: Ledger, no_models: bool) -> bool:
+def _export_registry(source, archive: str | Path, ledger: Ledger, no_models: bool) -> bool:
     """The 2.x model registry, after the runs. True when an entry failed."""
     if no_models or not hasattr(source, "list_registry"):
         return False
@@ -463,7 +469,7 @@ def _export_registry(source, archive: Path, ledger: Ledger, no_models: bool) -> 
     return any(o.status == "failed" for o in outcomes)
 
 
-def _load_registry(archive: Path, files: Path | None, target, ledger: Ledger) -> bool:
+def _load_registry(archive: str | Path, files: str | Path | None, target, ledger: Ledger) -> bool:
     """Models and versions into MLflow's registry when the archive holds them. True when an entry failed."""
     from .archive import Archive
     from .registry import load_registry
@@ -567,8 +573,9 @@ def migrate(
     path: PathArg = None,
     from_: FromOpt = "neptune3",
     to: ToOpt = "mlflow",
-    archive: Annotated[Path | None, typer.Option(help="Where the intermediate archive goes (kept, resumable). "
-                                                 "Default: .neptune-migration/archive")] = None,
+    archive: Annotated[str | None, typer.Option(
+        metavar="DIR|URL", help="Where the intermediate archive goes (kept, resumable). "
+                                "Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)] = None,
     mlflow_tracking_uri: TrackingUriOpt = None,
     experiment_by: ExperimentByOpt = "project",
     experiment_prefix: ExperimentPrefixOpt = "",
@@ -632,10 +639,11 @@ def migrate(
     target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
                      WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk,
                      upload_workers)
+    from .archive import archive_location
     from .scheduler import Workers
 
     stages = Workers(export=export_workers or workers, load=workers, validate=validate_workers or workers)
-    failed = _run_migrate(source, target, selection, archive or Path(".neptune-migration") / "archive",
+    failed = _run_migrate(source, target, selection, archive_location(archive or ".neptune-migration/archive"),
                           state or default_state_path(), stages, refresh, no_progress,
                           None if no_validate else report_dir, no_models)
     _after_load(to, target)
@@ -643,14 +651,15 @@ def migrate(
         raise typer.Exit(1)
 
 
-def _run_migrate(source, target, selection: Selection, archive: Path, state: Path, workers, refresh: bool,
+def _run_migrate(source, target, selection: Selection, archive: str | Path, state: Path, workers, refresh: bool,
                  no_progress: bool, report_dir: Path | None, no_models: bool = False) -> bool:
     """Export, load and (unless report_dir is None) validate, pipelined; then the reports.
     True when anything failed or mismatched."""
     from .archive import ArchiveWriter
     from .scheduler import run_pipeline
 
-    archive.mkdir(parents=True, exist_ok=True)
+    if isinstance(archive, Path):
+        archive.mkdir(parents=True, exist_ok=True)
     ok = True
     with Ledger(state) as ledger:
         try:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .cli import (
+    OBJECT_STORE_HELP,
     AllTagsOpt,
     ArchivedOpt,
     AttributesOpt,
@@ -48,10 +49,12 @@ from .cli import (
 from .errors import MigrationError
 from .ledger import Ledger, default_state_path
 
-ArchiveOpt = Annotated[Path, typer.Option(help="Archive root (holding data/ and files/) or a neptune-exporter "
-                                          "parquet root (one folder per project).")]
-FilesOpt = Annotated[Path | None, typer.Option(help="neptune-exporter files root, when --archive is their "
-                                               "parquet root.")]
+ArchiveOpt = Annotated[str, typer.Option(
+    metavar="DIR|URL", help="Archive root (holding data/ and files/) or a neptune-exporter "
+                            "parquet root (one folder per project). " + OBJECT_STORE_HELP)]
+FilesOpt = Annotated[str | None, typer.Option(
+    metavar="DIR|URL", help="neptune-exporter files root, when --archive is their "
+                            "parquet root (a folder, s3://... or gs://...).")]
 ReportDirOpt = Annotated[Path, typer.Option(help="Where report.json, report.html, report.md and errors.jsonl "
                                             "are written.")]
 NoValidateOpt = Annotated[bool, typer.Option("--no-validate", help="Skip the validation stage (read-back and "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LedgerBusyError, MigrationError
+from .errors import LedgerBusyError, MigrationError, UsageError
 from .model import RunRef
 from .secrets import redact
 
@@ -61,6 +61,10 @@ class Entry:
 
 class Ledger:
     def __init__(self, path: Path | str = DEFAULT_STATE, wait_seconds: float = 5.0) -> None:
+        if str(path).split(":", 1)[0].lower() in ("s3", "gs", "gcs") and ":/" in str(path):
+            # Path() has already folded `s3://` to `s3:/`; SQLite needs a local file it can lock.
+            raise UsageError("--state must be a local file: the ledger never lives on object storage "
+                             "(the archive can; see docs/object-storage.md)")
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .archive import ArchiveWriter
 from .ledger import Ledger
-from .model import RunRef, folder_name
+from .model import RunRef
 from .pipeline import LoadSummary
 from .progress import Tracker
 from .secrets import redact
@@ -57,7 +57,7 @@ class ExportOutcome:
 
 @dataclass
 class ExportSummary:
-    archive: Path
+    archive: str | Path  # a folder, or a URL on object storage
     listed: int = 0
     outcomes: list[ExportOutcome] = field(default_factory=list)
     seconds: float = 0.0
@@ -70,8 +70,9 @@ class ExportSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def archive_key(root: Path) -> str:
-    return "archive:" + str(root.resolve())
+def archive_key(root: str | Path) -> str:
+    """The ledger's name for an archive: its absolute folder, or its URL on object storage."""
+    return "archive:" + (root if isinstance(root, str) else str(root.resolve()))
 
 
 def list_selected(source: Source) -> list[Any]:
@@ -106,9 +107,7 @@ def export_one(run: Any, source: Source, writer: ArchiveWriter, ledger: Ledger, 
 def make_project_folders(source: Source, writer: ArchiveWriter) -> None:
     """A selected project with no runs still gets its (empty) folder: the archive then reads as "nothing to load
     or validate" instead of "not an archive", and exporting or migrating an empty project succeeds."""
-    writer.data_root.mkdir(parents=True, exist_ok=True)
-    for project in source.projects:
-        (writer.data_root / folder_name(project)).mkdir(exist_ok=True)
+    writer.make_project_folders(source.projects)
 
 
 def export(

@@ -169,6 +169,8 @@ def _load_one(
         log.debug("details", exc_info=True)
         ledger.fail(run.ref, LOAD, canonical, message)
         return RunOutcome(run.ref.key, "failed", error=message, seconds=time.monotonic() - started)
+    finally:
+        run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     ledger.finish(run.ref, LOAD, canonical, result.target_id, details=_details(result))
     return RunOutcome(run.ref.key, "loaded", result, seconds=time.monotonic() - started)
 

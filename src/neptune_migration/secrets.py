@@ -12,6 +12,7 @@ _ENV_SECRETS = (
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_PASSWORD",
     "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 )
 _registered: set[str] = set()
 _lock = threading.Lock()

@@ -233,6 +233,8 @@ def validate_run(run: ArchivedRun, verifier: Verifier, selection: Selection, led
         log.error("run %s could not be validated: %s", run.ref.key, message)
         log.debug("details", exc_info=True)
         check = RunCheck(run.ref, error=message)
+    finally:
+        run.release_files()  # payloads fetched from object storage for the comparison
     check.seconds = time.monotonic() - started
     details = check.to_dict()
     if check.status == VALIDATED:

@@ -3,17 +3,22 @@
 Two layouts are accepted (see DESIGN.md, "Archive paths"): an archive root holding `data/` and `files/`,
 or a neptune-exporter parquet root (one folder per project) with the files root given separately.
 A run is complete when its `<run>_part_0.parquet` exists; `.tmp` leftovers are ignored; rows may come in
-any order within and across parts.
+any order within and across parts. The archive may be a local folder or a prefix on object storage (see
+`storage.py`); a remote run's file payloads are fetched into a local staging folder when a target asks for them
+and deleted by `release_files()` once the run is done.
 """
 
 from __future__ import annotations
 
 import glob
 import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ import pyarrow.parquet as pq
 from ..errors import ArchiveError
 from ..model import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef, folder_name
 from ..paths import resolve_inside
+from .storage import DIR, FILE, LOCAL, Storage, StoragePath, open_storage
 
 _PART = re.compile(r"^(?P<run>.+)_part_(?P<n>\d+)\.parquet$")
 _ATOM_VALUE = {
@@ -56,22 +62,27 @@ class Atom:
 class IncompleteRun:
     """Parts without a `_part_0.parquet`: an export that died half-way. Reported, never loaded."""
 
-    project_dir: Path
+    project_dir: StoragePath
     run_folder: str
-    parts: list[Path]
+    parts: list[StoragePath]
 
 
 @dataclass
 class ArchivedRun:
     ref: RunRef
-    parts: list[Path]
-    project_dir: Path
-    files_dir: Path | None
+    parts: list[StoragePath]
+    project_dir: StoragePath
+    files_dir: StoragePath | None
     _atoms: dict[str, Atom] | None = field(default=None, repr=False)
+    storage: Storage = field(default=LOCAL, repr=False)
+    files_storage: Storage = field(default=LOCAL, repr=False)
+    # Remote archives only: where this run's payloads are fetched to, and which `file_value.path`s already were.
+    _staging: Path | None = field(default=None, repr=False)
+    _fetched: set[str] = field(default_factory=set, repr=False)
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.parts)
+        return sum(self.storage.size(p) for p in self.parts)
 
     def batches(
         self,
@@ -90,11 +101,13 @@ class ArchivedRun:
                 wanted.append(col)
         type_filter = pa.array(sorted(set(types)), pa.string()) if types is not None else None
         for part in self.parts:
-            pf = _open(part)
+            pf = _open(self.storage, part)
             present = set(pf.schema_arrow.names)
             missing = [c for c in ARCHIVE_SCHEMA.names if c not in present and c in wanted]
             if any(c not in present for c in ("attribute_path", "attribute_type", "run_id")):
-                raise ArchiveError(f"{part} does not have the archive schema (columns: {sorted(present)})")
+                raise ArchiveError(
+                    f"{self.storage.url(part)} does not have the archive schema (columns: {sorted(present)})"
+                )
             read_cols = [c for c in wanted if c in present]
             need_null_check = types is None or any(t in ATOM_TYPES for t in types)
             if need_null_check:
@@ -112,7 +125,7 @@ class ArchivedRun:
                     batch = _conform(batch, wanted, missing)
                     yield batch
             except (OSError, pa.ArrowException) as exc:
-                raise ArchiveError(f"cannot read {part}: {_one_line(exc)}") from None
+                raise ArchiveError(f"cannot read {self.storage.url(part)}: {_one_line(exc)}") from None
             finally:
                 # The allocator keeps freed pages of decoded row groups; hand them back so a big run's peak
                 # memory stays that of one row group, not of every column read so far.
@@ -149,12 +162,49 @@ class ArchivedRun:
         return default if atom is None else atom.value
 
     def file_path(self, relative: str) -> Path:
-        """The payload behind a `file_value.path`, refusing paths that escape the files root."""
+        """The payload behind a `file_value.path` as a local path, refusing paths that escape the files root.
+
+        On object storage the payload (a file, or every object below a folder payload) is downloaded into this
+        run's staging folder first; a payload that is not in the archive comes back as a path that does not exist.
+        """
         if self.files_dir is None:
             raise ArchiveError(
                 f"run {self.ref.key} references files but no files root was given (use --files)"
             )
-        return resolve_inside(self.files_dir, relative)
+        if not self.files_storage.remote:
+            return resolve_inside(Path(self.files_dir), relative)
+        local = resolve_inside(self._staging_dir(), relative)  # refuses absolute and `..` before any request
+        if relative not in self._fetched:
+            remote = self.files_dir.joinpath(*PurePosixPath(relative.replace("\\", "/")).parts)
+            self._fetch(remote, local)
+            self._fetched.add(relative)
+        return local
+
+    def _staging_dir(self) -> Path:
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="neptune-migration-files-"))
+            # Also removed if the run object is dropped or the interpreter exits without release_files().
+            weakref.finalize(self, shutil.rmtree, str(self._staging), True)
+        return self._staging
+
+    def _fetch(self, remote: StoragePath, local: Path) -> None:
+        kind = self.files_storage.kind(remote)
+        if kind == FILE:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.files_storage.download(remote, local)
+        elif kind == DIR:
+            for rel, obj in self.files_storage.files_under(remote):
+                # Object keys are not trusted either: `x/../../y` is refused, never written outside staging.
+                dest = resolve_inside(local, rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.files_storage.download(obj, dest)
+
+    def release_files(self) -> None:
+        """Delete the payloads fetched from object storage for this run (nothing to do for a local archive)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+            self._fetched.clear()
 
 
 @dataclass
@@ -164,81 +214,103 @@ class ArchiveScan:
 
 
 class Archive:
-    def __init__(self, root: Path, files_root: Path | None = None) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise ArchiveError(f"archive not found: {root}")
-        if not root.is_dir():
-            raise ArchiveError(f"archive is not a folder: {root}")
-        if (root / "data").is_dir():
-            self.data_root = root / "data"
-            self.files_root = Path(files_root) if files_root else root / "files"
-            self.models_root: Path | None = root / "models"
+    def __init__(self, root: str | Path, files_root: str | Path | None = None) -> None:
+        """`root` and `files_root` are folders or object-store URLs (`s3://bucket/prefix`, `gs://...`)."""
+        self.storage, base = open_storage(root)
+        self.storage.check(base)
+        kind = self.storage.kind(base)
+        if kind is None:
+            raise ArchiveError(f"archive not found: {self.storage.url(base)}")
+        if kind != DIR:
+            raise ArchiveError(f"archive is not a folder: {self.storage.url(base)}")
+        self.files_storage = self.storage
+        if self.storage.kind(base / "data") == DIR:
+            self.data_root: StoragePath = base / "data"
+            self.files_root: StoragePath | None = base / "files"
+            self.models_root: StoragePath | None = base / "models"
         else:
-            self.data_root = root
-            self.files_root = Path(files_root) if files_root else None
+            self.data_root = base
+            self.files_root = None
             self.models_root = None
-        if self.files_root is not None and not self.files_root.exists() and files_root is not None:
-            raise ArchiveError(f"files root not found: {self.files_root}")
+        if files_root is not None:
+            self.files_storage, self.files_root = open_storage(files_root)
+            self.files_storage.check(self.files_root)
+            if self.files_storage.kind(self.files_root) is None:
+                raise ArchiveError(f"files root not found: {self.files_storage.url(self.files_root)}")
 
     @classmethod
-    def from_roots(cls, data_root: Path, files_root: Path | None) -> Archive:
+    def from_roots(cls, data_root: StoragePath, files_root: StoragePath | None, storage: Storage = LOCAL) -> Archive:
         archive = cls.__new__(cls)
-        archive.data_root, archive.files_root, archive.models_root = Path(data_root), files_root, None
+        archive.data_root, archive.files_root, archive.models_root = data_root, files_root, None
+        archive.storage = archive.files_storage = storage
         return archive
 
     def registry(self) -> Archive | None:
         """The 2.x model registry stored beside the runs (`models/`, `model_files/`), if the archive has one."""
-        if self.models_root is None or not self.models_root.is_dir():
+        if self.models_root is None or self.storage.kind(self.models_root) != DIR:
             return None
-        return Archive.from_roots(self.models_root, self.models_root.parent / "model_files")
+        return Archive.from_roots(self.models_root, self.models_root.parent / "model_files", self.storage)
 
     def run(self, ref: RunRef) -> ArchivedRun | None:
         """One run by its ids, without scanning the archive (the writer's folder names are deterministic)."""
         project_dir = self.data_root / folder_name(ref.project_id)
-        prefix = f"{folder_name(ref.run_id)}_part_"
-        if not project_dir.is_dir():
-            return None
-        parts: dict[int, Path] = {}
-        for p in project_dir.glob(f"{glob.escape(prefix)}*.parquet"):
-            m = _PART.match(p.name)
-            if m and m.group("run") == folder_name(ref.run_id):
-                parts[int(m.group("n"))] = p
+        run_folder = folder_name(ref.run_id)
+        parts = self._run_parts(project_dir, run_folder)
         if 0 not in parts:
             return None
-        _refuse_gaps(project_dir, folder_name(ref.run_id), parts)
-        files_dir = self.files_root / project_dir.name if self.files_root else None
-        return ArchivedRun(ref, [parts[n] for n in sorted(parts)], project_dir, files_dir)
+        _refuse_gaps(project_dir, run_folder, parts)
+        return self._archived(ref, [parts[n] for n in sorted(parts)], project_dir)
+
+    def _run_parts(self, project_dir: StoragePath, run_folder: str) -> dict[int, StoragePath]:
+        parts: dict[int, StoragePath] = {}
+        if self.storage.remote:
+            # Listing a project prefix costs one request per 1000 objects; asking for part_0, part_1, ... in turn
+            # costs one per part. (A part missing in the middle is caught by `scan`, which lists.)
+            while self.storage.kind(part := project_dir / f"{run_folder}_part_{len(parts)}.parquet") == FILE:
+                parts[len(parts)] = part
+            return parts
+        project_dir = Path(project_dir)
+        if not project_dir.is_dir():
+            return parts
+        for p in project_dir.glob(f"{glob.escape(run_folder + '_part_')}*.parquet"):
+            m = _PART.match(p.name)
+            if m and m.group("run") == run_folder:
+                parts[int(m.group("n"))] = p
+        return parts
+
+    def _archived(self, ref: RunRef, parts: list[StoragePath], project_dir: StoragePath) -> ArchivedRun:
+        files_dir = self.files_root / project_dir.name if self.files_root is not None else None
+        return ArchivedRun(ref, parts, project_dir, files_dir, storage=self.storage,
+                           files_storage=self.files_storage)
 
     def scan(self) -> ArchiveScan:
         runs: list[ArchivedRun] = []
         incomplete: list[IncompleteRun] = []
-        project_dirs = sorted(p for p in self.data_root.iterdir() if p.is_dir() and not p.is_symlink())
+        project_dirs = sorted(p for p, kind in self.storage.listdir(self.data_root) if kind == DIR)
         if not project_dirs:
-            raise ArchiveError(f"no project folders with parquet files under {self.data_root}")
+            raise ArchiveError(f"no project folders with parquet files under {self.storage.url(self.data_root)}")
         for project_dir in project_dirs:
-            groups: dict[str, dict[int, Path]] = {}
-            for p in project_dir.iterdir():
+            groups: dict[str, dict[int, StoragePath]] = {}
+            for p, kind in self.storage.listdir(project_dir):
                 m = _PART.match(p.name)
-                if not m or not p.is_file() or p.is_symlink():
+                if not m or kind != FILE:
                     continue  # *.parquet.tmp and strangers are not part of any run
                 groups.setdefault(m.group("run"), {})[int(m.group("n"))] = p
-            files_dir = self.files_root / project_dir.name if self.files_root else None
             for run_folder, parts in sorted(groups.items()):
                 ordered = [parts[n] for n in sorted(parts)]
                 if 0 not in parts:
                     incomplete.append(IncompleteRun(project_dir, run_folder, ordered))
                     continue
                 _refuse_gaps(project_dir, run_folder, parts)
-                ref = _run_ref(parts[0], ordered)
+                ref = _run_ref(self.storage, parts[0], ordered)
                 if ref is None:
                     continue  # an empty part_0 with no rows at all: nothing to identify or load
-                runs.append(ArchivedRun(ref, ordered, project_dir, files_dir))
+                runs.append(self._archived(ref, ordered, project_dir))
         runs.sort(key=lambda r: r.ref)
         return ArchiveScan(runs, incomplete)
 
 
-def _refuse_gaps(project_dir: Path, run_folder: str, parts: dict[int, Path]) -> None:
+def _refuse_gaps(project_dir: StoragePath, run_folder: str, parts: dict[int, StoragePath]) -> None:
     """A committed run whose parts are not numbered 0..N without a hole lost a part after it was written (a
     deleted or half-copied file). Loading the rest would migrate half a run and call it whole."""
     missing = sorted(set(range(max(parts) + 1)) - set(parts))
@@ -250,11 +322,11 @@ def _refuse_gaps(project_dir: Path, run_folder: str, parts: dict[int, Path]) -> 
         )
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def _open(storage: Storage, path: StoragePath) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return storage.open_parquet(path)
     except (OSError, pa.ArrowException) as exc:
-        raise ArchiveError(f"corrupt or unreadable parquet file {path}: {_one_line(exc)}") from None
+        raise ArchiveError(f"corrupt or unreadable parquet file {storage.url(path)}: {_one_line(exc)}") from None
 
 
 def _row_groups_with(pf: pq.ParquetFile, types: list[str]) -> list[int] | None:
@@ -282,18 +354,18 @@ def _row_groups_with(pf: pq.ParquetFile, types: list[str]) -> list[int] | None:
     return keep
 
 
-def _run_ref(part0: Path, parts: list[Path]) -> RunRef | None:
+def _run_ref(storage: Storage, part0: StoragePath, parts: list[StoragePath]) -> RunRef | None:
     """Real ids live in the columns (folder names are one-way): read them from the first non-empty part."""
     for part in [part0, *parts]:
-        pf = _open(part)
+        pf = _open(storage, part)
         if not {"project_id", "run_id"} <= set(pf.schema_arrow.names):
-            raise ArchiveError(f"{part} does not have the archive schema (no project_id/run_id columns)")
+            raise ArchiveError(f"{storage.url(part)} does not have the archive schema (no project_id/run_id columns)")
         if pf.metadata.num_rows == 0:
             continue
         try:
             batch = next(pf.iter_batches(batch_size=1, columns=["project_id", "run_id"]))
         except (OSError, pa.ArrowException, StopIteration) as exc:
-            raise ArchiveError(f"corrupt or unreadable parquet file {part}: {_one_line(exc)}") from None
+            raise ArchiveError(f"corrupt or unreadable parquet file {storage.url(part)}: {_one_line(exc)}") from None
         return RunRef(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
     return None
 

@@ -2,6 +2,11 @@
 
 A run is committed atomically: parts are written as `*.parquet.tmp`, renamed into place, and
 `<run>_part_0.parquet` is renamed last, so a reader never mistakes a half-written run for a whole one.
+
+On object storage (`s3://bucket/prefix`, `gs://...`) a run is written exactly the same way into a local staging
+folder, then uploaded on commit: its files first, then parts 1..N, then `part_0` last. One object appears whole
+or not at all, so `part_0` stays the commit marker; the staged copy is deleted once uploaded, so local disk holds
+at most the runs being written at the moment.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import hashlib
 import mimetypes
 import os
 import shutil
+import tempfile
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +38,7 @@ from ..model import (
 )
 from ..paths import resolve_inside, safe_relpath
 from .reader import Archive, ArchivedRun
+from .storage import FILE, LOCAL, StoragePath, open_storage
 
 _VALUE_COLUMN = {
     "float": "float_value",
@@ -58,16 +66,28 @@ class ArchiveWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: str | Path,
         rows_per_part: int = 2_000_000,
         rows_per_batch: int = 50_000,
         data_dir: str = "data",
         files_dir: str = "files",
     ) -> None:
-        self.root = Path(root)
+        """`root` is a folder or an object-store URL (`s3://bucket/prefix`, `gs://bucket/prefix`)."""
+        self.storage, base = open_storage(root)
+        if self.storage.remote:
+            self.storage.check(base)
+            # What summaries, the ledger key and `Archive(...)` see: the URL, never the staging folder.
+            self.root: str | Path = self.storage.url(base)
+            staging = Path(tempfile.mkdtemp(prefix="neptune-migration-upload-"))
+            weakref.finalize(self, shutil.rmtree, str(staging), True)
+        else:
+            self.root = staging = Path(base)
         # The 2.x model registry lives beside the runs, in `models/` and `model_files/`.
-        self.data_root = self.root / data_dir
-        self.files_root = self.root / files_dir
+        # data_root / files_root are where parts and payloads are written (on object storage: staged).
+        self.data_root = staging / data_dir
+        self.files_root = staging / files_dir
+        self.remote_data_root: StoragePath = base / data_dir
+        self.remote_files_root: StoragePath = base / files_dir
         self.rows_per_part = rows_per_part
         self.rows_per_batch = rows_per_batch
         # Names in each project folder, listed once and then kept up to date by this writer: re-listing a
@@ -80,6 +100,8 @@ class ArchiveWriter:
         return RunWriter(self, ref)
 
     def has_run(self, ref: RunRef) -> bool:
+        if self.storage.remote:
+            return self.storage.kind(self.remote_part_path(ref, 0)) == FILE
         return self.part_path(ref, 0).exists()
 
     def archived(self, ref: RunRef) -> ArchivedRun | None:
@@ -87,7 +109,7 @@ class ArchiveWriter:
         with self._lock:
             parts = self._committed.get(ref)
         if parts is None:
-            return Archive.from_roots(self.data_root, self.files_root).run(ref)
+            return Archive(self.root).run(ref)
         return ArchivedRun(ref, parts, parts[0].parent, self.files_root / folder_name(ref.project_id))
 
     def names_in(self, project_dir: Path) -> set[str]:
@@ -110,6 +132,20 @@ class ArchiveWriter:
 
     def part_path(self, ref: RunRef, n: int) -> Path:
         return self.data_root / folder_name(ref.project_id) / f"{folder_name(ref.run_id)}_part_{n}.parquet"
+
+    def remote_part_path(self, ref: RunRef, n: int) -> StoragePath:
+        return self.remote_data_root / folder_name(ref.project_id) / f"{folder_name(ref.run_id)}_part_{n}.parquet"
+
+    def make_project_folders(self, projects: Iterable[str]) -> None:
+        """A selected project with no runs still gets its (empty) folder, so the archive reads as "nothing to load"
+        rather than "not an archive". On object storage the folder is an empty marker object."""
+        if not self.storage.remote:
+            self.data_root.mkdir(parents=True, exist_ok=True)
+        for project in projects:
+            if self.storage.remote:
+                self.storage.make_dir(self.remote_data_root / folder_name(project))
+            else:
+                (self.data_root / folder_name(project)).mkdir(exist_ok=True)
 
 
 class RunWriter:
@@ -296,9 +332,34 @@ class RunWriter:
             _fsync(tmp)
             os.replace(tmp, tmp.with_suffix(""))
             final.append(tmp.with_suffix(""))
-        self.archive._note(self.project_dir, added=[p.name for p in final])
-        self.archive._record_commit(self.ref, final[::-1])
+        if self.archive.storage.remote:
+            self._upload()
+        else:
+            self.archive._note(self.project_dir, added=[p.name for p in final])
+            self.archive._record_commit(self.ref, final[::-1])
         self._committed = True
+
+    def _upload(self) -> None:
+        """Files, then parts 1..N in ascending order, then part_0. Ascending matters: an upload cut short leaves
+        parts 1..j, which `remove_existing` finds by asking for part_1, part_2, ... without listing the project."""
+        storage = self.archive.storage
+        run_files = self.files_dir / self._run_files
+        remote_files = self.archive.remote_files_root / folder_name(self.ref.project_id) / self._run_files
+        parts = [tmp.with_suffix("") for tmp in self._written]  # index n holds part n
+        try:
+            if run_files.is_dir():
+                for rel, local in LOCAL.files_under(run_files):
+                    storage.upload(Path(local), remote_files.joinpath(*rel.split("/")))
+            for n in [*range(1, len(parts)), 0]:
+                storage.upload(parts[n], self.archive.remote_part_path(self.ref, n))
+        finally:
+            self._remove_staged()
+
+    def _remove_staged(self) -> None:
+        for part in self._written:
+            part.unlink(missing_ok=True)
+            part.with_suffix("").unlink(missing_ok=True)
+        shutil.rmtree(self.files_dir / self._run_files, ignore_errors=True)
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -306,6 +367,8 @@ class RunWriter:
             self._writer = None
         for tmp in [*self._written, self._tmp_path(self._part)]:
             tmp.unlink(missing_ok=True)
+        if self.archive.storage.remote:
+            self._remove_staged()
 
     def remove_existing(self) -> None:
         """Clear any earlier (complete or partial) copy of this run so a re-export starts clean."""
@@ -319,6 +382,19 @@ class RunWriter:
         run_files = self.files_dir / self._run_files
         if run_files.is_dir():
             shutil.rmtree(run_files)
+        if self.archive.storage.remote:
+            self._remove_remote()
+
+    def _remove_remote(self) -> None:
+        storage = self.archive.storage
+        storage.delete_file(self.archive.remote_part_path(self.ref, 0))  # first, as locally
+        # Parts are uploaded 1..N and deleted N..1, so stale ones are always part_1..part_j: probe, no listing.
+        stale = 1
+        while storage.kind(self.archive.remote_part_path(self.ref, stale)) == FILE:
+            stale += 1
+        for n in range(stale - 1, 0, -1):
+            storage.delete_file(self.archive.remote_part_path(self.ref, n))
+        storage.delete_tree(self.archive.remote_files_root / folder_name(self.ref.project_id) / self._run_files)
 
     def __enter__(self) -> RunWriter:
         return self
