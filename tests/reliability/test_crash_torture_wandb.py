@@ -30,7 +30,7 @@ from .torture import SandboxWatch, Trial, master_seed, plan, run_campaigns, run_
 from .wandb_probe import read as read_probe
 
 STAGES = ("listing", "export", "file_download", "metric_loading", "artifact_writing", "validation")
-PROBE_STAGES = {"metric_loading": 0.15, "artifact_writing": 0.4, "validation": 0.5}  # pause per pause point
+PROBE_PAUSE = {"metric_loading": 0.15, "artifact_writing": 0.4, "validation": 0.5}  # pause per pause point
 # the window a kill is drawn from: metric loading pauses several times per run (1,500 rows, every 300)
 PROBE_WINDOW = {"metric_loading": 0.6, "artifact_writing": 0.4, "validation": 0.5}
 PROJECT = "sandbox/wtorture"
@@ -107,7 +107,7 @@ def test_crash_torture_wandb_offline(tmp_path: Path) -> None:
             probe = work / f"probe-{trial.index}-{trial.campaign}.log"
             watch = WandbWatch(sb, probe, trial.aim)
             env = dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="3", NEPTUNE_TORTURE_PROBE=str(probe),
-                       NEPTUNE_TORTURE_AIM=trial.aim, NEPTUNE_TORTURE_DELAY=str(PROBE_STAGES.get(trial.aim, 0.0)))
+                       NEPTUNE_TORTURE_AIM=trial.aim, NEPTUNE_TORTURE_DELAY=str(PROBE_PAUSE.get(trial.aim, 0.0)))
             return run_trial(trial, [sys.executable, "-c", _LAUNCH, here, *_args(work, trial.campaign)], env, watch)
 
         def complete(campaign: int) -> None:
