@@ -160,6 +160,21 @@ def test_export_equals_the_seeded_project_value_for_value(sandbox: Any, tmp_path
     assert fork.atom_value("sys/forking/parent") == forks[0].fork_parent.custom_run_id
 
 
+def test_float_series_stream_in_small_pages_value_for_value(sandbox: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of a few points each (the real bound is POINTS_PER_PAGE): every series continues after its last
+    step until a short page, and nothing is lost or written twice at page boundaries."""
+    import neptune_migration.sources.neptune3 as neptune3
+
+    monkeypatch.setattr(neptune3, "POINTS_PER_PAGE", 7)
+    route = "/api/leaderboard/v1/proto/attributes/series/float"
+    before = len(sandbox.requests_to(route))
+    summary = _export(sandbox, tmp_path / "a", NASTY, previews=True)
+    assert not summary.failed, [o.error for o in summary.failed]
+    assert compare_with_model(tmp_path / "a", _model_runs(sandbox, NASTY), previews=True) > 500
+    assert len(sandbox.requests_to(route)) - before > 3 * len(_model_runs(sandbox, NASTY))
+
+
 def test_export_with_previews_and_full_lineage(sandbox: Any, tmp_path: Path) -> None:
     summary = _export(sandbox, tmp_path / "p", NASTY, previews=True)
     assert not summary.failed

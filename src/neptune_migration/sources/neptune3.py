@@ -32,6 +32,9 @@ log = logging.getLogger("neptune_migration")
 
 # Attribute kinds fetched as one series request each, so a run with many series is fetched in slices.
 SERIES_PER_REQUEST = 32
+# Float points per page across the series of one request: a page is decoded into Python tuples (about 150 bytes
+# a point) and written out before the next is asked for, so this bounds the exporter's memory for any run size.
+POINTS_PER_PAGE = 100_000
 
 
 class SourceError(MigrationError):
@@ -279,12 +282,13 @@ class Neptune3Source:
                 writer.add_atom(path, type_, val)
             for chunk in _chunks([p for p, t in attributes.items() if t == "float_series"], SERIES_PER_REQUEST):
                 defs = [RunAttributeDefinition(rid, AttributeDefinition(p, "float_series")) for p in chunk]
-                for key, points in self._float_series(defs).items():
-                    steps = [p[1] for p in points]
-                    stamps = [int(p[0]) for p in points]
-                    values = [p[2] for p in points]
-                    previews = [(bool(p[3]), float(p[4])) for p in points] if self.previews else None
-                    writer.add_series(key.attribute_definition.name, "float_series", steps, stamps, values, previews)
+                for path, points in self._float_series(defs):
+                    steps = [p.step for p in points]
+                    stamps = [int(p.timestamp_millis) for p in points]
+                    values = [p.value for p in points]
+                    previews = [(bool(p.is_preview), float(p.completion_ratio)) for p in points] if self.previews \
+                        else None
+                    writer.add_series(path, "float_series", steps, stamps, values, previews)
                     stats.points += len(points)
             other = [(p, t) for p, t in attributes.items() if t in ("string_series", "histogram_series", "file_series")]
             for chunk in _chunks(other, SERIES_PER_REQUEST):
@@ -313,12 +317,44 @@ class Neptune3Source:
             self.client, rid.project_identifier, [rid], definitions)))
         return (item for page in pages for item in page.items)
 
-    def _float_series(self, defs: list[Any]) -> dict[Any, list[Any]]:
-        from neptune_query.internal.retrieval import metrics, search
+    def _float_series(self, defs: list[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """(attribute path, points) page by page, in ascending step order, each page retried on its own.
 
-        return retrying(lambda: metrics.fetch_multiple_series_values(
-            self.client, defs, include_inherited=self.lineage == "full",
-            container_type=search.ContainerType.RUN, include_preview=self.previews))
+        neptune-query's `fetch_multiple_series_values` gathers every page of every series before returning (a
+        10-million-point series as 10 million tuples); here each page goes to the archive writer before the next
+        one is asked for. Paging continues after the last step a series returned (`afterStep`), so a retried page
+        is the same page and no point is written twice.
+        """
+        from neptune_query.internal.retrieval import metrics
+
+        requests = [
+            {
+                "requestId": str(i),
+                "series": {
+                    "holder": {"identifier": str(d.run_identifier), "type": "experiment"},
+                    "attribute": d.attribute_definition.name,
+                    "lineage": "FULL" if self.lineage == "full" else "NONE",
+                    "lineageEntityType": "RUN",
+                    "includePreview": self.previews,
+                },
+            }
+            for i, d in enumerate(defs)
+        ]
+        paths = {str(i): d.attribute_definition.name for i, d in enumerate(defs)}
+        while requests:
+            limit = max(1, POINTS_PER_PAGE // len(requests))
+            params = {"requests": requests, "stepRange": {"from": None, "to": None}, "order": "ascending",
+                      "perSeriesPointsLimit": limit}
+            page = retrying(lambda p=params: metrics._fetch_metrics_page(self.client, p))
+            more = []
+            by_id = {r["requestId"]: r for r in requests}
+            for series in page.series:
+                values = series.series.values
+                if values:
+                    yield paths[series.requestId], values
+                if len(values) == limit:
+                    more.append(by_id[series.requestId] | {"afterStep": values[-1].step})
+            requests = more
 
     def _series(self, defs: list[Any]) -> dict[Any, list[Any]]:
         from neptune_query.internal.retrieval import search, series
