@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from _common import start_mlflow_server
 
 BIN = Path(sys.executable).parent
 FILE_NAME = "weights.bin"
@@ -154,31 +155,6 @@ def run_child(cmd: list[str], env: dict[str, str], watch_self: bool = False, wat
     return seconds, peak / 2**20, parent / 2**20, tree / 2**20
 
 
-def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(uri + "/health", timeout=1).status_code == 200:
-                return proc, uri
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise SystemExit("mlflow server did not start")
-
-
 def start_standin():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "wandb"))
     from standin import StandIn
@@ -278,7 +254,7 @@ def main() -> None:
         projects = {label: make_project(f"large-{label}", tmp / f"{label}.bin", args.in_memory_payload)
                     for label in sizes}
         if "mlflow" in stages:
-            server, uri = start_mlflow(tmp / "mlflow")
+            server, uri = start_mlflow_server(tmp / "mlflow")
         with Sandbox(list(projects.values())) as sb:
             env = dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="2")
             for label, size in sizes.items():

@@ -17,25 +17,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def start_sandbox(seed: str) -> tuple[subprocess.Popen, dict[str, str]]:
-    cmd = [str(Path(sys.executable).parent / "neptune-migrate"), "sandbox", "serve", "--seed", seed, "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    env: dict[str, str] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].strip().partition("=")
-            env[key] = value.strip("'")
-        if line.startswith("# Ctrl+C"):
-            return proc, env
-    raise SystemExit("the sandbox did not start")
+from _common import start_sandbox
 
 
 def main() -> None:

@@ -21,44 +21,15 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+from _common import start_mlflow_server, stop_server
 
 SERIES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", str(workers), "--gunicorn-opts", "--log-level warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(uri + "/health", timeout=1).status_code == 200:
-                return proc, uri
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise SystemExit("mlflow server did not start")
 
 
 def make_archive(root: Path, runs: int, points: int, files: int = 2) -> None:
@@ -180,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     tmp = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    proc, uri = start_server(tmp / "server", args.server_workers)
+    proc, uri = start_mlflow_server(tmp / "server", args.server_workers)
     try:
         make_archive(tmp / "archive", args.runs, args.points, args.files)
         print(f"archive: {args.runs} runs x {args.points} points + {args.files} MB files each; server: gunicorn "
@@ -210,8 +181,7 @@ def main() -> None:
         for row in results:
             print("RESULT " + json.dumps(row))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        stop_server(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -19,22 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def poll_peak_rss(child: subprocess.Popen) -> float:
-    """Peak RSS of a child in MB, polled. (RUSAGE_CHILDREN would count the pages a fork of this process
-    inherits from the sandbox before exec, which says nothing about the exporter.)"""
-    import psutil
-
-    peak = 0
-    proc = psutil.Process(child.pid)
-    while child.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.Error:
-            break
-        time.sleep(0.05)
-    child.wait()
-    return peak / 1e6
+from _common import poll_peak_rss
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mlflow_load import make_archive, peak_rss_mb, start_server
+from _common import start_mlflow_server
+from bench_mlflow_load import make_archive, peak_rss_mb
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         return Tracker("bench", n, Console(quiet=True), enabled=False)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-validate-"))
-    proc, uri = start_server(tmp / "server", args.server_workers)
+    proc, uri = start_mlflow_server(tmp / "server", args.server_workers)
     try:
         make_archive(tmp / "archive", args.runs, args.points)
         print(f"archive: {args.runs} runs x {args.points} points + 2 MB files each; server: gunicorn "
