@@ -116,7 +116,8 @@ def test_crash_torture(tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
             watch = MlflowWatch(sb, proxy, folder / "state.db", trial.aim)
             args = _migrate_args(proxy.uri, work, trial.campaign, camp_prefix(trial.campaign))
             return run_trial(trial, [str(VENV_BIN / "neptune-migrate"), *args],
-                             dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="3"), watch)
+                             dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="3"), watch,
+                             log=work / f"trial-{trial.index}-{trial.campaign}.log")
 
         def complete(campaign: int) -> None:
             _assert_complete(work / f"c{campaign}", mlflow_server.uri, camp_prefix(campaign), clean,

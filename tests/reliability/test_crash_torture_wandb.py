@@ -108,7 +108,8 @@ def test_crash_torture_wandb_offline(tmp_path: Path) -> None:
             watch = WandbWatch(sb, probe, trial.aim)
             env = dict(os.environ, **sb.env(), NEPTUNE_MIGRATION_RETRIES="3", NEPTUNE_TORTURE_PROBE=str(probe),
                        NEPTUNE_TORTURE_AIM=trial.aim, NEPTUNE_TORTURE_DELAY=str(PROBE_PAUSE.get(trial.aim, 0.0)))
-            return run_trial(trial, [sys.executable, "-c", _LAUNCH, here, *_args(work, trial.campaign)], env, watch)
+            return run_trial(trial, [sys.executable, "-c", _LAUNCH, here, *_args(work, trial.campaign)], env, watch,
+                             log=work / f"trial-{trial.index}-{trial.campaign}.log")
 
         def complete(campaign: int) -> None:
             _assert_complete(work / f"c{campaign}", clean, f"campaign {campaign}")

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from neptune_migration.sandbox import Sandbox
@@ -45,6 +46,10 @@ class Trial:
     killed: bool = False
     in_flight: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    log: Path | None = None  # where the invocation's stdout and stderr went
+
+    def output(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log and self.log.exists() else ""
 
 
 class Watch(Protocol):
@@ -96,12 +101,20 @@ class SandboxWatch:
         return stages
 
 
-def run_trial(trial: Trial, cmd: list[str], env: dict[str, str], watch: Watch, timeout: float = 90) -> int | None:
-    """Start `cmd`, kill its process group at the trial's moment; the exit code when it finished before that."""
+def run_trial(trial: Trial, cmd: list[str], env: dict[str, str], watch: Watch, timeout: float = 90,
+              log: Path | None = None) -> int | None:
+    """Start `cmd`, kill its process group at the trial's moment; the exit code when it finished before that.
+    The invocation's output goes to `log` (kept for the failure message)."""
     rng = random.Random(trial.seed)
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    trial.log = log
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
     try:
         deadline = started + timeout
         while proc.poll() is None and time.monotonic() < deadline:
@@ -141,7 +154,7 @@ def run_campaigns(trials: list[Trial], attempt: Callable[[Trial], int | None],
                 kills_in_campaign += 1
                 break
             # It ran to the end before the aimed moment: that was the campaign's final resume.
-            assert code == 0, f"trial {trial.index} (seed {trial.seed}): migrate failed with {code}"
+            assert code == 0, f"trial {trial.index} (seed {trial.seed}): migrate failed with {code}\n{trial.output()}"
             assert_complete(campaign)
             print(f"  campaign {campaign} complete after {kills_in_campaign} kills", flush=True)
             campaign, kills_in_campaign = campaign + 1, 0
