@@ -344,7 +344,7 @@ class Neptune2Source:
             else:
                 for name, member in _safe_zip_members(target, work / "extracted"):
                     self._add_file(writer, stats, path, "file_set", member, name)
-                    member.unlink()
+                    member.unlink(missing_ok=True)  # add_file moved it away unless the selection left it
         elif type_ == "artifact":
             files = retrying(attr.fetch_files_list)
             listing = [{"filePath": f.file_path, "fileHash": f.file_hash, "type": f.type, "size": f.size,
