@@ -30,7 +30,7 @@ from ..errors import TargetError, UsageError
 from .base import LoadContext, LoadResult
 from .wandb_folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from .wandb_generations import SUPERSEDED_TAG, Existing, existing_from_config, offline_existing, offline_mark, resolve
-from .wandb_readback import WandbRunData, read_offline_run
+from .wandb_readback import WandbRunData, read_offline_run, run_folders
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
 
@@ -164,7 +164,7 @@ class WandbOfflineTarget:
                                "in Neptune")
 
     def _synced_folder(self, wandb_run_id: str) -> Path | None:
-        for folder in (self.root / "wandb").glob(f"offline-run-*-{wandb_run_id}"):
+        for folder in run_folders(self.root, wandb_run_id):
             if any(folder.glob("*.wandb.synced")) or any(folder.glob("*.wandb.syncstate")):
                 return folder
         return None

@@ -41,6 +41,7 @@ from ..paths import safe_relpath
 from .base import LoadContext, LoadResult
 from .wandb_history import History, build
 from .wandb_names import STEP_KEY, artifact_name, metric_keys, run_id, tags
+from .wandb_readback import note_run_folder
 from .wandb_records import RecordWriter
 
 WANDB_VERSION = "0.31.0"
@@ -108,6 +109,7 @@ def write_run(
         finally:
             writer.close()
         os.replace(tmp, final)
+        note_run_folder(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,67 @@ def _loads(text: str) -> Any:
     return json.loads(text) if text else None
 
 
+_PREFIX = "offline-run-"
+_index_lock = threading.Lock()
+# `wandb/` folder -> (its mtime when listed, {run id: folder names}). Listed once, then kept current by
+# `note_run_folder` as this process writes folders: a glob of the folder for every run made loading (and
+# validating) a 10,000-run project quadratic.
+_index: dict[str, tuple[int, dict[str, set[str]]]] = {}
+
+
+def _run_id_of(name: str) -> str | None:
+    """`offline-run-<YYYYmmdd_HHMMSS>-<run id>` -> run id (the timestamp holds no `-`, run ids may)."""
+    if not name.startswith(_PREFIX):
+        return None
+    return name[len(_PREFIX):].partition("-")[2] or None
+
+
+def _listed(base: Path, rescan: bool) -> dict[str, set[str]]:
+    key = os.path.abspath(base)
+    try:
+        mtime = os.stat(base).st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    cached = _index.get(key)
+    if cached is None or (rescan and cached[0] != mtime):
+        by_id: dict[str, set[str]] = {}
+        for entry in os.scandir(base):
+            run_id = _run_id_of(entry.name)
+            if run_id is not None and entry.is_dir():
+                by_id.setdefault(run_id, set()).add(entry.name)
+        cached = (mtime, by_id)
+        _index[key] = cached
+    return cached[1]
+
+
+def run_folders(root: Path, wandb_run_id: str) -> list[Path]:
+    """Every offline run folder of one W&B run id under a target root, oldest name first."""
+    base = root / "wandb"
+    with _index_lock:
+        names = _listed(base, rescan=False).get(wandb_run_id)
+        if not names or not all((base / n).is_dir() for n in names):
+            # Not known (or gone): another process may have written or removed folders since we listed.
+            names = _listed(base, rescan=True).get(wandb_run_id)
+        found = sorted(names or ())
+    return [base / name for name in found if (base / name).is_dir()]
+
+
 def find_run_folder(root: Path, wandb_run_id: str) -> Path | None:
-    matches = sorted((root / "wandb").glob(f"offline-run-*-{wandb_run_id}"))
-    return matches[-1] if matches else None
+    found = run_folders(root, wandb_run_id)
+    return found[-1] if found else None
+
+
+def note_run_folder(folder: Path) -> None:
+    """A folder this process just renamed into place under `<root>/wandb/`."""
+    run_id = _run_id_of(folder.name)
+    base = folder.parent
+    with _index_lock:
+        cached = _index.get(os.path.abspath(base))
+        if cached is None or run_id is None:
+            return
+        cached[1].setdefault(run_id, set()).add(folder.name)
+        # Our own write moved the folder's mtime; a later miss only rescans for someone else's.
+        _index[os.path.abspath(base)] = (os.stat(base).st_mtime_ns, cached[1])
 
 
 def read_offline(folder: Path, root: Path | None = None) -> WandbRunData:
