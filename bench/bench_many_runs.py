@@ -107,8 +107,9 @@ def main() -> None:
         print(f"stage seconds (summed over workers): export {clock.export:.1f}, load {clock.load:.1f}, "
               f"validate {clock.validate:.1f}")
         share = 100 * clock.overhead / wall
-        print(f"overhead: listing {clock.listing:.2f} s, ledger {clock.ledger:.2f} s, coordinator "
-              f"{clock.coordinator:.2f} s = {clock.overhead:.2f} s = {share:.1f}% of the wall time")
+        print(f"overhead: listing {clock.listing:.2f} s, ledger {clock.ledger:.2f} s CPU, coordinator "
+              f"{clock.coordinator:.2f} s = {clock.overhead:.2f} s = {share:.1f}% of the wall time "
+              f"(ledger held {clock.ledger_held:.2f} s of wall, mostly waiting for the interpreter lock)")
         rows.append({"bench": "sandbox -> migrate -> " + args.to,
                      "case": f"{args.runs:,} runs, pipelined (overhead {share:.1f}%)",
                      "runs_per_s": args.runs / wall, "points_per_s": result.loaded.points / wall, "wall_s": wall})
