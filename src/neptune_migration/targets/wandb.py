@@ -30,7 +30,7 @@ from ..errors import TargetError, UsageError
 from .base import LoadContext, LoadResult
 from .wandb_folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from .wandb_generations import SUPERSEDED_TAG, Existing, existing_from_config, offline_existing, offline_mark, resolve
-from .wandb_readback import WandbRunData, read_offline_run, run_folders
+from .wandb_readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
 
@@ -109,6 +109,7 @@ class WandbOfflineTarget:
         self.project_prefix = project_prefix
         self._written: list[Path] = []
         self._lock = threading.Lock()
+        self._folders = RunFolderIndex(self.root)
 
     @property
     def canonical(self) -> str:
@@ -122,6 +123,8 @@ class WandbOfflineTarget:
             probe.unlink()
         except OSError as exc:
             raise TargetError(f"cannot write W&B offline runs under {self.root}: {exc.strerror or exc}") from None
+        # From here until close() this target is the folder's only writer: run folders are looked up in an index.
+        self._folders.activate()
 
     def spec(self, run: ArchivedRun) -> RunSpec:
         """Where the run goes: its base id, or a new generation's id when the archive holds a re-export of a
@@ -192,7 +195,7 @@ class WandbOfflineTarget:
         return read_offline_run(self.root, self.run_id_for(run))
 
     def close(self) -> None:
-        pass
+        self._folders.deactivate()
 
 
 class WandbOnlineTarget:

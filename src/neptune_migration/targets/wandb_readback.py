@@ -59,11 +59,6 @@ def _loads(text: str) -> Any:
 
 
 _PREFIX = "offline-run-"
-_index_lock = threading.Lock()
-# `wandb/` folder -> (its mtime when listed, {run id: folder names}). Listed once, then kept current by
-# `note_run_folder` as this process writes folders: a glob of the folder for every run made loading (and
-# validating) a 10,000-run project quadratic.
-_index: dict[str, tuple[int, dict[str, set[str]]]] = {}
 
 
 def _run_id_of(name: str) -> str | None:
@@ -73,34 +68,70 @@ def _run_id_of(name: str) -> str | None:
     return name[len(_PREFIX):].partition("-")[2] or None
 
 
-def _listed(base: Path, rescan: bool) -> dict[str, set[str]]:
-    key = os.path.abspath(base)
-    try:
-        mtime = os.stat(base).st_mtime_ns
-    except FileNotFoundError:
-        return {}
-    cached = _index.get(key)
-    if cached is None or (rescan and cached[0] != mtime):
-        by_id: dict[str, set[str]] = {}
-        for entry in os.scandir(base):
-            run_id = _run_id_of(entry.name)
-            if run_id is not None and entry.is_dir():
-                by_id.setdefault(run_id, set()).add(entry.name)
-        cached = (mtime, by_id)
-        _index[key] = cached
-    return cached[1]
+class RunFolderIndex:
+    """The offline run folders under one target root, by W&B run id: listed once, then kept current by the
+    target that writes them. A glob of `wandb/` for every lookup made a 10,000-run load quadratic.
+
+    Active only while a target holds it (`activate` / `deactivate`): that target is the only writer of the
+    folder for its lifetime (other processes are kept out by the ledger lock), so a run id it has not written
+    and did not find at listing time does not exist. Outside that, lookups glob the folder as before.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.base = root / "wandb"
+        self._lock = threading.Lock()
+        self._by_id: dict[str, set[str]] | None = None
+
+    def _listed(self) -> dict[str, set[str]]:
+        if self._by_id is None:
+            by_id: dict[str, set[str]] = {}
+            if self.base.is_dir():
+                for entry in os.scandir(self.base):
+                    run_id = _run_id_of(entry.name)
+                    if run_id is not None and entry.is_dir():
+                        by_id.setdefault(run_id, set()).add(entry.name)
+            self._by_id = by_id
+        return self._by_id
+
+    def folders(self, wandb_run_id: str) -> list[Path]:
+        with self._lock:
+            names = sorted(self._listed().get(wandb_run_id, ()))
+            found = [self.base / n for n in names if (self.base / n).is_dir()]
+            if len(found) != len(names):
+                self._by_id = None  # removed behind our back: list again next time
+        return found
+
+    def note(self, folder: Path) -> None:
+        run_id = _run_id_of(folder.name)
+        if run_id is not None and folder.parent == self.base:
+            with self._lock:
+                self._listed().setdefault(run_id, set()).add(folder.name)
+
+    def activate(self) -> None:
+        with _active_lock:
+            _active[os.path.abspath(self.base)] = self
+
+    def deactivate(self) -> None:
+        with _active_lock:
+            if _active.get(os.path.abspath(self.base)) is self:
+                del _active[os.path.abspath(self.base)]
+
+
+_active_lock = threading.Lock()
+_active: dict[str, RunFolderIndex] = {}
+
+
+def _index_for(base: Path) -> RunFolderIndex | None:
+    with _active_lock:
+        return _active.get(os.path.abspath(base)) if _active else None
 
 
 def run_folders(root: Path, wandb_run_id: str) -> list[Path]:
     """Every offline run folder of one W&B run id under a target root, oldest name first."""
-    base = root / "wandb"
-    with _index_lock:
-        names = _listed(base, rescan=False).get(wandb_run_id)
-        if not names or not all((base / n).is_dir() for n in names):
-            # Not known (or gone): another process may have written or removed folders since we listed.
-            names = _listed(base, rescan=True).get(wandb_run_id)
-        found = sorted(names or ())
-    return [base / name for name in found if (base / name).is_dir()]
+    index = _index_for(root / "wandb")
+    if index is not None:
+        return index.folders(wandb_run_id)
+    return sorted(p for p in (root / "wandb").glob(f"{_PREFIX}*-{wandb_run_id}") if _run_id_of(p.name) == wandb_run_id)
 
 
 def find_run_folder(root: Path, wandb_run_id: str) -> Path | None:
@@ -109,16 +140,10 @@ def find_run_folder(root: Path, wandb_run_id: str) -> Path | None:
 
 
 def note_run_folder(folder: Path) -> None:
-    """A folder this process just renamed into place under `<root>/wandb/`."""
-    run_id = _run_id_of(folder.name)
-    base = folder.parent
-    with _index_lock:
-        cached = _index.get(os.path.abspath(base))
-        if cached is None or run_id is None:
-            return
-        cached[1].setdefault(run_id, set()).add(folder.name)
-        # Our own write moved the folder's mtime; a later miss only rescans for someone else's.
-        _index[os.path.abspath(base)] = (os.stat(base).st_mtime_ns, cached[1])
+    """A folder just renamed into place under `<root>/wandb/`: the active index (if any) learns it."""
+    index = _index_for(folder.parent)
+    if index is not None:
+        index.note(folder)
 
 
 def read_offline(folder: Path, root: Path | None = None) -> WandbRunData:
