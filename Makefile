@@ -26,7 +26,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
 bench: setup
-	$(VENV)/bin/python bench/bench_mlflow_load.py
+	$(VENV)/bin/python bench/run_all.py --size $(or $(SIZE),small)
 
 clean:
 	rm -rf $(VENV) neptune-migration-demo mlflow-store .neptune-migration
