@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from ..archive import ArchivedRun
 from ..archive.reader import decimal_micros, timestamps_ms, to_ms
+from ..hashing import file_sha256
 from ..model import FILE_LIKE_TYPES
 from ..naming import resolve_collisions
 from ..paths import safe_segments
@@ -644,13 +645,6 @@ def _json_float(value: Any) -> float:
     special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
     return special[value] if isinstance(value, str) and value in special else float(value)
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _canonical(obj: Any) -> str:

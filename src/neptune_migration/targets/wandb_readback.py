@@ -7,7 +7,6 @@ taken from `neptune_step` when the run was written in ordinal mode, else from `_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hashing import file_sha256
 from .wandb_names import STEP_KEY
 from .wandb_records import read_records
 
@@ -200,7 +200,7 @@ def read_offline(folder: Path, root: Path | None = None) -> WandbRunData:
             entries = {}
             for e in a.manifest.contents:
                 local = root / e.local_path if not Path(e.local_path).is_absolute() else Path(e.local_path)
-                entries[e.path] = ArtifactFile(e.size, _sha256(local) if local.exists() else "", e.digest)
+                entries[e.path] = ArtifactFile(e.size, file_sha256(local) if local.exists() else "", e.digest)
             artifacts[a.name] = {"type": a.type, "metadata": _loads(a.metadata) or {}, "files": entries}
     if data is None:
         raise ValueError(f"{files[0]} has no run record")
@@ -231,13 +231,6 @@ def _set(target: dict[str, Any], keys: list[str], value: Any) -> None:
         target = nxt
     target[keys[-1]] = value
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _string_series(

@@ -20,6 +20,7 @@ from datetime import UTC
 from typing import Any
 
 from ..archive import ArchivedRun
+from ..hashing import file_sha256
 from ..model import FILE_LIKE_TYPES
 from ..paths import safe_relpath
 from ..selection import Selection
@@ -159,7 +160,7 @@ class WandbVerifier:
             for entry, source, size in entries:
                 check.count("files")
                 check.count("bytes", size)
-                sha = _sha256(source)
+                sha = file_sha256(source)
                 digest.update(f"{name}/{entry}\0{size}\0{sha}\0".encode())
                 got = held.get(entry)
                 if got is None:
@@ -297,13 +298,6 @@ def _examples(items: Any) -> str:
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True, default=str)
 
-
-def _sha256(path: Any) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _md5_b64(path: Any) -> str:
