@@ -21,6 +21,19 @@ from pathlib import Path
 
 from _common import poll_peak_rss
 
+# What a script on neptune-query's public API does: list the runs, then fetch each run's metrics into pandas,
+# one run after another (no files, nothing written): the baseline for the export's points/s.
+_BASELINE = """
+import sys, time
+import neptune_query.runs as nq
+started = time.perf_counter()
+points = 0
+for run in nq.list_runs(project=sys.argv[1]):
+    frame = nq.fetch_metrics(project=sys.argv[1], runs=[run], attributes=".*", lineage_to_the_root=False)
+    points += int(frame.count().sum())
+print(points, time.perf_counter() - started)
+"""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -55,12 +68,24 @@ def main() -> None:
             seconds = time.perf_counter() - started
             if child.returncode != 0:
                 raise SystemExit(f"export failed with exit code {child.returncode}")
+            started = time.perf_counter()  # from the parent, start-up included, as for the export
+            base = subprocess.Popen([sys.executable, "-c", _BASELINE, "sandbox/bench"], env=env,
+                                    stdout=subprocess.PIPE, text=True)
+            base_rss = poll_peak_rss(base)
+            base_seconds = time.perf_counter() - started
+            base_points = float(base.stdout.read().split()[0])
         runs = Archive(tmp / "archive").scan().runs
         points = sum(r.table(["float_series"], ["attribute_path"]).num_rows for r in runs)
         file_bytes = sum(p.stat().st_size for p in (tmp / "archive" / "files").rglob("*") if p.is_file())
         print(f"exported {len(runs)} runs, {points:,} points, {file_bytes / 1e6:.1f} MB of files in {seconds:.1f} s: "
               f"{points / seconds:,.0f} points/s, {file_bytes / 1e6 / seconds:.1f} MB/s; "
               f"peak RSS of the exporter {child_rss:.0f} MB")
+        print(f"baseline (neptune-query fetch_metrics run by run, metrics only): {base_points:,.0f} points in "
+              f"{base_seconds:.1f} s = {base_points / base_seconds:,.0f} points/s; peak RSS {base_rss:.0f} MB")
+        print("RESULT " + json.dumps({"bench": "sandbox -> archive (Neptune 3.x)",
+                                      "case": "baseline: fetch_metrics run by run (no files)",
+                                      "points_per_s": base_points / base_seconds, "peak_rss_mb": base_rss,
+                                      "wall_s": base_seconds}))
         print("RESULT " + json.dumps({"bench": "sandbox -> archive (Neptune 3.x)",
                                       "case": f"neptune-migrate export --workers {args.workers}",
                                       "points_per_s": points / seconds, "runs_per_s": len(runs) / seconds,
