@@ -61,6 +61,24 @@ def start_sandbox(seed: str) -> tuple[subprocess.Popen, dict[str, str]]:
     raise SystemExit("the sandbox did not start")
 
 
+def run_with_peak_rss(cmd: list[str], interval: float = 0.02) -> tuple[int, str, int]:
+    """Run a child to the end; (exit code, its stdout, its peak RSS in bytes, polled every `interval` s).
+    The child must print little (a result line): its stdout is read once it has exited."""
+    import psutil
+
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(interval)
+    out, _ = child.communicate()
+    return child.returncode, out, peak
+
+
 def poll_peak_rss(child: subprocess.Popen) -> float:
     """Peak RSS of a child in MB, polled. (RUSAGE_CHILDREN would count the pages a fork of this process
     inherits before exec, which says nothing about the child's own use.)"""

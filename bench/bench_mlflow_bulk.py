@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from _common import run_with_peak_rss
 
 SERIES = 4
 
@@ -75,18 +73,9 @@ def run_child(archive: Path, mode: str, workers: int, tmp: Path) -> tuple[int, f
     store.mkdir(parents=True)
     cmd = [sys.executable, "-c", _CHILD, str(archive), f"sqlite:///{store / 'mlflow.db'}", str(store / "state.db"),
            mode, str(workers)]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak = 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
-    out, _ = child.communicate()
-    if child.returncode != 0:
-        raise SystemExit(f"{mode} load failed (exit {child.returncode})")
+    returncode, out, peak = run_with_peak_rss(cmd)
+    if returncode != 0:
+        raise SystemExit(f"{mode} load failed (exit {returncode})")
     figures = json.loads(out.strip().splitlines()[-1])
     shutil.rmtree(store, ignore_errors=True)
     return figures["points"], figures["seconds"], peak / 2**20

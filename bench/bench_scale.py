@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from _common import run_with_peak_rss
 
 SERIES = 10
 # Rows per add_series call = rows per parquet row group, like the exporter's default batches; the reader decodes
@@ -84,18 +83,9 @@ def measure(archive: Path, mode: str, tmp: Path) -> tuple[int, float, float]:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     cmd = [sys.executable, "-c", _CHILD, str(archive), uri, str(store / "state.db"), mode]
     store.mkdir(parents=True)
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak = 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
-    out, _ = child.communicate()
-    if child.returncode != 0:
-        raise SystemExit(f"{mode} load of {archive.name} failed (exit {child.returncode})")
+    returncode, out, peak = run_with_peak_rss(cmd)
+    if returncode != 0:
+        raise SystemExit(f"{mode} load of {archive.name} failed (exit {returncode})")
     figures = json.loads(out.strip().splitlines()[-1])
     shutil.rmtree(store, ignore_errors=True)
     return figures["points"], figures["seconds"], peak / 2**20
