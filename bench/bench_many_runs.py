@@ -57,7 +57,7 @@ def main() -> None:
             if args.to == "mlflow":
                 from neptune_migration.targets.mlflow import MlflowTarget
 
-                return MlflowTarget(f"sqlite:///{folder / 'mlflow.db'}", artifact_workers=2)
+                return MlflowTarget(f"sqlite:///{folder / 'mlflow.db'}", upload_workers=2)
             from neptune_migration.targets.wandb import WandbOfflineTarget
 
             return WandbOfflineTarget(folder / "wandb", project="bench")

@@ -126,7 +126,7 @@ def ours(archive: Path, uri: str, workers: int, state: Path) -> tuple[int, int, 
     from neptune_migration.selection import Selection
     from neptune_migration.targets.mlflow import MlflowTarget
 
-    target = MlflowTarget(uri, experiment_prefix=f"ours-{time.time_ns()}-", artifact_workers=workers)
+    target = MlflowTarget(uri, experiment_prefix=f"ours-{time.time_ns()}-", upload_workers=workers)
     started = time.perf_counter()
     with Ledger(state) as ledger:
         summary = load(Archive(archive), target, Selection(), ledger,

@@ -55,7 +55,7 @@ def main() -> None:
               f"{args.server_workers} workers, SQLite; --workers {args.workers}")
         prefix = f"bench-{time.time_ns()}-"
         with Ledger(tmp / "state.db") as ledger:
-            target = MlflowTarget(uri, experiment_prefix=prefix, artifact_workers=args.workers)
+            target = MlflowTarget(uri, experiment_prefix=prefix, upload_workers=args.workers)
             started = time.perf_counter()
             loaded = load(Archive(tmp / "archive"), target, Selection(), ledger, quiet, workers=args.workers)
             load_secs = time.perf_counter() - started

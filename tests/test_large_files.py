@@ -126,7 +126,7 @@ def test_big_file_streams_to_mlflow(tmp_path: Path, mlflow_server: MlflowServer,
 def test_mlflow_upload_workers_bound_the_pool(tmp_path: Path, workers: int) -> None:
     from neptune_migration.targets.mlflow import MlflowTarget
 
-    target = MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", upload_workers=workers, artifact_workers=8)
+    target = MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", upload_workers=workers)
     try:
         assert target.upload_workers == workers
         assert target._artifact_pool._max_workers == workers

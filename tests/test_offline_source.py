@@ -514,8 +514,8 @@ def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, m
 
     from neptune_migration.archive import Archive, ArchiveWriter
     from neptune_migration.ledger import Ledger
-    from neptune_migration.migration import migrate
     from neptune_migration.progress import Tracker
+    from neptune_migration.scheduler import Workers, run_pipeline
     from neptune_migration.selection import Selection
     from neptune_migration.sources.offline import OfflineSource
     from neptune_migration.targets.mlflow import MlflowTarget
@@ -526,8 +526,9 @@ def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, m
     tracker = lambda n: Tracker("t", n, Console(quiet=True), enabled=False)  # noqa: E731
     with Ledger(tmp_path / "state.db") as ledger:
         try:
-            exported, loaded = migrate(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"),
-                                       target, selection, ledger, tracker, workers=2)
+            result = run_pipeline(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"),
+                                  target, selection, ledger, tracker, Workers(2, 2, 2), validate=False)
+            exported, loaded = result.exported, result.loaded
             assert not exported.failed and not loaded.failed, (exported.failed, loaded.failed)
             assert loaded.count("loaded") == 4
             checked = validate(Archive(tmp_path / "a"), target, selection, ledger, workers=2)
@@ -555,9 +556,9 @@ def test_migrate_to_wandb_offline_end_to_end(written: dict[str, Any], tmp_path: 
 
     from neptune_migration.archive import Archive, ArchiveWriter
     from neptune_migration.ledger import Ledger
-    from neptune_migration.migration import migrate
     from neptune_migration.model import RunRef
     from neptune_migration.progress import Tracker
+    from neptune_migration.scheduler import Workers, run_pipeline
     from neptune_migration.selection import Selection
     from neptune_migration.sources.offline import OfflineSource
     from neptune_migration.targets.wandb import WandbOfflineTarget
@@ -566,9 +567,10 @@ def test_migrate_to_wandb_offline_end_to_end(written: dict[str, Any], tmp_path: 
     selection = Selection()
     target = WandbOfflineTarget(tmp_path / "wb", project="offline-test")
     with Ledger(tmp_path / "state.db") as ledger:
-        exported, loaded = migrate(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"), target,
-                                   selection, ledger, lambda n: Tracker("t", n, Console(quiet=True), enabled=False),
-                                   workers=2)
+        result = run_pipeline(OfflineSource(written["root"], selection), ArchiveWriter(tmp_path / "a"), target,
+                              selection, ledger, lambda n: Tracker("t", n, Console(quiet=True), enabled=False),
+                              Workers(2, 2, 2), validate=False)
+        exported, loaded = result.exported, result.loaded
         assert not exported.failed and not loaded.failed, (exported.failed, loaded.failed)
         checked = validate(Archive(tmp_path / "a"), target, selection, ledger, workers=2)
     assert checked.ok and len(checked.checks) == 4, [c.to_dict() for c in checked.checks if c.status != "validated"]

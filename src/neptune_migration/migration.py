@@ -17,11 +17,8 @@ from typing import Any, Protocol
 from .archive import ArchiveWriter
 from .ledger import Ledger
 from .model import RunRef
-from .pipeline import LoadSummary
 from .progress import Tracker
 from .secrets import redact
-from .selection import Selection
-from .targets.base import Target
 
 log = logging.getLogger("neptune_migration")
 
@@ -135,22 +132,3 @@ def export(
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def migrate(
-    source: Source,
-    writer: ArchiveWriter,
-    target: Target,
-    selection: Selection,
-    ledger: Ledger,
-    tracker_factory: Callable[[int], Tracker],
-    workers: int = 4,
-    refresh: bool = False,
-) -> tuple[ExportSummary, LoadSummary]:
-    """Export each selected run and load it, the two stages overlapping (see `scheduler.run_pipeline`, which
-    also validates)."""
-    from .scheduler import Workers, run_pipeline
-
-    result = run_pipeline(source, writer, target, selection, ledger, tracker_factory,
-                          Workers(export=workers, load=workers, validate=workers), refresh, validate=False)
-    return result.exported, result.loaded

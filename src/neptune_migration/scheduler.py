@@ -213,7 +213,7 @@ def run_pipeline(
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 t0 = time.monotonic()
                 for fut in done:
-                    stage, _arg = running.pop(fut)
+                    stage, given = running.pop(fut)  # the stage and the item it was handed
                     busy[stage] -= 1
                     value = fut.result()
                     tracker.stage_done(stage)
@@ -227,9 +227,8 @@ def run_pipeline(
                     elif stage == "load":
                         result.loaded.outcomes.append(value)
                         settle_load(value.key)
-                        archived = _arg.run
                         if verifier is not None and value.status != "failed":
-                            to_validate.append(archived)
+                            to_validate.append(given.run)
                         else:
                             tracker.run_done()
                     else:

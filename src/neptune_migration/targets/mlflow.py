@@ -100,12 +100,11 @@ class MlflowTarget:
         tracking_uri: str | None = None,
         experiment_by: str = "project",
         experiment_prefix: str = "",
-        artifact_workers: int = 4,
+        upload_workers: int = 4,
         metric_requests_in_flight: int = 2,
-        upload_workers: int | None = None,
     ) -> None:
         """`upload_workers`: artifact uploads in flight at once, across all runs this target loads (each file
-        streams from disk in one PUT); `artifact_workers` is its older name, used when it is not given."""
+        streams from disk in one PUT)."""
         from mlflow.tracking import MlflowClient
 
         # One "View run at" line per run on stdout (and a get_run call each) is noise in a migration of thousands.
@@ -130,7 +129,7 @@ class MlflowTarget:
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
         self._experiments: dict[str, str] = {}
         self._exp_lock = threading.Lock()
-        self.upload_workers = max(1, upload_workers if upload_workers is not None else artifact_workers)
+        self.upload_workers = max(1, upload_workers)
         self._artifact_pool = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="mlflow-artifacts")
         self._metric_pool = ThreadPoolExecutor(
             max(1, metric_requests_in_flight * 4), thread_name_prefix="mlflow-metrics"

@@ -94,16 +94,14 @@ class MlflowBulkTarget(MlflowTarget):
         tracking_uri: str | None = None,
         experiment_by: str = "project",
         experiment_prefix: str = "",
-        artifact_workers: int = 4,
-        upload_workers: int | None = None,
+        upload_workers: int = 4,
     ) -> None:
         if tracking_uri is not None:
             db = sqlite_path(tracking_uri)
             # A store at another version must be refused before MLflow's client opens (and might migrate) it.
             if db.exists() and db.stat().st_size > 0:
                 check_schema(db)
-        super().__init__(tracking_uri, experiment_by, experiment_prefix, artifact_workers,
-                         upload_workers=upload_workers)
+        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers)
         self.db = sqlite_path(self.tracking_uri)
         check_schema(self.db)
 
