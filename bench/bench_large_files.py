@@ -167,7 +167,7 @@ import json, os, sys, time
 from pathlib import Path
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.selection import Selection
-from neptune_migration.sources.neptune2 import Neptune2Source
+from neptune_migration.sources.neptune2.source import Neptune2Source
 project, archive, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 source = Neptune2Source([project], Selection(), os.environ["NEPTUNE_API_TOKEN"], download_workers=workers)
 (run,) = source.list_runs(project)

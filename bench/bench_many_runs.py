@@ -47,18 +47,18 @@ def main() -> None:
         from neptune_migration.archive import ArchiveWriter
         from neptune_migration.ledger import Ledger
         from neptune_migration.progress import Tracker
-        from neptune_migration.scheduler import Workers, run_pipeline
         from neptune_migration.selection import Selection
-        from neptune_migration.sources.neptune3 import Neptune3Source
+        from neptune_migration.sources.neptune3.source import Neptune3Source
+        from neptune_migration.stages.migrate import Workers, run_pipeline
 
         selection = Selection()
 
         def target_at(folder: Path):
             if args.to == "mlflow":
-                from neptune_migration.targets.mlflow import MlflowTarget
+                from neptune_migration.targets.mlflow.loader import MlflowTarget
 
                 return MlflowTarget(f"sqlite:///{folder / 'mlflow.db'}", upload_workers=2)
-            from neptune_migration.targets.wandb import WandbOfflineTarget
+            from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
             return WandbOfflineTarget(folder / "wandb", project="bench")
 
@@ -68,9 +68,9 @@ def main() -> None:
         rows = []
         if args.baseline:
             from neptune_migration.archive import Archive
-            from neptune_migration.migration import export
-            from neptune_migration.pipeline import load
-            from neptune_migration.validation import validate
+            from neptune_migration.stages.export import export
+            from neptune_migration.stages.load import load
+            from neptune_migration.stages.validate import validate
 
             folder = tmp / "baseline"
             folder.mkdir()

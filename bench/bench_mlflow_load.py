@@ -10,7 +10,7 @@ run), then loads it twice into fresh experiments:
   - ceiling: the same points as raw log-batch requests (JSON built before the clock starts, 1000 metrics per
     request, --workers threads each with its own connection): what the server takes when the client does
     nothing else. Files are not part of it, so this case and the next run with `--files 0` to compare.
-  - ours: `neptune_migration.pipeline.load` with --workers.
+  - ours: `neptune_migration.stages.load.load` with --workers.
 Prints points/s, MB/s and peak RSS of this process for each, and ours / ceiling. Never part of the test run.
 """
 
@@ -34,7 +34,7 @@ SERIES = 4
 
 def make_archive(root: Path, runs: int, points: int, files: int = 2) -> None:
     from neptune_migration.archive import ArchiveWriter
-    from neptune_migration.model import RunRef
+    from neptune_migration.vocabulary import RunRef
 
     writer = ArchiveWriter(root)
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -121,10 +121,10 @@ def ours(archive: Path, uri: str, workers: int, state: Path) -> tuple[int, int, 
 
     from neptune_migration.archive import Archive
     from neptune_migration.ledger import Ledger
-    from neptune_migration.pipeline import load
     from neptune_migration.progress import Tracker
     from neptune_migration.selection import Selection
-    from neptune_migration.targets.mlflow import MlflowTarget
+    from neptune_migration.stages.load import load
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     target = MlflowTarget(uri, experiment_prefix=f"ours-{time.time_ns()}-", upload_workers=workers)
     started = time.perf_counter()

@@ -33,15 +33,15 @@ from pathlib import Path
 from rich.console import Console
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.pipeline import load
+from neptune_migration.stages.load import load
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 
 archive, uri, state, mode = sys.argv[1:5]
 if mode == "bulk":
-    from neptune_migration.targets.mlflow_bulk import MlflowBulkTarget as Target
+    from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget as Target
 else:
-    from neptune_migration.targets.mlflow import MlflowTarget as Target
+    from neptune_migration.targets.mlflow.loader import MlflowTarget as Target
 target = Target(uri)
 started = time.perf_counter()
 with Ledger(Path(state)) as ledger:
@@ -57,7 +57,7 @@ def make_archive(root: Path, points: int) -> None:
     from datetime import UTC, datetime
 
     from neptune_migration.archive import ArchiveWriter
-    from neptune_migration.model import RunRef
+    from neptune_migration.vocabulary import RunRef
 
     writer = ArchiveWriter(root)
     t0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)

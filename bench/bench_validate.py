@@ -38,11 +38,11 @@ def main() -> None:
 
     from neptune_migration.archive import Archive
     from neptune_migration.ledger import Ledger
-    from neptune_migration.pipeline import load
     from neptune_migration.progress import Tracker
     from neptune_migration.selection import Selection
-    from neptune_migration.targets.mlflow import MlflowTarget
-    from neptune_migration.validation import validate
+    from neptune_migration.stages.load import load
+    from neptune_migration.stages.validate import validate
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     def quiet(n: int) -> Tracker:
         return Tracker("bench", n, Console(quiet=True), enabled=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 def make_archive(root: Path, runs: int, points: int, metrics: int) -> None:
     from neptune_migration.archive import ArchiveWriter
-    from neptune_migration.model import RunRef
+    from neptune_migration.vocabulary import RunRef
 
     steps = points // metrics
     w = ArchiveWriter(root)
@@ -41,7 +41,7 @@ def phase_ours(archive: Path, out: Path) -> dict[str, float]:
 
     from neptune_migration.archive import Archive
     from neptune_migration.targets.base import LoadContext
-    from neptune_migration.targets.wandb import WandbOfflineTarget
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
     target = WandbOfflineTarget(out)
     t0 = time.perf_counter()

@@ -14,8 +14,8 @@ import pytest
 from neptune_migration.archive import Archive, ArchiveWriter
 from neptune_migration.archive.reader import decimal_micros
 from neptune_migration.errors import ArchiveError, UnsafePathError
-from neptune_migration.model import EXPORTER_SCHEMA, RunRef, folder_name, step_to_decimal
 from neptune_migration.samples import write_nasty_archive
+from neptune_migration.vocabulary import EXPORTER_SCHEMA, RunRef, folder_name, step_to_decimal
 
 
 def test_folder_name_matches_neptune_exporter(exporter_archives: Path) -> None:

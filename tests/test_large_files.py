@@ -124,7 +124,7 @@ def test_big_file_streams_to_mlflow(tmp_path: Path, mlflow_server: MlflowServer,
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_mlflow_upload_workers_bound_the_pool(tmp_path: Path, workers: int) -> None:
-    from neptune_migration.targets.mlflow import MlflowTarget
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     target = MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", upload_workers=workers)
     try:
@@ -142,9 +142,9 @@ def test_wandb_upload_workers_cap_concurrent_syncs(tmp_path: Path, monkeypatch: 
     from standin import StandIn
 
     from neptune_migration.archive import Archive, ArchiveWriter
-    from neptune_migration.model import RunRef
     from neptune_migration.targets.base import LoadContext
-    from neptune_migration.targets.wandb import WandbOnlineTarget
+    from neptune_migration.targets.wandb.loader import WandbOnlineTarget
+    from neptune_migration.vocabulary import RunRef
 
     home = tmp_path / "home"
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):

@@ -22,14 +22,14 @@ from neptune_migration.archive import Archive, ArchiveWriter
 from neptune_migration.archive.reader import _row_groups_with
 from neptune_migration.errors import TargetError
 from neptune_migration.ledger import Ledger
-from neptune_migration.model import RunRef
-from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
-from neptune_migration.targets import mlflow_bulk
-from neptune_migration.targets.mlflow import MlflowTarget
-from neptune_migration.targets.mlflow_bulk import SCHEMA_REVISION, MlflowBulkTarget
+from neptune_migration.stages.load import load
+from neptune_migration.targets.mlflow import bulk as mlflow_bulk
+from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISION, MlflowBulkTarget
+from neptune_migration.targets.mlflow.loader import MlflowTarget
+from neptune_migration.vocabulary import RunRef
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -134,10 +134,10 @@ from pathlib import Path
 from rich.console import Console
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.pipeline import load
+from neptune_migration.stages.load import load
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
-from neptune_migration.targets.mlflow_bulk import MlflowBulkTarget
+from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
 
 target = MlflowBulkTarget(sys.argv[2])
 with Ledger(Path(sys.argv[3])) as ledger:

@@ -14,11 +14,11 @@ from rich.console import Console
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
-from neptune_migration.targets.mlflow import MlflowTarget
+from neptune_migration.stages.load import load
+from neptune_migration.targets.mlflow.loader import MlflowTarget
 
 from .conftest import run_cli
 
@@ -230,8 +230,8 @@ def test_forks_load_after_their_parents_and_link_to_them(tmp_path: Path, mlflow_
     from datetime import UTC, datetime
 
     from neptune_migration.archive import ArchiveWriter
-    from neptune_migration.model import RunRef
-    from neptune_migration.pipeline import fork_waves
+    from neptune_migration.stages.load import fork_waves
+    from neptune_migration.vocabulary import RunRef
 
     writer = ArchiveWriter(tmp_path / "archive")
     t0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from neptune_migration.archive import ArchiveWriter
-from neptune_migration.model import RunRef
+from neptune_migration.vocabulary import RunRef
 
 from .conftest import VENV_BIN, run_cli
 

@@ -157,7 +157,7 @@ def test_more_than_10000_runs_listed_exactly_once(tmp_path: Path) -> None:
     script = (
         "import json, os\n"
         "from neptune_migration.selection import Selection\n"
-        "from neptune_migration.sources.neptune2 import Neptune2Source\n"
+        "from neptune_migration.sources.neptune2.source import Neptune2Source\n"
         "source = Neptune2Source(['sandbox/big'], Selection(), os.environ['NEPTUNE_API_TOKEN'])\n"
         "print(json.dumps([r.ref.run_id for r in source.list_runs('sandbox/big')]))\n"
     )

@@ -24,11 +24,11 @@ from neptune_migration.archive import Archive, ArchiveWriter
 from neptune_migration.archive.reader import ArchivedRun
 from neptune_migration.errors import MigrationError
 from neptune_migration.ledger import Ledger
-from neptune_migration.migration import export
 from neptune_migration.progress import Tracker
 from neptune_migration.sandbox import Sandbox, demo_project, generate_project
 from neptune_migration.selection import Selection
-from neptune_migration.sources.neptune3 import Neptune3Source
+from neptune_migration.sources.neptune3.source import Neptune3Source
+from neptune_migration.stages.export import export
 
 from .archive_compare import archive_digest, exported_runs
 from .conftest import VENV_BIN, run_cli
@@ -164,7 +164,7 @@ def test_float_series_stream_in_small_pages_value_for_value(sandbox: Any, tmp_pa
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of a few points each (the real bound is POINTS_PER_PAGE): every series continues after its last
     step until a short page, and nothing is lost or written twice at page boundaries."""
-    import neptune_migration.sources.neptune3 as neptune3
+    import neptune_migration.sources.neptune3.source as neptune3
 
     monkeypatch.setattr(neptune3, "POINTS_PER_PAGE", 7)
     route = "/api/leaderboard/v1/proto/attributes/series/float"
@@ -228,7 +228,7 @@ def test_selection_goes_to_the_server_and_selects_exactly(sandbox: Any, tmp_path
     assert listed == expected and listed, (listed, expected)
     # And `load` with the same options selects the same runs from an archive.
     _export(sandbox, tmp_path / "all", DEMO)
-    from neptune_migration.pipeline import select_runs
+    from neptune_migration.stages.load import select_runs
 
     chosen, _, _ = select_runs(Archive(tmp_path / "all"), selection)
     assert sorted(r.ref.run_id for r in chosen) == expected
@@ -407,7 +407,7 @@ def _files(root: Path) -> set[str]:
 ])
 def test_every_selection_option_on_sandbox_and_archive(sandbox: Any, tmp_path: Path, options: dict[str, Any]) -> None:
     """Each option selects exactly what it should, computed here from the model; `load` on an archive agrees."""
-    from neptune_migration.pipeline import select_runs
+    from neptune_migration.stages.load import select_runs
 
     selection = Selection.from_options(**options)
     _export(sandbox, tmp_path / "sel", DEMO, selection)

@@ -21,8 +21,8 @@ import pytest
 from neptune_migration.archive import Archive, ArchiveWriter
 from neptune_migration.archive import storage as storage_module
 from neptune_migration.errors import UnsafePathError
-from neptune_migration.model import RunRef, folder_name
 from neptune_migration.sandbox import Sandbox, demo_project
+from neptune_migration.vocabulary import RunRef, folder_name
 
 from .archive_compare import archive_digest
 from .conftest import FIXTURES, free_port, run_cli

@@ -223,10 +223,10 @@ def exported(written: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
 
     from neptune_migration.archive import ArchiveWriter
     from neptune_migration.ledger import Ledger
-    from neptune_migration.migration import export
     from neptune_migration.progress import Tracker
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.stages.export import export
 
     out = tmp_path_factory.mktemp("archive")
     source = OfflineSource(written["root"], Selection())
@@ -243,7 +243,7 @@ def exported(written: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
 class ArchivedValues:
     def __init__(self, archive_root: Path, project: str, run_id: str) -> None:
         from neptune_migration.archive import Archive
-        from neptune_migration.model import RunRef
+        from neptune_migration.vocabulary import RunRef
 
         run = Archive(archive_root).run(RunRef(project, run_id))
         assert run is not None, f"{project}/{run_id} is not in the archive"
@@ -413,9 +413,9 @@ def test_points_a_server_would_reject_are_left_out_and_named(written: dict[str, 
 
 def test_previews_on_request(written: dict[str, Any], tmp_path: Path) -> None:
     from neptune_migration.archive import ArchiveWriter
-    from neptune_migration.model import RunRef
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.vocabulary import RunRef
 
     source = OfflineSource(written["root"] / "scale", Selection.from_options(runs="^scale-main$"), previews=True)
     (run,) = source.list_runs(SCALE_PROJECT)
@@ -428,11 +428,11 @@ def test_previews_on_request(written: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_derived_identity_options_and_discover(written: dict[str, Any], tmp_path: Path) -> None:
-    from neptune_migration.discovery import discover
     from neptune_migration.errors import UsageError
-    from neptune_migration.model import RunRef
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.stages.discover import discover
+    from neptune_migration.vocabulary import RunRef
 
     source = OfflineSource(written["root"], Selection(), assign_project="ws/assigned",
                            run_id_template="{folder}-{index}-{short_id}")
@@ -482,10 +482,10 @@ def test_unreadable_folders_fail_alone_with_a_clear_message(written: dict[str, A
 
     from neptune_migration.archive import ArchiveWriter
     from neptune_migration.ledger import Ledger
-    from neptune_migration.migration import export
     from neptune_migration.progress import Tracker
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.stages.export import export
 
     user = tmp_path / "lab"
     shutil.copytree(written["root"] / "n1", user, symlinks=True)
@@ -515,11 +515,11 @@ def test_migrate_to_mlflow_end_to_end(written: dict[str, Any], tmp_path: Path, m
     from neptune_migration.archive import Archive, ArchiveWriter
     from neptune_migration.ledger import Ledger
     from neptune_migration.progress import Tracker
-    from neptune_migration.scheduler import Workers, run_pipeline
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
-    from neptune_migration.targets.mlflow import MlflowTarget
-    from neptune_migration.validation import validate
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.stages.migrate import Workers, run_pipeline
+    from neptune_migration.stages.validate import validate
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     selection = Selection()
     target = MlflowTarget(mlflow_server.uri, experiment_prefix=prefix)
@@ -556,13 +556,13 @@ def test_migrate_to_wandb_offline_end_to_end(written: dict[str, Any], tmp_path: 
 
     from neptune_migration.archive import Archive, ArchiveWriter
     from neptune_migration.ledger import Ledger
-    from neptune_migration.model import RunRef
     from neptune_migration.progress import Tracker
-    from neptune_migration.scheduler import Workers, run_pipeline
     from neptune_migration.selection import Selection
-    from neptune_migration.sources.offline import OfflineSource
-    from neptune_migration.targets.wandb import WandbOfflineTarget
-    from neptune_migration.validation import validate
+    from neptune_migration.sources.offline.source import OfflineSource
+    from neptune_migration.stages.migrate import Workers, run_pipeline
+    from neptune_migration.stages.validate import validate
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
+    from neptune_migration.vocabulary import RunRef
 
     selection = Selection()
     target = WandbOfflineTarget(tmp_path / "wb", project="offline-test")

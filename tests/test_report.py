@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 
 from neptune_migration.ledger import Ledger
-from neptune_migration.model import RunRef
 from neptune_migration.report import SCHEMA_VERSION, build_report, print_summary, render_markdown, write_reports
-from neptune_migration.validation import VALIDATE, RunCheck, ValidationSummary, record_problem
+from neptune_migration.stages.validate import VALIDATE, RunCheck, ValidationSummary, record_problem
+from neptune_migration.vocabulary import RunRef
 
 SECRET = "nep-secret-token-1234567890"
 
@@ -164,7 +164,7 @@ def test_report_html_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_source_check_in_the_report() -> None:
-    from neptune_migration.validation import Mismatch, SourceCheck
+    from neptune_migration.stages.validate import Mismatch, SourceCheck
 
     source = SourceCheck(listed_runs=3, archived_runs=2, missing=[RunRef("acme/nlp", "NLP-9")])
     source.differences.append(Mismatch("run", "source_points", "the source listed 10 points, the archive holds 9",

@@ -18,10 +18,10 @@ from rich.console import Console
 
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.ledger import Ledger
-from neptune_migration.model import RunRef
 from neptune_migration.progress import Tracker
-from neptune_migration.scheduler import Workers, run_pipeline
 from neptune_migration.selection import Selection
+from neptune_migration.stages.migrate import Workers, run_pipeline
+from neptune_migration.vocabulary import RunRef
 
 PROJECT = "ws/sched"
 
@@ -95,7 +95,7 @@ def quiet(n: int) -> Tracker:
 
 
 def test_stages_overlap_and_buffers_stay_bounded(tmp_path: Path) -> None:
-    from neptune_migration.targets.wandb import WandbOfflineTarget
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
     runs = [Listed(RunRef(PROJECT, f"R-{i:02d}")) for i in range(24)]
     source = GeneratedSource(runs, export_delay=0.01)
@@ -123,7 +123,7 @@ def test_stages_overlap_and_buffers_stay_bounded(tmp_path: Path) -> None:
 def test_fork_listed_first_loads_after_its_parent(tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from neptune_migration.targets.mlflow import MlflowTarget
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     runs = [
         Listed(RunRef(PROJECT, "FORK-2"), parent="FORK-1"),
@@ -152,7 +152,7 @@ def test_fork_listed_first_loads_after_its_parent(tmp_path: Path, mlflow_server:
 
 
 def test_rerun_after_completion_moves_nothing(tmp_path: Path) -> None:
-    from neptune_migration.targets.wandb import WandbOfflineTarget
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
     runs = [Listed(RunRef(PROJECT, f"R-{i}")) for i in range(5)]
     with Ledger(tmp_path / "state.db") as ledger:

@@ -9,11 +9,9 @@ import numpy as np
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.model import RunRef
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
-from neptune_migration.targets.mlflow_verify import MAX_DOUBLE, Series, compare_series, normalise_values
-from neptune_migration.validation import (
+from neptune_migration.stages.validate import (
     VALIDATE,
     RunCheck,
     SourceCounts,
@@ -23,6 +21,8 @@ from neptune_migration.validation import (
     runs_to_retry,
     stored_checks,
 )
+from neptune_migration.targets.mlflow.verify import MAX_DOUBLE, Series, compare_series, normalise_values
+from neptune_migration.vocabulary import RunRef
 
 
 def _series(points: list[tuple[int, int, float]]) -> Series:

@@ -12,13 +12,13 @@ from rich.console import Console
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.model import RunRef
-from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_demo_archive, write_nasty_archive
 from neptune_migration.selection import Selection
-from neptune_migration.targets.mlflow import MlflowTarget
-from neptune_migration.validation import VALIDATE, retry, validate
+from neptune_migration.stages.load import load
+from neptune_migration.stages.validate import VALIDATE, retry, validate
+from neptune_migration.targets.mlflow.loader import MlflowTarget
+from neptune_migration.vocabulary import RunRef
 
 from .conftest import run_cli
 

@@ -11,14 +11,14 @@ from rich.console import Console
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_demo_archive, write_nasty_archive
 from neptune_migration.selection import Selection
-from neptune_migration.targets.wandb import WandbOfflineTarget
-from neptune_migration.targets.wandb_readback import find_run_folder
-from neptune_migration.targets.wandb_records import RecordWriter, read_records
-from neptune_migration.validation import retry, validate
+from neptune_migration.stages.load import load
+from neptune_migration.stages.validate import retry, validate
+from neptune_migration.targets.wandb.loader import WandbOfflineTarget
+from neptune_migration.targets.wandb.readback import find_run_folder
+from neptune_migration.targets.wandb.records import RecordWriter, read_records
 
 
 def _quiet(n: int) -> Tracker:

@@ -12,16 +12,16 @@ from rich.console import Console
 
 from neptune_migration.archive import Archive
 from neptune_migration.ledger import Ledger
-from neptune_migration.pipeline import load
 from neptune_migration.progress import Tracker
 from neptune_migration.samples import write_demo_archive
 from neptune_migration.selection import Selection
-from neptune_migration.validation import validate
+from neptune_migration.stages.load import load
+from neptune_migration.stages.validate import validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "wandb"))
 from standin import DEFAULT_ENTITY, StandIn
 
-from neptune_migration.targets.wandb import WandbOnlineTarget
+from neptune_migration.targets.wandb.loader import WandbOnlineTarget
 
 
 @pytest.fixture

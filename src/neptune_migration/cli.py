@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from . import __version__
-from .errors import MigrationError, UsageError
-from .ledger import Ledger, default_state_path
-from .progress import Tracker
-from .secrets import redact
-from .selection import Selection
+from neptune_migration import __version__
+from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.ledger import Ledger, default_state_path
+from neptune_migration.progress import Tracker
+from neptune_migration.secrets import redact
+from neptune_migration.selection import Selection
 
 app = typer.Typer(
     name="neptune-migrate",
@@ -216,8 +216,8 @@ class WandbOptions:
 def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_prefix: str, workers: int,
             wandb: WandbOptions | None = None, mlflow_bulk: bool = False, upload_workers: int | None = None):
     if to == "mlflow":
-        from .targets.mlflow import MlflowTarget
-        from .targets.mlflow_bulk import MlflowBulkTarget
+        from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
+        from neptune_migration.targets.mlflow.loader import MlflowTarget
 
         kind = MlflowBulkTarget if mlflow_bulk else MlflowTarget
         return kind(tracking_uri, experiment_by=experiment_by, experiment_prefix=experiment_prefix,
@@ -226,12 +226,12 @@ def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_pr
         raise UsageError("--mlflow-bulk is only for --to mlflow")
     wandb = wandb or WandbOptions()
     if to == "wandb-offline":
-        from .targets.wandb import WandbOfflineTarget
+        from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
         return WandbOfflineTarget(wandb.directory, entity=wandb.entity, project=wandb.project,
                                   project_prefix=wandb.project_prefix)
     if to == "wandb":
-        from .targets.wandb import WandbOnlineTarget
+        from neptune_migration.targets.wandb.loader import WandbOnlineTarget
 
         return WandbOnlineTarget(entity=wandb.entity, project=wandb.project, project_prefix=wandb.project_prefix,
                                  upload_workers=upload_workers)
@@ -241,7 +241,7 @@ def _target(to: str, tracking_uri: str | None, experiment_by: str, experiment_pr
 def _after_load(to: str, target) -> None:
     """Tell the user how to look at what arrived."""
     if to == "mlflow":
-        from .targets.mlflow import ui_command
+        from neptune_migration.targets.mlflow.loader import ui_command
 
         out.print(f"\nOpen the MLflow UI: [bold]{ui_command(target.tracking_uri)}[/bold]", soft_wrap=True)
     elif to == "wandb-offline":
@@ -267,20 +267,21 @@ class SourceOptions:
 def _source(from_: str, projects: list[str] | None, selection: Selection, opts: SourceOptions):
     projects = list(projects or ([os.environ["NEPTUNE_PROJECT"]] if os.environ.get("NEPTUNE_PROJECT") else []))
     if from_ == "neptune3":
-        from .sources.neptune3 import Neptune3Source, read_api_token
+        from neptune_migration.sources.base import read_api_token
+        from neptune_migration.sources.neptune3.source import Neptune3Source
 
         return Neptune3Source(projects, selection, read_api_token(token_file=opts.token_file), lineage=opts.lineage,
                               previews=opts.previews, download_workers=opts.download_workers)
     if from_ == "neptune2":
-        from .sources.neptune2 import Neptune2Source
-        from .sources.neptune3 import read_api_token
+        from neptune_migration.sources.base import read_api_token
+        from neptune_migration.sources.neptune2.source import Neptune2Source
 
         return Neptune2Source(projects, selection, read_api_token(token_file=opts.token_file), query=opts.query,
                               workspace=opts.workspace, include_projects=opts.include_projects,
                               exclude_projects=opts.exclude_projects, include_trashed=selection.include_archived,
                               file_sets=opts.file_sets)
     if from_ == "neptune-offline":
-        from .sources.offline import OfflineSource
+        from neptune_migration.sources.offline.source import OfflineSource
 
         if opts.path is None:
             raise UsageError("--from neptune-offline needs the folder to read: neptune-migrate ... --from "
@@ -340,8 +341,8 @@ def load(
 
     Example: neptune-migrate load --archive ./exports/data --files ./exports/files --to mlflow
     """
-    from .archive import Archive
-    from .pipeline import load as run_load
+    from neptune_migration.archive import Archive
+    from neptune_migration.stages.load import load as run_load
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
@@ -431,8 +432,8 @@ def export(
 
     Example: NEPTUNE_API_TOKEN=... neptune-migrate export --from neptune3 -p ws/proj --archive ./archive
     """
-    from .archive import ArchiveWriter, archive_location
-    from .migration import export as run_export
+    from neptune_migration.archive import ArchiveWriter, archive_location
+    from neptune_migration.stages.export import export as run_export
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
@@ -457,7 +458,7 @@ def _export_registry(source, archive: str | Path, ledger: Ledger, no_models: boo
     """The 2.x model registry, after the runs. True when an entry failed."""
     if no_models or not hasattr(source, "list_registry"):
         return False
-    from .registry import export_registry
+    from neptune_migration.stages.model_registry import export_registry
 
     outcomes = export_registry(source, archive, ledger)
     if outcomes:
@@ -471,8 +472,8 @@ def _export_registry(source, archive: str | Path, ledger: Ledger, no_models: boo
 
 def _load_registry(archive: str | Path, files: str | Path | None, target, ledger: Ledger) -> bool:
     """Models and versions into MLflow's registry when the archive holds them. True when an entry failed."""
-    from .archive import Archive
-    from .registry import load_registry
+    from neptune_migration.archive import Archive
+    from neptune_migration.stages.model_registry import load_registry
 
     if getattr(target, "name", "") != "mlflow":
         return False
@@ -541,7 +542,7 @@ def discover(
     """List what the selection matches (experiments, runs, attributes by type) without moving any data."""
     import json
 
-    from .discovery import discover as run_discover
+    from neptune_migration.stages.discover import discover as run_discover
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
@@ -639,8 +640,8 @@ def migrate(
     target = _target(to, mlflow_tracking_uri, experiment_by, experiment_prefix, workers,
                      WandbOptions(wandb_entity, wandb_project, wandb_project_prefix, wandb_dir), mlflow_bulk,
                      upload_workers)
-    from .archive import archive_location
-    from .scheduler import Workers
+    from neptune_migration.archive import archive_location
+    from neptune_migration.stages.migrate import Workers
 
     stages = Workers(export=export_workers or workers, load=workers, validate=validate_workers or workers)
     failed = _run_migrate(source, target, selection, archive_location(archive or ".neptune-migration/archive"),
@@ -655,8 +656,8 @@ def _run_migrate(source, target, selection: Selection, archive: str | Path, stat
                  no_progress: bool, report_dir: Path | None, no_models: bool = False) -> bool:
     """Export, load and (unless report_dir is None) validate, pipelined; then the reports.
     True when anything failed or mismatched."""
-    from .archive import ArchiveWriter
-    from .scheduler import run_pipeline
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.stages.migrate import run_pipeline
 
     if isinstance(archive, Path):
         archive.mkdir(parents=True, exist_ok=True)
@@ -672,7 +673,7 @@ def _run_migrate(source, target, selection: Selection, archive: str | Path, stat
             _print_export(result.exported)
             _print_summary(result.loaded)
             if report_dir is not None:
-                from .cli_validate import finish_report
+                from neptune_migration.cli_validate import finish_report
 
                 ok = finish_report(result.validated, ledger, str(archive), report_dir)
         finally:
@@ -730,9 +731,9 @@ def demo(
     No credentials and no network needed: the sandbox is a local Neptune API server that the real
     neptune-query client talks to, so this runs exactly the code path of a real migration.
     """
-    from .sandbox import Sandbox, demo_project
-    from .scheduler import Workers
-    from .targets.mlflow import MlflowTarget, ui_command
+    from neptune_migration.sandbox import Sandbox, demo_project
+    from neptune_migration.stages.migrate import Workers
+    from neptune_migration.targets.mlflow.loader import MlflowTarget, ui_command
 
     _setup_logging(verbose, None, no_progress)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -748,11 +749,11 @@ def demo(
         failed = _run_migrate(source, target, selection, workdir / "archive", workdir / "state.db",
                               Workers(), False, no_progress, workdir / "report")
     # The same archive into W&B, offline: sync-ready folders a connected machine can upload.
-    from .archive import Archive
-    from .cli_validate import finish_report
-    from .pipeline import load as run_load
-    from .targets.wandb import WandbOfflineTarget
-    from .validation import validate as run_validate
+    from neptune_migration.archive import Archive
+    from neptune_migration.cli_validate import finish_report
+    from neptune_migration.stages.load import load as run_load
+    from neptune_migration.stages.validate import validate as run_validate
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
     wandb_target = WandbOfflineTarget(workdir / "wandb-offline")
     with Ledger(workdir / "state.db") as ledger:
@@ -785,7 +786,7 @@ def sandbox_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
 ) -> None:
     """Serve a seeded Neptune API on 127.0.0.1 and print the NEPTUNE_API_TOKEN and environment to use it."""
-    from .sandbox.serve import serve
+    from neptune_migration.sandbox.serve import serve
 
     serve(seed=seed, port=port)
 
@@ -831,7 +832,7 @@ def main() -> None:
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from . import cli_validate  # noqa: E402,F401
+from neptune_migration import cli_validate  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import (
+from neptune_migration.cli import (
     OBJECT_STORE_HELP,
     AllTagsOpt,
     ArchivedOpt,
@@ -46,8 +46,8 @@ from .cli import (
     app,
     out,
 )
-from .errors import MigrationError
-from .ledger import Ledger, default_state_path
+from neptune_migration.errors import MigrationError
+from neptune_migration.ledger import Ledger, default_state_path
 
 ArchiveOpt = Annotated[str, typer.Option(
     metavar="DIR|URL", help="Archive root (holding data/ and files/) or a neptune-exporter "
@@ -107,8 +107,8 @@ def validate(
 
     Example: neptune-migrate validate --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
     """
-    from .archive import Archive
-    from .validation import validate as run_validate
+    from neptune_migration.archive import Archive
+    from neptune_migration.stages.validate import validate as run_validate
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
@@ -167,9 +167,9 @@ def retry(
 
     Example: neptune-migrate retry --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
     """
-    from .archive import Archive
-    from .errors import UsageError
-    from .validation import retry as run_retry
+    from neptune_migration.archive import Archive
+    from neptune_migration.errors import UsageError
+    from neptune_migration.stages.validate import retry as run_retry
 
     _setup_logging(verbose, log_file, no_progress)
     selection = _selection(**locals())
@@ -204,7 +204,7 @@ def finish_report(summary, ledger: Ledger, archive: str, report_dir: Path, sourc
 
     `migrate` calls this after `validation.validate` (with `validation.check_source`'s result when it exported).
     """
-    from .report import build_report, print_summary, write_reports
+    from neptune_migration.report import build_report, print_summary, write_reports
 
     report = build_report(summary, ledger, archive=archive, source_check=source_check)
     paths = write_reports(report, report_dir)

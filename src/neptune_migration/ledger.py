@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LedgerBusyError, MigrationError, UsageError
-from .model import RunRef
-from .secrets import redact
+from neptune_migration.errors import LedgerBusyError, MigrationError, UsageError
+from neptune_migration.secrets import redact
+from neptune_migration.vocabulary import RunRef
 
 DEFAULT_STATE = Path(".neptune-migration") / "state.db"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from .errors import UnsafePathError
+from neptune_migration.errors import UnsafePathError
 
 _FORBIDDEN_SEGMENTS = {"", ".", ".."}
 

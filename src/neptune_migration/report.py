@@ -17,10 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .ledger import Entry, Ledger
-from .secrets import redact
-from .validation import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
+from neptune_migration import __version__
+from neptune_migration.ledger import Entry, Ledger
+from neptune_migration.secrets import redact
+from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
 
 SCHEMA = "neptune-migration/validation-report"
 SCHEMA_VERSION = 1

@@ -13,8 +13,8 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .archive import ArchiveWriter
-from .model import RunRef
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.vocabulary import RunRef
 
 BASE_TIME = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 

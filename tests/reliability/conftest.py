@@ -207,7 +207,7 @@ def wandb_offline_snapshot(root: Path) -> dict[str, Any]:
     run, symlinks) fail the snapshot."""
     import hashlib
 
-    from neptune_migration.targets.wandb_readback import read_offline_run
+    from neptune_migration.targets.wandb.readback import read_offline_run
 
     out: dict[str, Any] = {}
     folders = sorted((root / "wandb").iterdir())

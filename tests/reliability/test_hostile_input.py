@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from neptune_migration.archive import Archive, ArchiveWriter
-from neptune_migration.model import RunRef
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.sandbox import Sandbox
-from neptune_migration.sandbox.model import Project
-from neptune_migration.sources.neptune2 import _safe_zip_members
-from neptune_migration.sources.neptune3 import SourceError
+from neptune_migration.sandbox.world import Project
+from neptune_migration.sources.base import SourceError
+from neptune_migration.sources.neptune2.source import _safe_zip_members
+from neptune_migration.vocabulary import RunRef
 
 from ..conftest import VENV_BIN, run_cli
 from .conftest import read_report

@@ -39,7 +39,9 @@ def install() -> None:
         if stage == aim and delay > 0:
             time.sleep(delay)
 
-    from neptune_migration.targets import wandb_folder, wandb_records, wandb_verify
+    from neptune_migration.targets.wandb import folder as wandb_folder
+    from neptune_migration.targets.wandb import records as wandb_records
+    from neptune_migration.targets.wandb import verify as wandb_verify
 
     def staged(fn: Any, stage: str) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 from sandbox_helpers import ok
 
 from neptune_migration.sandbox import Sandbox
-from neptune_migration.sandbox.model import WIRE_TYPES
+from neptune_migration.sandbox.world import WIRE_TYPES
 
 
 def test_list_experiments(nq_results: dict[str, Any], sandbox: Sandbox) -> None:

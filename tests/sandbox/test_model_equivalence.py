@@ -9,7 +9,7 @@ from typing import Any
 from sandbox_helpers import ok
 
 from neptune_migration.sandbox import Attribute, FileValue, Histogram, Run, Sandbox
-from neptune_migration.sandbox.model import WIRE_TYPES, Point, lineage_points
+from neptune_migration.sandbox.world import WIRE_TYPES, Point, lineage_points
 
 
 def expected_value(attr: Attribute) -> Any:

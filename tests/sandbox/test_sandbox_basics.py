@@ -14,7 +14,7 @@ from neptune_api.proto.neptune_pb.api.v1.model import attributes_pb2
 
 from neptune_migration.sandbox import Sandbox, demo_project
 from neptune_migration.sandbox.faults import Faults
-from neptune_migration.sandbox.model import WIRE_TYPES
+from neptune_migration.sandbox.world import WIRE_TYPES
 
 
 @pytest.fixture(scope="module")

@@ -213,8 +213,8 @@ def test_persistent_server_errors_stop_cleanly_and_resume(sandbox: Sandbox, stan
 
 def test_our_own_calls_honour_retry_after(standin: StandIn, tmp_path: Path) -> None:
     """The target's `wandb.Api` calls wait as long as a 429's Retry-After says, and retry 500s with backoff."""
-    from neptune_migration.targets.wandb import WandbOnlineTarget
-    from neptune_migration.targets.wandb_folder import RunSpec
+    from neptune_migration.targets.wandb.folder import RunSpec
+    from neptune_migration.targets.wandb.loader import WandbOnlineTarget
 
     target = WandbOnlineTarget(base_url=standin.url, api_key=KEY, staging_dir=tmp_path, entity=DEFAULT_ENTITY)
     spec = RunSpec(DEFAULT_ENTITY, "wretry", "no-such-run")

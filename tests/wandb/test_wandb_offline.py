@@ -11,10 +11,10 @@ import pytest
 from wandb_archives import runs_of
 from wandb_expect import assert_run_matches
 
-from neptune_migration.model import RunRef
 from neptune_migration.targets.base import LoadContext
-from neptune_migration.targets.wandb import WandbOfflineTarget, fork_parent
-from neptune_migration.targets.wandb_records import read_records
+from neptune_migration.targets.wandb.loader import WandbOfflineTarget, fork_parent
+from neptune_migration.targets.wandb.records import read_records
+from neptune_migration.vocabulary import RunRef
 
 WANDB = Path(sys.executable).parent / "wandb"
 
@@ -153,7 +153,7 @@ def test_filters_are_honoured(nasty_archive: Path, tmp_path: Path) -> None:
 def test_bounded_memory_merge_writes_the_same_files(nasty_archive: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Large runs are sorted in chunks spilled to disk and merged; the result must equal the in-memory sort."""
-    from neptune_migration.targets import wandb_history
+    from neptune_migration.targets.wandb import history as wandb_history
 
     _load_all(nasty_archive, tmp_path / "memory")
     monkeypatch.setattr(wandb_history, "CHUNK_POINTS", 97)

@@ -22,10 +22,10 @@ from wandb_archives import runs_of
 from wandb_expect import assert_run_matches
 
 from neptune_migration.archive import ArchiveWriter
-from neptune_migration.model import RunRef
 from neptune_migration.targets.base import LoadContext
-from neptune_migration.targets.wandb import WandbOnlineTarget
-from neptune_migration.targets.wandb_online import read_online
+from neptune_migration.targets.wandb.loader import WandbOnlineTarget
+from neptune_migration.targets.wandb.online_readback import read_online
+from neptune_migration.vocabulary import RunRef
 
 KEY = "k" * 40  # the stand-in accepts any key; this one must never appear in output
 
@@ -125,7 +125,7 @@ _LOADER = textwrap.dedent(
     from pathlib import Path
     from neptune_migration.archive import Archive
     from neptune_migration.targets.base import LoadContext
-    from neptune_migration.targets.wandb import WandbOnlineTarget
+    from neptune_migration.targets.wandb.loader import WandbOnlineTarget
     archive, url, staging, checkpoint = sys.argv[1:5]
     run = Archive(Path(archive)).scan().runs[0]
     cp = Path(checkpoint)
@@ -197,7 +197,7 @@ def _sync_env(standin: StandIn) -> dict[str, str]:
 
 
 def test_offline_folders_sync_with_the_printed_command(standin: StandIn, nasty_archive: Path, tmp_path: Path) -> None:
-    from neptune_migration.targets.wandb import WandbOfflineTarget
+    from neptune_migration.targets.wandb.loader import WandbOfflineTarget
 
     offline = WandbOfflineTarget(tmp_path / "airgap", entity=DEFAULT_ENTITY)
     runs = runs_of(nasty_archive)

@@ -18,8 +18,8 @@ import pytest
 from standin import DEFAULT_ENTITY, StandIn
 
 from neptune_migration.sandbox import Attribute, Sandbox, generate_project
-from neptune_migration.targets.wandb_names import run_id
-from neptune_migration.targets.wandb_readback import find_run_folder, read_offline_run
+from neptune_migration.targets.wandb.names import run_id
+from neptune_migration.targets.wandb.readback import find_run_folder, read_offline_run
 
 KEY = "r" * 40
 CLI = Path(sys.executable).parent / "neptune-migrate"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from wandb.proto import wandb_internal_pb2 as pb
 
-from neptune_migration.targets import wandb as wb
-from neptune_migration.targets.wandb_names import clean_key, metric_keys, project_name, run_id, tags
-from neptune_migration.targets.wandb_records import BLOCK, RecordWriter, read_records
+from neptune_migration.targets.wandb import loader as wb
+from neptune_migration.targets.wandb.names import clean_key, metric_keys, project_name, run_id, tags
+from neptune_migration.targets.wandb.records import BLOCK, RecordWriter, read_records
 
 
 def test_project_names() -> None:
@@ -108,9 +108,9 @@ def test_generation_resolution(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
     from neptune_migration.archive import Archive, ArchiveWriter
-    from neptune_migration.model import RunRef
-    from neptune_migration.targets.wandb_generations import Existing, resolve
-    from neptune_migration.targets.wandb_names import run_id
+    from neptune_migration.targets.wandb.generations import Existing, resolve
+    from neptune_migration.targets.wandb.names import run_id
+    from neptune_migration.vocabulary import RunRef
 
     def archived(name: str, mod: datetime | None) -> Any:
         with ArchiveWriter(tmp_path / name).run(RunRef("ws/p", "RUN-1")) as w:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from neptune_migration.archive import Archive, ArchivedRun, ArchiveWriter
-from neptune_migration.model import RunRef
+from neptune_migration.vocabulary import RunRef
 
 T0 = 1_700_000_000_000  # ms
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.targets.base import LoadResult
-from neptune_migration.targets.wandb_names import metric_keys
-from neptune_migration.targets.wandb_readback import WandbRunData
+from neptune_migration.targets.wandb.names import metric_keys
+from neptune_migration.targets.wandb.readback import WandbRunData
 
 
 def bits(x: Any) -> Any:

@@ -1,8 +1,8 @@
 """Archives in neptune-exporter's layout: the hand-off point between sources and targets."""
 
-from .reader import Archive, ArchivedRun, ArchiveScan, Atom, IncompleteRun
-from .storage import archive_location, is_remote
-from .writer import ArchiveWriter, RunWriter
+from neptune_migration.archive.reader import Archive, ArchivedRun, ArchiveScan, Atom, IncompleteRun
+from neptune_migration.archive.storage import archive_location, is_remote
+from neptune_migration.archive.writer import ArchiveWriter, RunWriter
 
 __all__ = [
     "Archive",

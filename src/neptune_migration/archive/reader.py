@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import ArchiveError
-from ..model import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef, folder_name
-from ..paths import resolve_inside
-from .storage import DIR, FILE, LOCAL, Storage, StoragePath, open_storage
+from neptune_migration.archive.storage import DIR, FILE, LOCAL, Storage, StoragePath, open_storage
+from neptune_migration.errors import ArchiveError
+from neptune_migration.paths import resolve_inside
+from neptune_migration.vocabulary import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef, folder_name
 
 _PART = re.compile(r"^(?P<run>.+)_part_(?P<n>\d+)\.parquet$")
 _ATOM_VALUE = {

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..errors import ArchiveError, UsageError
-from ..secrets import redact
+from neptune_migration.errors import ArchiveError, UsageError
+from neptune_migration.secrets import redact
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 CHUNK = 8 << 20  # bytes per read/write when copying a payload: bounded memory whatever the file size

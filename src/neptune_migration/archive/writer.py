@@ -27,7 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..model import (
+from neptune_migration.archive.reader import Archive, ArchivedRun
+from neptune_migration.archive.storage import FILE, LOCAL, StoragePath, open_storage
+from neptune_migration.paths import resolve_inside, safe_relpath
+from neptune_migration.vocabulary import (
     ARCHIVE_SCHEMA,
     ATOM_TYPES,
     FILE_LIKE_TYPES,
@@ -36,9 +39,6 @@ from ..model import (
     folder_name,
     step_to_decimal,
 )
-from ..paths import resolve_inside, safe_relpath
-from .reader import Archive, ArchivedRun
-from .storage import FILE, LOCAL, StoragePath, open_storage
 
 _VALUE_COLUMN = {
     "float": "float_value",

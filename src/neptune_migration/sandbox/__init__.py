@@ -5,10 +5,10 @@ with Sandbox([demo_project()]) as sb:
     os.environ.update(sb.env())
 """
 
-from .faults import Faults
-from .model import ATTRIBUTE_TYPES, Attribute, FileValue, Histogram, Point, Project, Run
-from .seed import demo_project, generate_project
-from .server import LoggedRequest, Sandbox
+from neptune_migration.sandbox.faults import Faults
+from neptune_migration.sandbox.seed import demo_project, generate_project
+from neptune_migration.sandbox.server import LoggedRequest, Sandbox
+from neptune_migration.sandbox.world import ATTRIBUTE_TYPES, Attribute, FileValue, Histogram, Point, Project, Run
 
 __all__ = [
     "ATTRIBUTE_TYPES",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .serve import SEED_HELP, serve
+from neptune_migration.sandbox.serve import SEED_HELP, serve
 
 
 def main(argv: list[str] | None = None) -> None:

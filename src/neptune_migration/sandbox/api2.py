@@ -18,11 +18,11 @@ import zipfile
 from typing import Any
 from urllib.parse import quote
 
-from . import nql
-from .model import ArtifactValue, Attribute, FileValue, Project, Run, float_series_stats
-from .store import Store
-from .swagger import SPECS
-from .web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox import nql
+from neptune_migration.sandbox.store import Store
+from neptune_migration.sandbox.swagger import SPECS
+from neptune_migration.sandbox.web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox.world import ArtifactValue, Attribute, FileValue, Project, Run, float_series_stats
 
 TYPES_2X = {
     "float": "float",

@@ -25,10 +25,19 @@ except ImportError:  # pragma: no cover - neptune-query alone
         series_values_pb2,
     )
 
-from . import nql
-from .model import WIRE_TYPES, Attribute, Project, Run, lineage_attribute, lineage_points, series_stats, to_ms
-from .store import Store
-from .web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox import nql
+from neptune_migration.sandbox.store import Store
+from neptune_migration.sandbox.web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox.world import (
+    WIRE_TYPES,
+    Attribute,
+    Project,
+    Run,
+    lineage_attribute,
+    lineage_points,
+    series_stats,
+    to_ms,
+)
 
 BLOB_PREFIX = "/sandbox/blob/"
 

@@ -12,7 +12,7 @@ import hmac
 import json
 import time
 
-from .web import HttpError, Reply, Request
+from neptune_migration.sandbox.web import HttpError, Reply, Request
 
 _SECRET = b"neptune-migration-sandbox"
 TOKEN_LIFETIME = 24 * 3600  # long enough that neptune-query never refreshes during a test

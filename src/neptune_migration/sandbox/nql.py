@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .model import TYPES_BY_WIRE, Run, ms_datetime
+from neptune_migration.sandbox.world import TYPES_BY_WIRE, Run, ms_datetime
 
 AGGREGATIONS = ("last", "min", "max", "average", "variance")
 # 1.x wire types that are not 3.x attribute types

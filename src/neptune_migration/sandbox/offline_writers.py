@@ -46,7 +46,7 @@ N1_LOGS = ["alpha", "beta"]
 
 
 def _png() -> bytes:
-    from .seed import _png as png
+    from neptune_migration.sandbox.seed import _png as png
 
     return png(4, 4, (200, 10, 10))
 

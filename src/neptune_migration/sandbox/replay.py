@@ -1,12 +1,12 @@
 """Seed the sandbox from what the Neptune clients wrote in offline mode.
 
-The readers and the replay live in ``neptune_migration.offline_replay``, shared with the offline source
+The readers and the replay live in ``neptune_migration.sources.offline.replay``, shared with the offline source
 (``--from neptune-offline``); this module keeps the names the sandbox has always used.
 """
 
 from __future__ import annotations
 
-from ..offline_replay import (
+from neptune_migration.sources.offline.replay import (
     Neptune1OfflineRun,
     Replay,
     ScaleOfflineRun,

@@ -12,7 +12,16 @@ import random
 import struct
 import zlib
 
-from .model import ArtifactFile, ArtifactValue, FileValue, Histogram, Point, Project, Run, to_ms
+from neptune_migration.sandbox.world import (
+    ArtifactFile,
+    ArtifactValue,
+    FileValue,
+    Histogram,
+    Point,
+    Project,
+    Run,
+    to_ms,
+)
 
 BASE_TIME = dt.datetime(2025, 3, 1, 9, 0, 0, tzinfo=dt.UTC)
 

@@ -9,9 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
-from .model import Project
-from .seed import demo_project, generate_project
-from .server import Sandbox
+from neptune_migration.sandbox.seed import demo_project, generate_project
+from neptune_migration.sandbox.server import Sandbox
+from neptune_migration.sandbox.world import Project
 
 SEED_HELP = (
     "demo (a small realistic project), nasty (the generator's edge cases), "
@@ -41,7 +41,7 @@ def projects_from_seed(seed: str) -> list[Project]:
         elif kind == "offline":
             from pathlib import Path
 
-            from .replay import replay_offline_tree
+            from neptune_migration.sandbox.replay import replay_offline_tree
 
             if not args or not Path(args).is_dir():
                 raise ValueError(f"offline seed needs an existing folder, got {args!r}")

@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
-from . import api2, api3
-from .auth import Auth, make_api_token
-from .faults import Faults
-from .model import Project
-from .store import Store
-from .web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox import api2, api3
+from neptune_migration.sandbox.auth import Auth, make_api_token
+from neptune_migration.sandbox.faults import Faults
+from neptune_migration.sandbox.store import Store
+from neptune_migration.sandbox.web import HttpError, Reply, Request, Router
+from neptune_migration.sandbox.world import Project
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .model import FileValue, Project, Run
-from .web import HttpError
+from neptune_migration.sandbox.web import HttpError
+from neptune_migration.sandbox.world import FileValue, Project, Run
 
 
 @dataclass

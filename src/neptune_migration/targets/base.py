@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..archive import ArchivedRun
+from neptune_migration.archive import ArchivedRun
 
 
 @dataclass

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..archive import ArchivedRun
-from ..archive.reader import decimal_micros
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import decimal_micros
 
 MAX_BINS = 512
 CHUNK_POINTS = 1_000_000  # 28 MB of columns per sorted chunk

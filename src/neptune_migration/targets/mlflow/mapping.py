@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..naming import fit_length
+from neptune_migration.naming import fit_length
 
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000

@@ -25,12 +25,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..archive import ArchivedRun
-from ..errors import TargetError, UsageError
-from .base import LoadContext, LoadResult
-from .wandb_folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
-from .wandb_generations import SUPERSEDED_TAG, Existing, existing_from_config, offline_existing, offline_mark, resolve
-from .wandb_readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.errors import TargetError, UsageError
+from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.wandb.folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
+from neptune_migration.targets.wandb.generations import (
+    SUPERSEDED_TAG,
+    Existing,
+    existing_from_config,
+    offline_existing,
+    offline_mark,
+    resolve,
+)
+from neptune_migration.targets.wandb.readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
 
@@ -409,7 +416,7 @@ class WandbOnlineTarget:
                               f"rows, state {run.state}; sync said: {tail}")
 
     def read_back(self, run: ArchivedRun) -> WandbRunData:
-        from .wandb_online import read_online
+        from neptune_migration.targets.wandb.online_readback import read_online
 
         spec = self.spec(run)
         return read_online(self.api(), spec.entity, spec.project, spec.run_id)

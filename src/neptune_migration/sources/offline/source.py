@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..archive import ArchiveWriter
-from ..errors import MigrationError, UsageError
-from ..model import ATOM_TYPES, SERIES_TYPES, RunRef, folder_name
-from ..paths import resolve_inside, safe_relpath
-from ..selection import Selection
-from .neptune3 import ExportStats
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.paths import resolve_inside, safe_relpath
+from neptune_migration.selection import Selection
+from neptune_migration.sources.base import ExportStats
+from neptune_migration.vocabulary import ATOM_TYPES, SERIES_TYPES, RunRef, folder_name
 
 log = logging.getLogger("neptune_migration")
 
@@ -112,7 +112,11 @@ class OfflineSource:
         return self._runs
 
     def _find(self) -> list[OfflineRun]:
-        from ..offline_replay import find_offline_runs, read_neptune1_metadata, read_scale_identity
+        from neptune_migration.sources.offline.replay import (
+            find_offline_runs,
+            read_neptune1_metadata,
+            read_scale_identity,
+        )
 
         runs: list[OfflineRun] = []
         scale_groups: dict[tuple[str, str], list[tuple[int, Path]]] = {}
@@ -213,14 +217,14 @@ class OfflineSource:
         }
 
     def _replay(self, run: OfflineRun) -> Any:
-        from ..offline_replay import (
+        from neptune_migration.sandbox.world import Project
+        from neptune_migration.sources.offline.replay import (
             ScaleOfflineRun,
             read_neptune1_offline,
             read_scale_offline,
             replay_neptune1_run,
             replay_scale_run,
         )
-        from ..sandbox.model import Project
 
         project = Project("offline", "offline", key="OFF")
         if run.kind == "scale":
@@ -345,7 +349,7 @@ class OfflineSource:
 
     def _file_set(self, writer: Any, stats: ExportStats, path: str, members: dict[str, bytes | Path]) -> None:
         """A file set is a folder payload, one file per member under its relative name (targets walk folders)."""
-        from ..offline_replay import iter_file_set
+        from neptune_migration.sources.offline.replay import iter_file_set
 
         rel_dir = f"{folder_name(writer.ref.run_id)}/{safe_relpath(path)}"
         root = resolve_inside(writer.files_dir, rel_dir)

@@ -33,16 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..archive import ArchivedRun
-from ..archive.reader import decimal_micros
-from ..errors import ArchiveError, UnsafePathError
-from ..model import FILE_LIKE_TYPES, RunRef
-from ..paths import safe_relpath
-from .base import LoadContext, LoadResult
-from .wandb_history import History, build
-from .wandb_names import STEP_KEY, artifact_name, metric_keys, run_id, tags
-from .wandb_readback import note_run_folder
-from .wandb_records import RecordWriter
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import decimal_micros
+from neptune_migration.errors import ArchiveError, UnsafePathError
+from neptune_migration.paths import safe_relpath
+from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.wandb.history import History, build
+from neptune_migration.targets.wandb.names import STEP_KEY, artifact_name, metric_keys, run_id, tags
+from neptune_migration.targets.wandb.readback import note_run_folder
+from neptune_migration.targets.wandb.records import RecordWriter
+from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 WANDB_VERSION = "0.31.0"
 TABLE_ROWS_IN_HISTORY = 10_000  # W&B cuts a history table at 10k rows...
@@ -698,6 +698,6 @@ def fork_parent(run: ArchivedRun) -> RunRef | None:
 def spec_for(
     run: ArchivedRun, entity: str | None, project: str | None, prefix: str, generation: str | None = None
 ) -> RunSpec:
-    from .wandb_names import project_name
+    from neptune_migration.targets.wandb.names import project_name
 
     return RunSpec(entity, project or project_name(run.ref.project_id, prefix), run_id(run.ref.key, generation))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .migration import Source
+from neptune_migration.stages.export import Source
 
 
 def discover(source: Source) -> dict[str, Any]:

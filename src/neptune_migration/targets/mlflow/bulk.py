@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..archive import ArchivedRun
-from ..archive.reader import to_ms
-from ..errors import TargetError
-from .base import LoadContext, LoadResult
-from .mlflow import MetricColumns, MlflowTarget, public_uri
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import to_ms
+from neptune_migration.errors import TargetError
+from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, public_uri
 
 # alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
 SCHEMA_REVISION = "dc11669786a5"

@@ -19,14 +19,14 @@ from collections import defaultdict
 from datetime import UTC
 from typing import Any
 
-from ..archive import ArchivedRun
-from ..hashing import file_sha256
-from ..model import FILE_LIKE_TYPES
-from ..paths import safe_relpath
-from ..selection import Selection
-from ..validation import RunCheck
-from .wandb_folder import names_for
-from .wandb_names import artifact_name, metric_keys, tags
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.checks import RunCheck
+from neptune_migration.hashing import file_sha256
+from neptune_migration.paths import safe_relpath
+from neptune_migration.selection import Selection
+from neptune_migration.targets.wandb.folder import names_for
+from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
+from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_BINS = 512
 EXAMPLES = 5

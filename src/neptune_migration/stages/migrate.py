@@ -20,13 +20,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from .archive import ArchivedRun, ArchiveWriter
-from .ledger import Ledger
-from .migration import ExportOutcome, ExportSummary, Source, export_one, list_selected, make_project_folders
-from .pipeline import LOAD, LoadSummary, RunOutcome, _load_one
-from .progress import Tracker
-from .selection import Selection
-from .targets.base import Target
+from neptune_migration.archive import ArchivedRun, ArchiveWriter
+from neptune_migration.ledger import Ledger
+from neptune_migration.progress import Tracker
+from neptune_migration.selection import Selection
+from neptune_migration.stages.export import (
+    ExportOutcome,
+    ExportSummary,
+    Source,
+    export_one,
+    list_selected,
+    make_project_folders,
+)
+from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one
+from neptune_migration.targets.base import Target
 
 log = logging.getLogger("neptune_migration")
 
@@ -109,7 +116,7 @@ def run_pipeline(
     validate: bool = True,
 ) -> MigrationResult:
     """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping."""
-    from .validation import ValidationSummary, validate_run, verifier_for
+    from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 
     workers = workers or Workers()
     clock = StageClock()

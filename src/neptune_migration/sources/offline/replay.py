@@ -32,7 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sandbox.model import UTC, ArtifactFile, ArtifactValue, FileValue, Histogram, Project, Run, from_ms
+from neptune_migration.sandbox.world import (
+    UTC,
+    ArtifactFile,
+    ArtifactValue,
+    FileValue,
+    Histogram,
+    Project,
+    Run,
+    from_ms,
+)
 
 SCALE_DB = "run_operations.sqlite3"
 

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..archive import ArchivedRun
-from .wandb_names import run_id
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.targets.wandb.names import run_id
 
 SUPERSEDED_TAG = "superseded"
 
@@ -77,8 +77,8 @@ def resolve(run: ArchivedRun, base: Existing | None) -> tuple[str, str | None]:
 
 def offline_existing(root: Path, wandb_run_id: str) -> Existing | None:
     """`Existing` from the run record of an offline run folder, or None when there is no folder."""
-    from .wandb_readback import find_run_folder
-    from .wandb_records import read_records
+    from neptune_migration.targets.wandb.readback import find_run_folder
+    from neptune_migration.targets.wandb.records import read_records
 
     folder = find_run_folder(root, wandb_run_id)
     if folder is None:
@@ -100,8 +100,8 @@ def offline_mark(root: Path, wandb_run_id: str, *, superseded_by: str | None = N
     The `.wandb` file is rewritten (a temporary file renamed over it). A folder that `wandb sync` has touched is
     left alone (its upload state belongs to wandb): returns False, and the caller says so.
     """
-    from .wandb_readback import find_run_folder
-    from .wandb_records import RecordWriter, read_records
+    from neptune_migration.targets.wandb.readback import find_run_folder
+    from neptune_migration.targets.wandb.records import RecordWriter, read_records
 
     folder = find_run_folder(root, wandb_run_id)
     if folder is None:

@@ -8,12 +8,7 @@ attribute definitions, so unwanted values are never downloaded.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..archive import ArchiveWriter
-from ..errors import MigrationError, UsageError
-from ..model import ATOM_TYPES, RunRef
-from ..retry import retrying
-from ..secrets import redact, register
-from ..selection import Selection
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.retry import retrying
+from neptune_migration.secrets import redact
+from neptune_migration.selection import Selection
+from neptune_migration.sources.base import ExportStats, SourceError, api_url, scratch_dir
+from neptune_migration.vocabulary import ATOM_TYPES, RunRef
 
 log = logging.getLogger("neptune_migration")
 
@@ -37,52 +33,12 @@ SERIES_PER_REQUEST = 32
 POINTS_PER_PAGE = 100_000
 
 
-class SourceError(MigrationError):
-    """The Neptune server refused, could not be reached, or the selection names something it does not have."""
-
-
-def read_api_token(token: str | None = None, token_file: Path | None = None) -> str:
-    """The API token from an option file or NEPTUNE_API_TOKEN; validated, registered for redaction."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read the API token file {token_file}: {exc.strerror}") from None
-    token = token or os.environ.get("NEPTUNE_API_TOKEN")
-    if not token:
-        raise UsageError("no Neptune API token: set NEPTUNE_API_TOKEN or pass --api-token-file FILE")
-    register(token)
-    try:
-        decoded = json.loads(base64.b64decode(token.strip() + "=" * (-len(token.strip()) % 4)))
-        if not isinstance(decoded, dict) or not (decoded.get("api_url") or decoded.get("api_address")):
-            raise ValueError
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise UsageError("the Neptune API token is not valid (expected base64-encoded JSON with api_url)") from None
-    return token
-
-
-def api_url(token: str) -> str:
-    decoded = json.loads(base64.b64decode(token + "=" * (-len(token) % 4)))
-    return str(decoded.get("api_url") or decoded.get("api_address"))
-
-
 @dataclass
 class ListedRun:
     ref: RunRef
     sys_id: str
     modification_time: str | None = None  # ISO-8601; lets `--refresh` re-export only runs that changed
     attributes: dict[str, str] = field(default_factory=dict)  # path -> type, filled by `attribute_definitions`
-
-
-@dataclass
-class ExportStats:
-    attributes: int = 0
-    points: int = 0
-    files: int = 0
-    bytes: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
-    missing_files: list[str] = field(default_factory=list)
-    modification_time: str | None = None
 
 
 class Neptune3Source:
@@ -406,19 +362,6 @@ class _Downloads:
                 self.stats.bytes += info.size
         finally:
             self.pool.shutdown(wait=True)
-
-
-def scratch_dir(archive: Any, prefix: str) -> tempfile.TemporaryDirectory[str]:
-    """A temporary folder for downloads, inside a local archive's root when it can be: the finished file is then
-    renamed into the archive instead of copied, and a big download never lands in a RAM-backed /tmp."""
-    root = getattr(archive, "root", None)
-    if isinstance(root, Path):
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            return tempfile.TemporaryDirectory(prefix=f".{prefix}", dir=root)
-        except OSError:
-            pass
-    return tempfile.TemporaryDirectory(prefix=prefix)
 
 
 @dataclass(frozen=True)

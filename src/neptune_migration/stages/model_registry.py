@@ -17,17 +17,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .archive import Archive, ArchivedRun, ArchiveWriter
-from .errors import MigrationError
-from .ledger import Ledger
-from .migration import EXPORT, ExportOutcome, archive_key, export_one
-from .model import RunRef
-from .naming import fit_length
-from .pipeline import LOAD
-from .retry import retrying
-from .secrets import redact
-from .targets.base import LoadContext
-from .targets.mlflow_mapping import param_text
+from neptune_migration.archive import Archive, ArchivedRun, ArchiveWriter
+from neptune_migration.errors import MigrationError
+from neptune_migration.ledger import Ledger
+from neptune_migration.naming import fit_length
+from neptune_migration.retry import retrying
+from neptune_migration.secrets import redact
+from neptune_migration.stages.export import EXPORT, ExportOutcome, archive_key, export_one
+from neptune_migration.stages.load import LOAD
+from neptune_migration.targets.base import LoadContext
+from neptune_migration.targets.mlflow.mapping import param_text
+from neptune_migration.vocabulary import RunRef
 
 log = logging.getLogger("neptune_migration")
 

@@ -12,36 +12,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .archive import ArchiveWriter
-from .ledger import Ledger
-from .model import RunRef
-from .progress import Tracker
-from .secrets import redact
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.ledger import Ledger
+from neptune_migration.progress import Tracker
+from neptune_migration.secrets import redact
+from neptune_migration.sources.base import Source
 
 log = logging.getLogger("neptune_migration")
 
 EXPORT = "export"
-
-
-class Listed(Protocol):
-    ref: RunRef
-
-
-class Source(Protocol):
-    """What `export` and `migrate` need from a source (Neptune 3.x, 2.x, offline folders)."""
-
-    name: str
-    projects: list[str]
-
-    def check(self) -> None: ...
-
-    def list_runs(self, project: str) -> list[Any]: ...
-
-    def export_run(self, run: Any, archive: ArchiveWriter) -> Any: ...
-
-    def describe_run(self, run: Any) -> dict[str, Any]: ...
 
 
 @dataclass

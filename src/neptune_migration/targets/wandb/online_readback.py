@@ -14,7 +14,7 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
-from .wandb_readback import ArtifactFile, WandbRunData, _add_row, _string_series
+from neptune_migration.targets.wandb.readback import ArtifactFile, WandbRunData, _add_row, _string_series
 
 _HISTORY_PAGE = """
 query NeptuneMigrationHistoryPage($project: String!, $entity: String!, $name: String!, $minStep: Int64!,
@@ -27,7 +27,7 @@ query NeptuneMigrationHistoryPage($project: String!, $entity: String!, $name: St
 
 
 def _graphql(api: Any, query: str, variables: dict[str, Any]) -> Any:
-    from .wandb import with_backoff
+    from neptune_migration.targets.wandb.loader import with_backoff
 
     return with_backoff(lambda: api._service_api.execute_graphql(query, variables))
 
@@ -35,7 +35,7 @@ def _graphql(api: Any, query: str, variables: dict[str, Any]) -> Any:
 def read_online(
     api: Any, entity: str | None, project: str, run_id: str, page_steps: int = 1000, download: bool = False
 ) -> WandbRunData:
-    from .wandb import with_backoff
+    from neptune_migration.targets.wandb.loader import with_backoff
 
     path = f"{entity}/{project}/{run_id}" if entity else f"{project}/{run_id}"
     run = with_backoff(lambda: api.run(path))
@@ -137,7 +137,7 @@ def _get(api: Any, url: str) -> bytes:
     """Fetch a payload. The key is sent only to the W&B host itself, never to a signed object-store URL."""
     import requests
 
-    from .wandb import with_backoff
+    from neptune_migration.targets.wandb.loader import with_backoff
 
     base = urlparse(api.settings["base_url"])
     target = urlparse(url)

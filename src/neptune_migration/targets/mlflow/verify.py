@@ -28,19 +28,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..archive import ArchivedRun
-from ..archive.reader import decimal_micros, timestamps_ms, to_ms
-from ..hashing import file_sha256
-from ..model import FILE_LIKE_TYPES
-from ..naming import resolve_collisions
-from ..paths import safe_segments
-from ..retry import retrying
-from ..selection import Selection
-from ..validation import RunCheck
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
+from neptune_migration.checks import RunCheck
+from neptune_migration.hashing import file_sha256
+from neptune_migration.naming import resolve_collisions
+from neptune_migration.paths import safe_segments
+from neptune_migration.retry import retrying
+from neptune_migration.selection import Selection
 
 # The loader's own layout rules: validation must expect exactly what it wrote.
-from .mlflow import _json_number, _step_folder
-from .mlflow_mapping import (
+from neptune_migration.targets.mlflow.loader import _json_number, _step_folder
+from neptune_migration.targets.mlflow.mapping import (
     MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
     artifact_name,
@@ -54,6 +53,7 @@ from .mlflow_mapping import (
     scale_micros,
     truncate_with_marker,
 )
+from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_DOUBLE = 1.7976931348623157e308
 CANONICAL_NAN = np.array([math.nan]).view(np.uint64)[0]

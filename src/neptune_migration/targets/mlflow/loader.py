@@ -28,16 +28,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..archive import ArchivedRun
-from ..archive.reader import decimal_micros, timestamps_ms, to_ms
-from ..errors import ArchiveError, TargetError
-from ..model import FILE_LIKE_TYPES, RunRef
-from ..naming import fit_length, resolve_collisions, short_hash
-from ..paths import safe_segments
-from ..retry import retrying
-from ..secrets import redact
-from .base import LoadContext, LoadResult
-from .mlflow_mapping import (
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
+from neptune_migration.errors import ArchiveError, TargetError
+from neptune_migration.naming import fit_length, resolve_collisions, short_hash
+from neptune_migration.paths import safe_segments
+from neptune_migration.retry import retrying
+from neptune_migration.secrets import redact
+from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow.mapping import (
     MAX_EXPERIMENT_NAME,
     MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
@@ -52,6 +51,7 @@ from .mlflow_mapping import (
     scale_micros,
     truncate_with_marker,
 )
+from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 METRICS_PER_BATCH = 1000
 # Rows per Arrow batch for float points: 16k keeps a batch's numpy and Python transients small (peak RSS

@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..archive import ArchiveWriter
-from ..errors import MigrationError, UsageError
-from ..model import RunRef
-from ..retry import retrying
-from ..secrets import redact
-from ..selection import Selection, compile_regex
-from .neptune3 import ExportStats, SourceError, api_url, scratch_dir
+from neptune_migration.archive import ArchiveWriter
+from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.retry import retrying
+from neptune_migration.secrets import redact
+from neptune_migration.selection import Selection, compile_regex
+from neptune_migration.sources.base import ExportStats, SourceError, api_url, scratch_dir
+from neptune_migration.vocabulary import RunRef
 
 log = logging.getLogger("neptune_migration")
 

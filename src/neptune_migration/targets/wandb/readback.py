@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..hashing import file_sha256
-from .wandb_names import STEP_KEY
-from .wandb_records import read_records
+from neptune_migration.hashing import file_sha256
+from neptune_migration.targets.wandb.names import STEP_KEY
+from neptune_migration.targets.wandb.records import read_records
 
 _INTERNAL = {"_step", "_timestamp", "_runtime", STEP_KEY}
 

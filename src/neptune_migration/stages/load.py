@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from .archive import Archive, ArchivedRun, IncompleteRun
-from .errors import MigrationError, UsageError
-from .ledger import DONE, Ledger
-from .progress import Tracker
-from .secrets import redact
-from .selection import Selection
-from .targets.base import LoadContext, LoadResult, Target
+from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun
+from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.ledger import DONE, Ledger
+from neptune_migration.progress import Tracker
+from neptune_migration.secrets import redact
+from neptune_migration.selection import Selection
+from neptune_migration.targets.base import LoadContext, LoadResult, Target
 
 log = logging.getLogger("neptune_migration")
 
