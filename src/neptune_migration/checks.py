@@ -115,6 +115,11 @@ class Verifier(Protocol):
 
     def verify(self, run: ArchivedRun, selection: Selection) -> RunCheck: ...
 
+    def discard(self, run: ArchivedRun) -> int:
+        """Remove the target's copy of a run that holds wrong data, so `retry` loads it afresh; returns how many
+        target runs were removed (0 where the target resumes instead, as W&B does)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -29,3 +29,13 @@ class TargetError(MigrationError):
 
 class LedgerBusyError(MigrationError):
     """Another process holds the ledger."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming what went wrong: our own errors as they are, anything else with its type.
+
+    Not redacted: callers redact (secrets.redact) before the text is stored or shown."""
+    if isinstance(exc, MigrationError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from neptune_migration import __version__
 from neptune_migration.ledger import Entry, Ledger
-from neptune_migration.secrets import redact
+from neptune_migration.secrets import redact_tree
 from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
 
 SCHEMA = "neptune-migration/validation-report"
@@ -110,7 +110,7 @@ def build_report(
         "errors": errors,
         "source_check": source_check.to_dict() if source_check is not None else None,
     }
-    return _redacted(report)
+    return redact_tree(report)
 
 
 def error_rows(ledger: Ledger | None, target: str, checks: Iterable[RunCheck] = ()) -> list[dict[str, Any]]:
@@ -138,7 +138,7 @@ def error_rows(ledger: Ledger | None, target: str, checks: Iterable[RunCheck] = 
                 rows.append({"project_id": check.ref.project_id, "run_id": check.ref.run_id, "stage": "validate",
                              "target": target, "status": "failed" if check.status == ERROR else "mismatch",
                              "attempts": 1, "error": check.summary_line(), "updated_at": None})
-    return _redacted(rows)
+    return redact_tree(rows)
 
 
 def write_reports(report: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -364,13 +364,3 @@ def _human_bytes(n: int) -> str:
             return f"{n:,} B" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000  # type: ignore[assignment]
     return str(n)
-
-
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [_redacted(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
-    return value

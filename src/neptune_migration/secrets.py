@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from typing import Any
 
 _ENV_SECRETS = (
     "NEPTUNE_API_TOKEN",
@@ -45,3 +46,14 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
     return text
+
+
+def redact_tree(value: Any) -> Any:
+    """Every string inside a JSON-like value redacted (redacting the JSON text could break its quoting)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    return value

@@ -13,13 +13,16 @@ import binascii
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.errors import MigrationError, UsageError
+from neptune_migration.options import option
 from neptune_migration.secrets import register
+from neptune_migration.selection import Selection
 from neptune_migration.vocabulary import RunRef
 
 
@@ -40,6 +43,28 @@ class Source(Protocol):
     def export_run(self, run: Any, archive: ArchiveWriter) -> Any: ...
 
     def describe_run(self, run: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SourcePlugin:
+    """A source as the registry sees it; `build` imports the source's client library lazily."""
+
+    name: str
+    summary: str
+    options: type
+    # (options, projects from -p or $NEPTUNE_PROJECT, selection) -> Source
+    build: Callable[[Any, Sequence[str], Selection], Source]
+    # The source can list Neptune 2.x's model registry (`list_registry(project)`): export sends it along.
+    model_registry: bool = False
+
+
+# Options more than one source has: declared here once, used by each source's options dataclass.
+def api_token_file_option() -> Any:
+    return option(help="Read the Neptune API token from this file instead of $NEPTUNE_API_TOKEN.")
+
+
+def previews_option() -> Any:
+    return option(False, help="Also export metric preview points (flagged).")
 
 
 class SourceError(MigrationError):

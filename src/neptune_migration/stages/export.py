@@ -17,8 +17,8 @@ from typing import Any
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.ledger import Ledger
 from neptune_migration.progress import Tracker
-from neptune_migration.secrets import redact
 from neptune_migration.sources.base import Source
+from neptune_migration.stages.runner import attempt
 
 log = logging.getLogger("neptune_migration")
 
@@ -68,15 +68,10 @@ def export_one(run: Any, source: Source, writer: ArchiveWriter, ledger: Ledger, 
         now = getattr(run, "modification_time", None)
         if not refresh or (before is not None and before == now):
             return ExportOutcome(run.ref.key, "already_exported")
-    ledger.start(run.ref, EXPORT, key)
-    try:
-        stats = source.export_run(run, writer)
-    except Exception as exc:  # recorded; the next invocation retries this run
-        message = redact(" ".join(str(exc).split()) or type(exc).__name__)
-        log.error("run %s failed to export: %s", run.ref.key, message)
-        log.debug("details", exc_info=True)
-        ledger.fail(run.ref, EXPORT, key, message)
-        return ExportOutcome(run.ref.key, "failed", error=message)
+    done = attempt(ledger, run.ref, EXPORT, key, lambda _entry: source.export_run(run, writer), "export")
+    if done.error is not None:
+        return ExportOutcome(run.ref.key, "failed", error=done.error)
+    stats = done.value
     details = {k: v for k, v in vars(stats).items()} if stats is not None else None
     ledger.finish(run.ref, EXPORT, key, target_id=None, details=details)
     return ExportOutcome(run.ref.key, "exported", stats)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun
-from neptune_migration.errors import MigrationError, UsageError
-from neptune_migration.ledger import DONE, Ledger
+from neptune_migration.errors import UsageError
+from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.progress import Tracker
-from neptune_migration.secrets import redact
 from neptune_migration.selection import Selection
+from neptune_migration.stages.runner import attempt
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
 
 log = logging.getLogger("neptune_migration")
@@ -149,30 +149,28 @@ def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
 def _load_one(
     run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False
 ) -> RunOutcome:
-    started = time.monotonic()
     canonical = target.canonical
-    entry = ledger.start(run.ref, LOAD, canonical)
-    ctx = LoadContext(
-        checkpoint=entry.checkpoint,
-        save_checkpoint=lambda state: ledger.save_checkpoint(run.ref, LOAD, canonical, state),
-        on_points=tracker.add_points,
-        on_bytes=tracker.add_bytes,
-        wants_attribute=selection.wants_attribute,
-        wants_file=selection.wants_file,
-        replace=replace,
-    )
+
+    def work(entry: Entry) -> LoadResult:
+        ctx = LoadContext(
+            checkpoint=entry.checkpoint,
+            save_checkpoint=lambda state: ledger.save_checkpoint(run.ref, LOAD, canonical, state),
+            on_points=tracker.add_points,
+            on_bytes=tracker.add_bytes,
+            wants_attribute=selection.wants_attribute,
+            wants_file=selection.wants_file,
+            replace=replace,
+        )
+        return target.load_run(run, ctx)
+
     try:
-        result = target.load_run(run, ctx)
-    except Exception as exc:  # every failure is recorded; the run is retried on the next invocation
-        message = redact(_describe(exc))
-        log.error("run %s failed to load: %s", run.ref.key, message)
-        log.debug("details", exc_info=True)
-        ledger.fail(run.ref, LOAD, canonical, message)
-        return RunOutcome(run.ref.key, "failed", error=message, seconds=time.monotonic() - started)
+        done = attempt(ledger, run.ref, LOAD, canonical, work, "load")
     finally:
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
-    ledger.finish(run.ref, LOAD, canonical, result.target_id, details=_details(result))
-    return RunOutcome(run.ref.key, "loaded", result, seconds=time.monotonic() - started)
+    if done.error is not None or done.value is None:
+        return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
+    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=_details(done.value))
+    return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
 
 
 def _details(result: LoadResult) -> dict[str, Any]:
@@ -184,13 +182,6 @@ def _details(result: LoadResult) -> dict[str, Any]:
         "renamed": result.renamed,
         "warnings": result.warnings,
     }
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, MigrationError):
-        return str(exc)
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 __all__ = ["DONE", "LOAD", "LoadSummary", "RunOutcome", "load", "select_runs"]

@@ -9,8 +9,10 @@ what the source listed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,25 +23,21 @@ from typing import Any
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun
 from neptune_migration.checks import ERROR, MISMATCHED, VALIDATED, Mismatch, RunCheck, Verifier
 from neptune_migration.ledger import FAILED, MISMATCH, Ledger
+from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
-from neptune_migration.secrets import redact
+from neptune_migration.secrets import redact, redact_tree
 from neptune_migration.selection import Selection
+from neptune_migration.stages.load import LOAD, select_runs
+from neptune_migration.stages.load import load as run_load
+from neptune_migration.stages.runner import attempt
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, SERIES_TYPES, RunRef
 
 log = logging.getLogger("neptune_migration")
 
 VALIDATE = "validate"
 def verifier_for(target: Any) -> Verifier:
-    """The read-back for a target object built by the CLI (MlflowTarget, or a W&B target)."""
-    if getattr(target, "name", None) == "mlflow":
-        from neptune_migration.targets.mlflow.verify import MlflowVerifier
-
-        return MlflowVerifier(target)
-    if hasattr(target, "read_back"):
-        from neptune_migration.targets.wandb.verify import WandbVerifier
-
-        return WandbVerifier(target)
-    raise TypeError(f"no validation for target {type(target).__name__}")
+    """The read-back of a target, as its plug-in declares it."""
+    return target_plugin(target.name).verifier(target)
 
 
 @dataclass
@@ -84,8 +82,6 @@ def validate(
     A run that never reached the target is a mismatch (`run_missing`), so nothing selected goes unnoticed.
     `only` narrows the work to some runs (what `retry` repaired).
     """
-    from neptune_migration.stages.load import select_runs
-
     started = time.monotonic()
     if only is not None and not only:
         # Nothing was migrated (an empty project): no run to read back, and the selection's projects cannot be
@@ -121,18 +117,14 @@ def validate(
 
 def validate_run(run: ArchivedRun, verifier: Verifier, selection: Selection, ledger: Ledger, target: str) -> RunCheck:
     """Validate one run and record it: done when every value matches, mismatch (with details) otherwise."""
-    started = time.monotonic()
-    ledger.start(run.ref, VALIDATE, target)
     try:
-        check = verifier.verify(run, selection)
-    except Exception as exc:  # a read-back that fails is recorded like any failed stage, and retried
-        message = redact(_describe(exc))
-        log.error("run %s could not be validated: %s", run.ref.key, message)
-        log.debug("details", exc_info=True)
-        check = RunCheck(run.ref, error=message)
+        done = attempt(ledger, run.ref, VALIDATE, target, lambda _entry: verifier.verify(run, selection), "validate",
+                       record_failure=False)
     finally:
         run.release_files()  # payloads fetched from object storage for the comparison
-    check.seconds = time.monotonic() - started
+    # A read-back that failed is recorded like any failed stage (below), and retried.
+    check = done.value if done.value is not None else RunCheck(run.ref, error=done.error)
+    check.seconds = done.seconds
     details = check.to_dict()
     if check.status == VALIDATED:
         ledger.finish(run.ref, VALIDATE, target, check.target_id, details=redact_tree(details))
@@ -265,26 +257,6 @@ def check_source(
     return result
 
 
-def redact_tree(value: Any) -> Any:
-    """Every string inside a JSON-like value redacted (redacting the JSON text could break its quoting)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [redact_tree(v) for v in value]
-    if isinstance(value, dict):
-        return {k: redact_tree(v) for k, v in value.items()}
-    return value
-
-
-def _describe(exc: BaseException) -> str:
-    from neptune_migration.errors import MigrationError
-
-    if isinstance(exc, MigrationError):
-        return str(exc)
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _quiet_console() -> Any:
     from rich.console import Console
 
@@ -329,11 +301,6 @@ def retry(
     A mismatched run is deleted in the target first when the target can (MLflow: the run goes to MLflow's
     trash), so the new load writes every value exactly once; no duplicate point, param or file survives.
     """
-    import dataclasses
-    import re
-
-    from neptune_migration.stages.load import LOAD, select_runs
-    from neptune_migration.stages.load import load as run_load
 
     canonical = target.canonical
     reload, recheck = runs_to_retry(ledger, canonical)
@@ -346,7 +313,7 @@ def retry(
     try:
         mismatched = {e.ref for e in ledger.entries(stage=VALIDATE, target=canonical) if e.status == MISMATCH}
         for ref in sorted(reload):
-            if ref in mismatched and hasattr(verifier, "discard"):
+            if ref in mismatched:
                 n = verifier.discard(by_ref[ref])
                 log.info("run %s: discarded %d target run(s) holding wrong data", ref.key, n)
             ledger.reset(ref, LOAD, canonical)

@@ -1,12 +1,20 @@
-"""What every target offers the pipeline. Adding a target means one module implementing `Target`."""
+"""What every target offers the stages, and how a target package declares itself.
+
+Adding a target means one package under `targets/` (or in another distribution) exposing a `TargetPlugin`
+in the `neptune_migration.targets` entry point group: its name for `--to`, its options (a dataclass of
+`options.option` fields), a factory for the `Target`, and the `Verifier` that reads the target back.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from neptune_migration.archive import ArchivedRun
+
+if TYPE_CHECKING:
+    from neptune_migration.checks import Verifier
 
 
 @dataclass
@@ -64,3 +72,28 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """What every target is built with besides its own options: the stage's concurrency."""
+
+    workers: int = 4
+    # Concurrent uploads into the target (MLflow artifact files, W&B syncs); None: the target's default.
+    upload_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetPlugin:
+    """A target as the registry sees it. `build` and `verifier` import the target's libraries lazily, so listing
+    targets (for `--help`) never imports mlflow or wandb."""
+
+    name: str
+    summary: str
+    options: type
+    build: Callable[[Any, TargetSettings], Target]
+    verifier: Callable[[Any], Verifier]
+    # What to tell the user once runs have arrived (how to open the UI, how to upload); None: nothing.
+    hint: Callable[[Any], str | None] = lambda _target: None
+    # The target can hold Neptune 2.x's model registry (models and versions): the load stage sends it.
+    model_registry: bool = False

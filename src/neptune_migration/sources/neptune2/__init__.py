@@ -1,0 +1,42 @@
+"""The Neptune 2.x source (the neptune 1.x client): options and factory; the client is imported by `build`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neptune_migration.errors import UsageError
+from neptune_migration.options import option
+from neptune_migration.selection import Selection
+from neptune_migration.sources.base import SourcePlugin, api_token_file_option, read_api_token
+
+
+@dataclass
+class Neptune2Options:
+    api_token_file: Path | None = api_token_file_option()
+    query: str | None = option(help="neptune2: extra NQL for the runs table, ANDed with the selection (e.g. "
+                               "'`sys/creation_time`:datetime > \"2024-01-01\"').")
+    workspace: str | None = option(help="neptune2: every project of this workspace (see "
+                                   "--include-projects/--exclude-projects).")
+    include_projects: str | None = option(help="neptune2 with --workspace: regex on project names to include.")
+    exclude_projects: str | None = option(help="neptune2 with --workspace: regex on project names to leave out.")
+    file_sets: str = option("zip", choices=("zip", "extract"), help="neptune2 file sets: keep as 'zip' (default) or "
+                            "'extract' their files (entries escaping the set are refused).")
+
+
+def _build(opts: Neptune2Options, projects: Sequence[str], selection: Selection) -> Any:
+    token = read_api_token(token_file=opts.api_token_file)
+    try:
+        from neptune_migration.sources.neptune2.source import Neptune2Source
+    except ImportError as exc:
+        raise UsageError(f"--from neptune2 needs the neptune client: pip install 'neptune-migration[neptune2]' "
+                         f"({exc})") from None
+    return Neptune2Source(list(projects), selection, token, query=opts.query, workspace=opts.workspace,
+                          include_projects=opts.include_projects, exclude_projects=opts.exclude_projects,
+                          include_trashed=selection.include_archived, file_sets=opts.file_sets)
+
+
+plugin = SourcePlugin(name="neptune2", summary="a Neptune 2.x server (neptune 1.x client)", options=Neptune2Options,
+                      build=_build, model_registry=True)

@@ -1,0 +1,37 @@
+"""The Neptune 3.x source (neptune-query): options and factory. neptune-query is imported by `build`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neptune_migration.errors import UsageError
+from neptune_migration.options import option
+from neptune_migration.selection import Selection
+from neptune_migration.sources.base import SourcePlugin, api_token_file_option, previews_option, read_api_token
+
+
+@dataclass
+class Neptune3Options:
+    api_token_file: Path | None = api_token_file_option()
+    lineage: str = option("own", choices=("own", "full"), help="Forked runs: 'own' points only (default) or 'full' "
+                          "(also the inherited history).")
+    previews: bool = previews_option()
+    download_workers: int = option(4, minimum=1, maximum=64, help="Concurrent file downloads per run.")
+
+
+def _build(opts: Neptune3Options, projects: Sequence[str], selection: Selection) -> Any:
+    token = read_api_token(token_file=opts.api_token_file)
+    try:
+        from neptune_migration.sources.neptune3.source import Neptune3Source
+    except ImportError as exc:
+        raise UsageError(f"--from neptune3 needs neptune-query: pip install 'neptune-migration[neptune3]' "
+                         f"({exc})") from None
+    return Neptune3Source(list(projects), selection, token, lineage=opts.lineage, previews=opts.previews,
+                          download_workers=opts.download_workers)
+
+
+plugin = SourcePlugin(name="neptune3", summary="a Neptune 3.x server (neptune-query)", options=Neptune3Options,
+                      build=_build)

@@ -1,0 +1,72 @@
+"""The Weights & Biases targets: `wandb` (a W&B server, through `wandb sync`) and `wandb-offline` (sync-ready
+run folders). This module is what the registry loads: options and factories; wandb itself is imported by
+`build`, when a migration starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neptune_migration.errors import UsageError
+from neptune_migration.options import option
+from neptune_migration.targets.base import TargetPlugin, TargetSettings
+
+
+@dataclass
+class WandbOptions:
+    wandb_entity: str | None = option(envvar="WANDB_ENTITY", help="W&B entity (team or user). Default: the API "
+                                      "key's default entity.")
+    wandb_project: str | None = option(help="W&B project for every run. Default: derived from each Neptune "
+                                       "project (sanitised).")
+    wandb_project_prefix: str = option("", help="Prefix for derived W&B project names.")
+    wandb_dir: Path = option(Path("wandb-offline"), help="--to wandb-offline: folder for the sync-ready run folders. "
+                             "The API key (online) comes from WANDB_API_KEY; WANDB_BASE_URL selects a dedicated or "
+                             "self-managed server.")
+
+
+def _loaders() -> Any:
+    try:
+        from neptune_migration.targets.wandb import loader
+    except ImportError as exc:
+        raise UsageError(f"the W&B targets need wandb: pip install 'neptune-migration[wandb]' ({exc})") from None
+    return loader
+
+
+def _build_offline(opts: WandbOptions, settings: TargetSettings) -> Any:
+    return _loaders().WandbOfflineTarget(opts.wandb_dir, entity=opts.wandb_entity, project=opts.wandb_project,
+                                         project_prefix=opts.wandb_project_prefix)
+
+
+def _build_online(opts: WandbOptions, settings: TargetSettings) -> Any:
+    return _loaders().WandbOnlineTarget(entity=opts.wandb_entity, project=opts.wandb_project,
+                                        project_prefix=opts.wandb_project_prefix,
+                                        upload_workers=settings.upload_workers)
+
+
+def _verifier(target: Any) -> Any:
+    from neptune_migration.targets.wandb.verify import WandbVerifier
+
+    return WandbVerifier(target)
+
+
+def _offline_hint(target: Any) -> str:
+    return f"On a connected machine, upload with: {target.sync_command()}"
+
+
+online_plugin = TargetPlugin(
+    name="wandb",
+    summary="a W&B server (online; WANDB_API_KEY, WANDB_BASE_URL)",
+    options=WandbOptions,
+    build=_build_online,
+    verifier=_verifier,
+)
+offline_plugin = TargetPlugin(
+    name="wandb-offline",
+    summary="sync-ready W&B run folders in --wandb-dir",
+    options=WandbOptions,
+    build=_build_offline,
+    verifier=_verifier,
+    hint=_offline_hint,
+)
