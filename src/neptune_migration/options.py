@@ -34,6 +34,7 @@ class OptionSpec:
     maximum: int | None = None
     argument: bool = False  # a positional argument instead of an --option
     multiple: bool = False
+    short: str | None = None  # e.g. -p
 
 
 def option(
@@ -48,10 +49,11 @@ def option(
     maximum: int | None = None,
     argument: bool = False,
     panel: str | None = None,
+    short: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see `specs`)."""
     meta = {"help": help, "flag": flag, "envvar": envvar, "metavar": metavar, "choices": choices,
-            "minimum": minimum, "maximum": maximum, "argument": argument, "panel": panel}
+            "minimum": minimum, "maximum": maximum, "argument": argument, "panel": panel, "short": short}
     return dataclasses.field(default=default, metadata={"neptune_migration": meta})
 
 
@@ -81,7 +83,7 @@ def specs(options_type: type, panel: str = "Options") -> list[OptionSpec]:
             name=f.name, flag=meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"], default=default,
             kind=kind, panel=meta["panel"] or panel, envvar=meta["envvar"], metavar=meta["metavar"],
             choices=meta["choices"], minimum=meta["minimum"], maximum=meta["maximum"], argument=meta["argument"],
-            multiple=multiple,
+            multiple=multiple, short=meta["short"],
         ))
     return out
 

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from neptune_migration import __version__
+from neptune_migration._version import __version__
 from neptune_migration.ledger import Entry, Ledger
 from neptune_migration.secrets import redact_tree
 from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary

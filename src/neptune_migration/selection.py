@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from neptune_migration.errors import UsageError
+from neptune_migration.options import option
 from neptune_migration.vocabulary import CLASSES
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -60,6 +61,41 @@ def parse_classes(values: Sequence[str], option: str) -> set[str]:
                 raise UsageError(f"{option}: unknown class {name!r}; choose from {', '.join(CLASSES)}")
             out.add(name)
     return out
+
+
+@dataclass
+class SelectionOptions:
+    """The selection as the user states it: the same options on every command that reads runs."""
+
+    project: list[str] = option((), short="-p", help="Neptune project id WS/PROJ to include (repeatable). Default: "
+                                "all (or $NEPTUNE_PROJECT at a source).")
+    runs: str | None = option(help="Regex on run ids (3.x custom run id, 2.x sys/id).")
+    experiments: str | None = option(help="Regex on experiment names (sys/name).")
+    since: str | None = option(help="Only runs created at or after this date (ISO-8601).")
+    until: str | None = option(help="Only runs created at or before this date (ISO-8601).")
+    tag: list[str] = option((), help="Only runs with this tag (repeatable; any of them).")
+    all_tags: bool = option(False, help="With --tag: require every tag, not any.")
+    attributes: str | None = option(help="Regex: only attributes whose path matches.")
+    exclude_attributes: str | None = option(help="Regex: leave out attributes whose path matches.")
+    include: list[str] = option((), help="Only these classes: params, metrics, series, files (repeatable).")
+    exclude: list[str] = option((), help="Leave out these classes: params, metrics, series, files (repeatable).")
+    limit: int | None = option(help="At most this many runs.")
+    include_archived: bool = option(False, help="Also migrate archived and trashed runs.")
+    max_file_size: str | None = option(help="Skip files larger than this (e.g. 500MB, 2GiB).")
+    file_types: list[str] = option((), help="Only files with these extensions or MIME patterns (png,jpg or image/*).")
+    file_pattern: str | None = option(help="Only files whose name (or path/name) matches this glob.")
+
+    def build(self) -> Selection:
+        """The checked selection (a bad regex, date or size is a one-line UsageError naming its option)."""
+        def many(value: Sequence[str] | str) -> list[str]:
+            return [value] if isinstance(value, str) else list(value or ())
+
+        return Selection.from_options(
+            projects=many(self.project), runs=self.runs, experiments=self.experiments, since=self.since,
+            until=self.until, tags=many(self.tag), all_tags=self.all_tags, attributes=self.attributes,
+            exclude_attributes=self.exclude_attributes, include=many(self.include), exclude=many(self.exclude),
+            limit=self.limit, include_archived=self.include_archived, max_file_size=self.max_file_size,
+            file_types=many(self.file_types), file_pattern=self.file_pattern)
 
 
 @dataclass

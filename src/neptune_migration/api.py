@@ -1,0 +1,417 @@
+"""The public Python API: one function per command, each opening and closing what it needs.
+
+    import neptune_migration as nm
+    result = nm.load(archive="./archive", to="mlflow", mlflow_tracking_uri="http://127.0.0.1:5000")
+    print(nm.validate(archive="./archive", to="mlflow", mlflow_tracking_uri="http://127.0.0.1:5000").ok)
+
+Keyword arguments are named like the command-line options with underscores. Beside each function's own
+arguments, `**options` takes the selection (`project`, `runs`, `experiments`, `since`, `until`, `tag`, `limit`,
+...: see `selection.SelectionOptions`) and the options of the chosen source and target (`mlflow_tracking_uri`,
+`wandb_dir`, `api_token_file`, ...: each plug-in's options dataclass). Options of another installed source or
+target are accepted and ignored, so one set of keywords can serve several calls; a name no one declares is a
+`UsageError`. Errors are the `MigrationError` family, never `SystemExit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neptune_migration import plugins
+from neptune_migration.archive import Archive, ArchiveWriter, archive_location
+from neptune_migration.errors import UsageError
+from neptune_migration.ledger import Entry, Ledger, default_state_path
+from neptune_migration.options import build as build_options
+from neptune_migration.progress import Tracker
+from neptune_migration.report import build_report, write_reports
+from neptune_migration.selection import Selection, SelectionOptions
+from neptune_migration.sources.base import Source, SourcePlugin
+from neptune_migration.stages.discover import discover as run_discover
+from neptune_migration.stages.export import ExportSummary
+from neptune_migration.stages.export import export as run_export
+from neptune_migration.stages.load import LoadSummary
+from neptune_migration.stages.load import load as run_load
+from neptune_migration.stages.migrate import StageClock, Workers, run_pipeline
+from neptune_migration.stages.model_registry import export_registry, load_registry
+from neptune_migration.stages.validate import ValidationSummary
+from neptune_migration.stages.validate import retry as run_retry
+from neptune_migration.stages.validate import validate as run_validate
+from neptune_migration.targets.base import Target, TargetPlugin, TargetSettings
+
+log = logging.getLogger("neptune_migration")
+
+DEFAULT_REPORT_DIR = Path("neptune-migration-report")
+DEFAULT_MIGRATE_ARCHIVE = ".neptune-migration/archive"
+DEFAULT_EXPORT_ARCHIVE = "neptune-archive"
+
+
+# -- summaries ---------------------------------------------------------------------------------------------
+@dataclass
+class RegistryOutcome:
+    """One model or model version of Neptune 2.x's model registry, exported or loaded."""
+
+    key: str
+    status: str
+    error: str | None = None
+    stage: str = "export"  # or "load"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _registry_ok(outcomes: list[RegistryOutcome]) -> bool:
+    return not any(o.status == "failed" for o in outcomes)
+
+
+@dataclass
+class DiscoverResult:
+    """What the selection matches at the source: per project, runs, experiments and attribute counts."""
+
+    source: str
+    runs: int
+    file_bytes: int
+    projects: list[dict[str, Any]]
+    ok: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "runs": self.runs, "file_bytes": self.file_bytes, "projects": self.projects}
+
+
+@dataclass
+class ExportResult:
+    summary: ExportSummary
+    registry: list[RegistryOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary.failed and _registry_ok(self.registry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **_export_dict(self.summary), "registry": [r.to_dict() for r in self.registry]}
+
+
+@dataclass
+class LoadResult:
+    summary: LoadSummary
+    registry: list[RegistryOutcome] = field(default_factory=list)
+    hint: str | None = None  # how to look at what arrived (the target's UI, a sync command)
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary.failed and _registry_ok(self.registry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **_load_dict(self.summary), "registry": [r.to_dict() for r in self.registry],
+                "hint": self.hint}
+
+
+@dataclass
+class ValidationResult:
+    """The validation verdict: `ok` is what the CLI turns into its exit code. `report` is report.json's content;
+    `paths` the report files written."""
+
+    summary: ValidationSummary
+    report: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def ok(self) -> bool:
+        totals = self.report["totals"]
+        source_ok = self.report["source_check"] is None or self.report["source_check"]["ok"]
+        return source_ok and not (totals["runs_mismatched"] or totals["runs_failed"]
+                                  or totals["runs_incomplete_in_archive"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "report": self.report, "paths": {k: str(v) for k, v in self.paths.items()}}
+
+
+@dataclass
+class MigrationResult:
+    exported: ExportSummary
+    loaded: LoadSummary
+    validation: ValidationResult | None  # None with no_validate=True
+    registry: list[RegistryOutcome] = field(default_factory=list)
+    hint: str | None = None
+    clock: StageClock | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (not self.exported.failed and not self.loaded.failed and _registry_ok(self.registry)
+                and (self.validation is None or self.validation.ok))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "export": _export_dict(self.exported),
+            "load": _load_dict(self.loaded),
+            "validation": self.validation.to_dict() if self.validation is not None else None,
+            "registry": [r.to_dict() for r in self.registry],
+            "hint": self.hint,
+            "seconds": self.clock.to_dict() if self.clock is not None else None,
+        }
+
+
+@dataclass
+class RetryResult:
+    reloaded: list[str]
+    revalidated: list[str]
+    load: LoadSummary | None
+    validation: ValidationResult | None  # None when there was nothing to retry
+
+    @property
+    def ok(self) -> bool:
+        load_ok = self.load is None or not self.load.failed
+        return load_ok and (self.validation is None or self.validation.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reloaded": self.reloaded, "revalidated": self.revalidated,
+                "load": _load_dict(self.load) if self.load is not None else None,
+                "validation": self.validation.to_dict() if self.validation is not None else None}
+
+
+@dataclass
+class StatusResult:
+    state: Path
+    entries: list[Entry]
+    ok: bool = True
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.entries:
+            out[e.status] = out.get(e.status, 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": str(self.state), "counts": self.counts(), "entries": [
+            {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
+             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
+            for e in self.entries]}
+
+
+def _export_dict(summary: ExportSummary) -> dict[str, Any]:
+    stats = [o.stats for o in summary.outcomes if o.stats is not None]
+    return {
+        "archive": str(summary.archive), "listed": summary.listed, "exported": summary.count("exported"),
+        "already_exported": summary.count("already_exported"),
+        "failed": [{"run": o.key, "error": o.error} for o in summary.failed],
+        "points": sum(s.points for s in stats), "files": sum(s.files for s in stats),
+        "bytes": sum(s.bytes for s in stats),
+        "missing_files": [f"{o.key}: {m}" for o in summary.outcomes if o.stats is not None
+                          for m in o.stats.missing_files],
+        "seconds": round(summary.seconds, 3),
+    }
+
+
+def _load_dict(summary: LoadSummary) -> dict[str, Any]:
+    return {
+        "target": summary.target, "loaded": summary.count("loaded"), "already_loaded": summary.count("already_loaded"),
+        "failed": [{"run": o.key, "error": o.error} for o in summary.failed], "not_selected": summary.not_selected,
+        "incomplete": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
+        "points": summary.points, "files": summary.files, "bytes": summary.bytes,
+        "approximations": summary.approximations(), "seconds": round(summary.seconds, 3),
+    }
+
+
+# -- option handling ---------------------------------------------------------------------------------------
+_SELECTION_NAMES = {f.name for f in dataclasses.fields(SelectionOptions)}
+
+
+def _split(options: dict[str, Any], source: SourcePlugin | None = None,
+           target: TargetPlugin | None = None) -> tuple[Selection, Any, Any]:
+    """(selection, source options, target options) from the keyword arguments; unknown names are refused."""
+    known = set(_SELECTION_NAMES)
+    for plugin in [*plugins.sources().values(), *plugins.targets().values()]:
+        known |= {f.name for f in dataclasses.fields(plugin.options)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown option {unknown[0]!r}{hint}")
+    selection = build_options(SelectionOptions, options).build()
+    source_opts = build_options(source.options, options) if source is not None else None
+    target_opts = build_options(target.options, options) if target is not None else None
+    return selection, source_opts, target_opts
+
+
+def _open_source(from_: str, options: dict[str, Any], path: str | Path | None) -> tuple[Source, SourcePlugin,
+                                                                                         Selection]:
+    plugin = plugins.source(from_)
+    if path is not None:
+        if "path" not in {f.name for f in dataclasses.fields(plugin.options)}:
+            raise UsageError(f"a PATH argument is only for a source that reads a folder, not --from {from_}")
+        options = {**options, "path": Path(path)}
+    selection, source_opts, _ = _split(options, source=plugin)
+    projects = list(selection.projects) or ([os.environ["NEPTUNE_PROJECT"]] if os.environ.get("NEPTUNE_PROJECT")
+                                            else [])
+    return plugin.build(source_opts, projects, selection), plugin, selection
+
+
+def _open_target(to: str, options: dict[str, Any], workers: int,
+                 upload_workers: int | None = None) -> tuple[Target, TargetPlugin, Selection]:
+    plugin = plugins.target(to)
+    if options.get("mlflow_bulk") and "mlflow_bulk" not in {f.name for f in dataclasses.fields(plugin.options)}:
+        raise UsageError(f"--mlflow-bulk is only for --to mlflow, not --to {to}")
+    selection, _, target_opts = _split(options, target=plugin)
+    return plugin.build(target_opts, TargetSettings(workers, upload_workers)), plugin, selection
+
+
+def _tracker(title: str, progress: bool, stages: tuple[str, ...] = ()) -> Callable[[int], Tracker]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda total: Tracker(title, total, console, enabled=progress, stages=stages)
+
+
+def _workers(n: int | None, name: str = "workers") -> int:
+    if n is None:
+        raise UsageError(f"--{name.replace('_', '-')} is required")
+    if not 1 <= n <= 64:
+        raise UsageError(f"--{name.replace('_', '-')} must be between 1 and 64, not {n}")
+    return n
+
+
+@contextmanager
+def _ledger(state: str | Path | None, must_exist: bool = False) -> Iterator[Ledger]:
+    path = Path(state) if state is not None else default_state_path()
+    if must_exist and not path.exists():
+        raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
+    with Ledger(path) as ledger:
+        yield ledger
+
+
+def _local(archive: str | Path) -> str | Path:
+    root = archive_location(str(archive))
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _export_models(plugin: SourcePlugin, source: Source, root: str | Path, ledger: Ledger,
+                   no_models: bool) -> list[RegistryOutcome]:
+    if no_models or not plugin.model_registry:
+        return []
+    return [RegistryOutcome(o.key, o.status, o.error) for o in export_registry(source, root, ledger)]
+
+
+def _load_models(plugin: TargetPlugin, archive: Archive, target: Target, ledger: Ledger) -> list[RegistryOutcome]:
+    if not plugin.model_registry:
+        return []
+    return [RegistryOutcome(key, status, error, "load")
+            for key, status, error in load_registry(archive, target, ledger)]
+
+
+def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir: str | Path,
+            source_check: Any = None) -> ValidationResult:
+    report = build_report(summary, ledger, archive=archive, source_check=source_check)
+    return ValidationResult(summary, report, write_reports(report, Path(report_dir)))
+
+
+# -- the commands ------------------------------------------------------------------------------------------
+def discover(from_: str = "neptune3", *, path: str | Path | None = None, **options: Any) -> DiscoverResult:
+    """What the selection matches at a source (projects, runs, experiments, attributes by type), moving no data."""
+    source, _, _ = _open_source(from_, options, path)
+    found = run_discover(source)
+    return DiscoverResult(found["source"], found["runs"], found["file_bytes"], found["projects"])
+
+
+def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCHIVE, path: str | Path | None = None,
+           workers: int = 4, state: str | Path | None = None, refresh: bool = False, no_models: bool = False,
+           progress: bool = False, **options: Any) -> ExportResult:
+    """Export the selected runs from a source into an archive (neptune-exporter's layout). Resumable."""
+    source, plugin, _ = _open_source(from_, options, path)
+    root = _local(archive)
+    with _ledger(state) as ledger:
+        summary = run_export(source, ArchiveWriter(root), ledger, _tracker("export", progress), _workers(workers),
+                             refresh)
+        return ExportResult(summary, _export_models(plugin, source, root, ledger, no_models))
+
+
+def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
+         upload_workers: int | None = None, state: str | Path | None = None, progress: bool = False,
+         **options: Any) -> LoadResult:
+    """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue."""
+    archived = Archive(str(archive), str(files) if files is not None else None)
+    target, plugin, selection = _open_target(to, options, _workers(workers), upload_workers)
+    target.check()
+    with _ledger(state) as ledger:
+        try:
+            summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers)
+            registry = _load_models(plugin, archived, target, ledger)
+        finally:
+            target.close()
+    return LoadResult(summary, registry, plugin.hint(target))
+
+
+def validate(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
+             state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
+             **options: Any) -> ValidationResult:
+    """Read every selected run back from the target and compare it with the archive, value by value; writes
+    report.html, report.md, report.json and errors.jsonl into `report_dir`. `.ok` is the verdict."""
+    archived = Archive(str(archive), str(files) if files is not None else None)
+    target, _, selection = _open_target(to, options, _workers(workers))
+    target.check()
+    with _ledger(state) as ledger:
+        try:
+            summary = run_validate(archived, target, selection, ledger, _tracker("validate", progress), workers)
+        finally:
+            target.close()
+        return _report(summary, ledger, str(archive), report_dir)
+
+
+def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
+          state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
+          **options: Any) -> RetryResult:
+    """Load again only the runs that failed or mismatched (per the ledger), then validate them."""
+    archived = Archive(str(archive), str(files) if files is not None else None)
+    with _ledger(state, must_exist=True) as ledger:
+        target, _, selection = _open_target(to, options, _workers(workers))
+        target.check()
+        try:
+            outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers)
+        finally:
+            target.close()
+        result = RetryResult([r.key for r in outcome.reloaded], [r.key for r in outcome.revalidated], outcome.load,
+                             None)
+        if outcome.revalidated:
+            result.validation = _report(outcome.validation, ledger, str(archive), report_dir)
+        return result
+
+
+def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path | None = None,
+            path: str | Path | None = None, workers: int = 4, export_workers: int | None = None,
+            validate_workers: int | None = None, upload_workers: int | None = None, state: str | Path | None = None,
+            refresh: bool = False, no_models: bool = False, no_validate: bool = False,
+            report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, **options: Any) -> MigrationResult:
+    """Export from a source, load into the target and read back, the three stages overlapping run by run.
+    Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated)."""
+    source, source_plugin, selection = _open_source(from_, options, path)
+    target, target_plugin, _ = _open_target(to, options, _workers(workers), upload_workers)
+    stages = Workers(export=_workers(export_workers or workers, "export_workers"), load=workers,
+                     validate=_workers(validate_workers or workers, "validate_workers"))
+    root = _local(archive if archive is not None else DEFAULT_MIGRATE_ARCHIVE)
+    with _ledger(state) as ledger:
+        try:
+            run = run_pipeline(source, ArchiveWriter(root), target, selection, ledger,
+                               _tracker("migrate", progress, ("export", "load", "validate")), stages, refresh,
+                               validate=not no_validate)
+            log.debug("stage seconds: %s", run.clock.to_dict())
+            registry = _export_models(source_plugin, source, root, ledger, no_models)
+            registry += _load_models(target_plugin, Archive(root), target, ledger)
+            validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir)
+        finally:
+            target.close()
+    return MigrationResult(run.exported, run.loaded, validation, registry, target_plugin.hint(target), run.clock)
+
+
+def status(*, state: str | Path | None = None, stage: str | None = None, failed: bool = False) -> StatusResult:
+    """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched)."""
+    with _ledger(state, must_exist=True) as ledger:
+        entries = [e for e in ledger.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
+        return StatusResult(ledger.path, entries)

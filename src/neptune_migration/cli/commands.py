@@ -1,0 +1,220 @@
+"""The commands: each parses its options, calls the API, prints the result and turns its verdict into an exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+import neptune_migration as nm
+from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, RegistryOutcome
+from neptune_migration.cli.options import (
+    OBJECT_STORE_HELP,
+    archive_input,
+    export_source_only,
+    json_option,
+    logging_options,
+    report_option,
+    run_options,
+    selection_options,
+    source_options,
+    stage_workers,
+    state_option,
+    target_options,
+)
+from neptune_migration.cli.output import (
+    out,
+    print_export,
+    print_hint,
+    print_load,
+    print_registry,
+    print_validation,
+    setup_logging,
+)
+from neptune_migration.errors import MigrationError
+
+
+class ValidationFailed(MigrationError):
+    """Exit 1 through the CLI's error path, with the report's location."""
+
+
+def _logging(kwargs: dict[str, Any]) -> bool:
+    """Set up logging from the shared options; returns whether progress bars are wanted."""
+    no_progress = kwargs.pop("no_progress")
+    setup_logging(kwargs.pop("verbose"), kwargs.pop("log_file"), no_progress)
+    return not no_progress
+
+
+def _registry(outcomes: list[RegistryOutcome]) -> None:
+    print_registry([o for o in outcomes if o.stage == "export"], "exported")
+    print_registry([o for o in outcomes if o.stage == "load"], "in MLflow")
+
+
+@click.command()
+@source_options
+@selection_options
+@json_option
+@logging_options
+def discover(json_output: bool, **kwargs: Any) -> None:
+    """List what the selection matches (experiments, runs, attributes by type) without moving any data."""
+    _logging(kwargs)
+    found = nm.discover(**kwargs)
+    if json_output:
+        out.print_json(json.dumps(found.to_dict()))
+        return
+    table = Table(title="Discovered")
+    for col in ("project", "runs", "experiments", "attributes", "by type"):
+        table.add_column(col, overflow="fold")
+    for p in found.projects:
+        by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
+        table.add_row(p["project"], str(p["runs"]), str(len(p["experiments"])), str(p["attributes"]), by_type)
+    out.print(table)
+    for p in found.projects:
+        for run in p.get("run_details", []):
+            derived = ", ".join(f"{k} from {v}" for k, v in (run.get("derived") or {}).items())
+            out.print(f"  {p['project']}/{run['run_id']}: {run.get('folder', '')} {derived}".rstrip())
+    out.print(f"{found.runs} runs selected; files declared: {found.file_bytes / 1e6:,.1f} MB "
+              f"(file series counted at export)")
+
+
+@click.command()
+@source_options
+@click.option("--archive", default=DEFAULT_EXPORT_ARCHIVE, show_default=True, metavar="DIR|URL",
+              help="Archive to write (data/ and files/ inside it). " + OBJECT_STORE_HELP)
+@export_source_only
+@selection_options
+@run_options
+def export(**kwargs: Any) -> None:
+    """Export runs from Neptune into an archive (neptune-exporter's layout). Resumable: rerun to continue.
+
+    Example: NEPTUNE_API_TOKEN=... neptune-migrate export --from neptune3 -p ws/proj --archive ./archive
+    """
+    result = nm.export(progress=_logging(kwargs), **kwargs)
+    _registry(result.registry)
+    print_export(result.summary)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@archive_input
+@target_options
+@selection_options
+@run_options
+def load(**kwargs: Any) -> None:
+    """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.
+
+    Example: neptune-migrate load --archive ./exports/data --files ./exports/files --to mlflow
+    """
+    result = nm.load(progress=_logging(kwargs), **kwargs)
+    _registry(result.registry)
+    print_load(result.summary)
+    if result.ok:
+        print_hint(result.hint)
+    else:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@source_options
+@target_options
+@click.option("--archive", default=None, metavar="DIR|URL", help="Where the intermediate archive goes (kept, "
+              "resumable). Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)
+@export_source_only
+@selection_options
+@click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run `validate` "
+              "later.")
+@report_option
+@run_options
+@stage_workers
+def migrate(**kwargs: Any) -> None:
+    """Export from Neptune, load into the target and read back, the three stages overlapping run by run.
+    Resumable: rerun to continue.
+
+    Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
+    """
+    result = nm.migrate(progress=_logging(kwargs), **kwargs)
+    _registry(result.registry)
+    print_export(result.exported)
+    print_load(result.loaded)
+    if result.validation is not None:
+        print_validation(result.validation)
+    print_hint(result.hint)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@archive_input
+@target_options
+@selection_options
+@report_option
+@run_options
+def validate(**kwargs: Any) -> None:
+    """Read every selected run back from the target and compare it with the archive, value by value.
+
+    Use the same selection as the load. Exits 1 when anything differs; report.html says what and where.
+
+    Example: neptune-migrate validate --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
+    """
+    kwargs.pop("upload_workers")  # nothing is uploaded by a read-back
+    result = nm.validate(progress=_logging(kwargs), **kwargs)
+    print_validation(result)
+    if not result.ok:
+        raise ValidationFailed(f"validation found differences; see {result.paths['html']}")
+
+
+@click.command()
+@archive_input
+@target_options
+@selection_options
+@report_option
+@run_options
+def retry(**kwargs: Any) -> None:
+    """Load again only the runs that failed or mismatched (per the ledger), then validate them.
+
+    A mismatched MLflow run is deleted (MLflow's trash) and loaded afresh, so nothing is duplicated.
+
+    Example: neptune-migrate retry --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
+    """
+    kwargs.pop("upload_workers")
+    result = nm.retry(progress=_logging(kwargs), **kwargs)
+    if result.validation is None:
+        out.print("Nothing to retry: no failed or mismatched runs in the ledger for this target.")
+        return
+    out.print(f"Loaded again: {len(result.reloaded)} run(s); validated again: {len(result.revalidated)}.")
+    if result.load is not None:
+        for failed in result.load.failed:
+            out.print(f"[red]failed again[/red] {failed.key}: {failed.error}")
+    print_validation(result.validation)
+    if not result.ok:
+        raise ValidationFailed(f"some runs still fail or differ; see {result.validation.paths['html']}")
+
+
+@click.command()
+@state_option
+@click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None,
+              help="Only this stage.")
+@click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched.")
+@json_option
+def status(state: Path | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
+    """Show every run's stage, status, attempts and last error from the ledger."""
+    result = nm.status(state=state, stage=stage, failed=failed_only)
+    if json_output:
+        out.print_json(json.dumps(result.to_dict()["entries"]))
+        return
+    table = Table(title=f"Ledger {result.state}")
+    for col in ("project", "run", "stage", "target", "status", "attempts", "target id", "last error"):
+        table.add_column(col, overflow="fold")
+    for e in result.entries:
+        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow"}.get(e.status, "")
+        table.add_row(e.ref.project_id, e.ref.run_id, e.stage, e.target, f"[{color}]{e.status}[/{color}]"
+                      if color else e.status, str(e.attempts), e.target_id or "", e.last_error or "")
+    out.print(table)
+    out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
+
+
+COMMANDS = [discover, export, load, migrate, validate, retry, status]

@@ -1,0 +1,116 @@
+"""What the command line prints: logging set-up and the summaries of the API's results."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from neptune_migration.api import RegistryOutcome, ValidationResult
+from neptune_migration.report import print_summary
+from neptune_migration.secrets import redact
+from neptune_migration.stages.export import ExportSummary
+from neptune_migration.stages.load import LoadSummary
+
+console = Console(stderr=True)
+out = Console()
+
+
+def setup_logging(verbose: bool, log_file: Path | None, no_progress: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("neptune_migration")
+    root.setLevel(logging.DEBUG)
+    root.handlers.clear()
+
+    class Redacting(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg = redact(record.getMessage())
+            record.args = ()
+            return True
+
+    if no_progress or not console.is_terminal:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        handler = RichHandler(console=console, show_path=False, markup=False)
+    handler.setLevel(level)
+    handler.addFilter(Redacting())
+    root.addHandler(handler)
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.addFilter(Redacting())
+        root.addHandler(file_handler)
+    # Client libraries are chatty at INFO; their warnings still come through.
+    for noisy in ("mlflow", "urllib3", "alembic", "wandb", "neptune", "neptune_query", "bravado"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def print_load(summary: LoadSummary) -> None:
+    table = Table(title=f"Load into {summary.target}", show_header=False, box=None)
+    table.add_row("runs loaded", str(summary.count("loaded")))
+    table.add_row("runs already loaded (skipped)", str(summary.count("already_loaded")))
+    table.add_row("runs failed", str(summary.count("failed")))
+    if summary.not_selected:
+        table.add_row("runs not selected", str(summary.not_selected))
+    if summary.incomplete:
+        table.add_row("incomplete runs in archive (not loaded)", str(len(summary.incomplete)))
+    table.add_row("metric points", f"{summary.points:,}")
+    table.add_row("files", f"{summary.files:,} ({summary.bytes / 1e6:,.1f} MB)")
+    rate = summary.points / summary.seconds if summary.seconds else 0
+    table.add_row("time", f"{summary.seconds:,.1f} s ({rate:,.0f} points/s)")
+    for kind, n in sorted(summary.approximations().items()):
+        table.add_row(f"approximated: {kind}", f"{n:,}")
+    out.print(table)
+    for outcome in summary.failed:
+        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+    for item in summary.incomplete:
+        out.print(f"[yellow]incomplete in archive[/yellow] {item.project_dir.name}/{item.run_folder}")
+
+
+def print_export(summary: ExportSummary) -> None:
+    table = Table(title=f"Export into {summary.archive}", show_header=False, box=None)
+    table.add_row("runs selected", str(summary.listed))
+    table.add_row("runs exported", str(summary.count("exported")))
+    table.add_row("runs already exported (skipped)", str(summary.count("already_exported")))
+    table.add_row("runs failed", str(summary.count("failed")))
+    stats = [o.stats for o in summary.outcomes if o.stats is not None]
+    table.add_row("points", f"{sum(s.points for s in stats):,}")
+    table.add_row("files", f"{sum(s.files for s in stats):,} ({sum(s.bytes for s in stats) / 1e6:,.1f} MB)")
+    missing = [f"{o.key}: {m}" for o in summary.outcomes if o.stats is not None for m in o.stats.missing_files]
+    if missing:
+        table.add_row("files missing at the source", str(len(missing)))
+    table.add_row("time", f"{summary.seconds:,.1f} s")
+    out.print(table)
+    for line in missing:
+        out.print(f"[yellow]missing file[/yellow] {line}")
+    for outcome in summary.failed:
+        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+
+
+def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
+    """`where`: "exported" or "in MLflow" (the target's name)."""
+    if not outcomes:
+        return
+    done = sum(1 for o in outcomes if o.status != "failed")
+    out.print(f"model registry: {done} of {len(outcomes)} models and versions {where}")
+    for o in outcomes:
+        if o.status == "failed":
+            out.print(f"[red]failed[/red] registry {o.key}: {o.error}")
+
+
+def print_validation(result: ValidationResult) -> None:
+    print_summary(result.report, out)
+    paths = result.paths
+    out.print(f"\nReport: [bold]{paths['html']}[/bold] (also {paths['json'].name}, {paths['markdown'].name}, "
+              f"{paths['errors'].name})")
+
+
+def print_hint(hint: str | None) -> None:
+    if hint:
+        out.print("\n" + hint, soft_wrap=True, markup=False, highlight=False)
