@@ -43,8 +43,6 @@ from neptune_migration.targets.mlflow.mapping import (
     SCALE_TAG,
     STATE_TAG,
     attribute_dir,
-    decimals_needed,
-    exact_decimals,
     file_dir,
     metric_key,
     param_artifact_path,
@@ -56,6 +54,7 @@ from neptune_migration.targets.mlflow.mapping import (
     scale_micros,
     series_file_name,
     series_line,
+    step_decimals,
     truncate_with_marker,
 )
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
@@ -344,13 +343,9 @@ class MlflowTarget:
         """First pass: the decimal places each float series needs so every step becomes an exact integer."""
         plan: dict[str, int] = {}
         for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"], READ_BATCH):
-            micros = decimal_micros(batch.column("step"))
-            needed = decimals_needed(micros)
             exact = batch.column("step_exact")
-            if exact.null_count < len(exact):
-                for i, value in enumerate(exact.to_pylist()):
-                    if value is not None:
-                        needed[i] = exact_decimals(value)
+            needed = step_decimals(decimal_micros(batch.column("step")),
+                                   exact.to_pylist() if exact.null_count < len(exact) else None)
             # Per-series maximum through dictionary codes: Acero's group_by costs tens of MB of pool memory.
             encoded = pc.dictionary_encode(batch.column("attribute_path"))
             codes = encoded.indices.to_numpy(zero_copy_only=False)

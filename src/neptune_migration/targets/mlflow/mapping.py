@@ -109,6 +109,16 @@ def decimals_needed(micros: np.ndarray) -> np.ndarray:
     return needed
 
 
+def step_decimals(micros: np.ndarray, exact: list[float | None] | None = None) -> np.ndarray:
+    """Decimal places each step needs: from its millionths, or from the exact float kept beside it (`exact`,
+    one entry per step, None where there is none)."""
+    needed = decimals_needed(micros)
+    for i, value in enumerate(exact or ()):
+        if value is not None:
+            needed[i] = exact_decimals(value)
+    return needed
+
+
 def exact_decimals(step: float) -> int:
     """Decimal places of a float step as written (shortest repr), for steps outside decimal(18, 6)."""
     exponent = Decimal(repr(step)).normalize().as_tuple().exponent

@@ -40,8 +40,6 @@ from neptune_migration.targets.mlflow.mapping import (
     SCALE_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
-    decimals_needed,
-    exact_decimals,
     file_dir,
     metric_key,
     param_artifact_path,
@@ -53,6 +51,7 @@ from neptune_migration.targets.mlflow.mapping import (
     scale_micros,
     series_artifact_path,
     series_line,
+    step_decimals,
     truncate_with_marker,
 )
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
@@ -566,12 +565,9 @@ def _series_plan(run: ArchivedRun, selection: Selection) -> dict[str, int]:
     """Decimal places each float series needs so every step is an exact integer (the loader's first pass)."""
     plan: dict[str, int] = {}
     for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"]):
-        needed = decimals_needed(decimal_micros(batch.column("step")))
         exact = batch.column("step_exact")
-        if exact.null_count < len(exact):
-            for i, value in enumerate(exact.to_pylist()):
-                if value is not None:
-                    needed[i] = exact_decimals(value)
+        needed = step_decimals(decimal_micros(batch.column("step")),
+                               exact.to_pylist() if exact.null_count < len(exact) else None)
         grouped = pa.table({"p": batch.column("attribute_path"), "d": needed}).group_by("p").aggregate(
             [("d", "max")])
         for path, d in zip(grouped.column("p").to_pylist(), grouped.column("d_max").to_pylist(), strict=True):
