@@ -6,7 +6,8 @@ the Neptune attribute and what differs, and the documented approximations counte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,8 @@ from neptune_migration.vocabulary import RunRef
 VALIDATED, MISMATCHED, ERROR = "validated", "mismatch", "error"
 # Mismatches kept per run in the ledger and the report; the count is always exact.
 MAX_MISMATCHES_KEPT = 200
+# Examples a mismatch's text names (steps, points); the counts beside them are always complete.
+EXAMPLES = 5
 
 
 @dataclass
@@ -121,6 +124,25 @@ class Verifier(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- text helpers the verifiers share for mismatch details and digests ---------------------------------------
+def short(value: Any, limit: int = 120) -> str:
+    """A value as text for a mismatch detail, cut so one huge param does not flood the report."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def examples(items: Iterable[str]) -> str:
+    """The first `EXAMPLES` items, joined, and how many more there are."""
+    items = list(items)
+    shown = ", ".join(items[:EXAMPLES])
+    return shown + (f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else "")
+
+
+def canonical(obj: Any) -> str:
+    """One spelling per JSON value (sorted keys, no spaces), so equal data compares and digests equal."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True, separators=(",", ":"), default=str)
 
 
 def _jsonable(value: Any) -> Any:

@@ -32,7 +32,6 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
 from neptune_migration.errors import ArchiveError, TargetError
 from neptune_migration.naming import fit_length, resolve_collisions, short_hash
-from neptune_migration.paths import safe_segments
 from neptune_migration.retry import retrying
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
@@ -40,15 +39,22 @@ from neptune_migration.targets.mlflow.mapping import (
     MAX_EXPERIMENT_NAME,
     MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
-    artifact_name,
-    decimals_needed,
-    exact_decimals,
-    iso,
+    SCALE_ARTIFACT,
+    SCALE_TAG,
+    STATE_TAG,
+    attribute_dir,
+    file_dir,
     metric_key,
+    param_artifact_path,
     param_text,
+    payload_destination,
+    payload_files,
     sanitize_key,
     scale_exact,
     scale_micros,
+    series_file_name,
+    series_line,
+    step_decimals,
     truncate_with_marker,
 )
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
@@ -58,7 +64,6 @@ METRICS_PER_BATCH = 1000
 # 315 MB instead of 335 MB for a 1M-point run) at no measured cost in speed.
 READ_BATCH = 16_384
 PARAMS_PER_BATCH = 100
-STATE_TAG = "neptune.migration.state"
 KEY_TAG = "neptune.run_key"
 KEY_HASH_TAG = "neptune.run_key_hash"
 DEFAULT_STORE = Path("mlflow-store")
@@ -322,7 +327,7 @@ class MlflowTarget:
                 result.renamed[path] = key
             text = param_text(atom.type, atom.value)
             if len(text) > MAX_PARAM_LENGTH:
-                where = "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+                where = param_artifact_path(key)
                 long_values[where] = text
                 text = truncate_with_marker(text, MAX_PARAM_LENGTH, where)
                 result.approx("param_truncated_full_value_in_artifact")
@@ -338,13 +343,9 @@ class MlflowTarget:
         """First pass: the decimal places each float series needs so every step becomes an exact integer."""
         plan: dict[str, int] = {}
         for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"], READ_BATCH):
-            micros = decimal_micros(batch.column("step"))
-            needed = decimals_needed(micros)
             exact = batch.column("step_exact")
-            if exact.null_count < len(exact):
-                for i, value in enumerate(exact.to_pylist()):
-                    if value is not None:
-                        needed[i] = exact_decimals(value)
+            needed = step_decimals(decimal_micros(batch.column("step")),
+                                   exact.to_pylist() if exact.null_count < len(exact) else None)
             # Per-series maximum through dictionary codes: Acero's group_by costs tens of MB of pool memory.
             encoded = pc.dictionary_encode(batch.column("attribute_path"))
             codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -369,9 +370,9 @@ class MlflowTarget:
         if scales:
             text = json.dumps(scales, sort_keys=True)
             if len(text) <= MAX_TAG_LENGTH:
-                retrying(lambda: self.client.set_tag(run_id, "neptune.step_scale", text))
+                retrying(lambda: self.client.set_tag(run_id, SCALE_TAG, text))
             else:
-                retrying(lambda: self.client.log_text(run_id, text, "neptune/step_scale.json"))
+                retrying(lambda: self.client.log_text(run_id, text, SCALE_ARTIFACT))
             result.approx("series_with_scaled_steps", len(scales))
         return plan, names
 
@@ -543,7 +544,7 @@ class MlflowTarget:
                     if not ctx.wants_attribute(path, type_):
                         continue
                     if path not in handles:
-                        local = staging / "series" / short_hash(path, 16) / _series_file_name(path)
+                        local = staging / "series" / short_hash(path, 16) / series_file_name(path)
                         local.parent.mkdir(parents=True, exist_ok=True)
                         # Sort keys go to a side file so a disordered series can be re-sorted exactly later.
                         handles[path] = (
@@ -556,11 +557,7 @@ class MlflowTarget:
                     last_step[path] = step_key
                     step = row["step_exact"] if row["step_exact"] is not None else row["step"]
                     value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
-                    line = {
-                        "step": _json_number(step),
-                        "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
-                        "value": value,
-                    }
+                    line = series_line(step, row["timestamp"], value)
                     fh, _local, keys = handles[path]
                     fh.write(json.dumps(line, ensure_ascii=False, allow_nan=True) + "\n")
                     keys.write(step_key.to_bytes(8, "little", signed=True))
@@ -574,7 +571,7 @@ class MlflowTarget:
             if path in unordered:
                 _sort_lines(local, local.with_suffix(".keys"))
             local.with_suffix(".keys").unlink()
-            uploads.append(self._upload(run_id, local, _artifact_dir(path, parent_only=True), ctx, result))
+            uploads.append(self._upload(run_id, local, attribute_dir(path, parent_only=True), ctx, result))
 
     # -- files --------------------------------------------------------------------------------------------
     def _log_files(
@@ -589,27 +586,18 @@ class MlflowTarget:
                 source = run.file_path(row["file_value"]["path"])
                 if not source.exists():
                     raise ArchiveError(f"run {run.ref.key}: file for {path!r} is missing from the archive: {source}")
-                artifact_dir = _artifact_dir(path)
-                if type_ == "file_series":
-                    step = row["step_exact"] if row["step_exact"] is not None else row["step"]
-                    artifact_dir += "/step_" + _step_folder(step)
-                for local, relative in _payload_files(source):
+                step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                artifact_dir = file_dir(path, type_, step)
+                for local, relative in payload_files(source):
                     name = row["file_name"] if (row["file_name"] and local == source) else local.name
                     size = local.stat().st_size
                     if not ctx.wants_file(path, name, size):
                         continue
                     staged = staging / "files" / short_hash(f"{artifact_dir}/{relative}/{name}", 16)
                     staged.mkdir(parents=True, exist_ok=True)
-                    target_name = artifact_name("_".join(safe_segments(name)))
+                    where, target_name = payload_destination(artifact_dir, relative, name)
                     link = staged / target_name
                     _link_or_copy(local, link)
-                    sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
-                    where = artifact_dir + (f"/{sub}" if sub else "")
-                    if where.rsplit("/", 1)[-1] == target_name:
-                        # MLflow's client takes a folder `x` holding one file `x` for a file and lists it as
-                        # empty, so a file named like its attribute (2.x files have no extension) lands at
-                        # the attribute path itself.
-                        where = where.rsplit("/", 1)[0] if "/" in where else ""
                     uploads.append(self._upload(run_id, link, where, ctx, result))
 
     def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult) -> Future:
@@ -676,45 +664,6 @@ def _sort_lines(local: Path, keys_file: Path) -> None:
 
 def _tag_value(text: str) -> str:
     return text if len(text) <= MAX_TAG_LENGTH else text[: MAX_TAG_LENGTH - 3] + "..."
-
-
-def _artifact_dir(attribute_path: str, parent_only: bool = False) -> str:
-    segments = [artifact_name(s) for s in safe_segments(attribute_path)]
-    if parent_only:
-        segments = segments[:-1]
-    return "/".join(segments)
-
-
-def _series_file_name(attribute_path: str) -> str:
-    return artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
-
-
-def _step_folder(step: Any) -> str:
-    value = float(step)
-    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
-
-
-def _json_number(value: Any) -> float | int | None:
-    if value is None:
-        return None
-    f = float(value)
-    return int(f) if f.is_integer() and abs(f) < 2**53 else f
-
-
-def _payload_files(source: Path) -> Iterator[tuple[Path, str]]:
-    """A file payload, or every file inside a payload folder (2.x file sets), never following links out."""
-    if source.is_file():
-        yield source, ""
-        return
-    root = source.resolve()
-    for dirpath, _dirs, files in os.walk(source, followlinks=False):
-        folder = Path(dirpath)
-        relative = folder.relative_to(source).as_posix()
-        for name in sorted(files):
-            local = folder / name
-            if local.is_symlink() and root not in local.resolve().parents:
-                raise ArchiveError(f"refusing a link that leaves the archive: {local}")
-            yield local, "" if relative == "." else relative
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

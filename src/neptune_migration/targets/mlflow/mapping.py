@@ -1,22 +1,35 @@
-"""Pure functions that turn Neptune values and names into what MLflow accepts (docs/mlflow.md is the table)."""
+"""Functions that turn Neptune values and names into what MLflow accepts, and say where each lands
+(docs/mlflow.md is the table). The loader writes by these rules and the verifier expects by them, so each rule
+is written once, here.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from neptune_migration.errors import ArchiveError
 from neptune_migration.naming import fit_length
+from neptune_migration.paths import safe_segments
 
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 MAX_EXPERIMENT_NAME = 500
 INT64_MAX = 2**63 - 1
+# Set to "complete" as the last write of a load: a run without it was interrupted.
+STATE_TAG = "neptune.migration.state"
+# {metric key: 10**decimals} for series whose steps were scaled to integers; in an artifact when too long.
+SCALE_TAG = "neptune.step_scale"
+SCALE_ARTIFACT = "neptune/step_scale.json"
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _DOTS_ONLY = re.compile(r"^\.+$")
@@ -96,6 +109,16 @@ def decimals_needed(micros: np.ndarray) -> np.ndarray:
     return needed
 
 
+def step_decimals(micros: np.ndarray, exact: list[float | None] | None = None) -> np.ndarray:
+    """Decimal places each step needs: from its millionths, or from the exact float kept beside it (`exact`,
+    one entry per step, None where there is none)."""
+    needed = decimals_needed(micros)
+    for i, value in enumerate(exact or ()):
+        if value is not None:
+            needed[i] = exact_decimals(value)
+    return needed
+
+
 def exact_decimals(step: float) -> int:
     """Decimal places of a float step as written (shortest repr), for steps outside decimal(18, 6)."""
     exponent = Decimal(repr(step)).normalize().as_tuple().exponent
@@ -120,3 +143,80 @@ def scale_exact(step: float, decimals: int) -> int:
     if abs(value) > INT64_MAX:
         raise OverflowError(f"step {step!r} scaled by 10^{decimals} is beyond int64")
     return value
+
+
+def json_number(value: Any) -> float | int | None:
+    """A step as a JSON number: whole steps as integers (while exact in a double), others as floats."""
+    if value is None:
+        return None
+    f = float(value)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+# -- where things land among a run's artifacts ---------------------------------------------------------------
+def param_artifact_path(key: str) -> str:
+    """The artifact holding the full text of a param too long for MLflow."""
+    return "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+
+
+def attribute_dir(attribute_path: str, parent_only: bool = False) -> str:
+    segments = [artifact_name(s) for s in safe_segments(attribute_path)]
+    return "/".join(segments[:-1] if parent_only else segments)
+
+
+def series_file_name(attribute_path: str) -> str:
+    return artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
+
+
+def series_artifact_path(attribute_path: str) -> str:
+    """The JSON-lines artifact of a string or histogram series: its file in its parent attribute's folder."""
+    parent = attribute_dir(attribute_path, parent_only=True)
+    name = series_file_name(attribute_path)
+    return f"{parent}/{name}" if parent else name
+
+
+def series_line(step: Any, timestamp: datetime | None, value: Any) -> dict[str, Any]:
+    """One point of a series artifact, before JSON encoding."""
+    return {"step": json_number(step), "timestamp": iso(timestamp) if timestamp is not None else None, "value": value}
+
+
+def step_folder(step: Any) -> str:
+    value = float(step)
+    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
+
+
+def file_dir(attribute_path: str, type_: str, step: Any) -> str:
+    """The folder of a file attribute's payload; a file series has one `step_<n>` folder per step."""
+    folder = attribute_dir(attribute_path)
+    if type_ == "file_series":
+        folder += "/step_" + step_folder(step)
+    return folder
+
+
+def payload_files(source: Path) -> Iterator[tuple[Path, str]]:
+    """A file payload, or every file inside a payload folder (2.x file sets) with its folder relative to the
+    payload, never following links out of it."""
+    if source.is_file():
+        yield source, ""
+        return
+    root = source.resolve()
+    for dirpath, _dirs, files in os.walk(source, followlinks=False):
+        folder = Path(dirpath)
+        relative = folder.relative_to(source).as_posix()
+        for name in sorted(files):
+            local = folder / name
+            if local.is_symlink() and root not in local.resolve().parents:
+                raise ArchiveError(f"refusing a link that leaves the archive: {local}")
+            yield local, "" if relative == "." else relative
+
+
+def payload_destination(folder: str, relative: str, name: str) -> tuple[str, str]:
+    """(artifact folder, file name) of one payload file named `name`, `relative` to its payload folder."""
+    file_name = artifact_name("_".join(safe_segments(name)))
+    sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
+    where = folder + (f"/{sub}" if sub else "")
+    if where.rsplit("/", 1)[-1] == file_name:
+        # MLflow's client takes a folder `x` holding one file `x` for a file and lists it as empty, so a file
+        # named like its attribute (2.x files have no extension) lands at the attribute path itself.
+        where = where.rsplit("/", 1)[0] if "/" in where else ""
+    return where, file_name

@@ -18,7 +18,6 @@ import os
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,27 +29,29 @@ import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
-from neptune_migration.checks import RunCheck
+from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.naming import resolve_collisions
-from neptune_migration.paths import safe_segments
 from neptune_migration.retry import retrying
 from neptune_migration.selection import Selection
-
-# The loader's own layout rules: validation must expect exactly what it wrote.
-from neptune_migration.targets.mlflow.loader import _json_number, _step_folder
 from neptune_migration.targets.mlflow.mapping import (
     MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
-    artifact_name,
-    decimals_needed,
-    exact_decimals,
-    iso,
+    SCALE_ARTIFACT,
+    SCALE_TAG,
+    STATE_TAG,
+    file_dir,
     metric_key,
+    param_artifact_path,
     param_text,
+    payload_destination,
+    payload_files,
     sanitize_key,
     scale_exact,
     scale_micros,
+    series_artifact_path,
+    series_line,
+    step_decimals,
     truncate_with_marker,
 )
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
@@ -58,10 +59,6 @@ from neptune_migration.vocabulary import FILE_LIKE_TYPES
 MAX_DOUBLE = 1.7976931348623157e308
 CANONICAL_NAN = np.array([math.nan]).view(np.uint64)[0]
 HISTORY_PAGE = 100_000
-STATE_TAG = "neptune.migration.state"
-SCALE_TAG = "neptune.step_scale"
-# Examples shown per series and kind of difference; the counts are always complete.
-EXAMPLES = 5
 
 # Tags whose Neptune source is one attribute: so a wrong tag is reported on the attribute a person knows.
 _TAG_ATTRIBUTE = {
@@ -244,8 +241,8 @@ class MlflowVerifier:
             if key not in tags:
                 check.mismatch(attribute, "tag_missing", f"tag {key!r} is missing in MLflow", key, expected=value)
             elif tags[key] != value:
-                check.mismatch(attribute, "tag_value", f"tag {key!r} is {_short(tags[key])!r} in MLflow, "
-                               f"{_short(value)!r} expected", key, expected=value, actual=tags[key])
+                check.mismatch(attribute, "tag_value", f"tag {key!r} is {short(tags[key])!r} in MLflow, "
+                               f"{short(value)!r} expected", key, expected=value, actual=tags[key])
         for key in sorted(tags):
             if key.startswith(("neptune.tag.", "neptune.group_tag.")) and key not in expected_tags:
                 check.mismatch("sys/tags" if key.startswith("neptune.tag.") else "sys/group_tags", "tag_extra",
@@ -263,7 +260,7 @@ class MlflowVerifier:
             key = names[path]
             text = param_text(atom.type, atom.value)
             if len(text) > MAX_PARAM_LENGTH:
-                where = "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+                where = param_artifact_path(key)
                 data = text.encode("utf-8")
                 expected_files[where] = ExpectedFile(path, None, len(data), content=data)
                 text = truncate_with_marker(text, MAX_PARAM_LENGTH, where)
@@ -273,8 +270,8 @@ class MlflowVerifier:
             if key not in params:
                 check.mismatch(path, "param_missing", f"param {key!r} is missing in MLflow", key, expected=text)
             elif params[key] != text:
-                check.mismatch(path, "param_value", f"param {key!r} is {_short(params[key])!r} in MLflow, "
-                               f"{_short(text)!r} expected", key, expected=_short(text), actual=_short(params[key]))
+                check.mismatch(path, "param_value", f"param {key!r} is {short(params[key])!r} in MLflow, "
+                               f"{short(text)!r} expected", key, expected=short(text), actual=short(params[key]))
         extra = sorted(set(params) - set(names.values()))
         if extra:
             check.warnings.append(f"{len(extra)} param(s) in MLflow not in the archive selection: "
@@ -339,11 +336,11 @@ class MlflowVerifier:
                 check.count("tags")
                 actual = mlflow_run.data.tags.get(SCALE_TAG)
                 if actual is None or _loads(actual) != scale_map:
-                    check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {_short(actual)!r} in MLflow, "
-                                   f"{_short(text)!r} expected", SCALE_TAG, expected=text, actual=actual)
+                    check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {short(actual)!r} in MLflow, "
+                                   f"{short(text)!r} expected", SCALE_TAG, expected=text, actual=actual)
             else:
                 data = text.encode("utf-8")
-                expected_files["neptune/step_scale.json"] = ExpectedFile("run", None, len(data), content=data)
+                expected_files[SCALE_ARTIFACT] = ExpectedFile("run", None, len(data), content=data)
         run_id = mlflow_run.info.run_id
         futures = {path: self._pool.submit(retrying, lambda k=names[path]: self.history(run_id, k))
                    for path in sorted(expected)}
@@ -413,11 +410,7 @@ class MlflowVerifier:
                 continue
             step = row["step_exact"] if row["step_exact"] is not None else row["step"]
             value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
-            expected[path].append(_canonical({
-                "step": _json_number(step),
-                "timestamp": iso(row["timestamp"]) if row["timestamp"] is not None else None,
-                "value": value,
-            }))
+            expected[path].append(canonical(series_line(step, row["timestamp"], value)))
         covered = set()
         digest = hashlib.sha256()
         for path in sorted(expected):
@@ -434,7 +427,7 @@ class MlflowVerifier:
                                "points)", where, expected=len(want), actual=0)
                 continue
             try:
-                got = sorted(_canonical(json.loads(line)) for line in
+                got = sorted(canonical(json.loads(line)) for line in
                              local.read_text(encoding="utf-8").splitlines() if line.strip())
             except (ValueError, UnicodeDecodeError) as exc:
                 check.mismatch(path, "series_unreadable", f"artifact {where!r} is not JSON lines: {exc}", where)
@@ -446,7 +439,7 @@ class MlflowVerifier:
                 differing = sum(1 for a, b in zip(got, want, strict=True) if a != b)
                 first = next(b for a, b in zip(got, want, strict=True) if a != b)
                 check.mismatch(path, "series_content", f"artifact {where!r}: {differing} point(s) differ, the first "
-                               f"expected being {_short(first)}", where, expected=_lines_digest(want),
+                               f"expected being {short(first)}", where, expected=_lines_digest(want),
                                actual=_lines_digest(got))
         check.digests["series"] = digest.hexdigest()
         return covered
@@ -466,20 +459,14 @@ class MlflowVerifier:
                 if not source.exists():
                     check.mismatch(path, "archive_file_missing", f"the archive has no payload at {source}")
                     continue
-                artifact_dir = attribute_dir(path)
-                if type_ == "file_series":
-                    step = row["step_exact"] if row["step_exact"] is not None else row["step"]
-                    artifact_dir += "/step_" + _step_folder(step)
+                step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                artifact_dir = file_dir(path, type_, step)
                 for local, relative in payload_files(source):
                     name = row["file_name"] if (row["file_name"] and local == source) else local.name
                     size = local.stat().st_size
                     if not selection.wants_file(path, name, size):
                         continue
-                    target_name = artifact_name("_".join(safe_segments(name)))
-                    sub = "/".join(artifact_name(s) for s in safe_segments(relative)) if relative else ""
-                    where = artifact_dir + (f"/{sub}" if sub else "")
-                    if where.rsplit("/", 1)[-1] == target_name:
-                        where = where.rsplit("/", 1)[0] if "/" in where else ""
+                    where, target_name = payload_destination(artifact_dir, relative, name)
                     dest = f"{where}/{target_name}" if where else target_name
                     recorded = row["file_sha256"] if local == source else None
                     expected[dest] = ExpectedFile(path, local, size, recorded_sha256=recorded)
@@ -545,23 +532,23 @@ def compare_series(check: RunCheck, path: str, key: str, scale: int, want: Serie
     if missing:
         n = sum(len(expected[s]) for s in missing)
         check.mismatch(path, "missing_points", f"{n} point(s) missing in MLflow metric {key!r} at step(s) "
-                       + _examples(label(s) for s in missing), key, expected=len(want), actual=len(got))
+                       + examples(label(s) for s in missing), key, expected=len(want), actual=len(got))
     if extra:
         n = sum(len(actual[s]) for s in extra)
         check.mismatch(path, "extra_points", f"{n} point(s) in MLflow metric {key!r} at step(s) the archive does "
-                       "not have: " + _examples(label(s) for s in extra), key, expected=len(want), actual=len(got))
+                       "not have: " + examples(label(s) for s in extra), key, expected=len(want), actual=len(got))
     if recount:
-        check.mismatch(path, "point_count", f"metric {key!r}: " + _examples(
+        check.mismatch(path, "point_count", f"metric {key!r}: " + examples(
             f"step {label(s)} has {a} point(s), {e} expected" for s, e, a in recount), key,
             expected=len(want), actual=len(got))
     if changed_value:
         _, e, a = changed_value[0]
-        check.mismatch(path, "value", f"metric {key!r}: {len(changed_value)} value(s) differ: " + _examples(
+        check.mismatch(path, "value", f"metric {key!r}: {len(changed_value)} value(s) differ: " + examples(
             f"step {label(s)}: {a!r} in MLflow, {e!r} expected" for s, e, a in changed_value), key,
             expected=e, actual=a)
     if changed_ts:
         _, e, a = changed_ts[0]
-        check.mismatch(path, "timestamp", f"metric {key!r}: {len(changed_ts)} timestamp(s) differ: " + _examples(
+        check.mismatch(path, "timestamp", f"metric {key!r}: {len(changed_ts)} timestamp(s) differ: " + examples(
             f"step {label(s)}: {a} ms in MLflow, {e} ms expected" for s, e, a in changed_ts), key,
             expected=e, actual=a)
 
@@ -573,51 +560,19 @@ def _by_step(series: Series) -> dict[int, list[tuple[int, int]]]:
     return {s: sorted(v) for s, v in out.items()}
 
 
-def _examples(items: Iterator[str] | Any) -> str:
-    items = list(items)
-    shown = ", ".join(items[:EXAMPLES])
-    return shown + (f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else "")
-
-
-# -- the loader's layout, recomputed from the mapping (docs/mlflow.md) ------------------------------------------
+# -- the loader's first pass, recomputed from the mapping (docs/mlflow.md) ----------------------------------
 def _series_plan(run: ArchivedRun, selection: Selection) -> dict[str, int]:
     """Decimal places each float series needs so every step is an exact integer (the loader's first pass)."""
     plan: dict[str, int] = {}
     for batch in run.batches(["float_series"], ["attribute_path", "step", "step_exact"]):
-        needed = decimals_needed(decimal_micros(batch.column("step")))
         exact = batch.column("step_exact")
-        if exact.null_count < len(exact):
-            for i, value in enumerate(exact.to_pylist()):
-                if value is not None:
-                    needed[i] = exact_decimals(value)
+        needed = step_decimals(decimal_micros(batch.column("step")),
+                               exact.to_pylist() if exact.null_count < len(exact) else None)
         grouped = pa.table({"p": batch.column("attribute_path"), "d": needed}).group_by("p").aggregate(
             [("d", "max")])
         for path, d in zip(grouped.column("p").to_pylist(), grouped.column("d_max").to_pylist(), strict=True):
             plan[path] = max(plan.get(path, 0), int(d))
     return {p: d for p, d in plan.items() if selection.wants_attribute(p, "float_series")}
-
-
-def attribute_dir(attribute_path: str, parent_only: bool = False) -> str:
-    segments = [artifact_name(s) for s in safe_segments(attribute_path)]
-    return "/".join(segments[:-1] if parent_only else segments)
-
-
-def series_artifact_path(attribute_path: str) -> str:
-    name = artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
-    parent = attribute_dir(attribute_path, parent_only=True)
-    return f"{parent}/{name}" if parent else name
-
-
-def payload_files(source: Path) -> Iterator[tuple[Path, str]]:
-    """A payload file, or every file inside a payload folder (2.x file sets), with its folder relative path."""
-    if source.is_file():
-        yield source, ""
-        return
-    for dirpath, _dirs, files in os.walk(source, followlinks=False):
-        folder = Path(dirpath)
-        relative = folder.relative_to(source).as_posix()
-        for name in sorted(files):
-            yield folder / name, "" if relative == "." else relative
 
 
 def _tag_set_attribute(key: str) -> str | None:
@@ -647,10 +602,6 @@ def _json_float(value: Any) -> float:
 
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
-
-
 def _lines_digest(lines: list[str]) -> str:
     h = hashlib.sha256()
     for line in lines:
@@ -663,8 +614,3 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,14 +15,12 @@ directory (the command we print does `cd` first); the folder can be moved to ano
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,10 +34,11 @@ import pyarrow.compute as pc
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros
 from neptune_migration.errors import ArchiveError, UnsafePathError
-from neptune_migration.paths import safe_relpath
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.history import History, build
-from neptune_migration.targets.wandb.names import STEP_KEY, artifact_name, metric_keys, run_id, tags
+from neptune_migration.targets.wandb.names import STEP_KEY, artifact_name, metric_keys, project_name, run_id, tags
+from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
 from neptune_migration.targets.wandb.readback import note_run_folder
 from neptune_migration.targets.wandb.records import RecordWriter
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
@@ -344,7 +343,7 @@ def _config(
     nonfinite = 0
     for path in sorted(atoms):
         atom = atoms[path]
-        value = _config_value(atom.type, atom.value)
+        value = config_value(atom.type, atom.value)
         if isinstance(atom.value, float) and not math.isfinite(atom.value):
             nonfinite += 1
         parts = path.split("/")
@@ -383,16 +382,6 @@ def _config(
         **({"supersedes": supersedes} if supersedes else {}),
     }
     return root
-
-
-def _config_value(type_: str, value: Any) -> Any:
-    if type_ == "datetime" and isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if type_ == "string_set":
-        return sorted(value or [])
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
-    return value
 
 
 # -- string series -----------------------------------------------------------------------------------------
@@ -525,15 +514,11 @@ def _file_rows(run: ArchivedRun, ctx: LoadContext) -> dict[str, list[_FileRow]]:
         ):
             if not ctx.wants_attribute(path, type_):
                 continue
-            label = _step_label(int(micros[i]), exact[i]) if type_ == "file_series" and steps_valid[i] else None
+            label = None
+            if type_ == "file_series" and steps_valid[i]:
+                label = step_label(Decimal(int(micros[i])).scaleb(-6), exact[i])
             out.setdefault(path, []).append(_FileRow(type_, (fvals[i] or {}).get("path"), label, fnames[i]))
     return out
-
-
-def _step_label(micros: int, exact: float | None) -> str:
-    if exact is not None:
-        return repr(exact)
-    return format(Decimal(micros).scaleb(-6).normalize(), "f")
 
 
 def _write_files(
@@ -571,7 +556,7 @@ def _write_files(
             result.approx("file_missing")
             continue
         prefix = f"step_{row.step_label}/" if row.step_label is not None else ""
-        for src, entry_name in _payloads(source, row.file_name):
+        for src, entry_name in payload_entries(source, row.file_name):
             size = src.stat().st_size
             if not ctx.wants_file(path, entry_name, size):
                 continue
@@ -594,16 +579,6 @@ def _write_files(
     result.bytes += total
     ctx.on_bytes(total)
     return name
-
-
-def _payloads(source: Path, file_name: str | None) -> Iterable[tuple[Path, str]]:
-    """A payload is a file, or a folder (2.x file sets, 3.x series folders): every file under it."""
-    if source.is_dir():
-        for p in sorted(source.rglob("*")):
-            if p.is_file() and not p.is_symlink():
-                yield p, safe_relpath(p.relative_to(source).as_posix())
-    else:
-        yield source, safe_relpath(file_name or source.name).replace("/", "_")
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -650,13 +625,9 @@ def _artifact_record(
     digests = {}
     total = 0
     for entry, local, rel in sorted(entries):
-        md5 = hashlib.md5(usedforsecurity=False)
-        with open(local, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                md5.update(chunk)
         e = m.contents.add()
         e.path = entry
-        e.digest = base64.b64encode(md5.digest()).decode("ascii")
+        e.digest = md5_b64(local)
         e.size = local.stat().st_size
         e.local_path = rel.as_posix()
         digests[entry] = e.digest
@@ -698,6 +669,4 @@ def fork_parent(run: ArchivedRun) -> RunRef | None:
 def spec_for(
     run: ArchivedRun, entity: str | None, project: str | None, prefix: str, generation: str | None = None
 ) -> RunSpec:
-    from neptune_migration.targets.wandb.names import project_name
-
     return RunSpec(entity, project or project_name(run.ref.project_id, prefix), run_id(run.ref.key, generation))

@@ -28,6 +28,8 @@ from typing import Any
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.targets.wandb.names import run_id
+from neptune_migration.targets.wandb.readback import find_run_folder
+from neptune_migration.targets.wandb.records import RecordWriter, read_records
 
 SUPERSEDED_TAG = "superseded"
 
@@ -77,9 +79,6 @@ def resolve(run: ArchivedRun, base: Existing | None) -> tuple[str, str | None]:
 
 def offline_existing(root: Path, wandb_run_id: str) -> Existing | None:
     """`Existing` from the run record of an offline run folder, or None when there is no folder."""
-    from neptune_migration.targets.wandb.readback import find_run_folder
-    from neptune_migration.targets.wandb.records import read_records
-
     folder = find_run_folder(root, wandb_run_id)
     if folder is None:
         return None
@@ -100,9 +99,6 @@ def offline_mark(root: Path, wandb_run_id: str, *, superseded_by: str | None = N
     The `.wandb` file is rewritten (a temporary file renamed over it). A folder that `wandb sync` has touched is
     left alone (its upload state belongs to wandb): returns False, and the caller says so.
     """
-    from neptune_migration.targets.wandb.readback import find_run_folder
-    from neptune_migration.targets.wandb.records import RecordWriter, read_records
-
     folder = find_run_folder(root, wandb_run_id)
     if folder is None:
         return False

@@ -12,8 +12,8 @@ server (a deleted id is blocked for about a week).
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import shlex
 import shutil
 import subprocess
@@ -21,9 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.errors import TargetError, UsageError
@@ -37,12 +36,11 @@ from neptune_migration.targets.wandb.generations import (
     offline_mark,
     resolve,
 )
+from neptune_migration.targets.wandb.online_readback import read_online
 from neptune_migration.targets.wandb.readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
+from neptune_migration.targets.wandb.server import with_backoff
 
-__all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run"]
-
-T = TypeVar("T")
-
+__all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run", "with_backoff"]
 
 class RateLimiter:
     """At most `per_second` acquisitions per second across threads (run creations are rate-limited)."""
@@ -59,42 +57,6 @@ class RateLimiter:
             self._next = max(now, self._next) + self.interval
         if wait > 0:
             time.sleep(wait)
-
-
-def with_backoff(fn: Callable[[], T], *, attempts: int = 8, base: float = 0.5, cap: float = 60.0) -> T:
-    """Retry `fn` on HTTP 429 / 5xx, honouring Retry-After or RateLimit-Reset when the server sends one."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            status, wait = _http_status(exc)
-            if status is None or not (status == 429 or status >= 500) or attempt == attempts - 1:
-                raise
-            delay = wait if wait is not None else min(cap, base * 2**attempt) * (0.5 + random.random())
-            time.sleep(min(cap, max(0.0, delay)))
-    raise AssertionError("unreachable")
-
-
-def _http_status(exc: BaseException) -> tuple[int | None, float | None]:
-    resp = getattr(exc, "response", None)
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while resp is None and cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        resp = getattr(cur, "response", None)
-        cur = cur.__cause__ or cur.__context__
-    status = getattr(resp, "status_code", None)
-    if status is None:
-        return None, None
-    headers = getattr(resp, "headers", {}) or {}
-    for h in ("Retry-After", "RateLimit-Reset"):
-        v = headers.get(h)
-        if v is not None:
-            try:
-                return int(status), float(v)
-            except ValueError:
-                pass
-    return int(status), None
 
 
 class WandbOfflineTarget:
@@ -317,8 +279,6 @@ class WandbOnlineTarget:
 
     def _supersede(self, run: ArchivedRun, spec: RunSpec, result: LoadResult) -> None:
         """The new generation is complete: tag the run it replaces, and point the base run at the new one."""
-        import json
-
         base = spec_for(run, self.entity, self.project, self.project_prefix)
         for run_id, change in ((spec.supersedes, {"superseded_by": spec.run_id}), (base.run_id,
                                                                                      {"current": spec.run_id})):
@@ -416,8 +376,6 @@ class WandbOnlineTarget:
                               f"rows, state {run.state}; sync said: {tail}")
 
     def read_back(self, run: ArchivedRun) -> WandbRunData:
-        from neptune_migration.targets.wandb.online_readback import read_online
-
         spec = self.spec(run)
         return read_online(self.api(), spec.entity, spec.project, spec.run_id)
 

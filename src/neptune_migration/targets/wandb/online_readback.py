@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from neptune_migration.targets.wandb.readback import ArtifactFile, WandbRunData, _add_row, _string_series
+from neptune_migration.targets.wandb.server import with_backoff
 
 _HISTORY_PAGE = """
 query NeptuneMigrationHistoryPage($project: String!, $entity: String!, $name: String!, $minStep: Int64!,
@@ -27,16 +29,12 @@ query NeptuneMigrationHistoryPage($project: String!, $entity: String!, $name: St
 
 
 def _graphql(api: Any, query: str, variables: dict[str, Any]) -> Any:
-    from neptune_migration.targets.wandb.loader import with_backoff
-
     return with_backoff(lambda: api._service_api.execute_graphql(query, variables))
 
 
 def read_online(
     api: Any, entity: str | None, project: str, run_id: str, page_steps: int = 1000, download: bool = False
 ) -> WandbRunData:
-    from neptune_migration.targets.wandb.loader import with_backoff
-
     path = f"{entity}/{project}/{run_id}" if entity else f"{project}/{run_id}"
     run = with_backoff(lambda: api.run(path))
     raw = run.rawconfig or {}
@@ -137,8 +135,6 @@ def _get(api: Any, url: str) -> bytes:
     """Fetch a payload. The key is sent only to the W&B host itself, never to a signed object-store URL."""
     import requests
 
-    from neptune_migration.targets.wandb.loader import with_backoff
-
     base = urlparse(api.settings["base_url"])
     target = urlparse(url)
     auth = ("api", api.api_key) if (target.scheme, target.netloc) == (base.scheme, base.netloc) else None
@@ -159,6 +155,4 @@ def _int(text: str) -> int | float:
 def _iso_ms(text: str | None) -> int | None:
     if not text:
         return None
-    from datetime import datetime
-
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)

@@ -12,7 +12,6 @@ count and digest; files by count, size and sha256 per artifact entry; config by 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import struct
 from collections import defaultdict
@@ -20,16 +19,16 @@ from datetime import UTC
 from typing import Any
 
 from neptune_migration.archive import ArchivedRun
-from neptune_migration.checks import RunCheck
+from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
-from neptune_migration.paths import safe_relpath
 from neptune_migration.selection import Selection
+from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.folder import names_for
 from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
+from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_BINS = 512
-EXAMPLES = 5
 
 
 def _bits(x: Any) -> Any:
@@ -91,7 +90,7 @@ class WandbVerifier:
             check.count("series_artifacts")
             check.count("series_points", len(points))
             want = sorted((float(s), t, v) for s, t, v in points)
-            sdigest.update(_canonical(want).encode())
+            sdigest.update(canonical(want).encode())
             if got is None:
                 check.mismatch(path, "series_missing", f"string series {key!r} is missing in W&B", key,
                                expected=len(want), actual=0)
@@ -141,16 +140,16 @@ class WandbVerifier:
                 node = node.get(seg) if isinstance(node, dict) else None
             if isinstance(node, dict) and "_value" in node:
                 node = node["_value"]
-            want = _config_value(atom.type, atom.value)
-            digest.update(f"{path}\0{_canonical(want)}\0".encode())
+            want = config_value(atom.type, atom.value)
+            digest.update(f"{path}\0{canonical(want)}\0".encode())
             if isinstance(atom.value, float) and not math.isfinite(atom.value):
                 check.approx("config_nonfinite_float_as_string")
             if node is None and want is not None:
                 check.mismatch(path, "param_missing", f"config value {path!r} is missing in W&B", path,
-                               expected=_short(want))
+                               expected=short(want))
             elif _bits(node) != _bits(want) or (type(node) is not type(want) and not isinstance(want, float)):
-                check.mismatch(path, "param_value", f"config value {path!r} is {_short(node)!r} in W&B, "
-                               f"{_short(want)!r} expected", path, expected=_short(want), actual=_short(node))
+                check.mismatch(path, "param_value", f"config value {path!r} is {short(node)!r} in W&B, "
+                               f"{short(want)!r} expected", path, expected=short(want), actual=short(node))
         check.digests["params"] = digest.hexdigest()
 
     def _files(self, run: ArchivedRun, files: dict[str, list[tuple[str, Any, int]]], keys: dict[str, str], data: Any,
@@ -176,7 +175,7 @@ class WandbVerifier:
                 elif got.sha256 and got.sha256 != sha:
                     check.mismatch(path, "file_sha256", f"artifact entry {name}/{entry} has different bytes in W&B",
                                    entry, expected=sha, actual=got.sha256)
-                elif not got.sha256 and got.md5_b64 and got.md5_b64 != _md5_b64(source):
+                elif not got.sha256 and got.md5_b64 and got.md5_b64 != md5_b64(source):
                     # Read back without downloading: the manifest's md5 is what W&B vouches for.
                     check.mismatch(path, "file_md5", f"artifact entry {name}/{entry}: W&B's manifest md5 differs",
                                    entry, actual=got.md5_b64)
@@ -219,27 +218,21 @@ def _expected(run: ArchivedRun, wants: Any, default_ts: int) -> tuple[dict, dict
             continue
         prefix = ""
         if type_ == "file_series" and row["step"] is not None:
-            label = repr(row["step_exact"]) if row["step_exact"] is not None else format(row["step"].normalize(), "f")
-            prefix = f"step_{label}/"
-        if source.is_dir():
-            payloads = [(p, safe_relpath(p.relative_to(source).as_posix())) for p in sorted(source.rglob("*"))
-                        if p.is_file() and not p.is_symlink()]
-        else:
-            payloads = [(source, safe_relpath(row["file_name"] or source.name).replace("/", "_"))]
-        files[path] += [(prefix + entry, p, p.stat().st_size) for p, entry in payloads]
+            prefix = f"step_{step_label(row['step'], row['step_exact'])}/"
+        files[path] += [(prefix + entry, p, p.stat().st_size) for p, entry in payload_entries(source, row["file_name"])]
     return series, dict(strings), dict(files)
 
 
 def _hist_key(step: float, h: Any, rebinned: set[float]) -> str:
     """A histogram as comparable text: bins and counts exactly, or only the total where W&B merged bins."""
     if not isinstance(h, dict):
-        return _short(h)
+        return short(h)
     # W&B's API gives whole floats back as JSON integers: compare numbers, not their spelling.
     values = [float(v) for v in h.get("values") or []]
     if step in rebinned:
         return f"total={sum(values)!r}"
     bins = h.get("bins") if "bins" in h else h.get("edges")
-    return _canonical({"values": values, "bins": [float(b) for b in bins or []]})
+    return canonical({"values": values, "bins": [float(b) for b in bins or []]})
 
 
 def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_shown: list, have_shown: list) -> None:
@@ -255,11 +248,11 @@ def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_
     extra = sorted(set(got_steps) - set(exp_steps))
     if missing:
         check.mismatch(path, "missing_points", f"{sum(len(exp_steps[s]) for s in missing)} point(s) missing in W&B "
-                       f"key {key!r} at step(s) " + _examples(f"{s:g}" for s in missing), key,
+                       f"key {key!r} at step(s) " + examples(f"{s:g}" for s in missing), key,
                        expected=len(want), actual=len(have))
     if extra:
         check.mismatch(path, "extra_points", f"{sum(len(got_steps[s]) for s in extra)} point(s) in W&B key {key!r} "
-                       "at step(s) the archive does not have: " + _examples(f"{s:g}" for s in extra), key,
+                       "at step(s) the archive does not have: " + examples(f"{s:g}" for s in extra), key,
                        expected=len(want), actual=len(have))
     values, stamps, counts = [], [], []
     for s in sorted(set(exp_steps) & set(got_steps)):
@@ -273,47 +266,12 @@ def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_
             if et != gt:
                 stamps.append((s, et, gt))
     if counts:
-        check.mismatch(path, "point_count", f"key {key!r}: " + _examples(iter(counts)), key)
+        check.mismatch(path, "point_count", f"key {key!r}: " + examples(iter(counts)), key)
     if values:
-        check.mismatch(path, "value", f"key {key!r}: {len(values)} value(s) differ: " + _examples(
-            f"step {s:g}: {_short(g)!r} in W&B, {_short(e)!r} expected" for s, e, g in values), key,
-            expected=_short(values[0][1]), actual=_short(values[0][2]))
+        check.mismatch(path, "value", f"key {key!r}: {len(values)} value(s) differ: " + examples(
+            f"step {s:g}: {short(g)!r} in W&B, {short(e)!r} expected" for s, e, g in values), key,
+            expected=short(values[0][1]), actual=short(values[0][2]))
     if stamps:
-        check.mismatch(path, "timestamp", f"key {key!r}: {len(stamps)} timestamp(s) differ: " + _examples(
+        check.mismatch(path, "timestamp", f"key {key!r}: {len(stamps)} timestamp(s) differ: " + examples(
             f"step {s:g}: {g} ms in W&B, {e} ms expected" for s, e, g in stamps), key,
             expected=stamps[0][1], actual=stamps[0][2])
-
-
-def _config_value(type_: str, value: Any) -> Any:
-    if type_ == "datetime" and value is not None:
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if type_ == "string_set":
-        return sorted(value or [])
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
-    return value
-
-
-def _examples(items: Any) -> str:
-    items = list(items)
-    return ", ".join(items[:EXAMPLES]) + (f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else "")
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True, default=str)
-
-
-
-def _md5_b64(path: Any) -> str:
-    import base64
-
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode("ascii")
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
