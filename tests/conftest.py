@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "neptune-exporter-archives"
+# Real archives written by neptune-exporter, copied from shared/fixtures so a clone tests on its own.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "neptune-exporter-archives"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -86,7 +87,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def exporter_archives(tmp_path: Path) -> Path:
-    """A writable copy of the real neptune-exporter archives (shared/ is read-only)."""
+    """A writable copy of the real neptune-exporter archives (the test tree stays as committed)."""
     if not FIXTURES.exists():
         pytest.skip(f"neptune-exporter fixtures not found at {FIXTURES}")
     dest = tmp_path / "exporter"

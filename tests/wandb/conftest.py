@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from wandb_archives import write_nasty_archive
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "neptune-exporter-archives"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "neptune-exporter-archives"
 
 
 @pytest.fixture(autouse=True)
