@@ -1,0 +1,131 @@
+"""The wheel: its files and entry points, a core-only install in a fresh venv, and what each extra pulls in.
+
+Needs the package index (pip fetches setuptools for the build, the core dependencies, and the extras' metadata).
+The project is copied into a temporary folder before building, so nothing is written into src/.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CLIENTS = {"mlflow", "wandb", "neptune", "neptune-query", "neptune-scale"}
+# What the CLI must not need at import time in a core-only install: typer (gone from the dependencies) and the clients.
+NOT_IN_CORE = {"typer", "mlflow", "wandb", "neptune", "neptune_query", "neptune_scale"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    # Without PYTHONPATH: what runs must be the installed wheel, not this checkout's src/.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("packaging")
+
+
+@pytest.fixture(scope="module")
+def wheel(workdir: Path) -> Path:
+    project = workdir / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, project / name)
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    dist = workdir / "dist"
+    check(run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(project)], workdir))
+    (built,) = dist.glob("neptune_migration-*.whl")
+    return built
+
+
+def test_wheel_has_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "neptune_migration/py.typed" in names
+    package = ROOT / "src" / "neptune_migration"
+    for pattern in PYPROJECT["tool"]["setuptools"]["package-data"]["neptune_migration"]:
+        # Everything the pattern matches in the source tree is in the wheel (sandbox/specs/*.json included).
+        in_tree = {f"neptune_migration/{p.relative_to(package).as_posix()}" for p in package.glob(pattern)}
+        in_wheel = {n for n in names if fnmatch(n, f"neptune_migration/{pattern}")}
+        assert in_tree <= in_wheel, f"{pattern}: missing from the wheel: {sorted(in_tree - in_wheel)}"
+
+
+def test_wheel_declares_entry_points(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        (path,) = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        text = zf.read(path).decode()
+    parser = configparser.ConfigParser(delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    declared = PYPROJECT["project"]["entry-points"]
+    for group in ("neptune_migration.targets", "neptune_migration.sources"):
+        assert parser.has_section(group), f"{group} missing from entry_points.txt:\n{text}"
+        assert dict(parser[group]) == declared[group]
+    assert parser["console_scripts"]["neptune-migrate"] == PYPROJECT["project"]["scripts"]["neptune-migrate"]
+
+
+def test_core_install_in_a_fresh_venv(wheel: Path, workdir: Path) -> None:
+    venv = workdir / "venv"
+    check(run([sys.executable, "-m", "venv", str(venv)], workdir))
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    check(run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], workdir, timeout=240))
+
+    installed = check(run([str(python), "-m", "pip", "list", "--format", "json"], workdir)).stdout
+    names = {canonical(p["name"]) for p in json.loads(installed)}
+    assert "neptune-migration" in names
+    assert not names & CLIENTS, f"the core install pulled in {sorted(names & CLIENTS)}"
+
+    check(run([str(python), "-c", "import neptune_migration"], workdir))
+
+    result = run([str(bin_dir / "neptune-migrate"), "--help"], workdir)
+    missing = re.search(r"ModuleNotFoundError: No module named '([\w.]+)'", result.stderr)
+    if result.returncode != 0 and missing and missing.group(1).split(".")[0] in NOT_IN_CORE:
+        # Outside this branch's files: the CLI (src/neptune_migration/cli.py) still imports typer at import time,
+        # which the core no longer depends on; it passes once the CLI moves to click.
+        pytest.xfail(f"neptune-migrate --help in a core-only install: no module named {missing.group(1)!r}")
+    check(result)
+
+
+@pytest.mark.parametrize(
+    ("extra", "wanted", "unwanted"),
+    [
+        ("mlflow", {"mlflow"}, CLIENTS - {"mlflow"}),
+        ("wandb", {"wandb"}, CLIENTS - {"wandb"}),
+        ("all", CLIENTS, {"typer"}),
+    ],
+)
+def test_extra_resolves_only_its_client(
+    wheel: Path, workdir: Path, extra: str, wanted: set[str], unwanted: set[str]
+) -> None:
+    report = workdir / f"report-{extra}.json"
+    requirement = f"neptune-migration[{extra}] @ {wheel.as_uri()}"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    check(run([*cmd, "--report", str(report), requirement], workdir, timeout=240))
+    resolved = {canonical(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    assert wanted <= resolved
+    assert not resolved & unwanted, f"[{extra}] pulls in {sorted(resolved & unwanted)}"
