@@ -39,3 +39,11 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Refuse, in one line naming the extra to install, a source or target whose client library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}: pip install 'neptune-migration[{extra}]'")

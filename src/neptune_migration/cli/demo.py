@@ -10,7 +10,7 @@ import click
 import neptune_migration as nm
 from neptune_migration.cli.options import logging_options
 from neptune_migration.cli.output import out, print_export, print_hint, print_load, print_validation, setup_logging
-from neptune_migration.sandbox import Sandbox, demo_project
+from neptune_migration.errors import UsageError
 
 
 @click.command()
@@ -25,6 +25,10 @@ def demo(workdir: Path, no_progress: bool, verbose: bool, log_file: Path | None)
     neptune-query client talks to, so this runs exactly the code path of a real migration.
     """
     setup_logging(verbose, log_file, no_progress)
+    try:  # the sandbox speaks Neptune's protobuf wire format: it needs the Neptune clients' packages
+        from neptune_migration.sandbox import Sandbox, demo_project
+    except ImportError as exc:
+        raise UsageError(f"the demo needs every client: pip install 'neptune-migration[all]' ({exc})") from None
     workdir.mkdir(parents=True, exist_ok=True)
     common = {"archive": workdir / "archive", "state": workdir / "state.db", "progress": not no_progress}
     tracking_uri = f"sqlite:///{(workdir / 'mlflow-store' / 'mlflow.db').resolve()}"

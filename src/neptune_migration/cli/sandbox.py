@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from neptune_migration.sandbox.serve import serve
+from neptune_migration.errors import UsageError
 
 
 @click.group(name="sandbox", no_args_is_help=True)
@@ -18,4 +18,9 @@ def sandbox_group() -> None:
 @click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
 def sandbox_serve(seed: str, port: int) -> None:
     """Serve a seeded Neptune API on 127.0.0.1 and print the NEPTUNE_API_TOKEN and environment to use it."""
+    try:  # the sandbox speaks Neptune's protobuf wire format: it needs the Neptune clients' packages
+        from neptune_migration.sandbox.serve import serve
+    except ImportError as exc:
+        raise UsageError(f"the sandbox needs the Neptune clients: pip install 'neptune-migration[all]' "
+                         f"({exc})") from None
     serve(seed=seed, port=port)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import require
 from neptune_migration.options import option
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import SourcePlugin, api_token_file_option, read_api_token
@@ -28,11 +28,9 @@ class Neptune2Options:
 
 def _build(opts: Neptune2Options, projects: Sequence[str], selection: Selection) -> Any:
     token = read_api_token(token_file=opts.api_token_file)
-    try:
-        from neptune_migration.sources.neptune2.source import Neptune2Source
-    except ImportError as exc:
-        raise UsageError(f"--from neptune2 needs the neptune client: pip install 'neptune-migration[neptune2]' "
-                         f"({exc})") from None
+    require("neptune", "neptune2", "--from neptune2")
+    from neptune_migration.sources.neptune2.source import Neptune2Source
+
     return Neptune2Source(list(projects), selection, token, query=opts.query, workspace=opts.workspace,
                           include_projects=opts.include_projects, exclude_projects=opts.exclude_projects,
                           include_trashed=selection.include_archived, file_sets=opts.file_sets)

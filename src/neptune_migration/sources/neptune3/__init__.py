@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import require
 from neptune_migration.options import option
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import SourcePlugin, api_token_file_option, previews_option, read_api_token
@@ -24,11 +24,9 @@ class Neptune3Options:
 
 def _build(opts: Neptune3Options, projects: Sequence[str], selection: Selection) -> Any:
     token = read_api_token(token_file=opts.api_token_file)
-    try:
-        from neptune_migration.sources.neptune3.source import Neptune3Source
-    except ImportError as exc:
-        raise UsageError(f"--from neptune3 needs neptune-query: pip install 'neptune-migration[neptune3]' "
-                         f"({exc})") from None
+    require("neptune_query", "neptune3", "--from neptune3")
+    from neptune_migration.sources.neptune3.source import Neptune3Source
+
     return Neptune3Source(list(projects), selection, token, lineage=opts.lineage, previews=opts.previews,
                           download_workers=opts.download_workers)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import UsageError, require
 from neptune_migration.options import option
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import SourcePlugin, previews_option
@@ -28,6 +28,7 @@ def _build(opts: OfflineOptions, projects: Sequence[str], selection: Selection) 
     if opts.path is None:
         raise UsageError("--from neptune-offline needs the folder to read: neptune-migrate ... --from "
                          "neptune-offline PATH")
+    require("neptune_scale", "offline", "--from neptune-offline")
     from neptune_migration.sources.offline.source import OfflineSource
 
     return OfflineSource(opts.path, selection, assign_project=opts.assign_project,

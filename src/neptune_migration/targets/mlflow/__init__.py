@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import require
 from neptune_migration.options import option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 
@@ -30,11 +30,10 @@ class MlflowOptions:
 
 
 def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
-    try:
-        from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
-        from neptune_migration.targets.mlflow.loader import MlflowTarget
-    except ImportError as exc:
-        raise UsageError(f"--to mlflow needs MLflow: pip install 'neptune-migration[mlflow]' ({exc})") from None
+    require("mlflow", "mlflow", "--to mlflow")
+    from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
+    from neptune_migration.targets.mlflow.loader import MlflowTarget
+
     kind = MlflowBulkTarget if opts.mlflow_bulk else MlflowTarget
     return kind(opts.mlflow_tracking_uri, experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
                 upload_workers=settings.upload_workers or max(2, settings.workers))

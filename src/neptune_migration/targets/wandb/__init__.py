@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import require
 from neptune_migration.options import option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 
@@ -27,10 +27,9 @@ class WandbOptions:
 
 
 def _loaders() -> Any:
-    try:
-        from neptune_migration.targets.wandb import loader
-    except ImportError as exc:
-        raise UsageError(f"the W&B targets need wandb: pip install 'neptune-migration[wandb]' ({exc})") from None
+    require("wandb", "wandb", "the W&B targets")
+    from neptune_migration.targets.wandb import loader
+
     return loader
 
 
