@@ -43,7 +43,7 @@ from neptune_migration.sources.offline.runs import (
 )
 
 # The Neptune clients' own readers are imported where they are used: importing neptune 1.x takes seconds, and
-# discovery, the sandbox and a replay of the other format do not need it.
+# discovery and a replay of the other format do not need it.
 
 SCALE_DB = "run_operations.sqlite3"
 

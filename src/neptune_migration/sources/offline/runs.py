@@ -1,9 +1,9 @@
 """The offline source's own in-memory run: what a replay of an offline folder builds and the export reads.
 
-Attribute types are the neptune-exporter names (``vocabulary.ATOM_TYPES`` and ``SERIES_TYPES``) plus the 2.x-only
-``file_set`` (dict of relative name -> bytes or source path) and ``artifact`` (``ArtifactValue``). Only what a
-client wrote, or what Neptune would have derived from it without a server (the sys fields below), is kept: no
-sys/id or sys/owner, because only a server assigns those.
+Attribute types are the neptune-exporter names (``vocabulary.ATTRIBUTE_TYPES``) plus the 2.x-only ``file_set``
+(dict of relative name -> bytes or source path) and ``artifact`` (``ArtifactValue``). A run holds what its client
+wrote and the sys fields Neptune derives from that (``OfflineRunData.create``), never sys/id or sys/owner: only a
+server assigns those, and a migrated run must not carry invented ones.
 """
 
 from __future__ import annotations
