@@ -7,8 +7,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
+from neptune_migration.sandbox.replay import replay_offline_tree
 from neptune_migration.sandbox.seed import demo_project, generate_project
 from neptune_migration.sandbox.server import Sandbox
 from neptune_migration.sandbox.world import Project
@@ -39,10 +41,6 @@ def projects_from_seed(seed: str) -> list[Project]:
                 options[key] = int(value)
             projects.append(generate_project("generated", nasty=False, **options))  # type: ignore[arg-type]
         elif kind == "offline":
-            from pathlib import Path
-
-            from neptune_migration.sandbox.replay import replay_offline_tree
-
             if not args or not Path(args).is_dir():
                 raise ValueError(f"offline seed needs an existing folder, got {args!r}")
             project = Project("offline", "offline", key="OFF")

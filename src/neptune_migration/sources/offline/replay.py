@@ -1,4 +1,4 @@
-"""Turn what the Neptune clients wrote in offline mode into model runs (shared by the sandbox and the offline source).
+"""Turn what the Neptune clients wrote in offline mode into runs (used by the offline source; the sandbox adapts them).
 
 Two formats, each read with the reader its own library ships:
 - neptune-scale 0.30: ``.neptune/<ws>_<proj>_<run>_<ns>/run_operations.sqlite3`` via
@@ -11,7 +11,7 @@ Both readers open a private copy: the scale repository switches the database to 
 the file and creates ``-wal``/``-shm`` beside it) and the disk queue keeps ack files, so reading the user's folder
 directly would change it.
 
-The replay builds runs of the sandbox model (``sandbox/model.py``). What a replay cannot represent is listed in
+The replay builds runs of the offline source's own model (``runs.py``). What a replay cannot represent is listed in
 ``Replay.skipped``; files whose source is gone are listed in ``Replay.missing`` and left out of the run.
 """
 
@@ -31,38 +31,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from neptune_migration.sandbox.world import (
-    UTC,
+from neptune_migration.sources.offline.runs import (
     ArtifactFile,
     ArtifactValue,
     FileValue,
     Histogram,
-    Project,
-    Run,
+    OfflineRunData,
     from_ms,
 )
+
+# The Neptune clients' own readers are imported where they are used: importing neptune 1.x takes seconds, and
+# discovery and a replay of the other format do not need it.
 
 SCALE_DB = "run_operations.sqlite3"
 
 
 @dataclass
-class FileOnDisk(FileValue):
-    """A file payload left where the client found it; read when exported, so big files never sit in memory."""
-
-    source: Path | None = None
-
-    @property
-    def size(self) -> int:
-        return self.source.stat().st_size if self.source is not None else len(self.data)
-
-    def read(self) -> bytes:
-        return self.source.read_bytes() if self.source is not None else self.data
-
-
-@dataclass
 class Replay:
-    run: Run
+    run: OfflineRunData
     skipped: list[str] = field(default_factory=list)  # "<operation type> <path>" we could not represent
     missing: list[str] = field(default_factory=list)  # "<attribute path>[@step]: <source>" whose file is gone
 
@@ -186,7 +174,7 @@ def _scale_file(ref: Any, offline: ScaleOfflineRun, lazy: bool) -> FileValue | s
     mime = ref.mime_type or "application/octet-stream"
     # keep the storage path neptune-scale chose: it is what a real 3.x server would hand out
     if lazy:
-        return FileOnDisk(b"", name, mime, path=ref.path, source=source)
+        return FileValue(b"", name, mime, path=ref.path, source=source)
     return FileValue(source.read_bytes(), name, mime, path=ref.path)
 
 
@@ -237,45 +225,24 @@ _SERIES_TYPES = {
 }
 
 
-def replay_scale_run(
-    project: Project,
-    offline: ScaleOfflineRun,
-    *,
-    runs_by_id: dict[str, Run] | None = None,
-    owner: str = "offline-user",
-    lazy_files: bool = False,
-) -> Replay:
-    """Add one neptune-scale offline run to ``project``; ``runs_by_id`` resolves fork parents.
-
-    Without ``runs_by_id`` a fork keeps ``sys/forking/parent`` and ``sys/forking/step`` as plain attributes."""
+def replay_scale_run(offline: ScaleOfflineRun, *, lazy_files: bool = False) -> Replay:
+    """Replay one neptune-scale offline run. A fork names its parent (``fork_parent_id`` and the sys/forking/*
+    attributes) but holds only its own points: the parent is another run, possibly in another folder."""
     from neptune_scale.sync.operations_repository import OperationType
 
     create = next((op.operation for op in offline.operations if op.operation_type == OperationType.CREATE_RUN), None)
     if create is None:
         raise ValueError(f"offline run {offline.run_id} has no CreateRun operation")
-    created = from_ms(_scale_ts(create.creation_time)) if create.HasField("creation_time") else dt.datetime.now(UTC)
-    parent = None
-    fork_step = None
+    created = from_ms(_scale_ts(create.creation_time)) if create.HasField("creation_time") else dt.datetime.now(dt.UTC)
     forked = create.HasField("fork_point") and bool(create.fork_point.parent_run_id)
-    if forked:
-        parent = (runs_by_id or {}).get(create.fork_point.parent_run_id) or project.run_by_custom_id(
-            create.fork_point.parent_run_id
-        )
-        fork_step = _scale_step(create.fork_point.step)
-    run = project.new_run(
+    run = OfflineRunData.create(
         offline.run_id,
-        experiment_name=create.experiment_id or None,
         creation_time=created,
-        owner=owner,
-        fork_of=parent,
-        fork_step=fork_step if parent is not None else None,
+        experiment_name=create.experiment_id or None,
+        fork_parent_id=create.fork_point.parent_run_id if forked else None,
+        fork_step=_scale_step(create.fork_point.step) if forked else None,
     )
     replay = Replay(run)
-    if forked and parent is None:
-        run.set("sys/forking/parent", create.fork_point.parent_run_id, "string")
-        run.set("sys/forking/step", float(fork_step or 0.0), "float")
-        if runs_by_id is not None:
-            replay.skipped.append(f"fork parent {create.fork_point.parent_run_id} not found")
     for op in offline.operations:
         if op.operation_type != OperationType.UPDATE_SNAPSHOT:
             continue
@@ -287,7 +254,9 @@ def replay_scale_run(
             if isinstance(py, str) and kind == "file_ref":
                 replay.missing.append(f"{path}: {py}")
                 continue
-            run.set(path, py, _ATOM_TYPES.get(kind))
+            if kind not in _ATOM_TYPES:
+                raise TypeError(f"{path}: a {kind} cannot be assigned, only appended")
+            run.set(path, py, _ATOM_TYPES[kind])
         for path, modify in snap.modify_sets.items():
             current = set(run.attributes[path].value) if path in run.attributes else set()
             for tag, action in modify.string.values.items():
@@ -356,8 +325,8 @@ def _n1_created(meta: dict[str, Any], run_dir: Path, first_at: float | None) -> 
     if "createdAt" in meta:
         return dt.datetime.fromisoformat(meta["createdAt"])
     if first_at is not None:
-        return dt.datetime.fromtimestamp(first_at, UTC)
-    return dt.datetime.fromtimestamp((run_dir / "metadata.json").stat().st_mtime, UTC)
+        return dt.datetime.fromtimestamp(first_at, dt.UTC)
+    return dt.datetime.fromtimestamp((run_dir / "metadata.json").stat().st_mtime, dt.UTC)
 
 
 def read_neptune1_offline(run_dir: Path) -> Neptune1OfflineRun:
@@ -397,7 +366,7 @@ def read_neptune1_offline(run_dir: Path) -> Neptune1OfflineRun:
         ops,
         run_dir / "upload_path",
         run_dir,
-        dt.datetime.fromtimestamp(last_at, UTC) if last_at is not None else None,
+        dt.datetime.fromtimestamp(last_at, dt.UTC) if last_at is not None else None,
     )
 
 
@@ -450,8 +419,6 @@ def _sha1(path: Path) -> str:
 def _artifact_files(location: str, destination: str | None) -> tuple[list[ArtifactFile], list[str]]:
     """The files an artifact location stood for, described as neptune 1.x's artifact drivers do (local files are
     hashed here; the client's own hasher would write a cache under the home folder). Returns (files, missing)."""
-    from urllib.parse import urlparse
-
     scheme = urlparse(location).scheme
     if scheme not in ("", "file"):
         # only the location is known offline: the client lists remote files when it syncs
@@ -497,26 +464,21 @@ def artifact_hash(files: tuple[ArtifactFile, ...]) -> str:
 
 
 def replay_neptune1_run(
-    project: Project,
     offline: Neptune1OfflineRun,
     *,
     custom_run_id: str | None = None,
     creation_time: dt.datetime | None = None,
-    owner: str = "offline-user",
     lazy_files: bool = False,
     legacy_types: bool = False,
     cwd: Path | None = None,
 ) -> Replay:
-    """Add one 1.x offline run. Project, custom run id and creation time are not in the folder, so the caller
+    """Replay one 1.x offline run. Project, custom run id and creation time are not in the folder, so the caller
     may supply them (defaults: the container id and the folder's createdAt).
 
     ``legacy_types`` replays file sets and artifacts (2.x-only kinds); their files are read as the client would
     have read them when syncing: file set globs from ``cwd`` (where the script ran), artifact locations as given."""
-    run = project.new_run(
-        custom_run_id or offline.container_id,
-        name="",
-        creation_time=creation_time or offline.created_at,
-        owner=owner,
+    run = OfflineRunData.create(
+        custom_run_id or offline.container_id, name="", creation_time=creation_time or offline.created_at
     )
     replay = Replay(run)
     last_step: dict[str, float] = {}
@@ -566,7 +528,7 @@ def replay_neptune1_run(
                 run.attributes.pop(path, None)
                 continue
             if lazy_files:
-                run.set(path, FileOnDisk(b"", name, mime, source=source), "file")
+                run.set(path, FileValue(b"", name, mime, source=source), "file")
             else:
                 run.set(path, FileValue(source.read_bytes(), name, mime), "file")
         elif kind == "UploadFileContent":
@@ -617,24 +579,6 @@ def replay_neptune1_run(
         run.set("sys/modification_time", offline.last_operation_at, "datetime")
         run.set("sys/ping_time", offline.last_operation_at, "datetime")
     return replay
-
-
-def replay_offline_tree(project: Project, root: Path) -> list[Replay]:
-    """Replay every offline run under ``root`` (a ``.neptune`` folder or its parent), scale runs first so
-    forks find their parents in creation order."""
-    root = Path(root)
-    base = root / ".neptune" if (root / ".neptune").is_dir() else root
-    replays: list[Replay] = []
-    scale = [read_scale_offline(p) for p in sorted(base.glob(f"*/{SCALE_DB}"))]
-    scale.sort(key=lambda s: s.operations[0].timestamp if s.operations else 0)
-    by_id: dict[str, Run] = {}
-    for offline in scale:
-        replay = replay_scale_run(project, offline, runs_by_id=by_id)
-        by_id[offline.run_id] = replay.run
-        replays.append(replay)
-    for run_dir in sorted((base / "offline").glob("run__*")) if (base / "offline").is_dir() else []:
-        replays.append(replay_neptune1_run(project, read_neptune1_offline(run_dir)))
-    return replays
 
 
 def iter_file_set(value: dict[str, Any]) -> Iterator[tuple[str, bytes | Path]]:

@@ -1,7 +1,7 @@
 """Neptune data that never reached a server: offline folders written by neptune 1.x and neptune-scale 0.30.
 
-`OfflineSource(PATH)` finds every offline run under PATH, replays its operations with the shared replay
-(`offline_replay.py`, the clients' own readers) and writes it into the archive like any other source.
+`OfflineSource(PATH)` finds every offline run under PATH, replays its operations (`replay.py`, with the clients'
+own readers, into the runs of `runs.py`) and writes it into the archive like any other source.
 
 What the formats do not record is derived, and every derivation can be overridden:
 - project: neptune-scale records it; a 1.x folder does not, so it becomes `offline/<folder holding .neptune>`
@@ -28,14 +28,25 @@ from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.paths import resolve_inside, safe_relpath
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import ExportStats
+from neptune_migration.sources.offline.replay import (
+    Replay,
+    ScaleOfflineRun,
+    find_offline_runs,
+    iter_file_set,
+    read_neptune1_metadata,
+    read_neptune1_offline,
+    read_scale_identity,
+    read_scale_offline,
+    replay_neptune1_run,
+    replay_scale_run,
+)
+from neptune_migration.sources.offline.runs import ArtifactValue, Attribute, FileValue, Histogram, OfflineRunData
 from neptune_migration.vocabulary import ATOM_TYPES, SERIES_TYPES, RunRef, folder_name
 
 log = logging.getLogger("neptune_migration")
 
 TEMPLATE_FIELDS = ("container_id", "short_id", "folder", "created", "index", "pid")
 DEFAULT_PROJECT_WORKSPACE = "offline"
-# Fields the offline model invents for its own bookkeeping; a migrated run must not carry them as Neptune's.
-_INVENTED = ("sys/id", "sys/owner")
 
 
 class OfflineSourceError(MigrationError):
@@ -112,12 +123,6 @@ class OfflineSource:
         return self._runs
 
     def _find(self) -> list[OfflineRun]:
-        from neptune_migration.sources.offline.replay import (
-            find_offline_runs,
-            read_neptune1_metadata,
-            read_scale_identity,
-        )
-
         runs: list[OfflineRun] = []
         scale_groups: dict[tuple[str, str], list[tuple[int, Path]]] = {}
         n1: list[OfflineRun] = []
@@ -199,7 +204,7 @@ class OfflineSource:
         by_type: dict[str, int] = {}
         file_bytes = 0
         for path, attr in attrs.items():
-            if path in _INVENTED or _empty_file_set(attr) or not self.selection.wants_attribute(path, attr.type):
+            if _empty_file_set(attr) or not self.selection.wants_attribute(path, attr.type):
                 continue
             by_type[attr.type] = by_type.get(attr.type, 0) + 1
             if attr.type == "file":
@@ -216,17 +221,7 @@ class OfflineSource:
             "missing_files": list(replay.missing),
         }
 
-    def _replay(self, run: OfflineRun) -> Any:
-        from neptune_migration.sandbox.world import Project
-        from neptune_migration.sources.offline.replay import (
-            ScaleOfflineRun,
-            read_neptune1_offline,
-            read_scale_offline,
-            replay_neptune1_run,
-            replay_scale_run,
-        )
-
-        project = Project("offline", "offline", key="OFF")
+    def _replay(self, run: OfflineRun) -> Replay:
         if run.kind == "scale":
             parts = [read_scale_offline(p) for p in run.locations]
             merged = ScaleOfflineRun(
@@ -236,12 +231,11 @@ class OfflineSource:
                 {k: v for part in parts for k, v in part.uploads.items()},
                 parts[0].folder,
             )
-            return replay_scale_run(project, merged, lazy_files=True)
+            return replay_scale_run(merged, lazy_files=True)
         offline = read_neptune1_offline(run.locations[0])
         # .neptune is created in the working directory of the script, which file set globs were relative to
         neptune_dir = run.locations[0].parent.parent
         return replay_neptune1_run(
-            project,
             offline,
             custom_run_id=run.ref.run_id,
             lazy_files=True,
@@ -302,10 +296,10 @@ class OfflineSource:
         return stats
 
     # -- writing ----------------------------------------------------------------------------------------
-    def _write(self, listed: OfflineRun, run: Any, writer: Any, stats: OfflineExportStats) -> None:
+    def _write(self, listed: OfflineRun, run: OfflineRunData, writer: Any, stats: OfflineExportStats) -> None:
         sel = self.selection
         for path, attr in run.attributes.items():
-            if path in _INVENTED or not sel.wants_attribute(path, attr.type):
+            if not sel.wants_attribute(path, attr.type):
                 continue
             if _empty_file_set(attr):
                 # 1.x always queues the source-code file set, empty when nothing was captured: no payload to keep
@@ -337,11 +331,11 @@ class OfflineSource:
             elif attr.type == "artifact":
                 self._artifact(writer, stats, path, attr.value)
 
-    def _file(self, writer: Any, stats: ExportStats, path: str, type_: str, value: Any, step: float | None,
+    def _file(self, writer: Any, stats: ExportStats, path: str, type_: str, value: FileValue, step: float | None,
               timestamp: int | None) -> None:
         if not self.selection.wants_file(path, value.name, value.size):
             return
-        source = getattr(value, "source", None)
+        source = value.source
         info = writer.add_file(path, type_, source if source is not None else value.data, value.name, step=step,
                                timestamp=timestamp, mime=value.mime_type or None)
         stats.files += 1
@@ -349,8 +343,6 @@ class OfflineSource:
 
     def _file_set(self, writer: Any, stats: ExportStats, path: str, members: dict[str, bytes | Path]) -> None:
         """A file set is a folder payload, one file per member under its relative name (targets walk folders)."""
-        from neptune_migration.sources.offline.replay import iter_file_set
-
         rel_dir = f"{folder_name(writer.ref.run_id)}/{safe_relpath(path)}"
         root = resolve_inside(writer.files_dir, rel_dir)
         written = 0
@@ -376,7 +368,7 @@ class OfflineSource:
         stats.files += written
         stats.bytes += total
 
-    def _artifact(self, writer: Any, stats: ExportStats, path: str, value: Any) -> None:
+    def _artifact(self, writer: Any, stats: ExportStats, path: str, value: ArtifactValue) -> None:
         """Neptune stored only an artifact's file list (the bytes stay where they were); written as
         neptune-exporter does: a `files_list.json` in the 1.x client's own field names."""
         listing = [
@@ -398,11 +390,11 @@ class OfflineSource:
 # ---------------------------------------------------------------- helpers
 
 
-def _empty_file_set(attr: Any) -> bool:
+def _empty_file_set(attr: Attribute) -> bool:
     return bool(attr.type == "file_set" and not attr.value)
 
 
-def _histogram(value: Any) -> dict[str, Any]:
+def _histogram(value: Histogram) -> dict[str, Any]:
     return {"type": value.type, "edges": list(value.edges), "values": list(value.values)}
 
 
