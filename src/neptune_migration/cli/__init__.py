@@ -11,6 +11,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import click
+from rich.markup import escape
 
 from neptune_migration._version import __version__
 from neptune_migration.cli.commands import COMMANDS
@@ -63,7 +64,8 @@ def main() -> None:
         code = app.main(prog_name="neptune-migrate", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except MigrationError as exc:
-        console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True, markup=True)
+        # Messages name options, extras and paths with brackets: never read them as rich markup.
+        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         console.print("[red]aborted[/red]")
@@ -75,7 +77,7 @@ def main() -> None:
         console.print("[yellow]interrupted: rerun the same command to continue where it stopped[/yellow]")
         sys.exit(130)
     except Exception as exc:  # a bug: still one line, never a secret
-        console.print(f"[red]error:[/red] {redact(describe(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(redact(describe(exc)))}", highlight=False, soft_wrap=True)
         console.print("rerun with -v --log-file FILE for details")
         sys.exit(1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 import neptune_migration as nm
@@ -188,7 +189,7 @@ def retry(**kwargs: Any) -> None:
     out.print(f"Loaded again: {len(result.reloaded)} run(s); validated again: {len(result.revalidated)}.")
     if result.load is not None:
         for failed in result.load.failed:
-            out.print(f"[red]failed again[/red] {failed.key}: {failed.error}")
+            out.print(f"[red]failed again[/red] {escape(failed.key)}: {escape(str(failed.error))}")
     print_validation(result.validation)
     if not result.ok:
         raise ValidationFailed(f"some runs still fail or differ; see {result.validation.paths['html']}")

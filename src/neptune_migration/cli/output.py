@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from neptune_migration.api import RegistryOutcome, ValidationResult
@@ -68,9 +69,9 @@ def print_load(summary: LoadSummary) -> None:
         table.add_row(f"approximated: {kind}", f"{n:,}")
     out.print(table)
     for outcome in summary.failed:
-        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+        out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
     for item in summary.incomplete:
-        out.print(f"[yellow]incomplete in archive[/yellow] {item.project_dir.name}/{item.run_folder}")
+        out.print(f"[yellow]incomplete in archive[/yellow] {escape(item.project_dir.name)}/{escape(item.run_folder)}")
 
 
 def print_export(summary: ExportSummary) -> None:
@@ -88,9 +89,9 @@ def print_export(summary: ExportSummary) -> None:
     table.add_row("time", f"{summary.seconds:,.1f} s")
     out.print(table)
     for line in missing:
-        out.print(f"[yellow]missing file[/yellow] {line}")
+        out.print(f"[yellow]missing file[/yellow] {escape(line)}")
     for outcome in summary.failed:
-        out.print(f"[red]failed[/red] {outcome.key}: {outcome.error}")
+        out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
 
 
 def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
@@ -101,7 +102,7 @@ def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
     out.print(f"model registry: {done} of {len(outcomes)} models and versions {where}")
     for o in outcomes:
         if o.status == "failed":
-            out.print(f"[red]failed[/red] registry {o.key}: {o.error}")
+            out.print(f"[red]failed[/red] registry {escape(o.key)}: {escape(str(o.error))}")
 
 
 def print_validation(result: ValidationResult) -> None:

@@ -33,6 +33,7 @@ from neptune_migration.stages.export import (
     make_project_folders,
 )
 from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one
+from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
 
 log = logging.getLogger("neptune_migration")
@@ -116,8 +117,6 @@ def run_pipeline(
     validate: bool = True,
 ) -> MigrationResult:
     """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping."""
-    from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
-
     workers = workers or Workers()
     clock = StageClock()
     started = time.monotonic()

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from neptune_migration.archive import ArchivedRun
-
-if TYPE_CHECKING:
-    from neptune_migration.checks import Verifier
+from neptune_migration.checks import Verifier
 
 
 @dataclass
