@@ -128,16 +128,18 @@ def test_corrupt_parquet_is_a_clear_archive_error(tmp_path: Path) -> None:
     part = next((tmp_path / "data").rglob("*NASTY-1*_part_0.parquet"))
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArchiveError, match="corrupt or unreadable parquet"):
-        Archive(tmp_path).scan()
+    scan = Archive(tmp_path).scan()
+    (bad,) = scan.unreadable  # the damaged run is reported with its reason; the others still read
+    assert "corrupt or unreadable parquet" in bad.reason and "NASTY-1" in bad.run_folder
+    assert scan.runs and all("NASTY-1" not in r.ref.run_id for r in scan.runs)
 
 
 def test_wrong_schema_is_refused(tmp_path: Path) -> None:
     project = tmp_path / "data" / "x"
     project.mkdir(parents=True)
     pq.write_table(pa.table({"a": [1]}), project / "r_part_0.parquet")
-    with pytest.raises(ArchiveError, match="archive schema"):
-        Archive(tmp_path).scan()
+    (bad,) = Archive(tmp_path).scan().unreadable
+    assert "archive schema" in bad.reason and bad.ref is None
 
 
 def test_missing_archive_is_a_clear_error(tmp_path: Path) -> None:

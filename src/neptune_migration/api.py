@@ -105,7 +105,8 @@ class LoadResult:
 
     @property
     def ok(self) -> bool:
-        return not self.summary.failed and _registry_ok(self.registry)
+        # A run skipped as incomplete is not loaded: the verdict says so, as validate's does.
+        return not self.summary.failed and not self.summary.incomplete and _registry_ok(self.registry)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, **_load_dict(self.summary), "registry": [r.to_dict() for r in self.registry],

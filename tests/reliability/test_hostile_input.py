@@ -41,6 +41,16 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in result.stderr, result.stderr
 
 
+def _assert_run_fails_alone(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A damaged run is a failed run, named with its reason; the command exits 1 (the other runs, if any, load)."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    failed = [line for line in result.stdout.splitlines() if line.startswith("failed ")]
+    assert failed, result.stdout
+    for needle in needles:
+        assert needle in " ".join(result.stdout.split()), result.stdout
+
+
 def _load(archive: Path, tmp_path: Path, uri: str, prefix: str) -> subprocess.CompletedProcess[str]:
     return run_cli("load", "--archive", str(archive), "--state", str(tmp_path / "s.db"), "--mlflow-tracking-uri",
                    uri, "--experiment-prefix", prefix, "--no-progress")
@@ -68,8 +78,8 @@ def test_truncated_later_part_is_a_clear_error(tmp_path: Path, mlflow_server: An
     archive = _multi_part_archive(tmp_path / "a")
     part = next((archive / "data").rglob("*_part_1.parquet"))
     part.write_bytes(part.read_bytes()[:200])
-    _assert_one_line_error(_load(archive, tmp_path, mlflow_server.uri, prefix), "corrupt or unreadable parquet",
-                           "_part_1.parquet")
+    _assert_run_fails_alone(_load(archive, tmp_path, mlflow_server.uri, prefix), "corrupt or unreadable parquet",
+                            "_part_1.parquet")
 
 
 def test_corrupt_bytes_inside_a_part_are_a_clear_error(tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
@@ -90,7 +100,7 @@ def test_wrong_schema_is_a_clear_error(tmp_path: Path, mlflow_server: Any, prefi
     project.mkdir(parents=True)
     pq.write_table(pa.table({"project_id": ["ws/x"], "run_id": ["R"], "step": ["not a decimal"]}),
                    project / "R_part_0.parquet")
-    _assert_one_line_error(_load(tmp_path / "a", tmp_path, mlflow_server.uri, prefix), "schema")
+    _assert_run_fails_alone(_load(tmp_path / "a", tmp_path, mlflow_server.uri, prefix), "schema")
 
 
 def test_a_run_with_a_missing_middle_part_is_refused(tmp_path: Path, mlflow_server: Any, prefix: str) -> None:
@@ -98,7 +108,7 @@ def test_a_run_with_a_missing_middle_part_is_refused(tmp_path: Path, mlflow_serv
     archive = _multi_part_archive(tmp_path / "a")
     next((archive / "data").rglob("*_part_1.parquet")).unlink()
     result = _load(archive, tmp_path, mlflow_server.uri, prefix)
-    _assert_one_line_error(result, "missing part(s) 1", "present: 0, 2")
+    _assert_run_fails_alone(result, "missing part(s) 1", "present: 0, 2")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server.uri)

@@ -1,6 +1,6 @@
 """Archives in neptune-exporter's layout: the hand-off point between sources and targets."""
 
-from neptune_migration.archive.reader import Archive, ArchivedRun, ArchiveScan, Atom, IncompleteRun
+from neptune_migration.archive.reader import Archive, ArchivedRun, ArchiveScan, Atom, IncompleteRun, UnreadableRun
 from neptune_migration.archive.storage import archive_location, is_remote
 from neptune_migration.archive.writer import ArchiveWriter, RunWriter
 
@@ -12,6 +12,7 @@ __all__ = [
     "Atom",
     "IncompleteRun",
     "RunWriter",
+    "UnreadableRun",
     "archive_location",
     "is_remote",
 ]

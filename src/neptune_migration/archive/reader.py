@@ -68,6 +68,21 @@ class IncompleteRun:
 
 
 @dataclass
+class UnreadableRun:
+    """A committed run that cannot be read (a corrupt or truncated part, a wrong schema, a part missing in the
+    middle). It fails alone: every other run of the archive still loads. `ref` is None when no part holds the ids."""
+
+    project_dir: StoragePath
+    run_folder: str
+    reason: str
+    ref: RunRef | None = None
+
+    @property
+    def key(self) -> str:
+        return self.ref.key if self.ref is not None else f"{self.project_dir.name}/{self.run_folder}"
+
+
+@dataclass
 class ArchivedRun:
     ref: RunRef
     parts: list[StoragePath]
@@ -211,6 +226,7 @@ class ArchivedRun:
 class ArchiveScan:
     runs: list[ArchivedRun]
     incomplete: list[IncompleteRun]
+    unreadable: list[UnreadableRun] = field(default_factory=list)
 
 
 class Archive:
@@ -286,6 +302,7 @@ class Archive:
     def scan(self) -> ArchiveScan:
         runs: list[ArchivedRun] = []
         incomplete: list[IncompleteRun] = []
+        unreadable: list[UnreadableRun] = []
         project_dirs = sorted(p for p, kind in self.storage.listdir(self.data_root) if kind == DIR)
         if not project_dirs:
             raise ArchiveError(f"no project folders with parquet files under {self.storage.url(self.data_root)}")
@@ -301,13 +318,19 @@ class Archive:
                 if 0 not in parts:
                     incomplete.append(IncompleteRun(project_dir, run_folder, ordered))
                     continue
-                _refuse_gaps(project_dir, run_folder, parts)
-                ref = _run_ref(self.storage, parts[0], ordered)
+                ref = None
+                try:
+                    ref = _run_ref(self.storage, parts[0], ordered)
+                    _refuse_gaps(project_dir, run_folder, parts)
+                except ArchiveError as exc:
+                    ref = ref or getattr(exc, "ref", None)
+                    unreadable.append(UnreadableRun(project_dir, run_folder, str(exc), ref))
+                    continue
                 if ref is None:
                     continue  # an empty part_0 with no rows at all: nothing to identify or load
                 runs.append(self._archived(ref, ordered, project_dir))
         runs.sort(key=lambda r: r.ref)
-        return ArchiveScan(runs, incomplete)
+        return ArchiveScan(runs, incomplete, unreadable)
 
 
 def _refuse_gaps(project_dir: StoragePath, run_folder: str, parts: dict[int, StoragePath]) -> None:
@@ -355,19 +378,42 @@ def _row_groups_with(pf: pq.ParquetFile, types: list[str]) -> list[int] | None:
 
 
 def _run_ref(storage: Storage, part0: StoragePath, parts: list[StoragePath]) -> RunRef | None:
-    """Real ids live in the columns (folder names are one-way): read them from the first non-empty part."""
-    for part in [part0, *parts]:
-        pf = _open(storage, part)
-        if not {"project_id", "run_id"} <= set(pf.schema_arrow.names):
-            raise ArchiveError(f"{storage.url(part)} does not have the archive schema (no project_id/run_id columns)")
-        if pf.metadata.num_rows == 0:
-            continue
+    """Real ids live in the columns (folder names are one-way): read them from the first non-empty part.
+
+    A part that cannot be read is passed over while another can name the run, so a corrupt part is reported
+    against its run; the first error is raised when no part can."""
+    first_error: ArchiveError | None = None
+    for part in dict.fromkeys([part0, *parts]):
         try:
-            batch = next(pf.iter_batches(batch_size=1, columns=["project_id", "run_id"]))
-        except (OSError, pa.ArrowException, StopIteration) as exc:
-            raise ArchiveError(f"corrupt or unreadable parquet file {storage.url(part)}: {_one_line(exc)}") from None
-        return RunRef(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
+            pf = _open(storage, part)
+            if not {"project_id", "run_id"} <= set(pf.schema_arrow.names):
+                raise ArchiveError(f"{storage.url(part)} does not have the archive schema (no project_id/run_id "
+                                   "columns)")
+            if pf.metadata.num_rows == 0:
+                continue
+            try:
+                batch = next(pf.iter_batches(batch_size=1, columns=["project_id", "run_id"]))
+            except (OSError, pa.ArrowException, StopIteration) as exc:
+                raise ArchiveError(f"corrupt or unreadable parquet file {storage.url(part)}: {_one_line(exc)}") \
+                    from None
+        except ArchiveError as exc:
+            first_error = first_error or exc
+            continue
+        ref = RunRef(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
+        if first_error is not None:
+            raise UnreadablePart(str(first_error), ref)
+        return ref
+    if first_error is not None:
+        raise first_error
     return None
+
+
+class UnreadablePart(ArchiveError):
+    """A part of a run that another part names: the run is known, and fails with this reason."""
+
+    def __init__(self, message: str, ref: RunRef) -> None:
+        super().__init__(message)
+        self.ref = ref
 
 
 def _filter(batch: pa.RecordBatch, type_filter: pa.Array | None, null_check: bool) -> pa.RecordBatch:

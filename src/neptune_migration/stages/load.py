@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun
-from neptune_migration.errors import UsageError
+from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun, UnreadableRun
+from neptune_migration.errors import ArchiveError, UsageError
 from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.runner import attempt
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
+from neptune_migration.vocabulary import folder_name
 
 log = logging.getLogger("neptune_migration")
 
@@ -72,22 +73,63 @@ class LoadSummary:
         return out
 
 
-def select_runs(archive: Archive, selection: Selection) -> tuple[list[ArchivedRun], list[IncompleteRun], int]:
-    """The archive's complete runs that the selection matches, in a stable order; also the incomplete ones."""
+@dataclass
+class Selected:
+    runs: list[ArchivedRun]
+    incomplete: list[IncompleteRun]
+    # Runs the archive cannot read that the selection may mean: each fails alone, the others go on.
+    unreadable: list[UnreadableRun]
+    not_selected: int
+
+
+def select(archive: Archive, selection: Selection) -> Selected:
+    """The archive's complete runs that the selection matches, in a stable order; also the incomplete and the
+    unreadable ones."""
     scan = archive.scan()
-    projects = {r.ref.project_id for r in scan.runs}
-    unknown = [p for p in selection.projects if p not in projects]
+    projects = {r.ref.project_id for r in scan.runs} | {u.ref.project_id for u in scan.unreadable if u.ref}
+    # A project whose only runs cannot even be identified is still "there": its runs are reported below.
+    unnamed = {u.project_dir.name for u in scan.unreadable if u.ref is None}
+    unknown = [p for p in selection.projects if p not in projects and folder_name(p) not in unnamed]
     if unknown:
         listed = ", ".join(sorted(projects)) or "none"
         raise UsageError(f"project {unknown[0]!r} is not in the archive (projects there: {listed})")
     chosen = []
+    broken = list(scan.unreadable)
     for run in scan.runs:
-        atoms = {path: atom.value for path, atom in run.atoms().items()}
+        try:
+            atoms = {path: atom.value for path, atom in run.atoms().items()}
+        except ArchiveError as exc:  # a damaged part: this run fails alone
+            broken.append(UnreadableRun(run.project_dir, folder_name(run.ref.run_id), str(exc), run.ref))
+            continue
         if selection.matches_run(run.ref.project_id, run.ref.run_id, atoms):
             chosen.append(run)
         if selection.limit is not None and len(chosen) >= selection.limit:
             break
-    return chosen, scan.incomplete, len(scan.runs) - len(chosen)
+    unreadable = [u for u in broken if _may_be_selected(u, selection)]
+    return Selected(chosen, scan.incomplete, unreadable, len(scan.runs) - len(chosen))
+
+
+def _may_be_selected(run: UnreadableRun, selection: Selection) -> bool:
+    """Its atoms cannot be read, so only the filters on ids can rule it out: when in doubt it is reported."""
+    if run.ref is None:
+        return not selection.projects or run.project_dir.name in {folder_name(p) for p in selection.projects}
+    if selection.projects and run.ref.project_id not in selection.projects:
+        return False
+    return selection.runs is None or bool(selection.runs.search(run.ref.run_id))
+
+
+def select_runs(archive: Archive, selection: Selection) -> tuple[list[ArchivedRun], list[IncompleteRun], int]:
+    """`select` without the unreadable runs."""
+    selected = select(archive, selection)
+    return selected.runs, selected.incomplete, selected.not_selected
+
+
+def record_unreadable(ledger: Ledger, run: UnreadableRun, stage: str, target: str) -> None:
+    """A run that cannot be read fails in the ledger with its reason (when its ids are known at all)."""
+    log.error("run %s cannot be read from the archive: %s", run.key, run.reason)
+    if run.ref is not None:
+        ledger.start(run.ref, stage, target)
+        ledger.fail(run.ref, stage, target, run.reason)
 
 
 def load(
@@ -99,12 +141,16 @@ def load(
     workers: int = 4,
 ) -> LoadSummary:
     started = time.monotonic()
-    runs, incomplete, not_selected = select_runs(archive, selection)
+    selected = select(archive, selection)
+    runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
     for item in incomplete:
         log.warning(
             "incomplete run in archive (no part_0, export interrupted?): %s/%s", item.project_dir.name, item.run_folder
         )
     summary = LoadSummary(target=target.canonical, incomplete=incomplete, not_selected=not_selected)
+    for bad in selected.unreadable:
+        record_unreadable(ledger, bad, LOAD, target.canonical)
+        summary.outcomes.append(RunOutcome(bad.key, "failed", error=bad.reason))
     todo = []
     for run in runs:
         if ledger.is_done(run.ref, LOAD, target.canonical):
@@ -184,4 +230,4 @@ def _details(result: LoadResult) -> dict[str, Any]:
     }
 
 
-__all__ = ["DONE", "LOAD", "LoadSummary", "RunOutcome", "load", "select_runs"]
+__all__ = ["DONE", "LOAD", "LoadSummary", "RunOutcome", "Selected", "load", "select", "select_runs"]

@@ -27,7 +27,7 @@ from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.secrets import redact, redact_tree
 from neptune_migration.selection import Selection
-from neptune_migration.stages.load import LOAD, select_runs
+from neptune_migration.stages.load import LOAD, record_unreadable, select, select_runs
 from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.runner import attempt
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, SERIES_TYPES, RunRef
@@ -87,12 +87,21 @@ def validate(
         # Nothing was migrated (an empty project): no run to read back, and the selection's projects cannot be
         # looked up in an archive that holds no run of them.
         return ValidationSummary(getattr(target, "canonical", str(target)), incomplete=[], not_selected=0)
-    runs, incomplete, not_selected = select_runs(archive, selection)
+    selected = select(archive, selection)
+    runs, unreadable = selected.runs, selected.unreadable
     if only is not None:
         wanted = set(only)
         runs = [r for r in runs if r.ref in wanted]
-    summary = ValidationSummary(getattr(target, "canonical", str(target)), incomplete=incomplete,
-                                not_selected=not_selected)
+        unreadable = [u for u in unreadable if u.ref in wanted]
+    summary = ValidationSummary(getattr(target, "canonical", str(target)), incomplete=selected.incomplete,
+                                not_selected=selected.not_selected)
+    for bad in unreadable:
+        # Read back nothing: the archive side of the comparison is what is broken.
+        check = RunCheck(bad.ref or RunRef(bad.project_dir.name, bad.run_folder), error=bad.reason)
+        if bad.ref is not None:
+            record_unreadable(ledger, bad, VALIDATE, summary.target)
+            record_problem(ledger, bad.ref, summary.target, check)
+        summary.checks.append(check)
     own_verifier = verifier is None
     verifier = verifier or verifier_for(target)
     lock = threading.Lock()
