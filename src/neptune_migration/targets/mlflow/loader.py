@@ -35,6 +35,7 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import retrying
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
     MAX_EXPERIMENT_NAME,
     MAX_PARAM_LENGTH,
@@ -133,6 +134,7 @@ class MlflowTarget:
         # Only the REST store gets the direct JSON path; database URIs go through MLflow's own store.
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
         self._experiments: dict[str, str] = {}
+        self._leases = ExperimentLeases(self.client, retrying)
         self._exp_lock = threading.Lock()
         self.upload_workers = max(1, upload_workers)
         self._artifact_pool = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="mlflow-artifacts")
@@ -200,12 +202,14 @@ class MlflowTarget:
                     exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
+            self._leases.claim(exp_id, name)
             self._experiments[name] = exp_id
             return exp_id
 
     def close(self) -> None:
         self._artifact_pool.shutdown(wait=True)
         self._metric_pool.shutdown(wait=True)
+        self._leases.release()
 
     # -- identity ---------------------------------------------------------------------------------------
     def find_runs(self, experiment_id: str, ref: RunRef) -> list[Any]:
@@ -228,15 +232,16 @@ class MlflowTarget:
                 retrying(lambda r=old.info.run_id: self.client.delete_run(r))
             existing = []
         if existing:
-            mlflow_run = existing[0]
-            for extra in existing[1:]:
-                # Two runs for one key can only come from a race in an earlier version; keep the oldest.
+            mlflow_run, *extras = sorted(existing, key=_creation_order)
+            for extra in extras:
+                # Two runs for one key come from a race with another writer (or an earlier version): one survives.
                 self.client.delete_run(extra.info.run_id)
             run_id = mlflow_run.info.run_id
             if checkpoint.get("mlflow_run_id") != run_id:
                 checkpoint = {}  # the checkpoint belongs to a run that no longer exists
         else:
             run_id = self._create_run(exp_id, run)
+            self._one_run_per_key(exp_id, run, run_id)
             checkpoint = {}
         checkpoint["mlflow_run_id"] = run_id
         ctx.save_checkpoint(dict(checkpoint))
@@ -254,6 +259,18 @@ class MlflowTarget:
         self._terminate(run_id, atoms)
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
         return result
+
+    def _one_run_per_key(self, exp_id: str, run: ArchivedRun, run_id: str) -> None:
+        """Another writer that slipped past the experiment claim may have created the same key at the same moment:
+        both pick the same survivor (the order is the runs' own), the other deletes its run and fails this one."""
+        same = retrying(lambda: self.find_runs(exp_id, run.ref))
+        if len(same) < 2:
+            return
+        survivor = min(same, key=_creation_order).info.run_id
+        if survivor != run_id:
+            retrying(lambda: self.client.delete_run(run_id))
+            raise TargetError(f"another writer created MLflow run {survivor} for {run.ref.key} at the same moment; "
+                              "this copy was removed (rerun to check that run)")
 
     def _create_run(self, exp_id: str, run: ArchivedRun) -> str:
         tags = self.run_tags(run)
@@ -642,6 +659,10 @@ class MetricColumns:
 
     def keys(self) -> list[str]:
         return np.array(self.series_keys, dtype=object)[self.codes].tolist()
+
+
+def _creation_order(mlflow_run: Any) -> tuple[int, str]:
+    return (mlflow_run.info.start_time or 0, mlflow_run.info.run_id)
 
 
 def _json_metric(metric: dict[str, Any]) -> dict[str, Any]:
