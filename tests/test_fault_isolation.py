@@ -66,3 +66,33 @@ def test_an_incomplete_run_makes_load_exit_non_zero(tmp_path: Path) -> None:
     assert loaded.returncode == 1, loaded.stdout + loaded.stderr
     text = " ".join(loaded.stdout.split())
     assert "runs loaded 4" in text and "incomplete runs in archive (not loaded) 1" in text, text
+
+
+def test_a_failed_attempt_leaves_no_running_mlflow_run(exporter_archives: Path, tmp_path: Path, mlflow_server: Any,
+                                                       prefix: str) -> None:
+    """Forgetting --files on a neptune-exporter archive: the runs with files fail, and MLflow shows them FAILED
+    with the reason (not RUNNING for ever); the rerun with --files completes them, FINISHED, the reason gone."""
+    from mlflow.tracking import MlflowClient
+
+    data, files = exporter_archives / "neptune3" / "data", exporter_archives / "neptune3" / "files"
+    common = ["--archive", str(data), "--state", str(tmp_path / "state.db"), "--mlflow-tracking-uri",
+              mlflow_server.uri, "--experiment-prefix", prefix, "--no-progress"]
+    first = run_cli("load", *common)
+    assert first.returncode == 1, first.stdout + first.stderr
+    client = MlflowClient(mlflow_server.uri)
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
+    runs = client.search_runs(experiments)
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status)
+                                                                          for r in runs]
+    failed = [r for r in runs if r.info.status == "FAILED" and "neptune.migration.load_error" in r.data.tags]
+    assert failed, [(r.info.run_name, r.info.status, r.data.tags.get("neptune.migration.state")) for r in runs]
+
+    second = run_cli("load", *common, "--files", str(files))
+    assert second.returncode == 0, second.stdout + second.stderr
+    runs = {r.info.run_id: r for r in client.search_runs(experiments)}
+    for r in failed:
+        again = runs[r.info.run_id]  # completed in place, not replaced
+        assert "neptune.migration.load_error" not in again.data.tags
+        assert again.data.tags["neptune.migration.state"] == "complete"
+    checked = run_cli("validate", *common, "--files", str(files), "--report-dir", str(tmp_path / "report"))
+    assert checked.returncode == 0, checked.stdout[-3000:]

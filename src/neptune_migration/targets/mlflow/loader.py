@@ -9,6 +9,7 @@ marked `neptune.migration.state=complete`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
-from neptune_migration.errors import ArchiveError, TargetError
+from neptune_migration.errors import ArchiveError, TargetError, describe
 from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import retrying
 from neptune_migration.secrets import redact
@@ -67,6 +68,8 @@ READ_BATCH = 16_384
 PARAMS_PER_BATCH = 100
 KEY_TAG = "neptune.run_key"
 KEY_HASH_TAG = "neptune.run_key_hash"
+# Set while a failed attempt left the run half-loaded (and the run FAILED); removed when a later attempt completes it.
+LOAD_ERROR_TAG = "neptune.migration.load_error"
 DEFAULT_STORE = Path("mlflow-store")
 
 
@@ -246,19 +249,34 @@ class MlflowTarget:
         checkpoint["mlflow_run_id"] = run_id
         ctx.save_checkpoint(dict(checkpoint))
         result = LoadResult(target_id=run_id)
+        failed_before = bool(existing) and LOAD_ERROR_TAG in existing[0].data.tags
 
-        self._log_params(run_id, run, atoms, ctx, result)
-        with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
-            staging = Path(tmp)
-            uploads: list[Future[None]] = []
-            self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads)
-            self._log_text_series(run_id, run, ctx, result, staging, uploads)
-            self._log_files(run_id, run, ctx, result, staging, uploads)
-            for fut in uploads:
-                fut.result()
+        try:
+            self._log_params(run_id, run, atoms, ctx, result)
+            with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
+                staging = Path(tmp)
+                uploads: list[Future[None]] = []
+                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads)
+                self._log_text_series(run_id, run, ctx, result, staging, uploads)
+                self._log_files(run_id, run, ctx, result, staging, uploads)
+                for fut in uploads:
+                    fut.result()
+        except Exception as exc:
+            self._mark_failed(run_id, exc)
+            raise
         self._terminate(run_id, atoms)
+        if failed_before:
+            retrying(lambda: self.client.delete_tag(run_id, LOAD_ERROR_TAG))
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
         return result
+
+    def _mark_failed(self, run_id: str, exc: BaseException) -> None:
+        """A run left half-loaded must not look like a live RUNNING run in the UI: FAILED, with the reason in a tag,
+        until the next attempt completes it (and removes the tag)."""
+        reason = _tag_value(redact(describe(exc)))
+        with contextlib.suppress(Exception):  # the target may be what failed; the ledger has the reason anyway
+            self.client.set_tag(run_id, LOAD_ERROR_TAG, reason)
+            self.client.set_terminated(run_id, status="FAILED")
 
     def _one_run_per_key(self, exp_id: str, run: ArchivedRun, run_id: str) -> None:
         """Another writer that slipped past the experiment claim may have created the same key at the same moment:
