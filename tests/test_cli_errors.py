@@ -97,3 +97,43 @@ def test_a_run_that_fails_makes_the_command_fail(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed nasty/ünïcode-proj/NASTY-1" in result.stdout and "missing from the archive" in result.stdout
     assert "runs loaded" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_usage_errors_are_clicks_own_with_suggestions(tmp_path: Path) -> None:
+    typo = run_cli("load", "--archiv", str(tmp_path))
+    assert typo.returncode == 2 and "No such option '--archiv'" in typo.stderr and "--archive" in typo.stderr
+    assert "Traceback" not in typo.stderr and "rerun with -v" not in typo.stderr
+    zero = run_cli("load", "--archive", str(tmp_path), "--workers", "0")
+    assert zero.returncode == 2 and "'--workers'" in zero.stderr, zero.stderr
+    command = run_cli("loda")
+    assert command.returncode == 2 and "Did you mean 'load'?" in command.stderr, command.stderr
+    stage = run_cli("status", "--stage", "bogus", "--state", str(tmp_path / "s.db"))
+    assert stage.returncode == 2 and "'--stage'" in stage.stderr, stage.stderr
+
+
+def test_report_dir_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    (tmp_path / "report").write_text("not a folder")
+    result = run_cli("validate", "--archive", str(archive), "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                     "--report-dir", str(tmp_path / "report"))
+    _assert_one_line_error(result, "--report-dir", "is a file")
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "s.db").exists()
+
+
+def test_a_selection_that_matches_nothing_says_so(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "a")
+    result = run_cli("load", "--archive", str(archive), "--runs", "^no-such-run$", "--state", str(tmp_path / "s.db"),
+                     "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "the selection matches none of the" in " ".join(result.stdout.split()), result.stdout
+
+
+def test_sandbox_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run_cli("sandbox", "serve", "--port", str(busy.getsockname()[1]), timeout=60)
+    _assert_one_line_error(result, "cannot serve on 127.0.0.1", "--port")

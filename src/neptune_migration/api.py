@@ -308,6 +308,13 @@ def _load_models(plugin: TargetPlugin, archive: Archive, target: Target, ledger:
             for key, status, error in load_registry(archive, target, ledger)]
 
 
+def _check_report_dir(report_dir: str | Path) -> None:
+    """Refuse a report folder that cannot be one before any work, not after hours of it."""
+    path = Path(report_dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--report-dir {path} is a file, not a folder")
+
+
 def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir: str | Path,
             source_check: Any = None) -> ValidationResult:
     report = build_report(summary, ledger, archive=archive, source_check=source_check)
@@ -355,6 +362,7 @@ def validate(archive: str | Path, *, files: str | Path | None = None, to: str = 
              **options: Any) -> ValidationResult:
     """Read every selected run back from the target and compare it with the archive, value by value; writes
     report.html, report.md, report.json and errors.jsonl into `report_dir`. `.ok` is the verdict."""
+    _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
     target, _, selection = _open_target(to, options, _workers(workers))
     target.check()
@@ -370,6 +378,7 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
           state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
           **options: Any) -> RetryResult:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them."""
+    _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
     with _ledger(state, must_exist=True) as ledger:
         target, _, selection = _open_target(to, options, _workers(workers))
@@ -392,6 +401,8 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, **options: Any) -> MigrationResult:
     """Export from a source, load into the target and read back, the three stages overlapping run by run.
     Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated)."""
+    if not no_validate:
+        _check_report_dir(report_dir)
     source, source_plugin, selection = _open_source(from_, options, path)
     target, target_plugin, _ = _open_target(to, options, _workers(workers), upload_workers)
     stages = Workers(export=_workers(export_workers or workers, "export_workers"), load=workers,

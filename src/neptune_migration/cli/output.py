@@ -68,6 +68,8 @@ def print_load(summary: LoadSummary) -> None:
     for kind, n in sorted(summary.approximations().items()):
         table.add_row(f"approximated: {kind}", f"{n:,}")
     out.print(table)
+    if not summary.outcomes and summary.not_selected:
+        out.print(f"[yellow]the selection matches none of the {summary.not_selected} runs in the archive[/yellow]")
     for outcome in summary.failed:
         out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
     for item in summary.incomplete:
@@ -88,6 +90,8 @@ def print_export(summary: ExportSummary) -> None:
         table.add_row("files missing at the source", str(len(missing)))
     table.add_row("time", f"{summary.seconds:,.1f} s")
     out.print(table)
+    if not summary.listed:
+        out.print("[yellow]the selection matches no run at the source[/yellow]")
     for line in missing:
         out.print(f"[yellow]missing file[/yellow] {escape(line)}")
     for outcome in summary.failed:

@@ -23,4 +23,8 @@ def sandbox_serve(seed: str, port: int) -> None:
     except ImportError as exc:
         raise UsageError(f"the sandbox needs the Neptune clients: pip install 'neptune-migration[all]' "
                          f"({exc})") from None
-    serve(seed=seed, port=port)
+    try:
+        serve(seed=seed, port=port)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}; pass another --port (0 picks a "
+                         "free one)") from None

@@ -14,7 +14,9 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -84,7 +86,10 @@ def default_tracking_uri() -> str:
 
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+        # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
+        beside = Path(sys.executable).parent / "mlflow"
+        mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
+        return f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
     return f"open {public_uri(tracking_uri)} in a browser"
 
 
