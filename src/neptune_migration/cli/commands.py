@@ -207,13 +207,21 @@ def status(state: Path | None, stage: str | None, failed_only: bool, json_output
     if json_output:
         out.print_json(json.dumps(result.to_dict()["entries"]))
         return
-    table = Table(title=f"Ledger {result.state}")
-    for col in ("project", "run", "stage", "target", "status", "attempts", "target id", "last error"):
-        table.add_column(col, overflow="fold")
+    # One target is the usual case: its name then goes in the title, not in a column of every row.
+    targets = sorted({e.target for e in result.entries})
+    wide = out.width >= 140
+    title = f"Ledger {result.state}" + (f" - {targets[0]}" if len(targets) == 1 else "")
+    table = Table(title=title)
+    columns = ["project", "run", "stage", *(["target"] if len(targets) > 1 else []), "status", "attempts",
+               *(["target id"] if wide else []), "last error"]
+    for col in columns:
+        table.add_column(col, overflow="fold", ratio=3 if col == "last error" else None)
     for e in result.entries:
         color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow"}.get(e.status, "")
-        table.add_row(e.ref.project_id, e.ref.run_id, e.stage, e.target, f"[{color}]{e.status}[/{color}]"
-                      if color else e.status, str(e.attempts), e.target_id or "", e.last_error or "")
+        status_cell = f"[{color}]{e.status}[/{color}]" if color else e.status
+        row = [e.ref.project_id, e.ref.run_id, e.stage, *([e.target] if len(targets) > 1 else []), status_cell,
+               str(e.attempts), *([e.target_id or ""] if wide else []), escape(e.last_error or "")]
+        table.add_row(*row)
     out.print(table)
     out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
 
