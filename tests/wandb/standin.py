@@ -342,7 +342,7 @@ class StandIn:
             }
         }
 
-    # the target's own tag/config update of an older generation (targets/wandb.py: _SUPERSEDE)
+    # the target's own tag/config update of an older generation (targets/wandb/loader.py: _SUPERSEDE)
     def _op_NeptuneMigrationSupersede(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         return self._op_UpsertBucket(q, v)
 

@@ -7,7 +7,7 @@ completes to the same state. Nothing is deleted on the server and nothing double
 
 Who retries what: `wandb sync` (wandb-core) retries its own GraphQL calls, the file stream and the uploads;
 the target's own `wandb.Api` calls (looking up a run before resuming it, verifying it after the sync, the
-read-back for validation) go through `with_backoff` in targets/wandb.py (429/5xx, Retry-After honoured).
+read-back for validation) go through `with_backoff` in targets/wandb/loader.py (429/5xx, Retry-After honoured).
 """
 
 from __future__ import annotations

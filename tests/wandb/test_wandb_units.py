@@ -103,7 +103,7 @@ def test_rate_limiter_spaces_acquisitions() -> None:
 
 
 def test_generation_resolution(tmp_path: Path) -> None:
-    """Which W&B id an archived run loads under (wandb_generations.py): the base id unless the base run holds
+    """Which W&B id an archived run loads under (targets/wandb/generations.py): the base id unless the base run holds
     another Neptune modification time; the run it supersedes is the base's newest generation."""
     from datetime import UTC, datetime
 

@@ -1,7 +1,7 @@
 """Export from a source into an archive (and the per-run export step that `migrate` pipelines).
 
 Resumable through the ledger: a run exported before is not fetched again (unless `--refresh` sees that its
-Neptune modification time moved). `migrate` itself lives in `scheduler.py`.
+Neptune modification time moved). `migrate` itself lives in `stages/migrate.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Validation: read every selected run back from the target and compare it with the archive, attribute by attribute.
 
-A target's verifier (targets/mlflow_verify.py, targets/wandb_verify.py) turns one archived run into a `RunCheck`:
+A target's verifier (targets/mlflow/verify.py, targets/wandb/verify.py) turns one archived run into a `RunCheck`:
 what was compared, every mismatch naming the run, the Neptune attribute and what differs, and the documented
 approximations counted apart. This module runs verifiers over a worker pool, records the outcome in the ledger
 (stage `validate`: done, or mismatch with the details), and offers the source check that proves an export holds

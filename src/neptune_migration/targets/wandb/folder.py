@@ -61,7 +61,7 @@ class RunSpec:
     entity: str | None
     project: str
     run_id: str
-    # A run re-exported by `--refresh` gets a new id; the id of the run it replaces (see wandb_generations.py).
+    # A run re-exported by `--refresh` gets a new id; the id of the run it replaces (see targets/wandb/generations.py).
     supersedes: str | None = None
 
 

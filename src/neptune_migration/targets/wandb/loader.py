@@ -1,7 +1,7 @@
 """Weights & Biases target: offline (`--to wandb-offline DIR`) and online (`--to wandb`).
 
 Both modes write each run as a sync-ready offline run folder with a hand-written `.wandb` file (see
-wandb_folder.py for why); online mode then replays it with `wandb sync` against `WANDB_BASE_URL`.
+folder.py for why); online mode then replays it with `wandb sync` against `WANDB_BASE_URL`.
 Mapping and approximations: docs/wandb.md.
 
 Resumability: the W&B run id is derived from the run key, and the run folder is rebuilt identically on every
@@ -97,7 +97,7 @@ class WandbOfflineTarget:
 
     def spec(self, run: ArchivedRun) -> RunSpec:
         """Where the run goes: its base id, or a new generation's id when the archive holds a re-export of a
-        changed run (wandb_generations.py)."""
+        changed run (targets/wandb/generations.py)."""
         base = spec_for(run, self.entity, self.project, self.project_prefix)
         run_id, supersedes = resolve(run, offline_existing(self.root, base.run_id))
         return RunSpec(base.entity, base.project, run_id, supersedes)
@@ -251,7 +251,7 @@ class WandbOnlineTarget:
 
     def spec(self, run: ArchivedRun) -> RunSpec:
         """Where the run goes: its base id, or a new generation's id when the archive holds a re-export of a
-        changed run (wandb_generations.py). Asks the server about the base run."""
+        changed run (targets/wandb/generations.py). Asks the server about the base run."""
         base = spec_for(run, self.entity, self.project, self.project_prefix)
         run_id, supersedes = resolve(run, self._existing(base))
         return RunSpec(base.entity, base.project, run_id, supersedes)

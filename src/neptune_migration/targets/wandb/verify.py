@@ -1,8 +1,8 @@
 """Compare a run loaded into W&B with the archive, through the W&B target's own read-back (`read_back(run)`).
 
-The read-back (targets/wandb_readback.py, offline from the run folder or online through `wandb.Api`) gives one
+The read-back (targets/readback.py, offline from the run folder or online through `wandb.Api`) gives one
 `WandbRunData` shape; the expected side is computed here from the archive and the pure naming rules in
-wandb_names.py (docs/wandb.md is the mapping). Float points are compared bit for bit, step for step and
+names.py (docs/wandb.md is the mapping). Float points are compared bit for bit, step for step and
 timestamp for timestamp; histograms by step, timestamp and bins (a histogram of more than 512 bins is merged by
 W&B's limit, so only its total count is compared: counted as `histogram_rebinned_to_512`); string series by
 count and digest; files by count, size and sha256 per artifact entry; config by value per atom; run metadata
