@@ -211,7 +211,8 @@ def status(state: Path | None, stage: str | None, failed_only: bool, json_output
     for col in ("project", "run", "stage", "target", "status", "attempts", "target id", "last error"):
         table.add_column(col, overflow="fold")
     for e in result.entries:
-        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow"}.get(e.status, "")
+        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow",
+                 "interrupted": "yellow"}.get(e.status, "")
         table.add_row(e.ref.project_id, e.ref.run_id, e.stage, e.target, f"[{color}]{e.status}[/{color}]"
                       if color else e.status, str(e.attempts), e.target_id or "", e.last_error or "")
     out.print(table)
