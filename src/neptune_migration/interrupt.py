@@ -137,5 +137,8 @@ def handling_signals() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # On the command line a stopped call is followed by printing and exiting: a second Ctrl-C in that window
+        # must still exit at once with 130, not die of the default handler.
+        if not (_exit_at_once and STOP.signals):
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -89,11 +89,9 @@ def main() -> None:
 
 
 def _exit_now(code: int) -> None:
-    """Exit without waiting for a run that outlived the grace period: the interpreter would join its thread
-    (and the target's upload threads) first. The ledger already says `interrupted` for it and no longer lets
-    it write, so nothing is lost by not waiting."""
-    if not interrupt.STOP.stragglers:
-        sys.exit(code)
+    """Exit without waiting: a run that outlived the grace period would otherwise be joined by the interpreter
+    (with the target's upload threads) first, and a second Ctrl-C during that slow shutdown would kill the
+    process with the default handler. The ledger already holds every run's state, so nothing is lost."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

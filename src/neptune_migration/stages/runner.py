@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str
     yielded); what is left is marked `interrupted`, the ledger frozen, and `Stopped` raised. After a stop the
     pool never waits for a stuck worker.
     """
-    pending = iter(items)
+    pending = deque(items)
     size = max(1, workers)
     pool = ThreadPoolExecutor(size, thread_name_prefix=name)
     running: set[Future[R]] = set()
@@ -79,12 +80,9 @@ def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str
     wait_on_exit = True
     try:
         while True:
-            while not interrupt.requested() and len(running) < size:
-                item = next(pending, _END)
-                if item is _END:
-                    break
-                running.add(pool.submit(work, item))
-            if interrupt.requested():
+            while pending and not interrupt.requested() and len(running) < size:
+                running.add(pool.submit(work, pending.popleft()))
+            if interrupt.requested() and (running or pending):  # a stop after the last run is no stop
                 wait_on_exit = False
                 for fut in settle_after_stop(running, ledger):
                     yield fut.result()
@@ -103,9 +101,6 @@ def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str
     finally:
         unregister()
         pool.shutdown(wait=wait_on_exit, cancel_futures=True)
-
-
-_END: Any = object()
 
 
 def settle_after_stop(running: Iterable[Future[Any]], ledger: Ledger) -> list[Future[Any]]:
