@@ -25,13 +25,14 @@ from neptune_migration.api import (
     status,
     validate,
 )
-from neptune_migration.errors import ArchiveError, MigrationError, TargetError, UsageError
+from neptune_migration.errors import ArchiveError, Interrupted, MigrationError, TargetError, UsageError
 from neptune_migration.selection import Selection, SelectionOptions
 
 __all__ = [
     "ArchiveError",
     "DiscoverResult",
     "ExportResult",
+    "Interrupted",
     "LoadResult",
     "MigrationError",
     "MigrationResult",

@@ -10,6 +10,10 @@ arguments, `**options` takes the selection (`project`, `runs`, `experiments`, `s
 `wandb_dir`, `api_token_file`, ...: each plug-in's options dataclass). Options of another installed source or
 target are accepted and ignored, so one set of keywords can serve several calls; a name no one declares is a
 `UsageError`. Errors are the `MigrationError` family, never `SystemExit`.
+
+export, load, validate, retry and migrate stop cleanly on Ctrl-C or SIGTERM when called in the main thread
+(handlers are installed only for the call): they raise `Interrupted` (exit code 130) with the counts of runs done
+and interrupted; calling again continues. A second Ctrl-C raises KeyboardInterrupt at once.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neptune_migration import plugins
+from neptune_migration import interrupt, plugins
 from neptune_migration.archive import Archive, ArchiveWriter, archive_location
 from neptune_migration.errors import UsageError
 from neptune_migration.ledger import Entry, Ledger, default_state_path
@@ -270,6 +274,13 @@ def _tracker(title: str, progress: bool, stages: tuple[str, ...] = ()) -> Callab
     return lambda total: Tracker(title, total, console, enabled=progress, stages=stages)
 
 
+def _close(target: Target) -> None:
+    # A run that outlived an interruption's grace period may still be using the target (its upload pool):
+    # closing would wait for it, or pull the client from under it. The process is about to end anyway.
+    if not interrupt.STOP.stragglers:
+        target.close()
+
+
 def _workers(n: int | None, name: str = "workers") -> int:
     if n is None:
         raise UsageError(f"--{name.replace('_', '-')} is required")
@@ -329,6 +340,7 @@ def discover(from_: str = "neptune3", *, path: str | Path | None = None, **optio
     return DiscoverResult(found["source"], found["runs"], found["file_bytes"], found["projects"])
 
 
+@interrupt.handling_signals()
 def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCHIVE, path: str | Path | None = None,
            workers: int = 4, state: str | Path | None = None, refresh: bool = False, no_models: bool = False,
            progress: bool = False, **options: Any) -> ExportResult:
@@ -341,6 +353,7 @@ def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCH
         return ExportResult(summary, _export_models(plugin, source, root, ledger, no_models))
 
 
+@interrupt.handling_signals()
 def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
          upload_workers: int | None = None, state: str | Path | None = None, progress: bool = False,
          **options: Any) -> LoadResult:
@@ -353,10 +366,11 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
             summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers)
             registry = _load_models(plugin, archived, target, ledger)
         finally:
-            target.close()
+            _close(target)
     return LoadResult(summary, registry, plugin.hint(target))
 
 
+@interrupt.handling_signals()
 def validate(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
              state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
              **options: Any) -> ValidationResult:
@@ -370,10 +384,11 @@ def validate(archive: str | Path, *, files: str | Path | None = None, to: str = 
         try:
             summary = run_validate(archived, target, selection, ledger, _tracker("validate", progress), workers)
         finally:
-            target.close()
+            _close(target)
         return _report(summary, ledger, str(archive), report_dir)
 
 
+@interrupt.handling_signals()
 def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
           state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
           **options: Any) -> RetryResult:
@@ -386,7 +401,7 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
         try:
             outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers)
         finally:
-            target.close()
+            _close(target)
         result = RetryResult([r.key for r in outcome.reloaded], [r.key for r in outcome.revalidated], outcome.load,
                              None)
         if outcome.revalidated:
@@ -394,6 +409,7 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
         return result
 
 
+@interrupt.handling_signals()
 def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path | None = None,
             path: str | Path | None = None, workers: int = 4, export_workers: int | None = None,
             validate_workers: int | None = None, upload_workers: int | None = None, state: str | Path | None = None,
@@ -418,7 +434,7 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             registry += _load_models(target_plugin, Archive(root), target, ledger)
             validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir)
         finally:
-            target.close()
+            _close(target)
     return MigrationResult(run.exported, run.loaded, validation, registry, target_plugin.hint(target), run.clock)
 
 

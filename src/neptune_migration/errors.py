@@ -31,6 +31,19 @@ class LedgerBusyError(MigrationError):
     """Another process holds the ledger."""
 
 
+class Interrupted(MigrationError):
+    """A stop was asked for (Ctrl-C, SIGTERM): what finished is kept, what did not is `interrupted` in the
+    ledger and continues on the next call. `done`, `failed` and `interrupted` count the stage's runs."""
+
+    exit_code = 130
+
+    def __init__(self, stage: str, done: int, interrupted: int, failed: int = 0) -> None:
+        self.stage, self.done, self.interrupted, self.failed = stage, done, interrupted, failed
+        failed_part = f", {failed} failed" if failed else ""
+        super().__init__(f"interrupted: {done} runs done{failed_part}, {interrupted} interrupted; "
+                         "rerun the same command to continue")
+
+
 def describe(exc: BaseException) -> str:
     """One line naming what went wrong: our own errors as they are, anything else with its type.
 

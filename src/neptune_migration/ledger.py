@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from neptune_migration.errors import LedgerBusyError, MigrationError, UsageError
+from neptune_migration.interrupt import RunStopped
 from neptune_migration.secrets import redact
 from neptune_migration.vocabulary import RunRef
 
 DEFAULT_STATE = Path(".neptune-migration") / "state.db"
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED, MISMATCH = "pending", "running", "done", "failed", "skipped", "mismatch"
+# Stopped on request (Ctrl-C, SIGTERM) before it finished: not done, not failed; the next call continues it.
+INTERRUPTED = "interrupted"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS progress (
@@ -92,6 +95,10 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
         self._mutex = threading.Lock()
+        # Rows this process set `running` and has not settled: what an interruption must mark `interrupted`.
+        self._running: set[tuple[str, str, str, str]] = set()
+        # After an interruption, workers that outlived the grace period must not write (nor find a closed db).
+        self._frozen = False
         # What the ledger cost (the scale benchmark's overhead): seconds held, and CPU seconds used.
         self.seconds = 0.0
         self.cpu_seconds = 0.0
@@ -99,6 +106,8 @@ class Ledger:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._mutex:
+            if self._frozen:
+                raise RunStopped
             # Held wall time, and the CPU time the calls used. With many busy threads the first is mostly the
             # holder waiting to get the interpreter lock back after SQLite released it; the second is the work.
             started, cpu = time.perf_counter(), time.thread_time()
@@ -148,6 +157,7 @@ class Ledger:
                    RETURNING *""",
                 (ref.project_id, ref.run_id, stage, target, RUNNING, now),
             ).fetchone()
+            self._running.add((ref.project_id, ref.run_id, stage, target))
         return _entry(row)
 
     def save_checkpoint(self, ref: RunRef, stage: str, target: str, state: dict[str, Any]) -> None:
@@ -180,11 +190,44 @@ class Ledger:
         self._ensure(ref, stage, target)
         self._update(ref, stage, target, status=SKIPPED, last_error=redact(reason))
 
+    def interrupt(self, ref: RunRef, stage: str, target: str) -> None:
+        """Stopped on request: the checkpoint stays, so the next attempt resumes where this one stopped."""
+        self._update(ref, stage, target, status=INTERRUPTED, last_error="interrupted before it finished")
+
+    def interrupt_running(self, timeout: float = -1) -> int:
+        """Mark every row this process started and did not settle as `interrupted`; returns how many.
+
+        `timeout` (seconds; -1 waits) is for the hard exit, which runs in a signal handler and must not wait for
+        a lock its own thread may hold."""
+        if not self._mutex.acquire(timeout=timeout):
+            return 0
+        try:
+            if self._frozen:
+                return 0
+            rows = sorted(self._running)
+            for key in rows:
+                self._db.execute(
+                    "UPDATE progress SET status=?, last_error=?, updated_at=? WHERE project_id=? AND run_id=? "
+                    "AND stage=? AND target=? AND status=?",
+                    (INTERRUPTED, "interrupted before it finished", time.time(), *key, RUNNING),
+                )
+            self._running.clear()
+            return len(rows)
+        finally:
+            self._mutex.release()
+
+    def freeze(self) -> None:
+        """From now on every call raises `RunStopped`: a worker still busy after an interruption unwinds at its
+        next ledger call instead of overwriting `interrupted` or using a closed database."""
+        with self._mutex:
+            self._frozen = True
+
     def set_target_id(self, ref: RunRef, stage: str, target: str, target_id: str) -> None:
         self._update(ref, stage, target, target_id=target_id)
 
     def reset(self, ref: RunRef, stage: str, target: str) -> None:
         with self._locked():
+            self._running.discard((ref.project_id, ref.run_id, stage, target))
             self._db.execute(
                 "DELETE FROM progress WHERE project_id=? AND run_id=? AND stage=? AND target=?",
                 (ref.project_id, ref.run_id, stage, target),
@@ -202,13 +245,16 @@ class Ledger:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name}=?" for name in fields)
         with self._locked():
+            if fields.get("status", RUNNING) != RUNNING:
+                self._running.discard((ref.project_id, ref.run_id, stage, target))
             self._db.execute(
                 f"UPDATE progress SET {assignments} WHERE project_id=? AND run_id=? AND stage=? AND target=?",
                 (*fields.values(), ref.project_id, ref.run_id, stage, target),
             )
 
     def close(self) -> None:
-        with self._locked():
+        with self._mutex:  # also when frozen: the workers that remain no longer reach the database
+            self._frozen = True
             self._db.close()
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)

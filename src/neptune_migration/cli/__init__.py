@@ -6,6 +6,7 @@ calls one API function, prints the result and exits with its verdict. Errors are
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -13,12 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 from rich.markup import escape
 
+from neptune_migration import interrupt
 from neptune_migration._version import __version__
 from neptune_migration.cli.commands import COMMANDS
 from neptune_migration.cli.demo import demo
 from neptune_migration.cli.output import console, out
 from neptune_migration.cli.sandbox import sandbox_group
-from neptune_migration.errors import MigrationError, describe
+from neptune_migration.errors import Interrupted, MigrationError, describe
 from neptune_migration.secrets import redact
 
 CLIENTS = ("mlflow", "wandb", "neptune-query", "neptune", "neptune-scale", "pyarrow", "click")
@@ -59,10 +61,14 @@ for command in (*COMMANDS, demo, sandbox_group):
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    interrupt.exit_at_once_on_second_signal()
     try:
         # Without standalone mode click returns the exit code of an Exit instead of exiting with it.
         code = app.main(prog_name="neptune-migrate", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
+    except Interrupted as exc:
+        console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        _exit_now(exc.exit_code)
     except MigrationError as exc:
         # Messages name options, extras and paths with brackets: never read them as rich markup.
         console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
@@ -80,6 +86,16 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(redact(describe(exc)))}", highlight=False, soft_wrap=True)
         console.print("rerun with -v --log-file FILE for details")
         sys.exit(1)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting: a run that outlived the grace period would otherwise be joined by the interpreter
+    (with the target's upload threads) first, and a second Ctrl-C during that slow shutdown would kill the
+    process with the default handler. The ledger already holds every run's state, so nothing is lost."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 __all__ = ["app", "main"]

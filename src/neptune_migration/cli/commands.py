@@ -217,7 +217,8 @@ def status(state: Path | None, stage: str | None, failed_only: bool, json_output
     for col in columns:
         table.add_column(col, overflow="fold", ratio=3 if col == "last error" else None)
     for e in result.entries:
-        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow"}.get(e.status, "")
+        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow",
+                 "interrupted": "yellow"}.get(e.status, "")
         status_cell = f"[{color}]{e.status}[/{color}]" if color else e.status
         row = [e.ref.project_id, e.ref.run_id, e.stage, *([e.target] if len(targets) > 1 else []), status_cell,
                str(e.attempts), *([e.target_id or ""] if wide else []), escape(e.last_error or "")]

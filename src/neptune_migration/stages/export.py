@@ -9,16 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neptune_migration.archive import ArchiveWriter
+from neptune_migration.errors import Interrupted
 from neptune_migration.ledger import Ledger
 from neptune_migration.progress import Tracker
 from neptune_migration.sources.base import Source
-from neptune_migration.stages.runner import attempt
+from neptune_migration.stages.runner import Stopped, attempt, run_pool
 
 log = logging.getLogger("neptune_migration")
 
@@ -96,15 +96,19 @@ def export(
     runs = list_selected(source)
     summary = ExportSummary(writer.root, listed=len(runs))
     make_project_folders(source, writer)
-    with tracker_factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), "export") as pool:
-        futures = [pool.submit(export_one, run, source, writer, ledger, refresh) for run in runs]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            summary.outcomes.append(outcome)
-            if outcome.stats is not None:
-                tracker.add_points(getattr(outcome.stats, "points", 0))
-                tracker.add_bytes(getattr(outcome.stats, "bytes", 0))
-            tracker.run_done()
+    with tracker_factory(len(runs)) as tracker:
+        try:
+            for outcome in run_pool(runs, lambda run: export_one(run, source, writer, ledger, refresh), workers,
+                                    "export", ledger):
+                summary.outcomes.append(outcome)
+                if outcome.stats is not None:
+                    tracker.add_points(getattr(outcome.stats, "points", 0))
+                    tracker.add_bytes(getattr(outcome.stats, "bytes", 0))
+                tracker.run_done()
+        except Stopped:
+            done = summary.count("exported") + summary.count("already_exported")
+            failed = summary.count("failed")
+            raise Interrupted(EXPORT, done, len(runs) - done - failed, failed) from None
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary

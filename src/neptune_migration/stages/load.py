@@ -1,25 +1,24 @@
 """The stages over a worker pool: select runs from an archive, load them into a target, record everything.
 
-Every run ends in the ledger as done, skipped (with the reason) or failed (with the full error). A rerun
-skips what is done and resumes what is not, from the target's own checkpoint.
+Every run ends in the ledger as done, skipped (with the reason), failed (with the full error) or, after Ctrl-C,
+interrupted. A rerun skips what is done and resumes what is not, from the target's own checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun, UnreadableRun
-from neptune_migration.errors import ArchiveError, UsageError
+from neptune_migration.errors import ArchiveError, Interrupted, UsageError
 from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
-from neptune_migration.stages.runner import attempt
+from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
 from neptune_migration.vocabulary import folder_name
 
@@ -157,19 +156,20 @@ def load(
             summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
         else:
             todo.append(run)
-    lock = threading.Lock()
     with tracker_factory(len(runs)) as tracker:
         for _ in range(len(runs) - len(todo)):
             tracker.run_done()
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="load") as pool:
+        try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
             for wave in fork_waves(todo):
-                futures = {pool.submit(_load_one, run, target, selection, ledger, tracker): run for run in wave}
-                for fut in as_completed(futures):
-                    outcome = fut.result()
-                    with lock:
-                        summary.outcomes.append(outcome)
+                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker),
+                                        workers, "load", ledger):
+                    summary.outcomes.append(outcome)
                     tracker.run_done()
+        except Stopped:
+            done = summary.count("loaded") + summary.count("already_loaded")
+            failed = summary.count("failed")
+            raise Interrupted(LOAD, done, len(runs) + len(selected.unreadable) - done - failed, failed) from None
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
@@ -197,10 +197,16 @@ def _load_one(
 ) -> RunOutcome:
     canonical = target.canonical
 
+    def save_checkpoint(state: dict[str, Any]) -> None:
+        ledger.save_checkpoint(run.ref, LOAD, canonical, state)
+        # Just saved, so this is where a stopped run can unwind and later resume without losing anything.
+        interrupt.checkpoint()
+
     def work(entry: Entry) -> LoadResult:
         ctx = LoadContext(
             checkpoint=entry.checkpoint,
-            save_checkpoint=lambda state: ledger.save_checkpoint(run.ref, LOAD, canonical, state),
+            save_checkpoint=save_checkpoint,
+            stop_requested=interrupt.requested,
             on_points=tracker.add_points,
             on_bytes=tracker.add_bytes,
             wants_attribute=selection.wants_attribute,

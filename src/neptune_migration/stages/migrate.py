@@ -20,7 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from neptune_migration import interrupt
 from neptune_migration.archive import ArchivedRun, ArchiveWriter
+from neptune_migration.checks import ERROR
+from neptune_migration.errors import Interrupted
 from neptune_migration.ledger import Ledger
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
@@ -33,6 +36,7 @@ from neptune_migration.stages.export import (
     make_project_folders,
 )
 from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one
+from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, abandon, settle_after_stop
 from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
 
@@ -190,9 +194,51 @@ def run_pipeline(
         running[pools[stage].submit(timed, stage, fn, *args)] = (stage, args[0])
         busy[stage] += 1
 
+    def settled(fut: Future[Any], tracker: Tracker) -> None:
+        stage, given = running.pop(fut)  # the stage and the item it was handed
+        busy[stage] -= 1
+        if isinstance(fut.exception(), RunStopped):
+            return  # stopped at a checkpoint: `interrupted` in the ledger
+        value = fut.result()
+        tracker.stage_done(stage)
+        if stage == "export":
+            result.exported.outcomes.append(value.outcome)
+            if value.run is None:
+                settle_load(value.outcome.key)
+                tracker.run_done()
+            else:
+                to_load.append(value)
+        elif stage == "load":
+            result.loaded.outcomes.append(value)
+            settle_load(value.key)
+            if verifier is not None and value.status != "failed":
+                to_validate.append(given.run)
+            else:
+                tracker.run_done()
+        else:
+            result.validated.checks.append(value)
+            tracker.run_done()
+
+    def interrupted() -> Interrupted:
+        failed = len(result.exported.failed) + len(result.loaded.failed)
+        if result.validated is not None:
+            failed += result.validated.count(ERROR)
+            done = len(result.validated.checks) - result.validated.count(ERROR)
+        else:
+            done = len(result.loaded.outcomes) - len(result.loaded.failed)
+        return Interrupted("migrate", done, len(runs) - done - failed, failed)
+
+    unregister = interrupt.on_hard_exit(lambda: ledger.interrupt_running(timeout=1.0))
+    stopped = False
     try:
         with tracker_factory(len(runs)) as tracker:
             while True:
+                if interrupt.requested() and (running or to_export or to_load or to_validate or waiting_for_parent):
+                    # Hand out nothing more; what is in flight gets the grace period, then is marked interrupted.
+                    stopped = True
+                    for fut in settle_after_stop(list(running), ledger):
+                        settled(fut, tracker)
+                    raise interrupted()
                 t0 = time.monotonic()
                 while to_validate and verifier is not None and busy["validate"] < workers.validate:
                     submit("validate", validate_run, to_validate.popleft(), verifier, selection, ledger, canonical)
@@ -216,35 +262,23 @@ def run_pipeline(
                         continue
                     break
                 clock.add("coordinator", time.monotonic() - t0)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                # A timeout, so that a stop request is seen while every worker is busy with a long run.
+                done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
                 t0 = time.monotonic()
                 for fut in done:
-                    stage, given = running.pop(fut)  # the stage and the item it was handed
-                    busy[stage] -= 1
-                    value = fut.result()
-                    tracker.stage_done(stage)
-                    if stage == "export":
-                        result.exported.outcomes.append(value.outcome)
-                        if value.run is None:
-                            settle_load(value.outcome.key)
-                            tracker.run_done()
-                        else:
-                            to_load.append(value)
-                    elif stage == "load":
-                        result.loaded.outcomes.append(value)
-                        settle_load(value.key)
-                        if verifier is not None and value.status != "failed":
-                            to_validate.append(given.run)
-                        else:
-                            tracker.run_done()
-                    else:
-                        result.validated.checks.append(value)
-                        tracker.run_done()
+                    settled(fut, tracker)
                 clock.add("coordinator", time.monotonic() - t0)
+    except KeyboardInterrupt:
+        # A second Ctrl-C when the caller is not the command line (a notebook): still no row left `running`.
+        stopped = True
+        abandon(list(running), ledger)
+        raise
     finally:
+        unregister()
         for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
-        if verifier is not None:
+            # After a stop the runs left in flight are marked already: never wait for one that is stuck.
+            pool.shutdown(wait=not stopped, cancel_futures=True)
+        if verifier is not None and not interrupt.STOP.stragglers:
             verifier.close()
     result.exported.outcomes.sort(key=lambda o: o.key)
     result.loaded.outcomes.sort(key=lambda o: o.key)

@@ -13,23 +13,23 @@ import dataclasses
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun
 from neptune_migration.checks import ERROR, MISMATCHED, VALIDATED, Mismatch, RunCheck, Verifier
-from neptune_migration.ledger import FAILED, MISMATCH, Ledger
+from neptune_migration.errors import Interrupted
+from neptune_migration.ledger import FAILED, INTERRUPTED, MISMATCH, Ledger
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.secrets import redact, redact_tree
 from neptune_migration.selection import Selection
 from neptune_migration.stages.load import LOAD, record_unreadable, select, select_runs
 from neptune_migration.stages.load import load as run_load
-from neptune_migration.stages.runner import attempt
+from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, SERIES_TYPES, RunRef
 
 log = logging.getLogger("neptune_migration")
@@ -104,18 +104,20 @@ def validate(
         summary.checks.append(check)
     own_verifier = verifier is None
     verifier = verifier or verifier_for(target)
-    lock = threading.Lock()
     factory = tracker_factory or (lambda n: Tracker("validate", n, _quiet_console(), enabled=False))
     try:
-        with factory(len(runs)) as tracker, ThreadPoolExecutor(max(1, workers), thread_name_prefix="validate") as pool:
-            futures = [pool.submit(validate_run, run, verifier, selection, ledger, summary.target) for run in runs]
-            for fut in as_completed(futures):
-                check = fut.result()
-                with lock:
-                    summary.checks.append(check)
+        with factory(len(runs)) as tracker:
+            for check in run_pool(runs, lambda run: validate_run(run, verifier, selection, ledger, summary.target),
+                                  workers, "validate", ledger):
+                summary.checks.append(check)
                 tracker.add_points(check.checked.get("points", 0))
                 tracker.add_bytes(check.checked.get("bytes", 0))
                 tracker.run_done()
+    except Stopped:
+        own_verifier = own_verifier and not interrupt.STOP.stragglers  # a read-back still uses it
+        done = summary.count(VALIDATED) + summary.count(MISMATCHED)
+        failed = summary.count(ERROR)
+        raise Interrupted(VALIDATE, done, len(runs) + len(unreadable) - done - failed, failed) from None
     finally:
         if own_verifier:
             verifier.close()
@@ -290,9 +292,10 @@ def runs_to_retry(ledger: Ledger, target: str) -> tuple[set[RunRef], set[RunRef]
     reload: set[RunRef] = set()
     recheck: set[RunRef] = set()
     for entry in ledger.entries(target=target):
-        if (entry.stage, entry.status) in (("load", FAILED), (VALIDATE, MISMATCH)):
+        if (entry.stage, entry.status) in (("load", FAILED), ("load", INTERRUPTED), (VALIDATE, MISMATCH)):
+            # A load a stopped retry left half-done is continued here, not only by a full `load`.
             reload.add(entry.ref)
-        elif entry.stage == VALIDATE and entry.status == FAILED:
+        elif entry.stage == VALIDATE and entry.status in (FAILED, INTERRUPTED):
             recheck.add(entry.ref)
     return reload, recheck | reload
 
@@ -338,5 +341,6 @@ def retry(
         validation = validate(archive, target, selection, ledger, factory, workers,
                               only=[ref for ref in recheck if ref not in failed_again], verifier=verifier)
     finally:
-        verifier.close()
+        if not interrupt.STOP.stragglers:  # a read-back that outlived an interruption still uses it
+            verifier.close()
     return RetryOutcome(sorted(reload), sorted(recheck), load_summary, validation)

@@ -51,6 +51,9 @@ class LoadContext:
     wants_file: Callable[[str, str, int], bool] = lambda _path, _name, _size: True
     # The run changed at the source since it was loaded (`--refresh`): replace the target's copy.
     replace: bool = False
+    # True once Ctrl-C or SIGTERM asked for a stop. A target may look between batches and call save_checkpoint;
+    # save_checkpoint itself then unwinds the run (the stage records it `interrupted`, to resume later).
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 class Target(Protocol):
