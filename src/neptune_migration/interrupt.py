@@ -142,3 +142,7 @@ def handling_signals() -> Iterator[None]:
         if not (_exit_at_once and STOP.signals):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if _depth == 0 and not _exit_at_once:
+            # The stop was for this call: the next call in the same process (a notebook, a test) starts afresh,
+            # and so does stage code called directly, without an API call around it.
+            STOP.clear()
