@@ -84,8 +84,8 @@ def _snapshot(uri: str) -> dict[str, dict]:
             "params": data.params,
             # neptune.bulk_rows is the bulk path's own progress marker (docs/mlflow.md).
             "tags": {k: v for k, v in data.tags.items() if k not in ("mlflow.parentRunId", "neptune.bulk_rows")},
-            # end_time is "now" for runs without a ping or modification time, so it differs between loads.
-            "status": (run.info.status, run.info.start_time),
+            # The end time is the run's last activity (never the load time), so it is the same for both loads.
+            "status": (run.info.status, run.info.start_time, run.info.end_time),
         }
     return out
 

@@ -17,7 +17,7 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from neptune_migration.archive.storage import DIR, FILE, LOCAL, Storage, StoragePath, open_storage
 from neptune_migration.errors import ArchiveError
 from neptune_migration.paths import resolve_inside
-from neptune_migration.vocabulary import ARCHIVE_SCHEMA, ATOM_TYPES, RunRef, folder_name
+from neptune_migration.vocabulary import ARCHIVE_SCHEMA, ATOM_TYPES, FILE_LIKE_TYPES, SERIES_TYPES, RunRef, folder_name
 
 _PART = re.compile(r"^(?P<run>.+)_part_(?P<n>\d+)\.parquet$")
 _ATOM_VALUE = {
@@ -50,6 +50,11 @@ _VALUE_COLUMNS = [
     "file_value",
     "histogram_value",
 ]
+# Rows that carry a timestamp of something the run did: series points and file rows (atoms have none).
+_TIMESTAMPED_TYPES = tuple(sorted({*SERIES_TYPES, *FILE_LIKE_TYPES}))
+_END_ATOMS = ("sys/ping_time", "sys/modification_time")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,39 @@ class ArchivedRun:
     def atom_value(self, path: str, default: Any = None) -> Any:
         atom = self.atoms().get(path)
         return default if atom is None else atom.value
+
+    def end_time_ms(self) -> int | None:
+        """When the run last did anything, in epoch milliseconds: the one end-time rule of every target.
+
+        `sys/ping_time`, else `sys/modification_time`, else the latest timestamp of any series point or file
+        row; never before the start (`sys/creation_time`, else the earliest such timestamp). neptune-exporter's
+        2.x archives hold neither atom, and a target left to pick its own end stamps the load time (a run of
+        a few minutes then lasted years). None only when the run holds no time at all.
+        """
+        start = self.atom_value("sys/creation_time")
+        start_ms = datetime_ms(start) if isinstance(start, datetime) else None
+        end_ms = next((datetime_ms(v) for p in _END_ATOMS if isinstance(v := self.atom_value(p), datetime)), None)
+        if end_ms is None or start_ms is None:
+            earliest, latest = self._timestamp_range()
+            end_ms = latest if end_ms is None else end_ms
+            start_ms = earliest if start_ms is None else start_ms
+        if end_ms is None or start_ms is None:
+            return end_ms if start_ms is None else start_ms
+        return max(end_ms, start_ms)
+
+    def _timestamp_range(self) -> tuple[int | None, int | None]:
+        """(earliest, latest) timestamp in ms over the run's points and file rows, one column streamed."""
+        low: int | None = None
+        high: int | None = None
+        for batch in self.batches(_TIMESTAMPED_TYPES, ["timestamp"]):
+            ts = batch.column("timestamp")
+            if ts.null_count == len(ts):
+                continue
+            bounds = pc.min_max(ts.cast(pa.int64()))
+            lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+            low = lo if low is None else min(low, lo)
+            high = hi if high is None else max(high, hi)
+        return low, high
 
     def file_path(self, relative: str) -> Path:
         """The payload behind a `file_value.path` as a local path, refusing paths that escape the files root.
@@ -462,6 +500,57 @@ def decimal_micros(steps: pa.Array) -> np.ndarray:
     # decimal128 stores a 16-byte little-endian integer per value; decimal(18, 6) fits in the low 8 bytes.
     words = np.frombuffer(steps.buffers()[1], dtype=np.int64)
     return words[2 * steps.offset : 2 * (steps.offset + len(steps)) : 2].copy()
+
+
+def decimal_steps(steps: pa.Array) -> np.ndarray:
+    """decimal(18, 6) steps as the float64 nearest to each decimal, exactly what `float(Decimal)` gives."""
+    return micros_to_float(decimal_micros(steps))
+
+
+def micros_to_float(micros: np.ndarray) -> np.ndarray:
+    """Counts of millionths as the float64 nearest to `micros / 10**6` (correctly rounded, like Python's `/`).
+
+    `micros.astype(float) / 1e6` rounds twice: a count above 2**53 (any step past 9e9) is rounded before the
+    division, and step 999999999999 came back as 999999999999.0001. Here the whole part is converted exactly
+    and the millionths with one rounding; their sum is checked with an error-free addition, and the rare
+    value whose sum could sit on the wrong side of a rounding midpoint is redone in integer arithmetic.
+    """
+    micros = np.asarray(micros, dtype=np.int64)
+    magnitude = np.abs(micros)  # decimal(18, 6) never reaches -2**63
+    whole, frac = np.divmod(magnitude, 1_000_000)
+    q = whole.astype(np.float64)  # exact: below 10**12 < 2**53
+    a = frac.astype(np.float64) / 1e6  # one rounding: frac and 1e6 are exact floats
+    s = q + a
+    # Fast2Sum (|q| >= a whenever q > 0; q == 0 makes s == a): q + a == s + err exactly.
+    err = a - (s - q)
+    # |frac / 10**6 - a| is at most half an ulp of a; s is the nearest float to the true quotient when that
+    # quotient stays strictly inside the rounding interval around s.
+    slack = np.where(frac == 0, 0.0, np.spacing(a) / 2)
+    up = np.nextafter(s, np.inf) - s
+    down = s - np.nextafter(s, -np.inf)
+    unsure = ~((err + slack < up / 2) & (err - slack > -down / 2))
+    out = np.where(micros < 0, -s, s)
+    for i in np.flatnonzero(unsure).tolist():
+        out[i] = int(micros[i]) / 1_000_000
+    return out
+
+
+END_TIME_RULE = "the last activity: sys/ping_time, else sys/modification_time, else the latest point or file"
+
+
+def ms_text(ms: int | float | None) -> str:
+    """Epoch milliseconds for a message: the instant and the number, so a wrong end time is easy to place."""
+    if ms is None:
+        return "none"
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S.')}{moment.microsecond // 1000:03d}Z ({ms} ms)"
+
+
+def datetime_ms(value: datetime) -> int:
+    """Epoch milliseconds in integer arithmetic (`int(value.timestamp() * 1000)` is 1 ms low for some values)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # the archive's timestamps are UTC
+    return (value - _EPOCH) // _MS
 
 
 def timestamps_ms(ts: pa.Array, default: int) -> np.ndarray:

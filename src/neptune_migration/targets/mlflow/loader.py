@@ -269,7 +269,7 @@ class MlflowTarget:
         except Exception as exc:
             self._mark_failed(run_id, exc)
             raise
-        self._terminate(run_id, atoms)
+        self._terminate(run_id, run)
         if failed_before:
             retrying(lambda: self.client.delete_tag(run_id, LOAD_ERROR_TAG))
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
@@ -651,16 +651,14 @@ class MlflowTarget:
         result.bytes += size
         return self._artifact_pool.submit(work)
 
-    def _terminate(self, run_id: str, atoms: dict[str, Any]) -> None:
+    def _terminate(self, run_id: str, run: ArchivedRun) -> None:
+        atoms = run.atoms()
         failed = bool(atoms["sys/failed"].value) if "sys/failed" in atoms else False
-        end = None
-        for path in ("sys/ping_time", "sys/modification_time"):
-            if path in atoms and atoms[path].value is not None:
-                end = to_ms(atoms[path].value)
-                break
-        start = to_ms(atoms["sys/creation_time"].value) if "sys/creation_time" in atoms else None
-        if end is not None and start is not None:
-            end = max(end, start)
+        # end_time=None would make MLflow stamp the load time (a 2.x run of minutes then "lasted" years).
+        end = run.end_time_ms()
+        if end is None:
+            # The run holds no time at all: zero duration from wherever MLflow started it, never "now".
+            end = retrying(lambda: self.client.get_run(run_id)).info.start_time
         retrying(
             lambda: self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
         )

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
-from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
+from neptune_migration.archive.reader import END_TIME_RULE, decimal_micros, ms_text, timestamps_ms, to_ms
 from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.naming import resolve_collisions
@@ -219,13 +219,15 @@ class MlflowVerifier:
         start = to_ms(run.atom_value("sys/creation_time"))
         if start is not None:
             same("sys/creation_time", "start time (ms)", max(start, 1), info.start_time, "start_time")
-        end_attr = next((p for p in ("sys/ping_time", "sys/modification_time")
-                         if p in atoms and atoms[p].value is not None), None)
-        if end_attr is not None:
-            end = to_ms(atoms[end_attr].value)
-            if start is not None:
-                end = max(end, start)
-            same(end_attr, "end time (ms)", end, info.end_time, "end_time")
+        # The loader's rule; a run with no time at all ends where MLflow started it. An end time left to MLflow
+        # (the load time) is what this catches: the run would show a duration of months or years.
+        end = run.end_time_ms()
+        expected_end = end if end is not None else info.start_time
+        check.count("metadata")
+        if info.end_time != expected_end:
+            check.mismatch("run", "end_time", f"end time is {ms_text(info.end_time)} in MLflow, "
+                           f"{ms_text(expected_end)} expected ({END_TIME_RULE})",
+                           expected=expected_end, actual=info.end_time)
         owner = run.atom_value("sys/owner")
         if owner:
             same("sys/owner", "owner (user_id)", str(owner)[:MAX_TAG_LENGTH], info.user_id, "owner")

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
-from neptune_migration.archive.reader import decimal_micros
+from neptune_migration.archive.reader import decimal_micros, decimal_steps
 from neptune_migration.errors import ArchiveError, UnsafePathError
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.wandb.config import config_value
@@ -288,15 +288,13 @@ def _write(
     result.points += points
 
     if last_row is not None:
-        end_ms = hist.max_ts if hist.max_ts is not None else start_ms
         summary["_step"] = last_row.step
         summary["_timestamp"] = last_row.timestamp_ms / 1000.0
         summary["_runtime"] = last_runtime
         if hist.step_mode == "ordinal":
             summary[STEP_KEY] = last_row.neptune_step
-    else:
-        end_ms = _ms(atoms.get("sys/modification_time")) or start_ms
-    runtime_s = max(0, round((end_ms - start_ms) / 1000))
+    # The archive's one end-time rule, shared with MLflow, so both targets show the same duration.
+    runtime_s = runtime_seconds(start_ms, run.end_time_ms())
     summary["_wandb"] = {"runtime": runtime_s}
     s = pb.Record()
     for k, v in summary.items():
@@ -325,10 +323,9 @@ def names_for(run: ArchivedRun, atoms: dict[str, Any]) -> tuple[str, str]:
     return sys_name_value or run.ref.run_id, ""
 
 
-def _ms(atom: Any) -> int | None:
-    if atom is None or not isinstance(atom.value, datetime):
-        return None
-    return round(atom.value.timestamp() * 1000)
+def runtime_seconds(start_ms: int, end_ms: int | None) -> int:
+    """The run's runtime as W&B holds it (whole seconds in the exit record and `_wandb.runtime`)."""
+    return 0 if end_ms is None else max(0, round((end_ms - start_ms) / 1000))
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -405,7 +402,7 @@ def _string_points(run: ArchivedRun, path: str, default_ts: int, result: LoadRes
         batch = batch.filter(pc.equal(batch.column("attribute_path"), path))
         if batch.num_rows == 0:
             continue
-        stepf = decimal_micros(batch.column("step")).astype(np.float64) / 1e6
+        stepf = decimal_steps(batch.column("step"))
         exact = batch.column("step_exact")
         if exact.null_count < len(exact):
             ex = exact.to_numpy(zero_copy_only=False)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
-from neptune_migration.archive.reader import decimal_micros
+from neptune_migration.archive.reader import decimal_steps
 
 MAX_BINS = 512
 CHUNK_POINTS = 1_000_000  # 28 MB of columns per sorted chunk
@@ -249,9 +249,10 @@ def build(
             keep = keep_local[codes]
             if not keep.any():
                 continue
-            micros = decimal_micros(batch.column("step"))
             exact = batch.column("step_exact")
-            stepf = micros.astype(np.float64) / 1e6
+            # The nearest float to the decimal, as the verifier's `float(Decimal)`: never a float division of
+            # millionths, which turned step 999999999999 into 999999999999.0001.
+            stepf = decimal_steps(batch.column("step"))
             if exact.null_count < len(exact):
                 ex = exact.to_numpy(zero_copy_only=False)
                 has = ~np.isnan(ex) & np.asarray(exact.is_valid())

@@ -19,11 +19,12 @@ from datetime import UTC
 from typing import Any
 
 from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import END_TIME_RULE, ms_text
 from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.selection import Selection
 from neptune_migration.targets.wandb.config import config_value
-from neptune_migration.targets.wandb.folder import names_for
+from neptune_migration.targets.wandb.folder import names_for, runtime_seconds
 from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
 from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
@@ -101,8 +102,8 @@ class WandbVerifier:
                                f"{len(want)} expected", key, expected=len(want), actual=len(have))
             elif have != want:
                 first = next(w for w, h in zip(want, have, strict=True) if w != h)
-                check.mismatch(path, "series_content", f"string series {key!r}: points differ from step {first[0]:g}",
-                               key)
+                check.mismatch(path, "series_content",
+                               f"string series {key!r}: points differ from step {step_text(first[0])}", key)
         check.digests["series"] = sdigest.hexdigest()
         self._files(run, files, keys, data, check)
         return check
@@ -130,6 +131,16 @@ class WandbVerifier:
                  "start_time")
         failed = bool(atoms["sys/failed"].value) if "sys/failed" in atoms else False
         same("sys/failed", "state", "failed" if failed else "finished", data.state, "status")
+        # W&B keeps the end as a runtime in whole seconds from the start: the loader's rule, shared with MLflow.
+        start_ms = _start_ms(run, data)
+        end_ms = run.end_time_ms()
+        want_runtime = runtime_seconds(start_ms, end_ms)
+        check.count("metadata")
+        if data.runtime_s is None or data.runtime_s != want_runtime:
+            held = "no runtime" if data.runtime_s is None else f"a runtime of {data.runtime_s!r} s"
+            check.mismatch("run", "end_time", f"W&B holds {held}, {want_runtime} s expected: the run ends at "
+                           f"{ms_text(end_ms if end_ms is not None else start_ms)}, {END_TIME_RULE} "
+                           f"(start {ms_text(start_ms)})", expected=want_runtime, actual=data.runtime_s)
 
     def _config(self, atoms: dict[str, Any], data: Any, check: RunCheck) -> None:
         digest = hashlib.sha256()
@@ -235,6 +246,14 @@ def _hist_key(step: float, h: Any, rebinned: set[float]) -> str:
     return canonical({"values": values, "bins": [float(b) for b in bins or []]})
 
 
+def step_text(step: Any) -> str:
+    """A step as a message shows it, with every digit that tells two steps apart (`%g` printed both
+    999999999999 and 999999999999.0001 as 1e+12)."""
+    if isinstance(step, float) and step.is_integer() and abs(step) < 2**53:
+        return str(int(step))
+    return repr(step)
+
+
 def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_shown: list, have_shown: list) -> None:
     if want == have:
         return
@@ -248,17 +267,17 @@ def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_
     extra = sorted(set(got_steps) - set(exp_steps))
     if missing:
         check.mismatch(path, "missing_points", f"{sum(len(exp_steps[s]) for s in missing)} point(s) missing in W&B "
-                       f"key {key!r} at step(s) " + examples(f"{s:g}" for s in missing), key,
+                       f"key {key!r} at step(s) " + examples(step_text(s) for s in missing), key,
                        expected=len(want), actual=len(have))
     if extra:
         check.mismatch(path, "extra_points", f"{sum(len(got_steps[s]) for s in extra)} point(s) in W&B key {key!r} "
-                       "at step(s) the archive does not have: " + examples(f"{s:g}" for s in extra), key,
+                       "at step(s) the archive does not have: " + examples(step_text(s) for s in extra), key,
                        expected=len(want), actual=len(have))
     values, stamps, counts = [], [], []
     for s in sorted(set(exp_steps) & set(got_steps)):
         e, g = sorted(exp_steps[s], key=repr), sorted(got_steps[s], key=repr)
         if len(e) != len(g):
-            counts.append(f"step {s:g} has {len(g)} point(s), {len(e)} expected")
+            counts.append(f"step {step_text(s)} has {len(g)} point(s), {len(e)} expected")
             continue
         for (et, ev, es), (gt, gv, gs) in zip(e, g, strict=True):
             if ev != gv:
@@ -269,9 +288,9 @@ def _compare(check: RunCheck, path: str, key: str, want: list, have: list, want_
         check.mismatch(path, "point_count", f"key {key!r}: " + examples(iter(counts)), key)
     if values:
         check.mismatch(path, "value", f"key {key!r}: {len(values)} value(s) differ: " + examples(
-            f"step {s:g}: {short(g)!r} in W&B, {short(e)!r} expected" for s, e, g in values), key,
+            f"step {step_text(s)}: {short(g)!r} in W&B, {short(e)!r} expected" for s, e, g in values), key,
             expected=short(values[0][1]), actual=short(values[0][2]))
     if stamps:
         check.mismatch(path, "timestamp", f"key {key!r}: {len(stamps)} timestamp(s) differ: " + examples(
-            f"step {s:g}: {g} ms in W&B, {e} ms expected" for s, e, g in stamps), key,
+            f"step {step_text(s)}: {g} ms in W&B, {e} ms expected" for s, e, g in stamps), key,
             expected=stamps[0][1], actual=stamps[0][2])
