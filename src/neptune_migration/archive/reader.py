@@ -200,6 +200,14 @@ class ArchivedRun:
             return end_ms if start_ms is None else start_ms
         return max(end_ms, start_ms)
 
+    def start_time_ms(self) -> int | None:
+        """When the run began, in epoch milliseconds: `sys/creation_time`, else its earliest point or file row (a
+        target left to pick its own start stamps the load time). None only when the run holds no time at all."""
+        start = self.atom_value("sys/creation_time")
+        if isinstance(start, datetime):
+            return datetime_ms(start)
+        return self._timestamp_range()[0]
+
     def _timestamp_range(self) -> tuple[int | None, int | None]:
         """(earliest, latest) timestamp in ms over the run's points and file rows, one column streamed."""
         low: int | None = None
@@ -561,7 +569,7 @@ def timestamps_ms(ts: pa.Array, default: int) -> np.ndarray:
 
 
 def to_ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
+    return None if value is None else datetime_ms(value)
 
 
 def _one_line(exc: BaseException) -> str:

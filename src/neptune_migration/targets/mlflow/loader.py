@@ -298,7 +298,7 @@ class MlflowTarget:
     def _create_run(self, exp_id: str, run: ArchivedRun) -> str:
         tags = self.run_tags(run)
         tags[STATE_TAG] = "loading"
-        start = to_ms(run.atom_value("sys/creation_time"))
+        start = run.start_time_ms()
         created = retrying(
             lambda: self.client.create_run(
                 exp_id,

@@ -216,7 +216,8 @@ class MlflowVerifier:
         same("run", "run name", run.ref.run_id, info.run_name, "name")
         failed = bool(atoms["sys/failed"].value) if "sys/failed" in atoms else False
         same("sys/failed", "status", "FAILED" if failed else "FINISHED", info.status, "status")
-        start = to_ms(run.atom_value("sys/creation_time"))
+        # The loader's rule too: creation time, else the earliest point, never the load time.
+        start = run.start_time_ms()
         if start is not None:
             same("sys/creation_time", "start time (ms)", max(start, 1), info.start_time, "start_time")
         # The loader's rule; a run with no time at all ends where MLflow started it. An end time left to MLflow
