@@ -611,7 +611,9 @@ class MlflowTarget:
             if path in unordered:
                 _sort_lines(local, local.with_suffix(".keys"))
             local.with_suffix(".keys").unlink()
-            uploads.append(self._upload(run_id, local, attribute_dir(path, parent_only=True), ctx, result))
+            # A series is an artifact, not one of the run's files: "files" in the summary counts Neptune files.
+            uploads.append(self._upload(run_id, local, attribute_dir(path, parent_only=True), ctx, result,
+                                        is_file=False))
 
     # -- files --------------------------------------------------------------------------------------------
     def _log_files(
@@ -640,14 +642,15 @@ class MlflowTarget:
                     _link_or_copy(local, link)
                     uploads.append(self._upload(run_id, link, where, ctx, result))
 
-    def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult) -> Future:
+    def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult,
+                is_file: bool = True) -> Future:
         size = local.stat().st_size
 
         def work() -> None:
             retrying(lambda: self.client.log_artifact(run_id, str(local), artifact_dir))
             ctx.on_bytes(size)
 
-        result.files += 1
+        result.files += int(is_file)
         result.bytes += size
         return self._artifact_pool.submit(work)
 
