@@ -60,6 +60,13 @@ def _merged(option_types: Iterable[type]) -> list[OptionSpec]:
     return list(seen.values())
 
 
+def _not_on(f: Callable[..., Any], merged: list[OptionSpec]) -> list[OptionSpec]:
+    """The options `f` does not take yet: a command with both a source and a target (migrate) gets the options
+    they share (--timeout, --retry-budget) once, and its value reaches both."""
+    have = {p.name for p in getattr(f, "__click_params__", [])}
+    return [s for s in merged if s.name not in have]
+
+
 selection_options = bundle(*(_click(s) for s in specs(SelectionOptions)))
 
 
@@ -68,7 +75,7 @@ def target_options(f: F) -> F:
     names = ", ".join(f"{name} ({p.summary})" for name, p in installed.items())
     decorators = [click.option("--to", default="mlflow", show_default=True,
                                metavar="[" + "|".join(installed) + "]", help=f"Target: {names}.")]
-    decorators += [_click(s) for s in _merged(p.options for p in installed.values())]
+    decorators += [_click(s) for s in _not_on(f, _merged(p.options for p in installed.values()))]
     decorators.append(click.option(
         "--upload-workers", type=click.IntRange(1, 64), default=None,
         help="Concurrent uploads into the target: MLflow artifact files (default: --workers, at least 2), W&B runs "
@@ -79,7 +86,7 @@ def target_options(f: F) -> F:
 def source_options(f: F) -> F:
     installed = plugins.sources()
     names = ", ".join(f"{name} ({p.summary})" for name, p in installed.items())
-    merged = _merged(p.options for p in installed.values())
+    merged = _not_on(f, _merged(p.options for p in installed.values()))
     # Positional arguments first: click lists them in the usage line in declaration order.
     decorators = [_click(s) for s in merged if s.argument]
     decorators.append(click.option("--from", "from_", default="neptune3", show_default=True,

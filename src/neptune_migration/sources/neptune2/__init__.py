@@ -9,6 +9,7 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
+from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import SourcePlugin, api_token_file_option, read_api_token
 
@@ -24,16 +25,20 @@ class Neptune2Options:
     exclude_projects: str | None = option(help="neptune2 with --workspace: regex on project names to leave out.")
     file_sets: str = option("zip", choices=("zip", "extract"), help="neptune2 file sets: keep as 'zip' (default) or "
                             "'extract' their files (entries escaping the set are refused).")
+    timeout: float = timeout_option()
+    retry_budget: float = retry_budget_option()
 
 
 def _build(opts: Neptune2Options, projects: Sequence[str], selection: Selection) -> Any:
+    patience = Patience(opts.timeout, opts.retry_budget)
     token = read_api_token(token_file=opts.api_token_file)
     require("neptune", "neptune2", "--from neptune2")
     from neptune_migration.sources.neptune2.source import Neptune2Source
 
     return Neptune2Source(list(projects), selection, token, query=opts.query, workspace=opts.workspace,
                           include_projects=opts.include_projects, exclude_projects=opts.exclude_projects,
-                          include_trashed=selection.include_archived, file_sets=opts.file_sets)
+                          include_trashed=selection.include_archived, file_sets=opts.file_sets,
+                          patience=patience)
 
 
 plugin = SourcePlugin(name="neptune2", summary="a Neptune 2.x server (neptune 1.x client)", options=Neptune2Options,

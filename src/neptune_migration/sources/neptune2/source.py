@@ -11,20 +11,30 @@ their bytes never lived in Neptune.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.errors import MigrationError, UsageError
-from neptune_migration.retry import retrying
+from neptune_migration.retry import (
+    Patience,
+    ScopedNumber,
+    retrying,
+    scoped_settings,
+    scoped_value,
+    server_name,
+    unreachable_reason,
+)
 from neptune_migration.secrets import redact
 from neptune_migration.selection import Selection, compile_regex
 from neptune_migration.sources.base import ExportStats, SourceError, api_url, scratch_dir
@@ -59,6 +69,65 @@ class ListedRun2:
     kind: str = "run"  # or "model" / "model_version" for the model registry
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+_RETRIES_TIMEOUT = "NEPTUNE_RETRIES_TIMEOUT"  # neptune 1.x's own name for its retry limit (60 s by default)
+_REQUEST_TIMEOUT = "neptune_migration.neptune2.request_timeout"
+
+
+def _install_limits() -> None:
+    """Let neptune 1.x's retry limit and request timeouts follow our options inside `_patient` scopes.
+
+    The client reads both once, at import: the retry limit into a module global (compared with the elapsed time on
+    every retry), the timeouts into its request defaults, and it fetches its swagger specs with no timeout at all,
+    so a server that accepts connections and never answers holds it for ever. The limit becomes a number that
+    answers our scoped value; sessions created inside our scope cap every request's timeout at ours. Outside a
+    scope both behave as the client's own."""
+    from neptune.common.backends import utils
+    from neptune.internal.backends import hosted_client
+
+    if not isinstance(utils.retries_timeout, ScopedNumber):
+        utils.retries_timeout = ScopedNumber(_RETRIES_TIMEOUT, float(utils.retries_timeout))
+    create = hosted_client.create_http_client
+    if getattr(create, "_neptune_migration", False):
+        return
+
+    @functools.wraps(create)
+    def create_http_client(*args: Any, **kwargs: Any) -> Any:
+        client = create(*args, **kwargs)
+        ours = scoped_value(_REQUEST_TIMEOUT, lambda: None)
+        if ours is not None:
+            session = client.session
+            send = session.send
+            session.send = lambda request, **kw: send(request, **{**kw, "timeout": _capped(kw.get("timeout"), ours)})
+        return client
+
+    create_http_client._neptune_migration = True  # type: ignore[attr-defined]
+    hosted_client.create_http_client = create_http_client
+
+
+def _retry(fn: Callable[[], Any]) -> Any:
+    # The client already retried within the budget: ours must not start it over.
+    return retrying(fn, budget=scoped_value(_RETRIES_TIMEOUT, lambda: None))
+
+
+def _capped(given: Any, ours: float) -> tuple[float, float]:
+    """A requests timeout (None, seconds, or (connect, read)) no longer than ours on either side."""
+    if given is None:
+        return ours, ours
+    connect, read = given if isinstance(given, tuple) else (given, given)
+    return (min(float(connect), ours) if connect is not None else ours,
+            min(float(read), ours) if read is not None else ours)
+
+
+def _patient(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Neptune2Source, *args: Any, **kwargs: Any) -> Any:
+        with scoped_settings(self._limits):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _utc(value: Any) -> datetime | None:
     """The 1.x client builds naive local datetimes from epoch milliseconds; turn them back into UTC."""
     if value is None:
@@ -91,6 +160,7 @@ class Neptune2Source:
         include_trashed: bool = False,
         file_sets: str = "zip",
         download_workers: int = 4,
+        patience: Patience | None = None,
     ) -> None:
         if file_sets not in ("zip", "extract"):
             raise UsageError(f"--file-sets must be 'zip' or 'extract', not {file_sets!r}")
@@ -108,19 +178,25 @@ class Neptune2Source:
         # File payloads of a run download this many at a time, in the background while its values are read.
         self.download_workers = max(1, download_workers)
         self._checked = False
+        self.patience = patience or Patience()
+        self._limits = {_RETRIES_TIMEOUT: self.patience.budget, _REQUEST_TIMEOUT: self.patience.timeout}
+        _install_limits()
 
     def _explain(self, exc: BaseException, doing: str, project: str | None = None) -> SourceError:
         text = redact(" ".join(str(exc).split()))
         kind = type(exc).__name__
-        where = api_url(self.token)
-        if "Connection" in kind or "Connection refused" in text or "CannotResolveHostname" in kind:
-            return SourceError(f"cannot reach the Neptune server at {where} to {doing}")
+        where = server_name(api_url(self.token))
+        reason = unreachable_reason(exc)
+        if reason is not None or "Connection" in kind:
+            return SourceError(f"cannot reach the Neptune server at {where} to {doing}: {reason or kind} "
+                               f"({self.patience.describe()})")
         if "InvalidApiToken" in kind or "Unauthorized" in text or "401" in text:
             return SourceError(f"the Neptune server at {where} refused the API token")
         if project and ("ProjectNotFound" in kind or "NotFound" in kind or "404" in text):
             return SourceError(f"project {project!r} not found on {where} (or the token cannot read it)")
         return SourceError(f"Neptune: failed to {doing}: {kind}: {text[:300]}")
 
+    @_patient
     def check(self) -> None:
         """Log in, and expand `--workspace` into its projects (with the include/exclude patterns)."""
         if self._checked:
@@ -166,6 +242,7 @@ class Neptune2Source:
             parts.append(f"({self.query})")
         return " AND ".join(parts) if parts else None
 
+    @_patient
     def list_runs(self, project: str) -> list[ListedRun2]:
         _quiet_client()
         import neptune
@@ -205,10 +282,11 @@ class Neptune2Source:
 
         opener = {"run": neptune.init_run, "model": neptune.init_model,
                   "model_version": neptune.init_model_version}[run.kind]
-        return retrying(lambda: opener(project=run.ref.project_id, with_id=run.sys_id, mode="read-only",
+        return _retry(lambda: opener(project=run.ref.project_id, with_id=run.sys_id, mode="read-only",
                                        api_token=self.token))
 
     # -- model registry ---------------------------------------------------------------------------------
+    @_patient
     def list_registry(self, project: str) -> list[ListedRun2]:
         """Every model of the project, each followed by its versions (so a loader sees models first)."""
         _quiet_client()
@@ -246,6 +324,7 @@ class Neptune2Source:
         return {p: a for p, a in items.items()
                 if type(a).__name__ in _TYPES and self.selection.wants_attribute(p, _TYPES[type(a).__name__])}
 
+    @_patient
     def describe_run(self, run: ListedRun2) -> dict[str, Any]:
         try:
             handle = self._open(run)
@@ -264,6 +343,7 @@ class Neptune2Source:
             by_type[t] = by_type.get(t, 0) + 1
         return {"attributes_by_type": by_type, "experiment": experiment, "file_bytes": 0}
 
+    @_patient
     def export_run(self, run: ListedRun2, archive: ArchiveWriter) -> ExportStats:
         try:
             handle = self._open(run)
@@ -298,13 +378,13 @@ class Neptune2Source:
         for n, (path, attr) in enumerate(ordered):
             type_ = _TYPES[type(attr).__name__]
             if type_ in _DOWNLOADED:
-                downloads[path] = pool.submit(_download, attr, type_, tmp / str(n))
+                downloads[path] = pool.submit(contextvars.copy_context().run, _download, attr, type_, tmp / str(n))
         for n, (path, attr) in enumerate(ordered):
             type_ = _TYPES[type(attr).__name__]
             stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
             work = tmp / str(n)
             if type_ in ("float", "int", "string", "bool", "datetime", "string_set"):
-                value = retrying(attr.fetch)
+                value = _retry(attr.fetch)
                 if value is None:
                     continue
                 if type_ == "datetime":
@@ -315,7 +395,7 @@ class Neptune2Source:
                     value = str(getattr(value, "value", value))  # sys/state comes as an enum-like value
                 writer.add_atom(path, type_, value)
             elif type_ in ("float_series", "string_series"):
-                frame = retrying(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
+                frame = _retry(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
                 steps = frame["step"].astype(float).tolist() if len(frame) else []
                 stamps = [_utc(t) for t in frame["timestamp"]] if len(frame) else []
                 values = frame["value"].tolist() if len(frame) else []
@@ -346,7 +426,7 @@ class Neptune2Source:
                     self._add_file(writer, stats, path, "file_set", member, name)
                     member.unlink(missing_ok=True)  # add_file moved it away unless the selection left it
         elif type_ == "artifact":
-            files = retrying(attr.fetch_files_list)
+            files = _retry(attr.fetch_files_list)
             listing = [{"filePath": f.file_path, "fileHash": f.file_hash, "type": f.type, "size": f.size,
                         "metadata": [{"key": k, "value": v} for k, v in dict(f.metadata).items()]} for f in files]
             data = json.dumps(listing, indent=1, sort_keys=True).encode()
@@ -370,7 +450,7 @@ def _download(attr: Any, type_: str, work: Path) -> None:
     """One attribute's payloads into `work` (a file set as `files.zip`)."""
     work.mkdir(parents=True, exist_ok=True)
     destination = work / "files.zip" if type_ == "file_set" else work
-    retrying(lambda: attr.download(destination=str(destination), progress_bar=False))
+    _retry(lambda: attr.download(destination=str(destination), progress_bar=False))
 
 
 def _quiet_client() -> None:

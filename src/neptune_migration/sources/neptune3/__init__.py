@@ -9,6 +9,7 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
+from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import SourcePlugin, api_token_file_option, previews_option, read_api_token
 
@@ -20,15 +21,18 @@ class Neptune3Options:
                           "(also the inherited history).")
     previews: bool = previews_option()
     download_workers: int = option(4, minimum=1, maximum=64, help="Concurrent file downloads per run.")
+    timeout: float = timeout_option()
+    retry_budget: float = retry_budget_option()
 
 
 def _build(opts: Neptune3Options, projects: Sequence[str], selection: Selection) -> Any:
+    patience = Patience(opts.timeout, opts.retry_budget)
     token = read_api_token(token_file=opts.api_token_file)
     require("neptune_query", "neptune3", "--from neptune3")
     from neptune_migration.sources.neptune3.source import Neptune3Source
 
     return Neptune3Source(list(projects), selection, token, lineage=opts.lineage, previews=opts.previews,
-                          download_workers=opts.download_workers)
+                          download_workers=opts.download_workers, patience=patience)
 
 
 plugin = SourcePlugin(name="neptune3", summary="a Neptune 3.x server (neptune-query)", options=Neptune3Options,

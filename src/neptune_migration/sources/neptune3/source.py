@@ -8,17 +8,30 @@ attribute definitions, so unwanted values are never downloaded.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
-from collections.abc import Iterator
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.errors import MigrationError, UsageError
-from neptune_migration.retry import retrying
+from neptune_migration.retry import (
+    Patience,
+    cause_chain,
+    retrying,
+    scope_getter,
+    scoped_settings,
+    server_name,
+    unreachable_reason,
+)
 from neptune_migration.secrets import redact
 from neptune_migration.selection import Selection
 from neptune_migration.sources.base import ExportStats, SourceError, api_url, scratch_dir
@@ -31,6 +44,21 @@ SERIES_PER_REQUEST = 32
 # Float points per page across the series of one request: a page is decoded into Python tuples (about 150 bytes
 # a point) and written out before the next is asked for, so this bounds the exporter's memory for any run size.
 POINTS_PER_PAGE = 100_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _patient(method: F) -> F:
+    """Run a source method with neptune-query's retry limits set from our --retry-budget.
+
+    neptune-query reads NEPTUNE_QUERY_RETRY_SOFT_TIMEOUT/HARD_TIMEOUT (1800 s / 3600 s by default) on every call;
+    inside this scope it reads ours, elsewhere in the process its own, so nothing leaks into other callers."""
+    @functools.wraps(method)
+    def wrapper(self: Neptune3Source, *args: Any, **kwargs: Any) -> Any:
+        with scoped_settings(self._query_settings):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -52,6 +80,7 @@ class Neptune3Source:
         lineage: str = "own",
         previews: bool = False,
         download_workers: int = 4,
+        patience: Patience | None = None,
     ) -> None:
         if lineage not in ("own", "full"):
             raise UsageError(f"--lineage must be 'own' or 'full', not {lineage!r}")
@@ -63,33 +92,58 @@ class Neptune3Source:
         self.lineage = lineage
         self.previews = previews
         self.download_workers = download_workers
+        self.patience = patience or Patience()
+        from neptune_query import warnings as nq_warnings
+        from neptune_query.internal import env
+
+        # "We will retry automatically" said once, then silence for the whole budget, reads like a hang; the
+        # budget's end gives one line naming the server instead. Only retry warnings from neptune-query's modules.
+        for category in (nq_warnings.HttpOtherWarning, nq_warnings.Http5xxWarning, nq_warnings.Http503Warning):
+            warnings.filterwarnings("ignore", category=category, module=r"neptune_query\.")
+        for setting in (env.NEPTUNE_QUERY_RETRY_SOFT_TIMEOUT, env.NEPTUNE_QUERY_RETRY_HARD_TIMEOUT):
+            scope_getter(setting)
+        budget = max(1, math.ceil(self.patience.budget))
+        self._query_settings = {env.NEPTUNE_QUERY_RETRY_SOFT_TIMEOUT.name: budget,
+                                env.NEPTUNE_QUERY_RETRY_HARD_TIMEOUT.name: budget}
         self._client: Any = None
 
     # -- connection -------------------------------------------------------------------------------------
     @property
     def client(self) -> Any:
         if self._client is None:
-            from neptune_query.internal.client import get_client
-            from neptune_query.internal.context import Context
+            import httpx
+            from neptune_query.generated.neptune_api.credentials import Credentials
+            from neptune_query.internal.api_utils import create_auth_api_client
 
             try:
-                self._client = get_client(Context(api_token=self.token))
+                # Our own client, not neptune-query's per-token cache: its timeout (read from
+                # NEPTUNE_HTTP_REQUEST_TIMEOUT_SECONDS when a client is made) is ours, and theirs stays theirs.
+                client = create_auth_api_client(credentials=Credentials.from_api_key(api_key=self.token))
+                self._client = client.with_timeout(httpx.Timeout(self.patience.timeout))
             except Exception as exc:
                 raise self._explain(exc, "log in") from None
         return self._client
 
+    def _retrying(self, fn: Callable[[], Any]) -> Any:
+        # neptune-query already retried within the budget: ours must not start the budget over.
+        return retrying(fn, budget=self.patience.budget)
+
     def _explain(self, exc: BaseException, doing: str, project: str | None = None) -> SourceError:
         text = redact(" ".join(str(exc).split()))
         kind = type(exc).__name__
-        where = api_url(self.token)
-        if "Connection refused" in text or "ConnectError" in kind or "ConnectionError" in kind or "connect" in text:
-            return SourceError(f"cannot reach the Neptune server at {where} to {doing}")
+        where = server_name(api_url(self.token))
+        reason = unreachable_reason(exc)
+        if reason is not None:
+            tried = _tries(exc)
+            return SourceError(f"cannot reach the Neptune server at {where} to {doing}: {reason}{tried} "
+                               f"({self.patience.describe()})")
         if "Credentials" in kind or "401" in text or "403" in text or "Unauthorized" in text:
             return SourceError(f"the Neptune server at {where} refused the API token")
         if project and ("404" in text or "not found" in text.lower() or "Inaccessible" in kind):
             return SourceError(f"project {project!r} not found on {where} (or the token cannot read it)")
         return SourceError(f"Neptune: failed to {doing}: {kind}: {text[:300]}")
 
+    @_patient
     def check(self) -> None:
         _ = self.client
 
@@ -121,6 +175,7 @@ class Neptune3Source:
             return None
         return parts[0] if len(parts) == 1 else Filter.all(parts)
 
+    @_patient
     def list_runs(self, project: str) -> list[ListedRun]:
         from neptune_query.internal.filters import _Attribute as Attribute
         from neptune_query.internal.retrieval import search
@@ -157,7 +212,7 @@ class Neptune3Source:
         definition = AttributeDefinition("sys/modification_time", "datetime")
         for chunk in _chunks(list(by_sys_id), 1000):
             ids = [RunIdentifier(project, sys_id=s) for s in chunk]
-            pages = retrying(lambda i=ids: list(attribute_values.fetch_attribute_values(
+            pages = self._retrying(lambda i=ids: list(attribute_values.fetch_attribute_values(
                 self.client, project, i, [definition])))
             for page in pages:
                 for item in page.items:
@@ -172,7 +227,7 @@ class Neptune3Source:
 
         rid = RunIdentifier(run.ref.project_id, sys_id=run.sys_id)
         found: dict[str, str] = {}
-        pages = retrying(lambda: list(defs.fetch_attribute_definitions_single_filter(
+        pages = self._retrying(lambda: list(defs.fetch_attribute_definitions_single_filter(
             self.client, [run.ref.project_id], [rid], _AttributeFilter())))
         for page in pages:
             for item in page.items:
@@ -181,6 +236,7 @@ class Neptune3Source:
         run.attributes = found
         return found
 
+    @_patient
     def describe_run(self, run: ListedRun) -> dict[str, Any]:
         """For `discover`: attribute counts by type, the experiment name and the size of file attributes."""
         from neptune_query.internal.identifiers import RunIdentifier
@@ -205,6 +261,7 @@ class Neptune3Source:
         return {"attributes_by_type": by_type, "experiment": experiment, "file_bytes": file_bytes}
 
     # -- export -----------------------------------------------------------------------------------------
+    @_patient
     def export_run(self, run: ListedRun, archive: ArchiveWriter) -> ExportStats:
         """Write one run into the archive, atomically: it appears whole or not at all."""
         try:
@@ -269,7 +326,7 @@ class Neptune3Source:
         if not atoms:
             return iter(())
         definitions = [AttributeDefinition(p, t) for p, t in atoms.items()]
-        pages = retrying(lambda: list(attribute_values.fetch_attribute_values(
+        pages = self._retrying(lambda: list(attribute_values.fetch_attribute_values(
             self.client, rid.project_identifier, [rid], definitions)))
         return (item for page in pages for item in page.items)
 
@@ -301,7 +358,7 @@ class Neptune3Source:
             limit = max(1, POINTS_PER_PAGE // len(requests))
             params = {"requests": requests, "stepRange": {"from": None, "to": None}, "order": "ascending",
                       "perSeriesPointsLimit": limit}
-            page = retrying(lambda p=params: metrics._fetch_metrics_page(self.client, p))
+            page = self._retrying(lambda p=params: metrics._fetch_metrics_page(self.client, p))
             more = []
             by_id = {r["requestId"]: r for r in requests}
             for series in page.series:
@@ -315,16 +372,28 @@ class Neptune3Source:
     def _series(self, defs: list[Any]) -> dict[Any, list[Any]]:
         from neptune_query.internal.retrieval import search, series
 
-        return retrying(lambda: series.fetch_series_values(
+        return self._retrying(lambda: series.fetch_series_values(
             self.client, defs, include_inherited=self.lineage == "full", container_type=search.ContainerType.RUN))
 
+    @_patient
     def download(self, project: str, file: Any, target: Path) -> Path | None:
         from neptune_query.internal.retrieval import files
 
         # Signing needs the project next to the storage path; attribute values carry only the path.
         ref = _StoredFile(project, file.path)
-        signed = retrying(lambda: files.fetch_signed_urls(self.client, [ref]))[0]
-        return files.download_file_complete(self.client, signed, target)
+        signed = self._retrying(lambda: files.fetch_signed_urls(self.client, [ref]))[0]
+        # download_file_complete's loop, with a timeout: neptune-query's default (NEPTUNE_QUERY_FILES_TIMEOUT,
+        # read once at import) is none at all, so a storage host that stops answering would hold the run forever.
+        timeout = max(1, math.ceil(self.patience.timeout))
+        for _ in range(3):
+            result = files.download_file(signed, target, timeout=timeout)
+            if result.status == "success":
+                return target
+            if result.status == "not_found":
+                return None
+            if result.status == "expired":
+                signed = files.refresh_signed_file(self.client, signed)
+        raise SourceError(f"Neptune: downloading {file.path} failed 3 times (last HTTP status {result.status_code})")
 
 
 class _Downloads:
@@ -344,7 +413,8 @@ class _Downloads:
         if not self.source.selection.wants_file(path, name, int(getattr(file, "size_bytes", 0) or 0)):
             return
         target = self.tmp / f"{len(self.pending)}"
-        fut = self.pool.submit(self.source.download, self.project, file, target)
+        # A copy of this thread's context, so the download runs inside the same retry-limit scope.
+        fut = self.pool.submit(contextvars.copy_context().run, self.source.download, self.project, file, target)
         self.pending.append((path, type_, file, step, timestamp, fut))
 
     def finish(self) -> None:
@@ -368,6 +438,16 @@ class _Downloads:
 class _StoredFile:
     project_identifier: str
     path: str
+
+
+def _tries(exc: BaseException) -> str:
+    """', N tries in S s' from neptune-query's NeptuneRetryError, when the error is one."""
+    for cur in cause_chain(exc):
+        if type(cur).__name__ == "NeptuneRetryError":
+            found = re.search(r"after (\d+) retries, ([\d.]+) seconds", str(cur))
+            if found:
+                return f"; {found.group(1)} tries in {float(found.group(2)):.0f}s"
+    return ""
 
 
 def _file_name(path: str, file: Any, step: float | None) -> str:

@@ -11,14 +11,17 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
+from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
+from neptune_migration.targets.mlflow.endpoint import check_tracking_uri
 
 
 @dataclass
 class MlflowOptions:
     mlflow_tracking_uri: str | None = option(
         envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (http://..., sqlite:///...). Default: a local store in ./mlflow-store. "
+        help="MLflow tracking URI: http(s)://..., sqlite:///..., postgresql://..., mysql://..., file:///... (or "
+        "an existing folder), databricks. Default: a local store in ./mlflow-store. "
         "Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the environment.")
     experiment_by: str = option("project", choices=("project", "experiment"),
                                 help="MLflow experiment per Neptune 'project' or per Neptune 'experiment' "
@@ -27,16 +30,21 @@ class MlflowOptions:
     mlflow_bulk: bool = option(False, help="For sqlite:/// stores you own: insert metric points straight into "
                                "MLflow's tables (about 10x faster; pinned to MLflow 3.17.2's schema, refuses any "
                                "other; checked after each run).")
+    timeout: float = timeout_option()
+    retry_budget: float = retry_budget_option()
 
 
 def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
+    # Before MLflow is imported or any store opened: a mistyped URI must not create a folder or a database.
+    uri = check_tracking_uri(opts.mlflow_tracking_uri) if opts.mlflow_tracking_uri else None
+    patience = Patience(opts.timeout, opts.retry_budget)
     require("mlflow", "mlflow", "--to mlflow")
     from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
     from neptune_migration.targets.mlflow.loader import MlflowTarget
 
     kind = MlflowBulkTarget if opts.mlflow_bulk else MlflowTarget
-    return kind(opts.mlflow_tracking_uri, experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
-                upload_workers=settings.upload_workers or max(2, settings.workers))
+    return kind(uri, experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
+                upload_workers=settings.upload_workers or max(2, settings.workers), patience=patience)
 
 
 def _verifier(target: Any) -> Any:

@@ -33,6 +33,7 @@ import numpy as np
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import to_ms
 from neptune_migration.errors import TargetError
+from neptune_migration.retry import Patience
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, public_uri
 
@@ -95,13 +96,14 @@ class MlflowBulkTarget(MlflowTarget):
         experiment_by: str = "project",
         experiment_prefix: str = "",
         upload_workers: int = 4,
+        patience: Patience | None = None,
     ) -> None:
         if tracking_uri is not None:
             db = sqlite_path(tracking_uri)
             # A store at another version must be refused before MLflow's client opens (and might migrate) it.
             if db.exists() and db.stat().st_size > 0:
                 check_schema(db)
-        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers)
+        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers, patience=patience)
         self.db = sqlite_path(self.tracking_uri)
         check_schema(self.db)
 

@@ -35,7 +35,7 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
 from neptune_migration.errors import ArchiveError, TargetError, describe
 from neptune_migration.naming import fit_length, resolve_collisions, short_hash
-from neptune_migration.retry import retrying
+from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
@@ -116,9 +116,11 @@ class MlflowTarget:
         experiment_prefix: str = "",
         upload_workers: int = 4,
         metric_requests_in_flight: int = 2,
+        patience: Patience | None = None,
     ) -> None:
         """`upload_workers`: artifact uploads in flight at once, across all runs this target loads (each file
-        streams from disk in one PUT)."""
+        streams from disk in one PUT). `patience`: per-request timeout and retry budget for a tracking server."""
+        from mlflow import environment_variables as mlflow_env
         from mlflow.tracking import MlflowClient
 
         # One "View run at" line per run on stdout (and a get_run call each) is noise in a migration of thousands.
@@ -130,6 +132,16 @@ class MlflowTarget:
         if experiment_by not in ("project", "experiment"):
             raise TargetError(f"--experiment-by must be 'project' or 'experiment', not {experiment_by!r}")
         self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.patience = patience or Patience()
+        self.max_retries = mlflow_retries(self.patience.budget)
+        # MLflow's client reads these on every request; the stages call us from their own threads, so they are held
+        # for the process while this target is open (close() releases them) rather than scoped to one thread.
+        for setting in (mlflow_env.MLFLOW_HTTP_REQUEST_TIMEOUT, mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES):
+            scope_getter(setting)
+        self._release_settings = hold_settings({
+            mlflow_env.MLFLOW_HTTP_REQUEST_TIMEOUT.name: max(1, math.ceil(self.patience.timeout)),
+            mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: self.max_retries,
+        })
         self.local_store: Path | None = None
         if self.tracking_uri.startswith("sqlite:///"):
             db = Path(self.tracking_uri[len("sqlite:///") :])
@@ -161,12 +173,21 @@ class MlflowTarget:
             import requests
 
             url = self.tracking_uri.rstrip("/") + "/health"
+            started = time.monotonic()
+            tries = 0
+
+            def health() -> Any:
+                nonlocal tries
+                tries += 1
+                return requests.get(url, timeout=self.patience.timeout)
+
             try:
-                response = requests.get(url, timeout=10)
+                response = backoff(health, budget=self.patience.budget, cap=10.0)
             except requests.RequestException as exc:
                 raise TargetError(
                     f"cannot reach the MLflow tracking server at {public_uri(self.tracking_uri)}: "
-                    f"{_reason(exc)}"
+                    f"{unreachable_reason(exc) or _reason(exc)} ({tries} tries of GET /health in "
+                    f"{time.monotonic() - started:.0f}s; {self.patience.describe()})"
                 ) from None
             if response.status_code >= 400:
                 raise TargetError(
@@ -218,6 +239,7 @@ class MlflowTarget:
         self._artifact_pool.shutdown(wait=True)
         self._metric_pool.shutdown(wait=True)
         self._leases.release()
+        self._release_settings()
 
     # -- identity ---------------------------------------------------------------------------------------
     def find_runs(self, experiment_id: str, ref: RunRef) -> list[Any]:
@@ -476,7 +498,8 @@ class MlflowTarget:
             from mlflow.utils.rest_utils import http_request, verify_rest_response
 
             body = {"run_id": run_id, "metrics": [_json_metric(m) for m in metrics]}
-            response = http_request(self._rest_creds(), "/api/2.0/mlflow/runs/log-batch", "POST", json=body)
+            response = http_request(self._rest_creds(), "/api/2.0/mlflow/runs/log-batch", "POST", json=body,
+                                    timeout=max(1, math.ceil(self.patience.timeout)), max_retries=self.max_retries)
             verify_rest_response(response, "/api/2.0/mlflow/runs/log-batch")
             return
         from mlflow.entities import Metric
@@ -718,6 +741,15 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:
         shutil.copyfile(source, dest)
+
+
+def mlflow_retries(budget: float, backoff_factor: float = 2.0) -> int:
+    """MLflow's retry count whose waits (backoff_factor x 1, 2, 4, ... seconds) fit in `budget` seconds; within
+    MLflow's own limit of 10."""
+    retries = 0
+    while retries < 10 and backoff_factor * (2 ** (retries + 1) - 1) <= budget:
+        retries += 1
+    return retries
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
+from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 
 
@@ -24,6 +25,8 @@ class WandbOptions:
     wandb_dir: Path = option(Path("wandb-offline"), help="--to wandb-offline: folder for the sync-ready run folders. "
                              "The API key (online) comes from WANDB_API_KEY; WANDB_BASE_URL selects a dedicated or "
                              "self-managed server.")
+    timeout: float = timeout_option()
+    retry_budget: float = retry_budget_option()
 
 
 def _loaders() -> Any:
@@ -41,7 +44,8 @@ def _build_offline(opts: WandbOptions, settings: TargetSettings) -> Any:
 def _build_online(opts: WandbOptions, settings: TargetSettings) -> Any:
     return _loaders().WandbOnlineTarget(entity=opts.wandb_entity, project=opts.wandb_project,
                                         project_prefix=opts.wandb_project_prefix,
-                                        upload_workers=settings.upload_workers)
+                                        upload_workers=settings.upload_workers,
+                                        patience=Patience(opts.timeout, opts.retry_budget))
 
 
 def _verifier(target: Any) -> Any:

@@ -13,6 +13,7 @@ server (a deleted id is blocked for about a week).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.errors import TargetError, UsageError
+from neptune_migration.retry import Patience, backoff, server_name, unreachable_reason
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.wandb.folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from neptune_migration.targets.wandb.generations import (
@@ -190,9 +192,12 @@ class WandbOnlineTarget:
         verify_timeout: float | None = None,
         keep_staging: bool = False,
         upload_workers: int | None = None,
+        patience: Patience | None = None,
     ) -> None:
         """`upload_workers`: at most this many runs upload at once (one `wandb sync` each, whose wandb-core
-        streams every file from disk); None lets every loading worker upload."""
+        streams every file from disk); None lets every loading worker upload. `patience`: the timeout of one
+        request to the server and how long the login is retried."""
+        self.patience = patience or Patience()
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self._configured_entity = self.entity
         self.project = project or None
@@ -236,15 +241,20 @@ class WandbOnlineTarget:
 
                 if not self._api_key:
                     raise UsageError("W&B needs an API key: set WANDB_API_KEY")
-                self._api = wandb.Api(api_key=self._api_key, overrides={"base_url": self.base_url}, timeout=60)
+                self._api = wandb.Api(api_key=self._api_key, overrides={"base_url": self.base_url},
+                                       timeout=max(1, math.ceil(self.patience.timeout)))
             return self._api
 
     def check(self) -> None:
         if not self._api_key:
             raise UsageError("W&B needs an API key: set WANDB_API_KEY")
         try:
-            viewer = with_backoff(lambda: self.api().viewer)
+            viewer = backoff(lambda: self.api().viewer, budget=self.patience.budget, cap=10.0)
         except Exception as exc:
+            reason = unreachable_reason(exc)
+            if reason is not None:
+                raise TargetError(f"cannot reach W&B at {server_name(self.base_url)} to log in: {reason} "
+                                  f"({self.patience.describe()})") from None
             raise TargetError(f"W&B at {self.base_url} refused the login: {_safe(exc, self._api_key)}") from None
         if self.entity is None:
             self.entity = getattr(viewer, "entity", None) or getattr(viewer, "username", None)
