@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -456,8 +457,12 @@ def _download(attr: Any, type_: str, work: Path) -> None:
 def _quiet_client() -> None:
     # The client logs a few INFO lines (with links to a web app that no longer exists) per opened run.
     import neptune  # noqa: F401 - configures its logger on import; lower it afterwards
+    from neptune.common.warnings import NeptuneDeprecationWarning
 
     logging.getLogger("neptune").setLevel(logging.WARNING)
+    # Reading a 2.x model registry warns that the registry is deprecated on every export: the user is migrating
+    # away already. (The client forces these warnings to "always" on import; this filter goes in front of it.)
+    warnings.filterwarnings("ignore", category=NeptuneDeprecationWarning)
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
