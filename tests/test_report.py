@@ -12,7 +12,15 @@ import pytest
 from rich.console import Console
 
 from neptune_migration.ledger import Ledger
-from neptune_migration.report import SCHEMA_VERSION, build_report, print_summary, render_markdown, write_reports
+from neptune_migration.report import (
+    APPROXIMATIONS,
+    SCHEMA_VERSION,
+    build_report,
+    print_summary,
+    render_html,
+    render_markdown,
+    write_reports,
+)
 from neptune_migration.stages.validate import VALIDATE, RunCheck, ValidationSummary, record_problem
 from neptune_migration.vocabulary import RunRef
 
@@ -58,7 +66,8 @@ def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytes
     assert report["schema"] == "neptune-migration/validation-report" and report["schema_version"] == SCHEMA_VERSION
     assert list(report) == ["schema", "schema_version", "tool_version", "generated_at", "target", "archive", "ok",
                             "seconds", "totals", "projects", "runs", "mismatches", "approximations",
-                            "incomplete_in_archive", "errors", "source_check"]
+                            "approximation_details", "incomplete_in_archive", "errors", "source_check",
+                            "next_command"]
     assert report["source_check"] is None
     t = report["totals"]
     assert (t["runs_selected"], t["runs_validated"], t["runs_mismatched"], t["runs_failed"]) == (5, 3, 1, 1)
@@ -84,6 +93,44 @@ def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytes
     md = paths["markdown"].read_text()
     assert "| runs with mismatches | 1 |" in md and "| acme/nlp | NLP-7 | mismatch | 2 |" in md
     assert "| acme/nlp/NLP-7 | train/loss | missing_points |" in md
+
+
+def test_every_approximation_kind_has_a_sentence() -> None:
+    src = Path(__file__).resolve().parents[1] / "src" / "neptune_migration"
+    kinds = {m for f in src.rglob("*.py") for m in re.findall(r'approx\(\s*"([a-z0-9_]+)"', f.read_text())}
+    assert len(kinds) >= 12
+    assert sorted(kinds - set(APPROXIMATIONS)) == []
+    # one sentence each, saying why the target forces it
+    assert all(s.endswith(".") and s.count(". ") == 0 and (" because " in s or ", so " in s)
+               for s in APPROXIMATIONS.values())
+
+
+def test_report_explains_approximations_links_runs_and_names_the_retry() -> None:
+    summary = _sample()
+    urls = {f"mlflow-{i}": f"http://mlflow.example:5000/#/experiments/7/runs/mlflow-{i}" for i in range(3)}
+    urls["mlflow-7"] = "http://mlflow.example:5000/#/experiments/7/runs/mlflow-7"
+    command = "neptune-migrate retry --archive /data/archive --to mlflow --mlflow-tracking-uri http://mlflow.example:5000"
+    report = build_report(summary, run_urls=urls, retry_command=command)
+    assert report["next_command"] == command
+    [detail] = report["approximation_details"]
+    assert detail["kind"] == "inf_clamped_by_mlflow" and detail["count"] == 3
+    assert detail["meaning"] == APPROXIMATIONS["inf_clamped_by_mlflow"]
+    # VIS-1 counted none: only the runs it touched are named, each with its own count
+    assert [(r["run_id"], r["count"]) for r in detail["runs"]] == [("VIS-2", 1), ("VIS-3", 2)]
+    page = render_html(report)
+    assert f'<a href="{urls["mlflow-7"]}">NLP-7</a>' in page
+    assert "because MLflow&#x27;s metric store cannot hold infinity" in page
+    assert f'<pre id="next-command"><code>{command}</code></pre>' in page
+    md = render_markdown(report)
+    assert f"[NLP-7](<{urls['mlflow-7']}>)" in md and "cannot hold infinity" in md
+    assert md.rstrip().endswith(f"{command}\n```")
+    console = Console(record=True, width=300)
+    print_summary(report, console)
+    text = console.export_text().rstrip()
+    assert text.endswith(command) and "acme/vision/VIS-3 (2)" in text and "cannot hold infinity" in text
+    # nothing to retry: no next step is named
+    clean = ValidationSummary("mlflow:http://x", checks=summary.checks[:3], seconds=1.0)
+    assert build_report(clean, retry_command=command)["next_command"] is None
 
 
 def test_markdown_escapes_pipes_and_terminal_summary_names_mismatches() -> None:

@@ -327,8 +327,15 @@ def _check_report_dir(report_dir: str | Path) -> None:
 
 
 def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir: str | Path,
-            source_check: Any = None) -> ValidationResult:
-    report = build_report(summary, ledger, archive=archive, source_check=source_check)
+            source_check: Any = None, plugin: TargetPlugin | None = None, target: Target | None = None,
+            retry_command: str | None = None) -> ValidationResult:
+    urls: dict[str, str] = {}
+    if plugin is not None and target is not None:
+        for check in summary.checks:
+            if check.target_id and (url := plugin.run_url(target, check.target_id)):
+                urls[check.target_id] = url
+    report = build_report(summary, ledger, archive=archive, source_check=source_check, run_urls=urls,
+                          retry_command=retry_command)
     return ValidationResult(summary, report, write_reports(report, Path(report_dir)))
 
 
@@ -373,30 +380,32 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
 @interrupt.handling_signals()
 def validate(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
              state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-             **options: Any) -> ValidationResult:
+             retry_command: str | None = None, **options: Any) -> ValidationResult:
     """Read every selected run back from the target and compare it with the archive, value by value; writes
-    report.html, report.md, report.json and errors.jsonl into `report_dir`. `.ok` is the verdict."""
+    report.html, report.md, report.json and errors.jsonl into `report_dir`. `.ok` is the verdict.
+    `retry_command`: the command the report names as the next step when anything failed or differs."""
     _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
-    target, _, selection = _open_target(to, options, _workers(workers))
+    target, plugin, selection = _open_target(to, options, _workers(workers))
     target.check()
     with _ledger(state) as ledger:
         try:
             summary = run_validate(archived, target, selection, ledger, _tracker("validate", progress), workers)
         finally:
             _close(target)
-        return _report(summary, ledger, str(archive), report_dir)
+        return _report(summary, ledger, str(archive), report_dir, plugin=plugin, target=target,
+                       retry_command=retry_command)
 
 
 @interrupt.handling_signals()
 def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
           state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-          **options: Any) -> RetryResult:
+          retry_command: str | None = None, **options: Any) -> RetryResult:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them."""
     _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
     with _ledger(state, must_exist=True) as ledger:
-        target, _, selection = _open_target(to, options, _workers(workers))
+        target, plugin, selection = _open_target(to, options, _workers(workers))
         target.check()
         try:
             outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers)
@@ -405,7 +414,8 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
         result = RetryResult([r.key for r in outcome.reloaded], [r.key for r in outcome.revalidated], outcome.load,
                              None)
         if outcome.revalidated:
-            result.validation = _report(outcome.validation, ledger, str(archive), report_dir)
+            result.validation = _report(outcome.validation, ledger, str(archive), report_dir, plugin=plugin,
+                                        target=target, retry_command=retry_command)
         return result
 
 
@@ -414,7 +424,8 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             path: str | Path | None = None, workers: int = 4, export_workers: int | None = None,
             validate_workers: int | None = None, upload_workers: int | None = None, state: str | Path | None = None,
             refresh: bool = False, no_models: bool = False, no_validate: bool = False,
-            report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, **options: Any) -> MigrationResult:
+            report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, retry_command: str | None = None,
+            **options: Any) -> MigrationResult:
     """Export from a source, load into the target and read back, the three stages overlapping run by run.
     Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated)."""
     if not no_validate:
@@ -432,7 +443,9 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             log.debug("stage seconds: %s", run.clock.to_dict())
             registry = _export_models(source_plugin, source, root, ledger, no_models)
             registry += _load_models(target_plugin, Archive(root), target, ledger)
-            validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir)
+            validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir,
+                                                          plugin=target_plugin, target=target,
+                                                          retry_command=retry_command)
         finally:
             _close(target)
     return MigrationResult(run.exported, run.loaded, validation, registry, target_plugin.hint(target), run.clock)

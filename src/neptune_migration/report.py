@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.table import Table
@@ -23,7 +23,8 @@ from neptune_migration.secrets import redact_tree
 from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
 
 SCHEMA = "neptune-migration/validation-report"
-SCHEMA_VERSION = 1
+# 2 added runs[].target_url, approximation_details and next_command.
+SCHEMA_VERSION = 2
 FILES = {"json": "report.json", "html": "report.html", "markdown": "report.md", "errors": "errors.jsonl"}
 TOTAL_FIELDS = (
     ("runs_selected", "runs selected"),
@@ -42,6 +43,44 @@ TOTAL_FIELDS = (
     ("approximations", "documented approximations"),
     ("errors", "errors recorded"),
 )
+# Every documented approximation a target counts (`LoadResult.approx`, `RunCheck.approx`), in one sentence: what
+# changed and why the target forces it. tests/test_report.py checks that every kind in the sources is here.
+APPROXIMATIONS = {
+    # MLflow (docs/mlflow.md)
+    "inf_clamped_by_mlflow": "Infinite metric values are stored as +-1.7976931348623157e308, the largest finite "
+    "float, because MLflow's metric store cannot hold infinity.",
+    "negative_zero_stored_as_zero": "Metric values of -0.0 are stored as 0.0, because MLflow's store does not keep "
+    "the sign of zero.",
+    "negative_timestamp_clamped": "Metric timestamps before 1970 are stored as 0 (1970-01-01), because MLflow "
+    "refuses negative timestamps.",
+    "param_truncated_full_value_in_artifact": "String values over 6000 characters are cut in the MLflow param, "
+    "because MLflow params hold at most 6000; the whole text is in the run's artifact neptune/params/<key>.txt.",
+    "series_with_scaled_steps": "Series with fractional steps get integer steps multiplied by a power of ten "
+    "(recorded in the run's tag neptune.step_scale), because MLflow steps are integers.",
+    "series_points_in_artifacts": "String and histogram series points are in a .jsonl artifact per attribute, not in "
+    "metrics, because MLflow metrics hold only numbers.",
+    "duplicate_points_stored_once": "Points repeated with the same step, timestamp and value are stored once, "
+    "because MLflow drops exact repeats of a metric point.",
+    # W&B (docs/wandb.md)
+    "histogram_rebinned_to_512": "Histograms with more than 512 bins have adjacent bins merged (counts summed), "
+    "because W&B keeps at most 512 bins.",
+    "tag_shortened_or_dropped": "Tags over 64 characters are cut to 57 characters + '~' + a digest and empty tags "
+    "dropped, because W&B limits tags to 64 characters; the full list is in config.neptune_migration.tags.",
+    "config_nonfinite_float_as_string": "NaN and +-inf values in the config are the strings NaN, Infinity and "
+    "-Infinity, because the W&B config is JSON, which has no such numbers.",
+    "timestamp_missing_used_start_time": "Points without a timestamp (2.x file series) get the run's start time, "
+    "because every W&B history row needs one.",
+    "file_row_without_path": "A file row in the archive names no path, so there was no payload to upload and it was "
+    "skipped.",
+    "file_missing": "A payload the archive names is not in its files root, so it could not be uploaded.",
+}
+# Runs named per approximation kind in the report; the count is always complete.
+RUNS_SHOWN = 50
+
+
+def explain(kind: str) -> str:
+    """The one-sentence meaning of an approximation kind."""
+    return APPROXIMATIONS.get(kind, "Not described yet: see the target's page in docs/.")
 
 
 def build_report(
@@ -50,17 +89,23 @@ def build_report(
     archive: str | None = None,
     generated_at: datetime | None = None,
     source_check: SourceCheck | None = None,
+    run_urls: Mapping[str, str] | None = None,
+    retry_command: str | None = None,
 ) -> dict[str, Any]:
     """The report as report.json holds it (schema in docs/validation.md).
 
     `source_check` (from `validation.check_source`, when the run came from an export) adds what the source
-    listed against what the archive holds.
+    listed against what the archive holds. `run_urls` maps a run's id in the target to its page in the target's
+    UI (the plug-in's `run_url`). `retry_command` is what the report tells the reader to run when anything
+    failed or differs.
     """
     checks = summary.checks
+    urls = dict(run_urls or {})
     load_entries = _entries(ledger, "load", summary.target)
     runs = []
     for check in checks:
         row = check.to_dict()
+        row["target_url"] = urls.get(check.target_id or "")
         entry = load_entries.get((check.ref.project_id, check.ref.run_id))
         row["load_status"] = entry.status if entry else None
         row["load_attempts"] = entry.attempts if entry else 0
@@ -106,11 +151,31 @@ def build_report(
             for c in checks for m in c.mismatches
         ],
         "approximations": approximations,
+        "approximation_details": _approximation_details(approximations, runs),
         "incomplete_in_archive": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
         "errors": errors,
         "source_check": source_check.to_dict() if source_check is not None else None,
+        # Incomplete archive runs are not here: retry cannot load what the export never finished.
+        "next_command": retry_command if (totals["runs_mismatched"] or totals["runs_failed"] or errors) else None,
     }
     return redact_tree(report)
+
+
+def _approximation_details(approximations: dict[str, int], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per kind: its meaning and the runs it touched (the counts are per run; targets do not record attributes)."""
+    details = []
+    for kind, count in approximations.items():
+        touched = [{"project_id": r["project_id"], "run_id": r["run_id"], "count": r["approximations"][kind],
+                    "target_url": r["target_url"]} for r in runs if r["approximations"].get(kind)]
+        details.append({"kind": kind, "count": count, "meaning": explain(kind), "run_count": len(touched),
+                        "runs": touched[:RUNS_SHOWN]})
+    return details
+
+
+def _runs_text(detail: dict[str, Any]) -> str:
+    shown = ", ".join(f"{r['project_id']}/{r['run_id']} ({r['count']:,})" for r in detail["runs"][:5])
+    more = detail["run_count"] - min(5, len(detail["runs"]))
+    return shown + (f" and {more} more run(s)" if more > 0 else "")
 
 
 def error_rows(ledger: Ledger | None, target: str, checks: Iterable[RunCheck] = ()) -> list[dict[str, Any]]:
@@ -156,7 +221,9 @@ def write_reports(report: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 
 # -- terminal -------------------------------------------------------------------------------------------------
-def print_summary(report: dict[str, Any], console: Console, max_mismatches: int = 20) -> None:
+def print_summary(report: dict[str, Any], console: Console, max_mismatches: int = 20, next_step: bool = True) -> None:
+    """The totals, mismatches and approximations; ends with the next command when one is needed (`next_step`
+    False: the caller prints it last, after lines of its own)."""
     totals = report["totals"]
     table = Table(title=f"Validation against {report['target']}", show_header=False, box=None)
     for name, label in TOTAL_FIELDS:
@@ -182,8 +249,17 @@ def print_summary(report: dict[str, Any], console: Console, max_mismatches: int 
         console.print(mm)
         if len(report["mismatches"]) > max_mismatches:
             console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
-    for kind, n in report["approximations"].items():
-        console.print(f"approximated (documented): {kind}: {n:,}")
+    for detail in report.get("approximation_details", []):
+        console.print(f"approximated: {detail['kind']} x{detail['count']:,}: {detail['meaning']} "
+                      f"Runs: {_runs_text(detail)}.", markup=False, highlight=False)
+    if next_step:
+        print_next_step(report, console)
+
+
+def print_next_step(report: dict[str, Any], console: Console) -> None:
+    if report.get("next_command"):
+        console.print("\nNext: load the failed and mismatched runs again and validate them:", markup=False)
+        console.print(report["next_command"], markup=False, highlight=False, soft_wrap=True)
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------
@@ -201,16 +277,19 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{p['points']:,} | {p['files']:,} |" for p in report["projects"]]
     lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | target id |",
               "|---|---|---|---:|---:|---:|---|"]
-    lines += [f"| {_cell(r['project_id'])} | {_cell(r['run_id'])} | {r['status']} | {r['mismatch_count']} | "
-              f"{r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | {_cell(r['target_id'] or '')} |"
-              for r in report["runs"]]
+    urls = {(r["project_id"], r["run_id"]): r.get("target_url") for r in report["runs"]}
+    lines += [f"| {_cell(r['project_id'])} | {_md_link(r['run_id'], r.get('target_url'))} | {r['status']} | "
+              f"{r['mismatch_count']} | {r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | "
+              f"{_cell(r['target_id'] or '')} |" for r in report["runs"]]
     if report["mismatches"]:
         lines += ["", "## Mismatches", "", "| run | attribute | kind | what differs |", "|---|---|---|---|"]
-        lines += [f"| {_cell(m['project_id'] + '/' + m['run_id'])} | {_cell(m['attribute'])} | {m['kind']} | "
-                  f"{_cell(m['detail'])} |" for m in report["mismatches"]]
+        lines += [f"| {_md_link(m['project_id'] + '/' + m['run_id'], urls.get((m['project_id'], m['run_id'])))} | "
+                  f"{_cell(m['attribute'])} | {m['kind']} | {_cell(m['detail'])} |" for m in report["mismatches"]]
     if report["approximations"]:
-        lines += ["", "## Documented approximations", "", "| kind | count |", "|---|---:|"]
-        lines += [f"| {_cell(k)} | {n:,} |" for k, n in report["approximations"].items()]
+        lines += ["", "## Documented approximations", "", "| kind | count | what it means | runs |",
+                  "|---|---:|---|---|"]
+        lines += [f"| {_cell(d['kind'])} | {d['count']:,} | {_cell(d['meaning'])} | {_md_runs(d)} |"
+                  for d in report.get("approximation_details", [])]
     if report["errors"]:
         lines += ["", "## Errors", "", "| run | stage | status | attempts | error |", "|---|---|---|---:|---|"]
         lines += [f"| {_cell(e['project_id'] + '/' + e['run_id'])} | {e['stage']} | {e['status']} | {e['attempts']} | "
@@ -225,11 +304,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["incomplete_in_archive"]:
         lines += ["", "## Incomplete runs in the archive (export interrupted; not loaded)", ""]
         lines += [f"- `{x}`" for x in report["incomplete_in_archive"]]
+    if report.get("next_command"):
+        lines += ["", "## Next step", "", "Load the failed and mismatched runs again and validate them:", "",
+                  "```", report["next_command"], "```"]
     return "\n".join(lines) + "\n"
 
 
 def _cell(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_runs(detail: dict[str, Any]) -> str:
+    shown = ", ".join(f"{_md_link(r['project_id'] + '/' + r['run_id'], r['target_url'])} ({r['count']:,})"
+                      for r in detail["runs"])
+    more = detail["run_count"] - len(detail["runs"])
+    return shown + (f" and {more:,} more" if more > 0 else "")
+
+
+def _md_link(text: str, url: str | None) -> str:
+    if not url:
+        return _cell(text)
+    label = _cell(text).replace("[", "\\[").replace("]", "\\]")
+    return f"[{label}](<{url.replace('>', '%3E').replace(' ', '%20')}>)"
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------
@@ -269,6 +365,7 @@ def render_html(report: dict[str, Any]) -> str:
     e = html.escape
     totals = report["totals"]
     ok = report["ok"]
+    urls = {(r["project_id"], r["run_id"]): r.get("target_url") for r in report["runs"]}
     cards = []
     for name, label in TOTAL_FIELDS:
         value = totals[name]
@@ -294,18 +391,22 @@ def render_html(report: dict[str, Any]) -> str:
     parts.append(_html_table("runs", "Runs", ["project", "run", "status", "mismatches", "params", "points",
                                              "series points", "files", "bytes", "load attempts", "seconds",
                                              "target id"],
-                             [[r["project_id"], r["run_id"], ("status", r["status"]), r["mismatch_count"],
+                             [[r["project_id"], _link(r["run_id"], r.get("target_url")), ("status", r["status"]),
+                               r["mismatch_count"],
                                r["checked"].get("params", 0), r["checked"].get("points", 0),
                                r["checked"].get("series_points", 0), r["checked"].get("files", 0),
                                r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or ""]
                               for r in report["runs"]], filter_box=True))
     parts.append(_html_table("mismatches", "Mismatches", ["project", "run", "attribute", "kind", "what differs",
                                                           "target key"],
-                             [[m["project_id"], m["run_id"], m["attribute"], m["kind"], m["detail"],
-                               m["target_key"] or ""] for m in report["mismatches"]], filter_box=True,
+                             [[m["project_id"], _link(m["run_id"], urls.get((m["project_id"], m["run_id"]))),
+                               m["attribute"], m["kind"], m["detail"], m["target_key"] or ""]
+                              for m in report["mismatches"]], filter_box=True,
                              empty="No mismatches: every compared value is equal."))
-    parts.append(_html_table("approximations", "Documented approximations (see docs/mlflow.md)", ["kind", "count"],
-                             [[k, n] for k, n in report["approximations"].items()], empty="None."))
+    parts.append(_html_table("approximations", "Documented approximations", ["kind", "count", "what it means",
+                                                                           "runs"],
+                             [[d["kind"], d["count"], d["meaning"], _html_runs(d)]
+                              for d in report.get("approximation_details", [])], empty="None."))
     parts.append(_html_table("errors", "Errors", ["project", "run", "stage", "status", "attempts", "error"],
                              [[x["project_id"], x["run_id"], x["stage"], ("status", x["status"]), x["attempts"],
                                x["error"]] for x in report["errors"]], empty="No errors."))
@@ -321,6 +422,9 @@ def render_html(report: dict[str, Any]) -> str:
     if report["incomplete_in_archive"]:
         items = "".join(f"<li><code>{e(x)}</code></li>" for x in report["incomplete_in_archive"])
         parts.append(f"<h2>Incomplete runs in the archive</h2><ul id=\"incomplete\">{items}</ul>")
+    if report.get("next_command"):
+        parts.append("<h2>Next step</h2><p>Load the failed and mismatched runs again and validate them:</p>"
+                     f"<pre id=\"next-command\"><code>{e(report['next_command'])}</code></pre>")
     parts.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -338,7 +442,9 @@ def _html_table(table_id: str, title: str, headers: list[str], rows: list[list[A
     for row in rows:
         cells = []
         for value in row:
-            if isinstance(value, tuple):  # a status: coloured, sorted by its text
+            if isinstance(value, _Html):
+                cells.append(f"<td data-sort=\"{e(value.sort)}\">{value.markup}</td>")
+            elif isinstance(value, tuple):  # a status: coloured, sorted by its text
                 cells.append(f"<td class=\"s-{e(value[1])}\">{e(value[1])}</td>")
             elif isinstance(value, bool) or value is None:
                 cells.append(f"<td>{e(str(value))}</td>")
@@ -349,6 +455,29 @@ def _html_table(table_id: str, title: str, headers: list[str], rows: list[list[A
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+class _Html(NamedTuple):
+    """A cell already rendered (links), with the text it sorts by."""
+
+    markup: str
+    sort: str
+
+
+def _link(text: str, url: str | None) -> _Html | str:
+    if not url:
+        return text
+    return _Html(f"<a href=\"{html.escape(url)}\">{html.escape(text)}</a>", text)
+
+
+def _html_runs(detail: dict[str, Any]) -> _Html:
+    links = []
+    for r in detail["runs"]:
+        cell = _link(f"{r['project_id']}/{r['run_id']}", r["target_url"])
+        links.append((cell.markup if isinstance(cell, _Html) else html.escape(cell)) + f" ({r['count']:,})")
+    more = detail["run_count"] - len(detail["runs"])
+    text = ", ".join(links) + (f" and {more:,} more" if more > 0 else "")
+    return _Html(text, str(detail["run_count"]))
 
 
 # -- helpers ------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import neptune_migration as nm
-from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, RegistryOutcome
+from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, DEFAULT_MIGRATE_ARCHIVE, RegistryOutcome
 from neptune_migration.cli.options import (
     OBJECT_STORE_HELP,
     archive_input,
@@ -36,6 +38,7 @@ from neptune_migration.cli.output import (
     setup_logging,
 )
 from neptune_migration.errors import MigrationError
+from neptune_migration.secrets import redact
 
 
 class ValidationFailed(MigrationError):
@@ -47,6 +50,36 @@ def _logging(kwargs: dict[str, Any]) -> bool:
     no_progress = kwargs.pop("no_progress")
     setup_logging(kwargs.pop("verbose"), kwargs.pop("log_file"), no_progress)
     return not no_progress
+
+
+# Options that change how a command shows its work, not which runs or target it works on.
+_NOT_REPEATED = {"no_progress", "verbose", "log_file", "upload_workers", "json_output"}
+
+
+def _retry_command(kwargs: dict[str, Any], archive: str | Path | None = None) -> str:
+    """The `retry` that picks up what this command left failed or mismatched: the same archive, target, selection
+    and ledger, as the user typed them. Values that came from the environment are left out (the environment still
+    holds them, and MLFLOW_TRACKING_URI may carry a password); credentials in URLs are dropped."""
+    ctx = click.get_current_context()
+    values = {**kwargs, "archive": archive if archive is not None else kwargs.get("archive")}
+    words = ["neptune-migrate", "retry"]
+    for param in retry.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name is None or name in _NOT_REPEATED or name not in values:
+            continue
+        typed = ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT,
+                                                       click.core.ParameterSource.DEFAULT_MAP,
+                                                       click.core.ParameterSource.ENVIRONMENT, None)
+        value = values[name]
+        if not (typed or name in ("archive", "to")) or value is None:
+            continue
+        flag = param.opts[0] if param.opts[0].startswith("--") else max(param.opts, key=len)
+        if param.is_flag:
+            words += [flag] if value else []
+            continue
+        for item in value if param.multiple else [value]:
+            words += [flag, shlex.quote(re.sub(r"://[^/@\s]*@", "://", str(item)))]
+    return redact(" ".join(words))
 
 
 def _registry(outcomes: list[RegistryOutcome]) -> None:
@@ -110,12 +143,15 @@ def load(**kwargs: Any) -> None:
 
     Example: neptune-migrate load --archive ./exports/data --files ./exports/files --to mlflow
     """
+    command = _retry_command(kwargs)
     result = nm.load(progress=_logging(kwargs), **kwargs)
     _registry(result.registry)
     print_load(result.summary)
     if result.ok:
         print_hint(result.hint)
     else:
+        if result.summary.failed:
+            print_hint(f"Next: load the failed runs again and validate them:\n{command}")
         raise click.exceptions.Exit(1)
 
 
@@ -137,13 +173,15 @@ def migrate(**kwargs: Any) -> None:
 
     Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
     """
-    result = nm.migrate(progress=_logging(kwargs), **kwargs)
+    command = _retry_command(kwargs, kwargs.get("archive") or DEFAULT_MIGRATE_ARCHIVE)
+    result = nm.migrate(progress=_logging(kwargs), retry_command=command, **kwargs)
     _registry(result.registry)
     print_export(result.exported)
     print_load(result.loaded)
+    # The UI hint first: a failed validation's summary ends with the command to run next.
+    print_hint(result.hint)
     if result.validation is not None:
         print_validation(result.validation)
-    print_hint(result.hint)
     if not result.ok:
         raise click.exceptions.Exit(1)
 
@@ -161,8 +199,9 @@ def validate(**kwargs: Any) -> None:
 
     Example: neptune-migrate validate --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
     """
+    command = _retry_command(kwargs)
     kwargs.pop("upload_workers")  # nothing is uploaded by a read-back
-    result = nm.validate(progress=_logging(kwargs), **kwargs)
+    result = nm.validate(progress=_logging(kwargs), retry_command=command, **kwargs)
     print_validation(result)
     if not result.ok:
         raise ValidationFailed(f"validation found differences; see {result.paths['html']}")
@@ -181,8 +220,9 @@ def retry(**kwargs: Any) -> None:
 
     Example: neptune-migrate retry --archive ./archive --to mlflow --mlflow-tracking-uri http://127.0.0.1:5000
     """
+    command = _retry_command(kwargs)
     kwargs.pop("upload_workers")
-    result = nm.retry(progress=_logging(kwargs), **kwargs)
+    result = nm.retry(progress=_logging(kwargs), retry_command=command, **kwargs)
     if result.validation is None:
         out.print("Nothing to retry: no failed or mismatched runs in the ledger for this target.")
         return

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neptune_migration.api import RegistryOutcome, ValidationResult
-from neptune_migration.report import print_summary
+from neptune_migration.report import print_next_step, print_summary
 from neptune_migration.secrets import redact
 from neptune_migration.stages.export import ExportSummary
 from neptune_migration.stages.load import LoadSummary
@@ -110,10 +110,11 @@ def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
 
 
 def print_validation(result: ValidationResult) -> None:
-    print_summary(result.report, out)
+    print_summary(result.report, out, next_step=False)
     paths = result.paths
     out.print(f"\nReport: [bold]{paths['html']}[/bold] (also {paths['json'].name}, {paths['markdown'].name}, "
               f"{paths['errors'].name})")
+    print_next_step(result.report, out)
 
 
 def print_hint(hint: str | None) -> None:

@@ -96,5 +96,8 @@ class TargetPlugin:
     verifier: Callable[[Any], Verifier]
     # What to tell the user once runs have arrived (how to open the UI, how to upload); None: nothing.
     hint: Callable[[Any], str | None] = lambda _target: None
+    # A link to one run in the target's UI, from the target and the run's id there (the ledger's target_id), for
+    # the report; None where the target has no UI to link to (a local store, offline folders).
+    run_url: Callable[[Any, str], str | None] = lambda _target, _target_id: None
     # The target can hold Neptune 2.x's model registry (models and versions): the load stage sends it.
     model_registry: bool = False

@@ -56,7 +56,24 @@ def _verifier(target: Any) -> Any:
 def _hint(target: Any) -> str:
     from neptune_migration.targets.mlflow.loader import ui_command
 
-    return f"Open the MLflow UI: {ui_command(target.tracking_uri)}"
+    # The experiments this target created or found while loading: the pages worth opening.
+    ids = sorted(set(getattr(target, "_experiments", {}).values()), key=lambda x: (len(x), x))
+    return f"Open the MLflow UI: {ui_command(target.tracking_uri, ids)}"
+
+
+def _run_url(target: Any, run_id: str) -> str | None:
+    """The run's page on an MLflow server; None for local stores (nothing serves them until `mlflow ui` runs)."""
+    from neptune_migration.targets.mlflow.loader import run_url, ui_server
+
+    if not target.tracking_uri.startswith(("http://", "https://")):
+        return None
+    server = ui_server(target.tracking_uri)
+    try:
+        # The page's route needs the experiment: one lookup per run, at report time only.
+        experiment_id = target.client.get_run(run_id).info.experiment_id
+    except Exception:  # a deleted or unreadable run still gets its row in the report, only without a link
+        return None
+    return run_url(server, experiment_id, run_id) if server else None
 
 
 plugin = TargetPlugin(
@@ -66,5 +83,6 @@ plugin = TargetPlugin(
     build=_build,
     verifier=_verifier,
     hint=_hint,
+    run_url=_run_url,
     model_registry=True,
 )

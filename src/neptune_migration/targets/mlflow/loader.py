@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from neptune_migration._version import __version__
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
 from neptune_migration.errors import ArchiveError, TargetError, describe
@@ -84,13 +85,57 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
-def ui_command(tracking_uri: str) -> str:
+# What `mlflow ui` serves a local store on: the port ui_command passes.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_server(tracking_uri: str) -> str | None:
+    """The base URL of the UI showing this tracking URI (no credentials), or None for a store with no UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return public_uri(tracking_uri).rstrip("/")
+    if tracking_uri.startswith("sqlite:///"):
+        return LOCAL_UI
+    return None
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    # MLflow 3 opens an experiment in its GenAI view (traces) unless told otherwise; runs live in the ML view.
+    return f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def run_url(server: str, experiment_id: str, run_id: str) -> str:
+    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_command(tracking_uri: str, experiment_ids: list[str] | tuple[str, ...] = ()) -> str:
+    """How to look at the runs: the server's experiment pages, or for a local store the `mlflow ui` command and
+    the pages it will serve."""
+    server = ui_server(tracking_uri)
+    pages = [experiment_url(server, x) for x in experiment_ids] if server else []
     if tracking_uri.startswith("sqlite:///"):
         # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
         beside = Path(sys.executable).parent / "mlflow"
         mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
-        return f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+        command = f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+        return command + "\nthen open " + (" ".join(pages) if pages else LOCAL_UI)
+    if pages:
+        return "open " + " ".join(pages) + " in a browser"
     return f"open {public_uri(tracking_uri)} in a browser"
+
+
+def experiment_description(project_id: str, runs_selected: int | None = None) -> tuple[str, dict[str, str]]:
+    """The note and tags a created experiment gets, so someone finding it in MLflow knows where it came from."""
+    workspace = project_id.split("/", 1)[0] if "/" in project_id else ""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    runs = f" {runs_selected} run(s) were selected." if runs_selected is not None else ""
+    note = (f"Migrated from Neptune project {project_id}" + (f" (workspace {workspace})" if workspace else "")
+            + f" by neptune-migration {__version__} on {when}.{runs} Each run's Neptune id is in its tag "
+            f"{KEY_TAG}.")
+    tags = {"mlflow.note.content": note, "neptune.project": project_id,
+            "neptune.migrated_by": f"neptune-migration {__version__}"}
+    if workspace:
+        tags["neptune.workspace"] = workspace
+    return note, tags
 
 
 def public_uri(uri: str) -> str:
@@ -207,7 +252,9 @@ class MlflowTarget:
             base = str(run.atom_value("sys/name") or run.ref.project_id)
         return fit_length(self.experiment_prefix + base, MAX_EXPERIMENT_NAME)
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, project_id: str | None = None) -> str:
+        """The experiment's id, created (described and tagged with `project_id`'s origin) when it does not exist.
+        An experiment that exists is left as it is: its description may be someone's own."""
         with self._exp_lock:
             if name in self._experiments:
                 return self._experiments[name]
@@ -222,7 +269,8 @@ class MlflowTarget:
                 if self.local_store is not None:
                     location = (self.local_store / "artifacts" / short_hash(name, 16)).resolve().as_uri()
                 try:
-                    exp_id = self.client.create_experiment(name, artifact_location=location)
+                    tags = experiment_description(project_id)[1] if project_id else None
+                    exp_id = self.client.create_experiment(name, artifact_location=location, tags=tags)
                 except Exception:
                     # Another process created it between our lookup and create.
                     exp = self.client.get_experiment_by_name(name)
@@ -253,7 +301,7 @@ class MlflowTarget:
     # -- the load ---------------------------------------------------------------------------------------
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
         atoms = run.atoms()
-        exp_id = self.experiment_id(self.experiment_name(run))
+        exp_id = self.experiment_id(self.experiment_name(run), run.ref.project_id)
         existing = retrying(lambda: self.find_runs(exp_id, run.ref))
         checkpoint = ctx.checkpoint or {}
         if existing and ctx.replace:
