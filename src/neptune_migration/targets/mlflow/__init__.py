@@ -18,7 +18,8 @@ from neptune_migration.targets.base import TargetPlugin, TargetSettings
 class MlflowOptions:
     mlflow_tracking_uri: str | None = option(
         envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (http://..., sqlite:///...). Default: a local store in ./mlflow-store. "
+        help="MLflow tracking URI (http://..., sqlite:///..., postgresql://..., mysql+pymysql://...). "
+        "Default: a local store in ./mlflow-store. "
         "Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the environment.")
     experiment_by: str = option("project", choices=("project", "experiment"),
                                 help="MLflow experiment per Neptune 'project' or per Neptune 'experiment' "
