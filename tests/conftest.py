@@ -28,11 +28,15 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, workers: int = 1) -> None:
+    """`mlflow server` on a free port; its tracking store is SQLite in `root` unless `backend_store_uri` names
+    another (a PostgreSQL or MySQL database from tests/sqlstores.py)."""
+
+    def __init__(self, root: Path, workers: int = 1, backend_store_uri: str | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.workers = workers
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -43,12 +47,13 @@ class MlflowServer:
             [
                 str(VENV_BIN / "mlflow"), "server",
                 "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--backend-store-uri", self.backend_store_uri,
                 "--artifacts-destination", str(self.root / "artifacts"),
                 "--workers", str(self.workers),
             ],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        # The first start on a database runs every schema migration: slower on PostgreSQL and MySQL.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

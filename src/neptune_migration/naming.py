@@ -18,22 +18,36 @@ def fit_length(name: str, limit: int) -> str:
     return name[: limit - len(suffix)] + suffix
 
 
-def resolve_collisions(originals: Iterable[str], sanitize: Callable[[str], str]) -> dict[str, str]:
+def resolve_collisions(
+    originals: Iterable[str], sanitize: Callable[[str], str], fold: Callable[[str], str] | None = None
+) -> dict[str, str]:
     """Map each original name to a sanitised one, unique within the set.
 
     A name the target accepts as it is keeps it. The others follow in sorted order, so the result does not
     depend on the order rows arrived in: the first keeps the plain sanitised form, a later one that collides
-    gets `_<hash of original>`.
+    gets `_<hash of original>`. `fold` says when the target holds two names as one (a case-insensitive database
+    collation): names that fold alike collide even when they differ, and the first in sorted order keeps its name.
     """
-    names = set(originals)
-    out = {name: name for name in names if sanitize(name) == name}
-    taken = set(out.values())
-    for original in sorted(names - set(out)):
+    same = fold or _identity
+    names = sorted(set(originals))
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        if sanitize(name) == name and same(name) not in taken:
+            out[name] = name
+            taken.add(same(name))
+    for original in names:
+        if original in out:
+            continue
         name = sanitize(original)
-        if name in taken:
+        if same(name) in taken:
             name = sanitize(f"{name}_{short_hash(original, 6)}")
-            while name in taken:  # practically unreachable; keeps the guarantee unconditional
+            while same(name) in taken:  # practically unreachable; keeps the guarantee unconditional
                 name = sanitize(f"{name}_{short_hash(name, 6)}")
-        taken.add(name)
+        taken.add(same(name))
         out[original] = name
     return out
+
+
+def _identity(name: str) -> str:
+    return name

@@ -20,8 +20,8 @@ from neptune_migration.targets.mlflow.endpoint import check_tracking_uri
 class MlflowOptions:
     mlflow_tracking_uri: str | None = option(
         envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI: http(s)://..., sqlite:///..., postgresql://..., mysql://..., file:///... (or "
-        "an existing folder), databricks. Default: a local store in ./mlflow-store. "
+        help="MLflow tracking URI: http(s)://..., sqlite:///..., postgresql://..., mysql+pymysql://..., "
+        "file:///... (or an existing folder), databricks. Default: a local store in ./mlflow-store. "
         "Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the environment.")
     experiment_by: str = option("project", choices=("project", "experiment"),
                                 help="MLflow experiment per Neptune 'project' or per Neptune 'experiment' "

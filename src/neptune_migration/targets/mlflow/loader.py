@@ -42,16 +42,17 @@ from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
     MAX_EXPERIMENT_NAME,
-    MAX_PARAM_LENGTH,
     MAX_TAG_LENGTH,
     SCALE_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
     attribute_dir,
     file_dir,
+    fold_key,
     metric_key,
-    param_artifact_path,
+    nul_tags,
     param_text,
+    param_value,
     payload_destination,
     payload_files,
     sanitize_key,
@@ -60,7 +61,7 @@ from neptune_migration.targets.mlflow.mapping import (
     series_file_name,
     series_line,
     step_decimals,
-    truncate_with_marker,
+    text_value,
 )
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
@@ -136,6 +137,12 @@ def experiment_description(project_id: str, runs_selected: int | None = None) ->
     if workspace:
         tags["neptune.workspace"] = workspace
     return note, tags
+
+
+def keeps_negative_zero(tracking_uri: str) -> bool:
+    """PostgreSQL's float8 keeps -0.0; SQLite and MySQL store 0.0. Behind a REST server the store is unknown, so
+    the load counts the approximation and validation measures what the server actually holds."""
+    return tracking_uri.startswith("postgresql")
 
 
 def public_uri(uri: str) -> str:
@@ -382,6 +389,9 @@ class MlflowTarget:
 
     def run_tags(self, run: ArchivedRun) -> dict[str, str]:
         """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""
+        return self._tags(run, link_parent=True)
+
+    def _tags(self, run: ArchivedRun, link_parent: bool) -> dict[str, str]:
         ref = run.ref
         tags: dict[str, str] = {
             KEY_HASH_TAG: run_key_hash(ref),
@@ -403,7 +413,9 @@ class MlflowTarget:
             values = sorted(run.atom_value(attr) or [])
             if values:
                 tags[prefix.rstrip(".") + "s"] = _tag_value(",".join(values))
-                for name in resolve_collisions(values, lambda v, p=prefix: sanitize_key(p + v)).values():
+                # Prefixed before resolving: a suffix added to a collision must not get the prefix twice.
+                names = resolve_collisions([prefix + v for v in values], sanitize_key, fold_key)
+                for name in names.values():
                     tags[name] = "true"
         parent = run.atom_value("sys/forking/parent")
         if parent:
@@ -411,6 +423,7 @@ class MlflowTarget:
             fork_step = run.atom_value("sys/forking/step")
             if fork_step is not None:
                 tags["neptune.fork_step"] = param_text("float", fork_step)
+        if parent and link_parent:
             parent_runs = self.find_runs(
                 self.experiment_id(self.experiment_name(run)), RunRef(ref.project_id, str(parent))
             )
@@ -428,7 +441,7 @@ class MlflowTarget:
         from mlflow.entities import Param
 
         wanted = {p: a for p, a in atoms.items() if not p.startswith("sys/") and ctx.wants_attribute(p, a.type)}
-        names = resolve_collisions(wanted, sanitize_key)
+        names = resolve_collisions(wanted, sanitize_key, fold_key)
         params: list[Param] = []
         long_values: dict[str, str] = {}
         for path, atom in sorted(wanted.items()):
@@ -436,12 +449,15 @@ class MlflowTarget:
             if key != path:
                 result.renamed[path] = key
             text = param_text(atom.type, atom.value)
-            if len(text) > MAX_PARAM_LENGTH:
-                where = param_artifact_path(key)
+            stored, where, kinds = param_value(key, text)
+            if where is not None:
                 long_values[where] = text
-                text = truncate_with_marker(text, MAX_PARAM_LENGTH, where)
-                result.approx("param_truncated_full_value_in_artifact")
-            params.append(Param(key, text))
+            for kind in kinds:
+                result.approx(kind)
+            params.append(Param(key, stored))
+        nul = nul_tags(self._tags(run, link_parent=False))
+        if nul:
+            result.approx("nul_replaced_in_tags", nul)
         for i in range(0, len(params), PARAMS_PER_BATCH):
             chunk = params[i : i + PARAMS_PER_BATCH]
             retrying(lambda c=chunk: self.client.log_batch(run_id, params=c))
@@ -472,7 +488,7 @@ class MlflowTarget:
         plan = self._series_plan(run, ctx)
         if not plan:
             return plan, {}
-        names = resolve_collisions(plan, metric_key)
+        names = resolve_collisions(plan, metric_key, fold_key)
         for path, key in names.items():
             if key != path:
                 result.renamed[path] = key
@@ -605,7 +621,7 @@ class MlflowTarget:
             if infinite.any():
                 result.approx("inf_clamped_by_mlflow", int(infinite.sum()))
             negative_zero = (values == 0) & np.signbit(values)
-            if negative_zero.any():
+            if negative_zero.any() and not keeps_negative_zero(self.tracking_uri):
                 result.approx("negative_zero_stored_as_zero", int(negative_zero.sum()))
             # Dictionary codes group rows by series with integer compares, not string compares per series.
             encoded = pc.dictionary_encode(batch.column("attribute_path"))
@@ -779,7 +795,7 @@ def _sort_lines(local: Path, keys_file: Path) -> None:
 
 
 def _tag_value(text: str) -> str:
-    return text if len(text) <= MAX_TAG_LENGTH else text[: MAX_TAG_LENGTH - 3] + "..."
+    return text_value(text)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

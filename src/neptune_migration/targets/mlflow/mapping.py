@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +53,19 @@ def sanitize_key(name: str) -> str:
     return fit_length(key, MAX_KEY_LENGTH)
 
 
+def fold_key(key: str) -> str:
+    """When two keys are one key to a MySQL/MariaDB tracking store: their default collations (utf8mb4_general_ci,
+    utf8mb4_unicode_ci, utf8mb4_0900_ai_ci) ignore case and accents, and the PAD SPACE ones trailing spaces, so
+    `Loss`/`loss` or `ünï`/`uni` would share one primary key (a duplicate-key error, or one series read back as
+    two). Deliberately coarser than any of them (`ss` also folds to `s`, covering general_ci's `ß` = `s`): a
+    coarse fold only renames a few more keys, a fine one would let two attributes merge. Applied for every store,
+    so an archive gets the same MLflow keys whatever database is behind the server.
+    """
+    decomposed = unicodedata.normalize("NFKD", key)
+    bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return bare.casefold().replace("ss", "s").rstrip(" ")
+
+
 def metric_key(name: str) -> str:
     """Like `sanitize_key`; Neptune's `monitoring/*` goes to `system/*`, which MLflow shows as system metrics."""
     if name.startswith("monitoring/"):
@@ -91,6 +105,43 @@ def iso(value: datetime) -> str:
 def truncate_with_marker(text: str, limit: int, where: str) -> str:
     marker = f"... [truncated from {len(text)} chars; full value in artifact {where}]"
     return text[: max(0, limit - len(marker))] + marker
+
+
+# PostgreSQL text cannot hold U+0000 (psycopg: "PostgreSQL text fields cannot contain NUL (0x00) bytes"), so no
+# stored text carries one on any store: U+2400 SYMBOL FOR NULL shows where it was.
+NUL_MARK = "\u2400"
+
+
+def text_value(text: str, limit: int = MAX_TAG_LENGTH) -> str:
+    """A tag (or other stored text) value: NUL shown as U+2400, cut to `limit` with `...`."""
+    text = text.replace("\x00", NUL_MARK)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def param_value(key: str, text: str) -> tuple[str, str | None, list[str]]:
+    """(what MLflow stores for a param, the artifact holding its exact text or None, approximation kinds).
+
+    A value too long for MLflow is cut with a marker; one holding NUL (which PostgreSQL cannot store) has it
+    replaced. Either way the artifact keeps the exact text, so nothing is lost on any backend.
+    """
+    kinds: list[str] = []
+    stored = text
+    if "\x00" in stored:
+        stored = stored.replace("\x00", NUL_MARK)
+        kinds.append("param_nul_replaced_full_value_in_artifact")
+    if len(stored) > MAX_PARAM_LENGTH:
+        kinds.append("param_truncated_full_value_in_artifact")
+    if not kinds:
+        return text, None, kinds
+    where = param_artifact_path(key)
+    if len(stored) > MAX_PARAM_LENGTH:
+        stored = truncate_with_marker(stored, MAX_PARAM_LENGTH, where)
+    return stored, where, kinds
+
+
+def nul_tags(tags: dict[str, str]) -> int:
+    """Tags whose value lost a NUL to `text_value` (counted as an approximation by loader and verifier)."""
+    return sum(1 for value in tags.values() if NUL_MARK in value)
 
 
 _ARTIFACT_ESCAPES = {"~": "~7E", "#": "~23", "?": "~3F", "%": "~25"}
