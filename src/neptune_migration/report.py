@@ -47,8 +47,8 @@ TOTAL_FIELDS = (
 # changed and why the target forces it. tests/test_report.py checks that every kind in the sources is here.
 APPROXIMATIONS = {
     # MLflow (docs/mlflow.md)
-    "param_nul_replaced_full_value_in_artifact": "A param holding NUL characters shows them as \u2400 (a "
-    "PostgreSQL store refuses NUL); its exact text is in the run's artifact neptune/params/<key>.txt.",
+    "param_nul_replaced_full_value_in_artifact": "A param holding NUL characters shows them as \u2400, because a "
+    "PostgreSQL store refuses NUL; its exact text is in the run's artifact neptune/params/<key>.txt.",
     "nul_replaced_in_tags": "NUL characters in tags are stored as the visible symbol \u2400, because a PostgreSQL "
     "store refuses NUL in text (the whole run would fail); applied on every store so an archive maps the same "
     "everywhere.",
