@@ -255,7 +255,7 @@ def print_summary(report: dict[str, Any], console: Console, max_mismatches: int 
         if len(report["mismatches"]) > max_mismatches:
             console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
     for detail in report.get("approximation_details", []):
-        console.print(f"approximated: {detail['kind']} x{detail['count']:,}: {detail['meaning']} "
+        console.print(f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
                       f"Runs: {_runs_text(detail)}.", markup=False, highlight=False)
     if next_step:
         print_next_step(report, console)
