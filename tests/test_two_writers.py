@@ -31,7 +31,6 @@ def test_two_loads_with_different_ledgers_make_one_run_per_key(tmp_path: Path, m
 
     procs = [start(1), start(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    print("exit codes:", [code for code, _, _ in results])
     for code, out, err in results:
         assert "Traceback" not in out + err
         # Either it loaded everything, or it failed and says that another writer holds the experiment.

@@ -11,7 +11,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 MISSING = dataclasses.MISSING
@@ -59,8 +58,6 @@ def option(
 
 def _kind(annotation: Any) -> tuple[type, bool]:
     """(scalar type, is a list) of a field annotation such as `str | None`, `int` or `list[str]`."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Path": Path, "list": list, "tuple": tuple})
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -73,11 +70,12 @@ def _kind(annotation: Any) -> tuple[type, bool]:
 def specs(options_type: type, panel: str = "Options") -> list[OptionSpec]:
     """The options a dataclass declares, in field order."""
     out = []
+    hints = typing.get_type_hints(options_type)  # the fields' annotations are strings (postponed evaluation)
     for f in dataclasses.fields(options_type):
         meta = f.metadata.get("neptune_migration")
         if meta is None:
             continue
-        kind, multiple = _kind(f.type)
+        kind, multiple = _kind(hints[f.name])
         default = f.default if f.default is not MISSING else None
         out.append(OptionSpec(
             name=f.name, flag=meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"], default=default,

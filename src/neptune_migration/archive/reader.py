@@ -94,6 +94,8 @@ class ArchivedRun:
     project_dir: StoragePath
     files_dir: StoragePath | None
     _atoms: dict[str, Atom] | None = field(default=None, repr=False)
+    # (earliest, latest) point/file timestamp: start and end time both need it, and it streams a column.
+    _ts_range: tuple[int | None, int | None] | None = field(default=None, repr=False)
     storage: Storage = field(default=LOCAL, repr=False)
     files_storage: Storage = field(default=LOCAL, repr=False)
     # Remote archives only: where this run's payloads are fetched to, and which `file_value.path`s already were.
@@ -209,7 +211,9 @@ class ArchivedRun:
         return self._timestamp_range()[0]
 
     def _timestamp_range(self) -> tuple[int | None, int | None]:
-        """(earliest, latest) timestamp in ms over the run's points and file rows, one column streamed."""
+        """(earliest, latest) timestamp in ms over the run's points and file rows, one column streamed once."""
+        if self._ts_range is not None:
+            return self._ts_range
         low: int | None = None
         high: int | None = None
         for batch in self.batches(_TIMESTAMPED_TYPES, ["timestamp"]):
@@ -220,7 +224,8 @@ class ArchivedRun:
             lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
             low = lo if low is None else min(low, lo)
             high = hi if high is None else max(high, hi)
-        return low, high
+        self._ts_range = (low, high)
+        return self._ts_range
 
     def file_path(self, relative: str) -> Path:
         """The payload behind a `file_value.path` as a local path, refusing paths that escape the files root.

@@ -17,6 +17,7 @@ from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, DEFAULT_MIGRATE_ARCHIV
 from neptune_migration.cli.options import (
     OBJECT_STORE_HELP,
     archive_input,
+    bundle,
     export_source_only,
     json_option,
     logging_options,
@@ -39,6 +40,9 @@ from neptune_migration.cli.output import (
 )
 from neptune_migration.errors import MigrationError
 from neptune_migration.secrets import redact
+
+# validate and retry read the target back: the same options, and no uploads.
+readback_options = bundle(archive_input, target_options, selection_options, report_option, run_options)
 
 
 class ValidationFailed(MigrationError):
@@ -187,11 +191,7 @@ def migrate(**kwargs: Any) -> None:
 
 
 @click.command()
-@archive_input
-@target_options
-@selection_options
-@report_option
-@run_options
+@readback_options
 def validate(**kwargs: Any) -> None:
     """Read every selected run back from the target and compare it with the archive, value by value.
 
@@ -208,11 +208,7 @@ def validate(**kwargs: Any) -> None:
 
 
 @click.command()
-@archive_input
-@target_options
-@selection_options
-@report_option
-@run_options
+@readback_options
 def retry(**kwargs: Any) -> None:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them.
 
