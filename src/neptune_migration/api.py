@@ -220,7 +220,8 @@ def _load_dict(summary: LoadSummary) -> dict[str, Any]:
         "failed": [{"run": o.key, "error": o.error} for o in summary.failed], "not_selected": summary.not_selected,
         "incomplete": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
         "points": summary.points, "files": summary.files, "bytes": summary.bytes,
-        "approximations": summary.approximations(), "seconds": round(summary.seconds, 3),
+        "approximations": summary.approximations(), "warnings": list(summary.warnings),
+        "seconds": round(summary.seconds, 3),
     }
 
 

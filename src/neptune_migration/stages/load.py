@@ -16,11 +16,12 @@ from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun, UnreadableRun
 from neptune_migration.errors import ArchiveError, Interrupted, UsageError
 from neptune_migration.ledger import DONE, Entry, Ledger
+from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
-from neptune_migration.vocabulary import folder_name
+from neptune_migration.vocabulary import RunRef, folder_name
 
 log = logging.getLogger("neptune_migration")
 
@@ -43,6 +44,7 @@ class LoadSummary:
     incomplete: list[IncompleteRun] = field(default_factory=list)
     not_selected: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -156,6 +158,8 @@ def load(
             summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
         else:
             todo.append(run)
+    # Stale: loaded earlier, and out of line with what this load's runs need (the target reloads them below).
+    stale = target_plugin(target.name).prepare(target, todo, selection.wants_attribute) if todo else []
     with tracker_factory(len(runs)) as tracker:
         for _ in range(len(runs) - len(todo)):
             tracker.run_done()
@@ -166,6 +170,8 @@ def load(
                                         workers, "load", ledger):
                     summary.outcomes.append(outcome)
                     tracker.run_done()
+            reload_stale(runs, summary.outcomes, lambda run: _load_one(run, target, selection, ledger, tracker),
+                         workers, ledger, target.canonical, summary.warnings, stale)
         except Stopped:
             done = summary.count("loaded") + summary.count("already_loaded")
             failed = summary.count("failed")
@@ -173,6 +179,35 @@ def load(
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome], load_one: Callable[[ArchivedRun], RunOutcome],
+                 workers: int, ledger: Ledger, target: str, warnings: list[str],
+                 stale_before: list[RunRef] | None = None) -> None:
+    """Load again the runs that later loads made stale (a target setting shared across runs, such as an MLflow
+    experiment's step scale, rose after they were loaded). Runs not in this archive's selection cannot be
+    reloaded here: they are marked failed in the ledger, so a load of their own archive redoes them."""
+    by_key = {run.ref.key: run for run in runs}
+    for _round in range(10):  # settings only grow, so this ends; the bound guards a target that disagrees
+        stale = {ref.key: ref for o in outcomes if o.result for ref in o.result.stale}
+        stale |= {ref.key: ref for ref in stale_before or ()}
+        stale_before = None
+        for o in outcomes:
+            if o.result:
+                o.result.stale = []
+        here = [by_key[k] for k in sorted(stale) if k in by_key]
+        for key in sorted(set(stale) - set(by_key)):
+            if ledger.get(stale[key], LOAD, target) is not None:
+                ledger.start(stale[key], LOAD, target)
+                ledger.fail(stale[key], LOAD, target, "a later load raised a setting this run shares with its "
+                            "experiment (its step scale); load its archive again to bring it in line")
+            warnings.append(f"run {key} was loaded earlier with an older experiment step scale and is not in this "
+                            "selection: load it again (validate reports it until then)")
+        if not here:
+            return
+        log.info("%d run(s) loaded before their experiment's step scale rose: loading them again", len(here))
+        for outcome in run_pool(here, load_one, workers, "load", ledger):
+            outcomes[:] = [o for o in outcomes if o.key != outcome.key] + [outcome]
 
 
 def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:

@@ -35,8 +35,8 @@ from neptune_migration.stages.export import (
     list_selected,
     make_project_folders,
 )
-from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one
-from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, abandon, settle_after_stop
+from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one, reload_stale
+from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, Stopped, abandon, run_pool, settle_after_stop
 from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
 
@@ -210,6 +210,7 @@ def run_pipeline(
                 to_load.append(value)
         elif stage == "load":
             result.loaded.outcomes.append(value)
+            loaded_items.append(given)
             settle_load(value.key)
             if verifier is not None and value.status != "failed":
                 to_validate.append(given.run)
@@ -228,6 +229,27 @@ def run_pipeline(
             done = len(result.loaded.outcomes) - len(result.loaded.failed)
         return Interrupted("migrate", done, len(runs) - done - failed, failed)
 
+    def reload_and_recheck(tracker: Tracker) -> None:
+        """Runs loaded before a later run raised a setting they share (an MLflow experiment's step scale) are
+        loaded again, and read back again, so the migration ends consistent."""
+        if not any(o.result and o.result.stale for o in result.loaded.outcomes):
+            return
+        before = {o.key: o for o in result.loaded.outcomes}
+        archived = {item.run.ref.key: item.run for item in loaded_items}
+        reload_stale(list(archived.values()), result.loaded.outcomes,
+                     lambda run: _load_one(run, target, selection, ledger, tracker),
+                     workers.load, ledger, canonical, result.loaded.warnings)
+        again = [archived[o.key] for o in result.loaded.outcomes
+                 if before.get(o.key) is not o and o.status != "failed" and o.key in archived]
+        if verifier is None or result.validated is None or not again:
+            return
+        rechecked = {c.ref.key: c for c in run_pool(
+            again, lambda run: validate_run(run, verifier, selection, ledger, canonical), workers.validate,
+            "validate", ledger)}
+        result.validated.checks = [c for c in result.validated.checks if c.ref.key not in rechecked]
+        result.validated.checks += list(rechecked.values())
+
+    loaded_items: list[_Exported] = []
     unregister = interrupt.on_hard_exit(lambda: ledger.interrupt_running(timeout=1.0))
     stopped = False
     try:
@@ -268,6 +290,10 @@ def run_pipeline(
                 for fut in done:
                     settled(fut, tracker)
                 clock.add("coordinator", time.monotonic() - t0)
+            reload_and_recheck(tracker)
+    except Stopped:
+        stopped = True
+        raise interrupted() from None
     except KeyboardInterrupt:
         # A second Ctrl-C when the caller is not the command line (a notebook): still no row left `running`.
         stopped = True

@@ -85,4 +85,5 @@ plugin = TargetPlugin(
     hint=_hint,
     run_url=_run_url,
     model_registry=True,
+    prepare=lambda target, runs, wants: target.prepare(runs, wants),
 )

@@ -31,6 +31,7 @@ STATE_TAG = "neptune.migration.state"
 # {metric key: 10**decimals} for series whose steps were scaled to integers; in an artifact when too long.
 SCALE_TAG = "neptune.step_scale"
 SCALE_ARTIFACT = "neptune/step_scale.json"
+SCALE_IN_ARTIFACT = "see " + SCALE_ARTIFACT  # the run tag's value when the scales are in the artifact
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _DOTS_ONLY = re.compile(r"^\.+$")
