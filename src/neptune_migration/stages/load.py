@@ -140,7 +140,10 @@ def load(
     ledger: Ledger,
     tracker_factory: Callable[[int], Tracker],
     workers: int = 4,
+    refresh: bool = False,
 ) -> LoadSummary:
+    """Load the selected runs not yet done. `refresh`: also replace the runs loaded with an older mapping version
+    of the target (without it they are listed in the summary's warnings)."""
     started = time.monotonic()
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
@@ -153,11 +156,25 @@ def load(
         record_unreadable(ledger, bad, LOAD, target.canonical)
         summary.outcomes.append(RunOutcome(bad.key, "failed", error=bad.reason))
     todo = []
+    replace: set[str] = set()
+    version = target_plugin(target.name).mapping_version
+    older: list[str] = []
     for run in runs:
         if ledger.is_done(run.ref, LOAD, target.canonical):
+            loaded_with = outdated(ledger, run.ref, target.canonical, version)
+            if loaded_with is not None and refresh:
+                replace.add(run.ref.key)
+                todo.append(run)
+                continue
+            if loaded_with is not None:
+                older.append(run.ref.key)
             summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
         else:
             todo.append(run)
+    if older:
+        summary.warnings.append(f"{len(older)} run(s) were loaded with an older mapping of {target.name} (this "
+                                f"version writes mapping {version}; see the docs' mapping versions), e.g. "
+                                f"{older[0]}: load again with --refresh to bring them in line")
     # Stale: loaded earlier, and out of line with what this load's runs need (the target reloads them below).
     stale = target_plugin(target.name).prepare(target, todo, selection.wants_attribute) if todo else []
     with tracker_factory(len(runs)) as tracker:
@@ -166,7 +183,8 @@ def load(
         try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
             for wave in fork_waves(todo):
-                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker),
+                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker,
+                                                                    replace=run.ref.key in replace),
                                         workers, "load", ledger):
                     summary.outcomes.append(outcome)
                     tracker.run_done()
@@ -179,6 +197,13 @@ def load(
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def outdated(ledger: Ledger, ref: RunRef, target: str, version: int) -> int | None:
+    """The mapping version a loaded run was loaded with, when older than `version` (None: current)."""
+    entry = ledger.get(ref, LOAD, target)
+    loaded_with = int(((entry.details if entry else None) or {}).get("mapping_version", 1))
+    return loaded_with if loaded_with < version else None
 
 
 def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome], load_one: Callable[[ArchivedRun], RunOutcome],
@@ -256,7 +281,8 @@ def _load_one(
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     if done.error is not None or done.value is None:
         return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
-    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=_details(done.value))
+    details = _details(done.value) | {"mapping_version": target_plugin(target.name).mapping_version}
+    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=details)
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
 
 

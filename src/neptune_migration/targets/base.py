@@ -108,5 +108,9 @@ class TargetPlugin:
     # Called by the load stage with every run it is about to load (and the selection's attribute filter), before
     # any is loaded: a target that keeps settings across runs (MLflow's per-experiment step scale) fixes them here
     # so that no run of this load needs loading twice. Returns the runs already in the target that this made stale.
+    # Raised whenever a change to the target alters what lands where. Each target run records the version it was
+    # loaded with (and the ledger too), so a rerun after an upgrade lists the runs loaded with an older mapping and
+    # reloads them only when asked (`--refresh`): one experiment never silently mixes two mappings.
+    mapping_version: int = 1
     prepare: Callable[[Any, list[ArchivedRun], Callable[[str, str], bool]], list[RunRef]] = (
         lambda _target, _runs, _wants: [])

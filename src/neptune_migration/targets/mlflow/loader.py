@@ -39,8 +39,10 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow import MAPPING_VERSION
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
+    MAPPING_TAG,
     MAX_EXPERIMENT_NAME,
     MAX_TAG_LENGTH,
     SCALE_ARTIFACT,
@@ -413,6 +415,7 @@ class MlflowTarget:
             KEY_TAG: _tag_value(ref.key),
             "neptune.project": _tag_value(ref.project_id),
             "neptune.run_id": _tag_value(ref.run_id),
+            MAPPING_TAG: str(MAPPING_VERSION),
         }
         atoms = run.atoms()
         experiment = run.atom_value("sys/name")

@@ -26,6 +26,8 @@ MAX_TAG_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 MAX_EXPERIMENT_NAME = 500
 INT64_MAX = 2**63 - 1
+# The mapping version (targets/mlflow/__init__.py) a run was loaded with.
+MAPPING_TAG = "neptune.migration.mapping"
 # Set to "complete" as the last write of a load: a run without it was interrupted.
 STATE_TAG = "neptune.migration.state"
 # {metric key: 10**decimals} for series whose steps were scaled to integers; in an artifact when too long.

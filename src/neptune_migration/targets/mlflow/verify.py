@@ -35,6 +35,7 @@ from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
 from neptune_migration.selection import Selection
 from neptune_migration.targets.mlflow.mapping import (
+    MAPPING_TAG,
     MAX_TAG_LENGTH,
     SCALE_ARTIFACT,
     SCALE_IN_ARTIFACT,
@@ -251,7 +252,11 @@ class MlflowVerifier:
         for key, value in sorted(expected_tags.items()):
             check.count("tags")
             attribute = _TAG_ATTRIBUTE.get(key) or sys_tags.get(key) or _tag_set_attribute(key) or "run"
-            if key not in tags:
+            if key == MAPPING_TAG and tags.get(key) != value:
+                check.mismatch("run", "mapping_version", f"the run was loaded with mapping version "
+                               f"{tags.get(key, '1')}, this version writes {value}: `load --refresh` reloads it",
+                               key, expected=value, actual=tags.get(key))
+            elif key not in tags:
                 check.mismatch(attribute, "tag_missing", f"tag {key!r} is missing in MLflow", key, expected=value)
             elif tags[key] != value:
                 check.mismatch(attribute, "tag_value", f"tag {key!r} is {short(tags[key])!r} in MLflow, "
