@@ -220,7 +220,8 @@ def _load_dict(summary: LoadSummary) -> dict[str, Any]:
         "failed": [{"run": o.key, "error": o.error} for o in summary.failed], "not_selected": summary.not_selected,
         "incomplete": [f"{i.project_dir.name}/{i.run_folder}" for i in summary.incomplete],
         "points": summary.points, "files": summary.files, "bytes": summary.bytes,
-        "approximations": summary.approximations(), "seconds": round(summary.seconds, 3),
+        "approximations": summary.approximations(), "warnings": list(summary.warnings),
+        "seconds": round(summary.seconds, 3),
     }
 
 
@@ -362,15 +363,16 @@ def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCH
 
 @interrupt.handling_signals()
 def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
-         upload_workers: int | None = None, state: str | Path | None = None, progress: bool = False,
-         **options: Any) -> LoadResult:
-    """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue."""
+         upload_workers: int | None = None, state: str | Path | None = None, refresh: bool = False,
+         progress: bool = False, **options: Any) -> LoadResult:
+    """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue.
+    `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings)."""
     archived = Archive(str(archive), str(files) if files is not None else None)
     target, plugin, selection = _open_target(to, options, _workers(workers), upload_workers)
     target.check()
     with _ledger(state) as ledger:
         try:
-            summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers)
+            summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers, refresh)
             registry = _load_models(plugin, archived, target, ledger)
         finally:
             _close(target)

@@ -141,6 +141,8 @@ def export(**kwargs: Any) -> None:
 @archive_input
 @target_options
 @selection_options
+@click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of the target "
+              "(a load without it lists them); each is replaced in the target.")
 @run_options
 def load(**kwargs: Any) -> None:
     """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.

@@ -99,7 +99,8 @@ def export_source_only(f: F) -> F:
     """What `export` and `migrate` add to a source: refresh and the 2.x model registry."""
     return bundle(
         click.option("--refresh", is_flag=True, help="Re-export runs whose Neptune modification time moved since "
-                     "they were exported."),
+                     "they were exported (their target copy is replaced), and reload runs loaded with an older "
+                     "mapping version of the target."),
         click.option("--no-models", is_flag=True, help="neptune2: leave the model registry (models and model "
                      "versions) out."),
     )(f)

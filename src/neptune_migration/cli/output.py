@@ -74,6 +74,8 @@ def print_load(summary: LoadSummary) -> None:
         out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
     for item in summary.incomplete:
         out.print(f"[yellow]incomplete in archive[/yellow] {escape(item.project_dir.name)}/{escape(item.run_folder)}")
+    for warning in summary.warnings:
+        out.print(f"[yellow]warning[/yellow] {escape(warning)}")
 
 
 def print_export(summary: ExportSummary) -> None:

@@ -16,11 +16,12 @@ from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun, UnreadableRun
 from neptune_migration.errors import ArchiveError, Interrupted, UsageError
 from neptune_migration.ledger import DONE, Entry, Ledger
+from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
-from neptune_migration.vocabulary import folder_name
+from neptune_migration.vocabulary import RunRef, folder_name
 
 log = logging.getLogger("neptune_migration")
 
@@ -43,6 +44,7 @@ class LoadSummary:
     incomplete: list[IncompleteRun] = field(default_factory=list)
     not_selected: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -138,7 +140,10 @@ def load(
     ledger: Ledger,
     tracker_factory: Callable[[int], Tracker],
     workers: int = 4,
+    refresh: bool = False,
 ) -> LoadSummary:
+    """Load the selected runs not yet done. `refresh`: also replace the runs loaded with an older mapping version
+    of the target (without it they are listed in the summary's warnings)."""
     started = time.monotonic()
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
@@ -151,21 +156,40 @@ def load(
         record_unreadable(ledger, bad, LOAD, target.canonical)
         summary.outcomes.append(RunOutcome(bad.key, "failed", error=bad.reason))
     todo = []
+    replace: set[str] = set()
+    version = target_plugin(target.name).mapping_version
+    older: list[str] = []
     for run in runs:
         if ledger.is_done(run.ref, LOAD, target.canonical):
+            loaded_with = outdated(ledger, run.ref, target.canonical, version)
+            if loaded_with is not None and refresh:
+                replace.add(run.ref.key)
+                todo.append(run)
+                continue
+            if loaded_with is not None:
+                older.append(run.ref.key)
             summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
         else:
             todo.append(run)
+    if older:
+        summary.warnings.append(f"{len(older)} run(s) were loaded with an older mapping of {target.name} (this "
+                                f"version writes mapping {version}; see the docs' mapping versions), e.g. "
+                                f"{older[0]}: load again with --refresh to bring them in line")
+    # Stale: loaded earlier, and out of line with what this load's runs need (the target reloads them below).
+    stale = target_plugin(target.name).prepare(target, todo, selection.wants_attribute) if todo else []
     with tracker_factory(len(runs)) as tracker:
         for _ in range(len(runs) - len(todo)):
             tracker.run_done()
         try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
             for wave in fork_waves(todo):
-                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker),
+                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker,
+                                                                    replace=run.ref.key in replace),
                                         workers, "load", ledger):
                     summary.outcomes.append(outcome)
                     tracker.run_done()
+            reload_stale(runs, summary.outcomes, lambda run: _load_one(run, target, selection, ledger, tracker),
+                         workers, ledger, target.canonical, summary.warnings, stale)
         except Stopped:
             done = summary.count("loaded") + summary.count("already_loaded")
             failed = summary.count("failed")
@@ -173,6 +197,42 @@ def load(
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def outdated(ledger: Ledger, ref: RunRef, target: str, version: int) -> int | None:
+    """The mapping version a loaded run was loaded with, when older than `version` (None: current)."""
+    entry = ledger.get(ref, LOAD, target)
+    loaded_with = int(((entry.details if entry else None) or {}).get("mapping_version", 1))
+    return loaded_with if loaded_with < version else None
+
+
+def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome], load_one: Callable[[ArchivedRun], RunOutcome],
+                 workers: int, ledger: Ledger, target: str, warnings: list[str],
+                 stale_before: list[RunRef] | None = None) -> None:
+    """Load again the runs that later loads made stale (a target setting shared across runs, such as an MLflow
+    experiment's step scale, rose after they were loaded). Runs not in this archive's selection cannot be
+    reloaded here: they are marked failed in the ledger, so a load of their own archive redoes them."""
+    by_key = {run.ref.key: run for run in runs}
+    for _round in range(10):  # settings only grow, so this ends; the bound guards a target that disagrees
+        stale = {ref.key: ref for o in outcomes if o.result for ref in o.result.stale}
+        stale |= {ref.key: ref for ref in stale_before or ()}
+        stale_before = None
+        for o in outcomes:
+            if o.result:
+                o.result.stale = []
+        here = [by_key[k] for k in sorted(stale) if k in by_key]
+        for key in sorted(set(stale) - set(by_key)):
+            if ledger.get(stale[key], LOAD, target) is not None:
+                ledger.start(stale[key], LOAD, target)
+                ledger.fail(stale[key], LOAD, target, "a later load raised a setting this run shares with its "
+                            "experiment (its step scale); load its archive again to bring it in line")
+            warnings.append(f"run {key} was loaded earlier with an older experiment step scale and is not in this "
+                            "selection: load it again (validate reports it until then)")
+        if not here:
+            return
+        log.info("%d run(s) loaded before their experiment's step scale rose: loading them again", len(here))
+        for outcome in run_pool(here, load_one, workers, "load", ledger):
+            outcomes[:] = [o for o in outcomes if o.key != outcome.key] + [outcome]
 
 
 def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
@@ -221,7 +281,8 @@ def _load_one(
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     if done.error is not None or done.value is None:
         return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
-    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=_details(done.value))
+    details = _details(done.value) | {"mapping_version": target_plugin(target.name).mapping_version}
+    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=details)
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
 
 

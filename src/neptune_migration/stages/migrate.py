@@ -25,6 +25,7 @@ from neptune_migration.archive import ArchivedRun, ArchiveWriter
 from neptune_migration.checks import ERROR
 from neptune_migration.errors import Interrupted
 from neptune_migration.ledger import Ledger
+from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.export import (
@@ -35,8 +36,8 @@ from neptune_migration.stages.export import (
     list_selected,
     make_project_folders,
 )
-from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one
-from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, abandon, settle_after_stop
+from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one, outdated, reload_stale
+from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, Stopped, abandon, run_pool, settle_after_stop
 from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
 
@@ -143,6 +144,10 @@ def run_pipeline(
         finally:
             clock.add(stage, time.monotonic() - t0)
 
+    mapping_version = target_plugin(target.name).mapping_version
+    older: list[str] = []
+    older_lock = threading.Lock()
+
     def export_task(run: Any) -> _Exported:
         outcome = export_one(run, source, writer, ledger, refresh)
         if outcome.status == "failed":
@@ -155,8 +160,16 @@ def run_pipeline(
         if replace:
             # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
             ledger.reset(run.ref, LOAD, canonical)
+        already = ledger.is_done(run.ref, LOAD, canonical)
+        if already and outdated(ledger, run.ref, canonical, mapping_version) is not None:
+            if refresh:  # loaded with an older mapping of the target: replaced, as a changed run is
+                replace, already = True, False
+                ledger.reset(run.ref, LOAD, canonical)
+            else:
+                with older_lock:
+                    older.append(run.ref.key)
         parent = archived.atom_value("sys/forking/parent")
-        return _Exported(outcome, archived, replace, ledger.is_done(run.ref, LOAD, canonical),
+        return _Exported(outcome, archived, replace, already,
                          f"{run.ref.project_id}/{parent}" if parent else None)
 
     def load_task(item: _Exported, tracker: Tracker) -> RunOutcome:
@@ -210,6 +223,7 @@ def run_pipeline(
                 to_load.append(value)
         elif stage == "load":
             result.loaded.outcomes.append(value)
+            loaded_items.append(given)
             settle_load(value.key)
             if verifier is not None and value.status != "failed":
                 to_validate.append(given.run)
@@ -228,6 +242,27 @@ def run_pipeline(
             done = len(result.loaded.outcomes) - len(result.loaded.failed)
         return Interrupted("migrate", done, len(runs) - done - failed, failed)
 
+    def reload_and_recheck(tracker: Tracker) -> None:
+        """Runs loaded before a later run raised a setting they share (an MLflow experiment's step scale) are
+        loaded again, and read back again, so the migration ends consistent."""
+        if not any(o.result and o.result.stale for o in result.loaded.outcomes):
+            return
+        before = {o.key: o for o in result.loaded.outcomes}
+        archived = {item.run.ref.key: item.run for item in loaded_items}
+        reload_stale(list(archived.values()), result.loaded.outcomes,
+                     lambda run: _load_one(run, target, selection, ledger, tracker),
+                     workers.load, ledger, canonical, result.loaded.warnings)
+        again = [archived[o.key] for o in result.loaded.outcomes
+                 if before.get(o.key) is not o and o.status != "failed" and o.key in archived]
+        if verifier is None or result.validated is None or not again:
+            return
+        rechecked = {c.ref.key: c for c in run_pool(
+            again, lambda run: validate_run(run, verifier, selection, ledger, canonical), workers.validate,
+            "validate", ledger)}
+        result.validated.checks = [c for c in result.validated.checks if c.ref.key not in rechecked]
+        result.validated.checks += list(rechecked.values())
+
+    loaded_items: list[_Exported] = []
     unregister = interrupt.on_hard_exit(lambda: ledger.interrupt_running(timeout=1.0))
     stopped = False
     try:
@@ -268,6 +303,10 @@ def run_pipeline(
                 for fut in done:
                     settled(fut, tracker)
                 clock.add("coordinator", time.monotonic() - t0)
+            reload_and_recheck(tracker)
+    except Stopped:
+        stopped = True
+        raise interrupted() from None
     except KeyboardInterrupt:
         # A second Ctrl-C when the caller is not the command line (a notebook): still no row left `running`.
         stopped = True
@@ -280,6 +319,10 @@ def run_pipeline(
             pool.shutdown(wait=not stopped, cancel_futures=True)
         if verifier is not None and not interrupt.STOP.stragglers:
             verifier.close()
+    if older:
+        result.loaded.warnings.append(
+            f"{len(older)} run(s) were loaded with an older mapping of {target.name} (this version writes mapping "
+            f"{mapping_version}), e.g. {sorted(older)[0]}: migrate again with --refresh to bring them in line")
     result.exported.outcomes.sort(key=lambda o: o.key)
     result.loaded.outcomes.sort(key=lambda o: o.key)
     if result.validated is not None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.checks import Verifier
+from neptune_migration.vocabulary import RunRef
 
 
 @dataclass
@@ -28,6 +29,9 @@ class LoadResult:
     # Names changed by the target's sanitising: {original attribute path: name in the target}.
     renamed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Runs already in the target that this load made inconsistent (e.g. an MLflow experiment's step scale rose):
+    # the stage loads them again when it can.
+    stale: list[RunRef] = field(default_factory=list)
 
     def approx(self, kind: str, n: int = 1) -> None:
         self.approximations[kind] = self.approximations.get(kind, 0) + n
@@ -101,3 +105,12 @@ class TargetPlugin:
     run_url: Callable[[Any, str], str | None] = lambda _target, _target_id: None
     # The target can hold Neptune 2.x's model registry (models and versions): the load stage sends it.
     model_registry: bool = False
+    # Called by the load stage with every run it is about to load (and the selection's attribute filter), before
+    # any is loaded: a target that keeps settings across runs (MLflow's per-experiment step scale) fixes them here
+    # so that no run of this load needs loading twice. Returns the runs already in the target that this made stale.
+    # Raised whenever a change to the target alters what lands where. Each target run records the version it was
+    # loaded with (and the ledger too), so a rerun after an upgrade lists the runs loaded with an older mapping and
+    # reloads them only when asked (`--refresh`): one experiment never silently mixes two mappings.
+    mapping_version: int = 1
+    prepare: Callable[[Any, list[ArchivedRun], Callable[[str, str], bool]], list[RunRef]] = (
+        lambda _target, _runs, _wants: [])

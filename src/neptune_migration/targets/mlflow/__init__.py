@@ -15,6 +15,10 @@ from neptune_migration.retry import Patience, retry_budget_option, timeout_optio
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 from neptune_migration.targets.mlflow.endpoint import check_tracking_uri
 
+# What lands where in MLflow (docs/mlflow.md, "Mapping versions"). 1: up to 0.1.0 (no tag: runs loaded then
+# read as 1); 2: one step scale per metric key across an experiment.
+MAPPING_VERSION = 2
+
 
 @dataclass
 class MlflowOptions:
@@ -85,4 +89,6 @@ plugin = TargetPlugin(
     hint=_hint,
     run_url=_run_url,
     model_registry=True,
+    prepare=lambda target, runs, wants: target.prepare(runs, wants),
+    mapping_version=MAPPING_VERSION,
 )

@@ -36,6 +36,7 @@ from neptune_migration.errors import TargetError
 from neptune_migration.retry import Patience
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, public_uri
+from neptune_migration.targets.mlflow.scales import StepPlan
 
 # alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
 SCHEMA_REVISION = "dc11669786a5"
@@ -116,8 +117,9 @@ class MlflowBulkTarget(MlflowTarget):
         result: LoadResult,
         staging: Path,
         uploads: list[Future[None]],
+        steps: StepPlan,
     ) -> None:
-        plan, names = self._prepare_metrics(run_id, run, ctx, result)
+        plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0

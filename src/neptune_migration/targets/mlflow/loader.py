@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +39,14 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow import MAPPING_VERSION
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
+    MAPPING_TAG,
     MAX_EXPERIMENT_NAME,
     MAX_TAG_LENGTH,
     SCALE_ARTIFACT,
+    SCALE_IN_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
     attribute_dir,
@@ -63,6 +66,7 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 METRICS_PER_BATCH = 1000
@@ -207,6 +211,8 @@ class MlflowTarget:
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
         self._experiments: dict[str, str] = {}
         self._leases = ExperimentLeases(self.client, retrying)
+        self._scales = ExperimentScales(self.client, retrying)
+        self._planned: dict[str, dict[str, int]] = {}  # run key -> the plan `prepare` made for it
         self._exp_lock = threading.Lock()
         self.upload_workers = max(1, upload_workers)
         self._artifact_pool = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="mlflow-artifacts")
@@ -309,10 +315,13 @@ class MlflowTarget:
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
         atoms = run.atoms()
         exp_id = self.experiment_id(self.experiment_name(run), run.ref.project_id)
+        steps = self._step_plan(exp_id, run, ctx)
         existing = retrying(lambda: self.find_runs(exp_id, run.ref))
         checkpoint = ctx.checkpoint or {}
-        if existing and ctx.replace:
-            # A refreshed run replaces its earlier copy; deleted MLflow runs drop out of the key search.
+        replace = ctx.replace or any(run_scales(r, self.client) != steps.run_tag for r in existing)
+        if existing and replace:
+            # A refreshed run replaces its earlier copy, as does one logged at a step scale the experiment has
+            # since raised (its points cannot be re-stepped in place); deleted runs drop out of the key search.
             for old in existing:
                 retrying(lambda r=old.info.run_id: self.client.delete_run(r))
             existing = []
@@ -325,12 +334,16 @@ class MlflowTarget:
             if checkpoint.get("mlflow_run_id") != run_id:
                 checkpoint = {}  # the checkpoint belongs to a run that no longer exists
         else:
-            run_id = self._create_run(exp_id, run)
+            run_id = self._create_run(exp_id, run, steps.run_tag)
             self._one_run_per_key(exp_id, run, run_id)
             checkpoint = {}
         checkpoint["mlflow_run_id"] = run_id
         ctx.save_checkpoint(dict(checkpoint))
         result = LoadResult(target_id=run_id)
+        steps.record(result)
+        if steps.raised:
+            result.stale = retrying(lambda: self._scales.stale_runs(
+                exp_id, steps.raised, lambda r: run_scales(r, self.client), skip=[run_id]))
         failed_before = bool(existing) and LOAD_ERROR_TAG in existing[0].data.tags
 
         try:
@@ -338,7 +351,7 @@ class MlflowTarget:
             with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
                 staging = Path(tmp)
                 uploads: list[Future[None]] = []
-                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads)
+                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps)
                 self._log_text_series(run_id, run, ctx, result, staging, uploads)
                 self._log_files(run_id, run, ctx, result, staging, uploads)
                 for fut in uploads:
@@ -372,9 +385,13 @@ class MlflowTarget:
             raise TargetError(f"another writer created MLflow run {survivor} for {run.ref.key} at the same moment; "
                               "this copy was removed (rerun to check that run)")
 
-    def _create_run(self, exp_id: str, run: ArchivedRun) -> str:
+    def _create_run(self, exp_id: str, run: ArchivedRun, scales: dict[str, int]) -> str:
         tags = self.run_tags(run)
         tags[STATE_TAG] = "loading"
+        if scales:
+            # At creation, so a run never exists with points at a scale it does not name.
+            text = json.dumps(scales, sort_keys=True)
+            tags[SCALE_TAG] = text if len(text) <= MAX_TAG_LENGTH else SCALE_IN_ARTIFACT
         start = run.start_time_ms()
         created = retrying(
             lambda: self.client.create_run(
@@ -398,6 +415,7 @@ class MlflowTarget:
             KEY_TAG: _tag_value(ref.key),
             "neptune.project": _tag_value(ref.project_id),
             "neptune.run_id": _tag_value(ref.run_id),
+            MAPPING_TAG: str(MAPPING_VERSION),
         }
         atoms = run.atoms()
         experiment = run.atom_value("sys/name")
@@ -481,26 +499,61 @@ class MlflowTarget:
                 plan[path] = max(plan.get(path, 0), d)
         return {p: d for p, d in plan.items() if ctx.wants_attribute(p, "float_series")}
 
+    def prepare(self, runs: list[ArchivedRun], wants: Callable[[str, str], bool]) -> list[RunRef]:
+        """Raise each experiment's step scales to what all of `runs` need (one cheap pass over their steps), so
+        that the runs of this load agree from the first one on and none is loaded twice. Returns the runs loaded
+        earlier that now need loading again."""
+        needed: dict[str, dict[str, int]] = {}
+        for run in runs:
+            plan = self._series_plan(run, LoadContext(wants_attribute=wants))
+            with self._exp_lock:
+                self._planned[run.ref.key] = plan
+            if not any(plan.values()):
+                continue
+            names = resolve_collisions(plan, metric_key, fold_key)
+            exp = needed.setdefault(self.experiment_name(run), {})
+            for path, d in plan.items():
+                exp[names[path]] = max(exp.get(names[path], 0), d)
+        stale: list[RunRef] = []
+        for name, by_key in sorted(needed.items()):
+            exp_id = self.experiment_id(name, name_project(runs, name, self.experiment_name))
+            raised = self._scales.raise_to(exp_id, by_key)
+            if raised:
+                stale += retrying(lambda e=exp_id, r=raised: self._scales.stale_runs(
+                    e, r, lambda m: run_scales(m, self.client)))
+        return stale
+
+    def _step_plan(self, exp_id: str, run: ArchivedRun, ctx: LoadContext) -> StepPlan:
+        """Metric names and the step scale of each series: the experiment's scale for its key, raised first when
+        this run needs more (docs/mlflow.md, "Steps")."""
+        with self._exp_lock:
+            planned = self._planned.pop(run.ref.key, None)
+        # The plan `prepare` made is for the same selection; a resumed or reloaded run computes its own.
+        needed = planned if planned is not None else self._series_plan(run, ctx)
+        names = resolve_collisions(needed, metric_key, fold_key)
+        by_key = {names[p]: d for p, d in needed.items()}
+        known = self._scales.read(exp_id)
+        raised: dict[str, int] = {}
+        if any(d > known.get(k, 0) for k, d in by_key.items()):
+            raised = self._scales.raise_to(exp_id, by_key)
+            known = self._scales.read(exp_id)
+        decimals = {p: max(d, known.get(names[p], 0)) for p, d in needed.items()}
+        return StepPlan(decimals, names, raised)
+
     def _prepare_metrics(
-        self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult
+        self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult, steps: StepPlan
     ) -> tuple[dict[str, int], dict[str, str]]:
-        """The series plan, metric names and the recorded step scales, shared by every metric writer."""
-        plan = self._series_plan(run, ctx)
-        if not plan:
-            return plan, {}
-        names = resolve_collisions(plan, metric_key, fold_key)
-        for path, key in names.items():
+        """The series plan and metric names, shared by every metric writer; records renames and a scale too long
+        for the run tag."""
+        if not steps.decimals:
+            return {}, {}
+        for path, key in steps.names.items():
             if key != path:
                 result.renamed[path] = key
-        scales = {names[p]: 10**d for p, d in sorted(plan.items()) if d}
-        if scales:
-            text = json.dumps(scales, sort_keys=True)
-            if len(text) <= MAX_TAG_LENGTH:
-                retrying(lambda: self.client.set_tag(run_id, SCALE_TAG, text))
-            else:
-                retrying(lambda: self.client.log_text(run_id, text, SCALE_ARTIFACT))
-            result.approx("series_with_scaled_steps", len(scales))
-        return plan, names
+        text = json.dumps(steps.run_tag, sort_keys=True)
+        if steps.run_tag and len(text) > MAX_TAG_LENGTH:
+            retrying(lambda: self.client.log_text(run_id, text, SCALE_ARTIFACT))
+        return steps.decimals, steps.names
 
     def _log_metrics(
         self,
@@ -511,8 +564,9 @@ class MlflowTarget:
         result: LoadResult,
         staging: Path,
         uploads: list[Future[None]],
+        steps: StepPlan,
     ) -> None:
-        plan, names = self._prepare_metrics(run_id, run, ctx, result)
+        plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
         done = int(checkpoint.get("metric_batches_done", 0))
@@ -770,6 +824,11 @@ class MetricColumns:
 
     def keys(self) -> list[str]:
         return np.array(self.series_keys, dtype=object)[self.codes].tolist()
+
+
+def name_project(runs: list[ArchivedRun], experiment: str, name_of: Callable[[ArchivedRun], str]) -> str:
+    """The Neptune project of the first run going into `experiment` (what a new experiment is described by)."""
+    return next(run.ref.project_id for run in runs if name_of(run) == experiment)
 
 
 def _creation_order(mlflow_run: Any) -> tuple[int, str]:

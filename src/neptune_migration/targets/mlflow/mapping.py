@@ -26,11 +26,14 @@ MAX_TAG_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 MAX_EXPERIMENT_NAME = 500
 INT64_MAX = 2**63 - 1
+# The mapping version (targets/mlflow/__init__.py) a run was loaded with.
+MAPPING_TAG = "neptune.migration.mapping"
 # Set to "complete" as the last write of a load: a run without it was interrupted.
 STATE_TAG = "neptune.migration.state"
 # {metric key: 10**decimals} for series whose steps were scaled to integers; in an artifact when too long.
 SCALE_TAG = "neptune.step_scale"
 SCALE_ARTIFACT = "neptune/step_scale.json"
+SCALE_IN_ARTIFACT = "see " + SCALE_ARTIFACT  # the run tag's value when the scales are in the artifact
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _DOTS_ONLY = re.compile(r"^\.+$")

@@ -35,8 +35,10 @@ from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
 from neptune_migration.selection import Selection
 from neptune_migration.targets.mlflow.mapping import (
+    MAPPING_TAG,
     MAX_TAG_LENGTH,
     SCALE_ARTIFACT,
+    SCALE_IN_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
     file_dir,
@@ -55,6 +57,8 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.scales import EXPERIMENT_SCALE_TAG
+from neptune_migration.targets.mlflow.scales import decode as scales_of
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_DOUBLE = 1.7976931348623157e308
@@ -248,7 +252,11 @@ class MlflowVerifier:
         for key, value in sorted(expected_tags.items()):
             check.count("tags")
             attribute = _TAG_ATTRIBUTE.get(key) or sys_tags.get(key) or _tag_set_attribute(key) or "run"
-            if key not in tags:
+            if key == MAPPING_TAG and tags.get(key) != value:
+                check.mismatch("run", "mapping_version", f"the run was loaded with mapping version "
+                               f"{tags.get(key, '1')}, this version writes {value}: `load --refresh` reloads it",
+                               key, expected=value, actual=tags.get(key))
+            elif key not in tags:
                 check.mismatch(attribute, "tag_missing", f"tag {key!r} is missing in MLflow", key, expected=value)
             elif tags[key] != value:
                 check.mismatch(attribute, "tag_value", f"tag {key!r} is {short(tags[key])!r} in MLflow, "
@@ -288,11 +296,26 @@ class MlflowVerifier:
         check.digests["params"] = digest.hexdigest()
 
     # -- metrics --------------------------------------------------------------------------------------------
-    def expected_series(self, run: ArchivedRun, selection: Selection, check: RunCheck
-                        ) -> tuple[dict[str, str], dict[str, int], dict[str, Series]]:
-        """Per float series: MLflow key, step scale, and every point as the mapping says MLflow holds it."""
-        plan = _series_plan(run, selection)
-        names = resolve_collisions(plan, metric_key, fold_key)
+    def expected_series(self, run: ArchivedRun, selection: Selection, check: RunCheck,
+                        experiment: dict[str, int] | None = None, logged: dict[str, int] | None = None
+                        ) -> tuple[dict[str, str], dict[str, int], dict[str, Series], dict[str, int]]:
+        """Per float series: MLflow key, step scale, and every point as the mapping says MLflow holds it; also
+        {path: scale} the experiment says the run should be at. `experiment`: the experiment's {key: decimals},
+        which a run's own need never exceeds. `logged`: {key: decimals} the run says it was logged at; where that
+        is a valid scale for the run's steps the points are compared at it, so a run the experiment outgrew shows
+        one mismatch (its scale), not one per point."""
+        needed = _series_plan(run, selection)
+        names = resolve_collisions(needed, metric_key, fold_key)
+        experiment = experiment or {}
+        for path, d in sorted(needed.items()):
+            if experiment and experiment.get(names[path], 0) < d:
+                check.mismatch(path, "step_scale", f"the experiment draws {names[path]!r} at step scale "
+                               f"10^{experiment.get(names[path], 0)}, but this run's steps need 10^{d}",
+                               EXPERIMENT_SCALE_TAG, expected=10**d, actual=10 ** experiment.get(names[path], 0))
+        wanted = {p: max(d, experiment.get(names[p], 0)) for p, d in needed.items()}
+        plan = dict(wanted)
+        if logged is not None:
+            plan.update({p: logged.get(names[p], 0) for p, d in needed.items() if logged.get(names[p], 0) >= d})
         scales = {path: 10**d for path, d in plan.items()}
         check.approx("series_with_scaled_steps", sum(1 for d in plan.values() if d))
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
@@ -332,23 +355,33 @@ class MlflowVerifier:
                 series[path] = Series.build(*(np.concatenate([c[k] for c in chunks]) for k in range(3)))
             else:
                 series[path] = Series.build(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-        return names, scales, series
+        return names, scales, series, {path: 10**d for path, d in wanted.items()}
 
     def _check_metrics(self, run: ArchivedRun, selection: Selection, mlflow_run: Any, check: RunCheck,
                        expected_files: dict[str, ExpectedFile]) -> None:
-        names, scales, expected = self.expected_series(run, selection, check)
-        scale_map = {names[p]: s for p, s in sorted(scales.items()) if s != 1}
+        exp = retrying(lambda: self.client.get_experiment(mlflow_run.info.experiment_id))
+        logged = _logged_decimals(mlflow_run.data.tags.get(SCALE_TAG))
+        names, scales, expected, wanted = self.expected_series(run, selection, check, scales_of(dict(exp.tags)),
+                                                               logged)
+        scale_map = {names[p]: s for p, s in sorted(wanted.items()) if s != 1}
         if scale_map:
             text = json.dumps(scale_map, sort_keys=True)
-            if len(text) <= MAX_TAG_LENGTH:
-                check.count("tags")
-                actual = mlflow_run.data.tags.get(SCALE_TAG)
-                if actual is None or _loads(actual) != scale_map:
-                    check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {short(actual)!r} in MLflow, "
-                                   f"{short(text)!r} expected", SCALE_TAG, expected=text, actual=actual)
-            else:
+            check.count("tags")
+            actual = mlflow_run.data.tags.get(SCALE_TAG)
+            if len(text) > MAX_TAG_LENGTH:
                 data = text.encode("utf-8")
                 expected_files[SCALE_ARTIFACT] = ExpectedFile("run", None, len(data), content=data)
+                if actual != SCALE_IN_ARTIFACT:
+                    check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {short(actual)!r} in MLflow, "
+                                   f"{SCALE_IN_ARTIFACT!r} expected", SCALE_TAG, expected=SCALE_IN_ARTIFACT,
+                                   actual=actual)
+            elif actual is None or _loads(actual) != scale_map:
+                logged = _loads(actual) if actual else {}
+                behind = sorted(k for k, v in scale_map.items() if isinstance(logged, dict) and logged.get(k, 1) < v)
+                why = (f"; the experiment's scale for {behind[0]!r} rose after this run was loaded (run `retry` to "
+                       "reload it)" if behind else "")
+                check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {short(actual)!r} in MLflow, "
+                               f"{short(text)!r} expected{why}", SCALE_TAG, expected=text, actual=actual)
         run_id = mlflow_run.info.run_id
         futures = {path: self._pool.submit(retrying, lambda k=names[path]: self.history(run_id, k))
                    for path in sorted(expected)}
@@ -568,6 +601,22 @@ def _by_step(series: Series) -> dict[int, list[tuple[int, int]]]:
     for step, ts, bits in zip(series.steps.tolist(), series.timestamps.tolist(), series.bits.tolist(), strict=True):
         out[step].append((ts, bits))
     return {s: sorted(v) for s, v in out.items()}
+
+
+def _logged_decimals(tag: str | None) -> dict[str, int] | None:
+    """{key: decimals} from a run's step-scale tag; None when it names no valid scale (absent means none scaled)."""
+    if tag is None:
+        return {}
+    scales = _loads(tag)
+    if not isinstance(scales, dict):
+        return None
+    out = {}
+    for key, scale in scales.items():
+        d = len(str(scale)) - 1
+        if not isinstance(scale, int) or scale <= 0 or 10**d != scale:
+            return None
+        out[key] = d
+    return out
 
 
 # -- the loader's first pass, recomputed from the mapping (docs/mlflow.md) ----------------------------------

@@ -14,6 +14,8 @@ from neptune_migration.options import option
 from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 
+# What lands where in W&B (docs/wandb.md, "Mapping versions"); runs loaded before it was recorded read as 1.
+MAPPING_VERSION = 1
 
 @dataclass
 class WandbOptions:
@@ -64,6 +66,7 @@ online_plugin = TargetPlugin(
     options=WandbOptions,
     build=_build_online,
     verifier=_verifier,
+    mapping_version=MAPPING_VERSION,
 )
 offline_plugin = TargetPlugin(
     name="wandb-offline",
@@ -72,4 +75,5 @@ offline_plugin = TargetPlugin(
     build=_build_offline,
     verifier=_verifier,
     hint=_offline_hint,
+    mapping_version=MAPPING_VERSION,
 )

@@ -35,6 +35,7 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, decimal_steps
 from neptune_migration.errors import ArchiveError, UnsafePathError
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.wandb import MAPPING_VERSION
 from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.history import History, build
 from neptune_migration.targets.wandb.names import STEP_KEY, artifact_name, metric_keys, project_name, run_id, tags
@@ -213,7 +214,8 @@ def _write(
     provenance = tmp / "files" / "neptune_migration.json"
     provenance.parent.mkdir(parents=True, exist_ok=True)
     provenance.write_text(_json({"run_key": run.ref.key, "project_id": run.ref.project_id, "run_id": run.ref.run_id,
-                                 "step_mode": hist.step_mode, "writer": "neptune-migration"}))
+                                 "step_mode": hist.step_mode, "mapping_version": MAPPING_VERSION,
+                                 "writer": "neptune-migration"}))
     f = pb.Record()
     item = f.files.files.add()
     item.path = provenance.name
@@ -374,6 +376,7 @@ def _config(
         "project_id": run.ref.project_id,
         "run_id": run.ref.run_id,
         "step_mode": hist.step_mode,
+        "mapping_version": MAPPING_VERSION,
         "tags": sorted(neptune_tags),
         **({"fork": fork} if fork else {}),
         **({"supersedes": supersedes} if supersedes else {}),

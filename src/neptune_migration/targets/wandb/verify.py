@@ -23,6 +23,7 @@ from neptune_migration.archive.reader import END_TIME_RULE, ms_text
 from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.selection import Selection
+from neptune_migration.targets.wandb import MAPPING_VERSION
 from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.folder import names_for, runtime_seconds
 from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
@@ -64,6 +65,12 @@ class WandbVerifier:
         keys = metric_keys([*series, *strings, *files])
         self._metadata(run, atoms, data, check)
         self._config(atoms, data, check)
+        loaded_with = (data.config.get("neptune_migration") or {}).get("mapping_version", 1)
+        check.count("metadata")
+        if loaded_with != MAPPING_VERSION:
+            check.mismatch("run", "mapping_version", f"the run was loaded with mapping version {loaded_with}, this "
+                           f"version writes {MAPPING_VERSION}: `load --refresh` reloads it",
+                           expected=MAPPING_VERSION, actual=loaded_with)
         digest = hashlib.sha256()
         for path, (type_, points) in sorted(series.items()):
             key = keys[path]
