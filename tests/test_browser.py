@@ -114,20 +114,35 @@ def migrated(tmp_path_factory: pytest.TempPathFactory, mlflow_server) -> dict[st
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(prefix + "acme/vision")
     run = client.search_runs([experiment.experiment_id])[0]
+    link = checked.report["runs"][0]["target_url"]
     return {"root": root, "server": mlflow_server.uri, "experiment": experiment.experiment_id,
-            "run": run.info.run_id, "report": root / "report" / "report.html"}
+            "run": run.info.run_id, "report": root / "report" / "report.html", "link": link}
+
+
+def _page(migrated: dict, tab: str = "") -> str:
+    """A run page as the report links to it (the plug-in's run_url), on one of its tabs."""
+    link = migrated["link"]
+    base, _, query = link.partition("?")
+    return f"{base}{tab}?{query}" if query else base + tab
+
+
+def _close_assistant(driver) -> None:
+    # MLflow 3.17's "Assistant" side panel (a beta) covers a third of the page in screenshots.
+    for button in driver.find_elements("css selector", "button[aria-label='Close']"):
+        button.click()
 
 
 def test_mlflow_run_page_shows_the_run_its_chart_and_histogram_picture(browser, migrated, tmp_path: Path) -> None:
-    base = f"{migrated['server']}/#/experiments/{migrated['experiment']}/runs/{migrated['run']}"
-    browser.get(base)
+    browser.get(_page(migrated))
     _wait_text(browser, "ResNet-50 baseline on CIFAR-10")  # the run's description
     body = browser.find_element("tag name", "body").text
     assert "VIS-7" in body and "parameters/lr" in body and "train/loss" in body
     assert "Created by\nalice" in body and "Duration\n20.0min" in body, "owner and the end-time rule in the UI"
+    assert "Model training" in body and "Evaluation runs" not in body, "the link opens the ML view, not GenAI's"
+    _close_assistant(browser)
     browser.save_screenshot(str(tmp_path / "run-overview.png"))
 
-    browser.get(base + "/model-metrics")
+    browser.get(_page(migrated, "/model-metrics"))
     _wait_for(browser, lambda d: d.find_elements("css selector", ".js-plotly-plot .main-svg"), "a metric chart")
     # The chart has drawn its curve (a trace path with points), not only an empty frame.
     _wait_for(browser, lambda d: any(len(p.get_attribute("d") or "") > 200 for p in
@@ -136,7 +151,8 @@ def test_mlflow_run_page_shows_the_run_its_chart_and_histogram_picture(browser, 
     assert "loss" in browser.find_element("tag name", "body").text
     browser.save_screenshot(str(tmp_path / "run-metrics.png"))
 
-    browser.get(base + "/artifacts/weights/fc.png")
+    browser.get("about:blank")
+    browser.get(_page(migrated, "/artifacts/weights/fc.png"))
     picture = _wait_for(browser, lambda d: [i for i in d.find_elements("css selector", "img[src^='blob:']")
                                             if d.execute_script("return arguments[0].naturalWidth", i) > 300],
                         "the histogram picture")
@@ -146,7 +162,7 @@ def test_mlflow_run_page_shows_the_run_its_chart_and_histogram_picture(browser, 
 
     # A new page, not a hash change: the artifact browser picks its selection when it mounts.
     browser.get("about:blank")
-    browser.get(base + "/artifacts/logs/stdout.log")
+    browser.get(_page(migrated, "/artifacts/logs/stdout.log"))
     _wait_text(browser, "epoch 9: loss ok")  # the string series as text, shown by MLflow's text viewer
     browser.save_screenshot(str(tmp_path / "run-log.png"))
 
@@ -171,3 +187,7 @@ def test_report_html_lists_the_run_with_its_link(browser, migrated, tmp_path: Pa
     rows = [r.text for r in browser.find_elements("css selector", "tr") if "VIS-7" in r.text]
     assert rows and "acme/vision" in browser.find_element("tag name", "body").text
     browser.save_screenshot(str(tmp_path / "report.png"))
+    # Following the run's link lands on its MLflow page.
+    browser.find_element("link text", "VIS-7").click()
+    _wait_text(browser, "ResNet-50 baseline on CIFAR-10")
+    assert browser.current_url == run_links[0]

@@ -110,7 +110,8 @@ def experiment_url(server: str, experiment_id: str) -> str:
 
 
 def run_url(server: str, experiment_id: str, run_id: str) -> str:
-    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+    # Without the workflow type the run page opens under the GenAI view's "Evaluations" breadcrumb and sidebar.
+    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def ui_command(tracking_uri: str, experiment_ids: list[str] | tuple[str, ...] = ()) -> str:
