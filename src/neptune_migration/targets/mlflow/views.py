@@ -9,7 +9,6 @@ at most `MAX_COLUMNS` evenly spaced steps, read in two streaming passes, so memo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import zlib
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from neptune_migration.hashing import file_sha256
 from neptune_migration.targets.mlflow.mapping import log_line
 
 MAX_COLUMNS = 400
@@ -84,7 +84,7 @@ def render_histograms(jsonl: Path, png: Path, title: str) -> None:
     else:
         axes.text(0.5, 0.5, "no points", ha="center", va="center", transform=axes.transAxes)
     figure.tight_layout()
-    digest = hashlib.sha256(jsonl.read_bytes()).hexdigest()
+    digest = file_sha256(jsonl)
     # Software is left out: the picture then depends on its data, not on which matplotlib drew it.
     figure.savefig(png, format="png", metadata={"Software": None, SOURCE_KEY: picture_source(digest, count)})
 
