@@ -6,7 +6,7 @@ the run's artifacts, and the members are staged under names of our own, never th
 uploaded again; a manifest, `neptune/file_sets/<attribute path>/<zip name>.json`, records its size and sha256 and
 every member's name, artifact path, size and CRC-32, and validation recomputes it from the archive's zip and
 checks each member's bytes against the zip's own. A zip that cannot be unpacked exactly (not a zip, encrypted,
-a bad CRC, two members that would land on one path) is uploaded as it is, the way it was before.
+a bad CRC, two members that would land on one path, more than MAX_MEMBERS members) is uploaded as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from pathlib import Path
 from neptune_migration.targets.mlflow.mapping import attribute_dir, joined, payload_destination
 
 MANIFEST_ROOT = "neptune/file_sets"
+# Beyond this many members a file set stays one zip: MLflow uploads artifacts one request each (200-300 small
+# files/s through a server), so a zip of 100,000 files would cost minutes for one attribute.
+MAX_MEMBERS = 10_000
 CHUNK = 1 << 20
 
 
@@ -59,8 +62,8 @@ def unpack(zip_path: Path, attribute_path: str, relative: str, zip_name: str,
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = [info for info in archive.infolist() if not info.is_dir()]
-            if any(info.flag_bits & 0x1 for info in infos):  # encrypted: nothing to show without the password
-                return None
+            if len(infos) > MAX_MEMBERS or any(info.flag_bits & 0x1 for info in infos):
+                return None  # too many to upload one by one; or encrypted: nothing to show without the password
             members: list[Member] = []
             files: set[str] = set()
             folders: set[str] = set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from neptune_migration.hashing import file_sha256
 from neptune_migration.targets.mlflow.mapping import log_line
 
 MAX_COLUMNS = 400
+# Matplotlib is not thread-safe (its font cache and text layout are shared), and runs load on several threads.
+_DRAW = threading.Lock()
 ROWS = 120
 # The PNG text chunk naming the JSON-lines file a picture was drawn from (its sha256), checked by validation.
 SOURCE_KEY = "Source"
@@ -39,10 +42,6 @@ def picture_source(jsonl_bytes_sha256: str, points: int) -> str:
 
 def render_histograms(jsonl: Path, png: Path, title: str) -> None:
     """Draw a histogram series (a step-sorted JSON-lines file) as one PNG."""
-    # The Agg canvas directly, never pyplot: no global backend switch, and safe on the loader's threads.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     count, low, high = _extent(jsonl)
     chosen = set(np.unique(np.linspace(0, count - 1, min(count, MAX_COLUMNS)).round().astype(np.int64)).tolist()) \
         if count else set()
@@ -59,6 +58,17 @@ def render_histograms(jsonl: Path, png: Path, title: str) -> None:
             steps.append(float(line["step"]) if line.get("step") is not None else float(index))
             columns.append(column)
             medians.append(median)
+
+    digest = file_sha256(jsonl)
+    with _DRAW:
+        _draw(png, title, count, steps, columns, medians, grid, picture_source(digest, count))
+
+
+def _draw(png: Path, title: str, count: int, steps: list[float], columns: list[np.ndarray], medians: list[float],
+          grid: np.ndarray, source: str) -> None:
+    # The Agg canvas directly, never pyplot: no global backend switch, nothing left open between pictures.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)
@@ -84,9 +94,8 @@ def render_histograms(jsonl: Path, png: Path, title: str) -> None:
     else:
         axes.text(0.5, 0.5, "no points", ha="center", va="center", transform=axes.transAxes)
     figure.tight_layout()
-    digest = file_sha256(jsonl)
     # Software is left out: the picture then depends on its data, not on which matplotlib drew it.
-    figure.savefig(png, format="png", metadata={"Software": None, SOURCE_KEY: picture_source(digest, count)})
+    figure.savefig(png, format="png", metadata={"Software": None, SOURCE_KEY: source})
 
 
 def _lines(handle: Any) -> Any:
