@@ -717,7 +717,7 @@ class MlflowTarget:
             else:
                 view = local.with_name(series_file_name(path, PICTURE_SUFFIX))
                 render_histograms(local, view, path)
-            uploads.append(self._upload(run_id, view, folder, ctx, result, is_file=False))
+            uploads.append(self._upload(run_id, view, folder, ctx, result, is_file=False, stands_for=0))
 
     # -- files --------------------------------------------------------------------------------------------
     def _log_files(
@@ -754,29 +754,28 @@ class MlflowTarget:
     def _upload_unpacked(self, run_id: str, unpacked: Unpacked, staged: Path, ctx: LoadContext, result: LoadResult,
                          uploads: list, zip_size: int) -> None:
         """A file set's members, each into its folder, and the manifest tying them to the zip's bytes. The summary
-        counts the zip as the one Neptune file it was, and its bytes as the zip's."""
+        and the progress count the zip as the one Neptune file it was, with the zip's bytes."""
         manifest = staged / "manifest" / unpacked.manifest_path.rsplit("/", 1)[-1]
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_bytes(unpacked.manifest)
-        uploads.append(self._upload(run_id, manifest, unpacked.manifest_path.rsplit("/", 1)[0], ctx, result,
-                                    is_file=False, counted=False))
         for member in unpacked.members:
             assert member.staged is not None
             uploads.append(self._upload(run_id, member.staged, member.folder, ctx, result, is_file=False,
-                                        counted=False))
-        result.files += 1
-        result.bytes += zip_size
+                                        stands_for=0))
+        uploads.append(self._upload(run_id, manifest, unpacked.manifest_path.rsplit("/", 1)[0], ctx, result,
+                                    stands_for=zip_size))
 
     def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult,
-                is_file: bool = True, counted: bool = True) -> Future:
-        size = local.stat().st_size
+                is_file: bool = True, stands_for: int | None = None) -> Future:
+        """`stands_for`: the archive bytes this upload counts for (its own size unless said)."""
+        size = local.stat().st_size if stands_for is None else stands_for
 
         def work() -> None:
             retrying(lambda: self.client.log_artifact(run_id, str(local), artifact_dir or None))
             ctx.on_bytes(size)
 
         result.files += int(is_file)
-        result.bytes += size if counted else 0
+        result.bytes += size
         return self._artifact_pool.submit(work)
 
     def _terminate(self, run_id: str, run: ArchivedRun) -> None:
