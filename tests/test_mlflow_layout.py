@@ -148,6 +148,9 @@ def test_picture_of_a_long_series_is_drawn_from_a_bounded_sample(tmp_path: Path)
                                            "values": [1.0, 2.0]}}) + "\n")
     render_histograms(jsonl, tmp_path / "long.png", "long")
     assert png_text((tmp_path / "long.png").read_bytes())["Source"].endswith("points=20000")
+    # A rerun uploads the same bytes: nothing in the picture depends on when it was drawn.
+    render_histograms(jsonl, tmp_path / "again.png", "long")
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "long.png").read_bytes()
 
 
 def test_names_and_folders() -> None:
