@@ -219,7 +219,11 @@ def test_string_series_stream_to_artifacts_in_step_order(tmp_path: Path) -> None
         (0.5, "half"), (1, "one\u2028sep"), (2, "two a"), (2, "two b"), (3, "three")
     ]
     assert [x["value"] for x in map(json.loads, (local / "in_order.jsonl").read_text().split("\n")[:-1])] == ["a", "b"]
-    assert sorted(p.name for p in local.iterdir()) == ["in_order.jsonl", "out.jsonl"]
+    assert sorted(p.name for p in local.iterdir()) == ["in_order.jsonl", "in_order.log", "out.jsonl", "out.log"]
+    # The plain-text log: the same order, one line per point, the line separator shown rather than kept.
+    log = (local / "out.log").read_text(encoding="utf-8").split("\n")
+    assert [line.split("\t")[0] + " " + line.split("\t")[2] for line in log[:-1]] == [
+        "0.5 half", "1 one\\nsep", "2 two a", "2 two b", "3 three"]
 
 
 def test_reader_skips_only_row_groups_without_wanted_types(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def test_nasty_archive_arrives_exactly(tmp_path: Path, mlflow_server, prefix: st
     assert sorted(collided.values()) == ["collides after sanitising", "sanitised"]
     long_param = params["params/long_text"]
     assert len(long_param) <= 6000 and "truncated from 9003 chars" in long_param
-    full = client.download_artifacts(run.info.run_id, "neptune/params/params/long_text.txt", str(tmp_path / "dl"))
+    # The full text sits where the attribute lives (not under a doubled neptune/params/params/).
+    full = client.download_artifacts(run.info.run_id, "params/long_text.txt", str(tmp_path / "dl"))
     assert Path(full).read_text() == "x" * 9000 + "END"
     assert sum(1 for k in params if k.startswith("params/very_long_name_")) == 1
 
@@ -154,9 +155,11 @@ def test_nasty_archive_arrives_exactly(tmp_path: Path, mlflow_server, prefix: st
         matches = [p for p in dl.rglob("*") if p.is_file() and hashlib.sha256(p.read_bytes()).digest()
                    == hashlib.sha256(src_bytes).digest()]
         assert matches, f"{row['attribute_path']} arrived with identical bytes"
-    assert (dl / "files" / "model" / "model.bin").read_bytes() == bytes(range(256)) * 64
+    # A file named like its attribute lands at the attribute path, not in a folder of its own name.
+    assert (dl / "files" / "model.bin").read_bytes() == bytes(range(256)) * 64
+    assert not (dl / "files" / "model").exists()
     assert (dl / "images" / "preds" / "step_2_5" / "pred_2.5.png").exists()
-    assert (dl / "files" / "empty" / "empty.txt").read_bytes() == b""
+    assert (dl / "files" / "empty.txt").read_bytes() == b""
     weird = list((dl / "files").glob("weird name*/*"))
     assert len(weird) == 1 and weird[0].read_bytes() == b"weird"
 
@@ -167,6 +170,11 @@ def test_nasty_archive_arrives_exactly(tmp_path: Path, mlflow_server, prefix: st
     hist = [json.loads(x) for x in (dl / "hist" / "weights.jsonl").read_text().splitlines()]
     assert hist[1] == {"step": 1.5, "timestamp": hist[1]["timestamp"],
                        "value": {"type": "COUNTING", "edges": [-1.0, 0.0], "values": [7.0]}}
+    # ... and beside them what a person reads: the string series as a log, the histograms drawn.
+    log = (dl / "logs" / "stdout.log").read_text(encoding="utf-8").split("\n")
+    assert log[:2] == [f"0\t{lines[0]['timestamp']}\tline 0", f"1\t{lines[1]['timestamp']}\tünïcode ✓"]
+    assert len(log) == 4 and log[3] == ""
+    assert (dl / "hist" / "weights.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     minimal = runs["nasty/ünïcode-proj/NASTY-2"]
     assert minimal.info.status == "FINISHED"
@@ -190,10 +198,14 @@ def test_exporter_archives_load_as_they_are(exporter_archives: Path, tmp_path: P
                                                           (4, 0.2)]
     files = _artifact_files(client, first.info.run_id)
     if flavour == "neptune3":
-        assert "model/ckpt/ckpt.bin" in files and "images/preds/step_1/step_1_000000.png" in files
+        # ckpt.bin at its attribute path; the step is not repeated in the file name
+        assert "model/ckpt.bin" in files and "images/preds/step_1/preds.png" in files
+        assert "hist/weights.png" in files and "logs/stdout.log" in files
         assert runs["ws/proj/run-b-old"].info.status == "FAILED"
     else:
-        assert "model/ckpt" in files and "data/files/files.zip" in files
+        # the file set unpacked into a folder, its zip's size and hash in the manifest
+        assert "model/ckpt" in files and "data/files/a.txt" in files and "data/files/sub/b.txt" in files
+        assert "data/files/files.zip" not in files and "neptune/file_sets/data/files/files.zip.json" in files
         assert "data/artifact/files_list.json" in files
 
 

@@ -25,7 +25,9 @@ def test_without_a_fold_nothing_changes() -> None:
 def test_nul_is_never_stored_and_the_exact_text_goes_to_an_artifact() -> None:
     assert param_value("p", "plain") == ("plain", None, [])
     stored, where, kinds = param_value("p", "a\x00b")
-    assert stored == "a\u2400b" and where == "neptune/params/p.txt"
+    # The exact text sits where the attribute lives: `<key>.txt`.
+    assert stored == "a\u2400b" and where == "p.txt"
+    assert param_value("params/nul", "a\x00b")[1] == "params/nul.txt"
     assert kinds == ["param_nul_replaced_full_value_in_artifact"]
     stored, where, kinds = param_value("p", "\x00" + "x" * 7000)
     assert len(stored) <= 6000 and "\x00" not in stored and where is not None

@@ -41,7 +41,8 @@ def test_report_links_experiment_description_and_retry_hint(tmp_path: Path, mlfl
     page = (report_dir / "report.html").read_text(encoding="utf-8")
     md = (report_dir / "report.md").read_text(encoding="utf-8")
     for key, run in runs.items():
-        url = f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+        url = (f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+               "?workflowType=machine_learning")
         assert f'<a href="{url}">{key.rsplit("/", 1)[1]}</a>' in page
         assert f"(<{url}>)" in md
     # each approximation is explained and names the runs it touched

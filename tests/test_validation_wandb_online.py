@@ -21,6 +21,7 @@ from neptune_migration.stages.validate import validate
 sys.path.insert(0, str(Path(__file__).resolve().parent / "wandb"))
 from standin import DEFAULT_ENTITY, StandIn
 
+from neptune_migration.targets.wandb import online_plugin
 from neptune_migration.targets.wandb.loader import WandbOnlineTarget
 
 
@@ -54,6 +55,12 @@ def test_online_runs_validate_and_server_side_corruption_is_named(standin: Stand
         clean = validate(Archive(archive), target, Selection(), ledger, _quiet, 1)
         assert clean.ok, [c.summary_line() for c in clean.checks]
         assert all(c.checked["points"] > 0 and c.checked["files"] == 2 for c in clean.checks)
+        # The report's run links: the run's page on the server it was loaded into.
+        for check in clean.checks:
+            spec = target.spec(next(r for r in Archive(archive).scan().runs if r.ref == check.ref))
+            assert online_plugin.run_url(target, check.target_id) == (
+                f"{standin.url}/{spec.entity}/{spec.project}/runs/{spec.run_id}")
+        assert online_plugin.run_url(target, "never-loaded") is None
 
         run = next(r for r in Archive(archive).scan().runs if r.ref.run_id == "IMG-2")
         spec = target.spec(run)
@@ -70,3 +77,8 @@ def test_online_runs_validate_and_server_side_corruption_is_named(standin: Stand
         bad = validate(Archive(archive), target, Selection(), ledger, _quiet, 1)
     found = {c.ref.run_id: [(m.attribute, m.kind) for m in c.mismatches] for c in bad.checks}
     assert found == {"IMG-1": [], "IMG-2": [("train/loss", "value")]}
+    # W&B's cloud answers the API on api.wandb.ai and shows runs on wandb.ai (no cloud here: the run's path is
+    # set as read_back records it).
+    cloud = WandbOnlineTarget(base_url="https://api.wandb.ai", api_key="k" * 40, staging_dir=tmp_path / "cloud")
+    cloud._run_paths["r1"] = ("team", "my proj")
+    assert online_plugin.run_url(cloud, "r1") == "https://wandb.ai/team/my%20proj/runs/r1"

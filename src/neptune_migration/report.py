@@ -48,7 +48,7 @@ TOTAL_FIELDS = (
 APPROXIMATIONS = {
     # MLflow (docs/mlflow.md)
     "param_nul_replaced_full_value_in_artifact": "A param holding NUL characters shows them as \u2400, because a "
-    "PostgreSQL store refuses NUL; its exact text is in the run's artifact neptune/params/<key>.txt.",
+    "PostgreSQL store refuses NUL; its exact text is in the run's artifact <key>.txt.",
     "nul_replaced_in_tags": "NUL characters in tags are stored as the visible symbol \u2400, because a PostgreSQL "
     "store refuses NUL in text (the whole run would fail); applied on every store so an archive maps the same "
     "everywhere.",
@@ -59,10 +59,12 @@ APPROXIMATIONS = {
     "negative_timestamp_clamped": "Metric timestamps before 1970 are stored as 0 (1970-01-01), because MLflow "
     "refuses negative timestamps.",
     "param_truncated_full_value_in_artifact": "String values over 6000 characters are cut in the MLflow param, "
-    "because MLflow params hold at most 6000; the whole text is in the run's artifact neptune/params/<key>.txt.",
+    "because MLflow params hold at most 6000; the whole text is in the run's artifact <key>.txt (params/notes -> "
+    "params/notes.txt).",
     "series_with_scaled_steps": "Series with fractional steps get integer steps multiplied by a power of ten "
     "(recorded in the run's tag neptune.step_scale), because MLflow steps are integers.",
-    "series_points_in_artifacts": "String and histogram series points are in a .jsonl artifact per attribute, not in "
+    "series_points_in_artifacts": "String and histogram series points are in a .jsonl artifact per attribute (with a "
+    ".log of each string series and a .png drawing of each histogram series beside it), not in "
     "metrics, because MLflow metrics hold only numbers.",
     "duplicate_points_stored_once": "Points repeated with the same step, timestamp and value are stored once, "
     "because MLflow drops exact repeats of a metric point.",

@@ -52,7 +52,7 @@ _VALUE_COLUMNS = [
 ]
 # Rows that carry a timestamp of something the run did: series points and file rows (atoms have none).
 _TIMESTAMPED_TYPES = tuple(sorted({*SERIES_TYPES, *FILE_LIKE_TYPES}))
-_END_ATOMS = ("sys/ping_time", "sys/modification_time")
+END_ATOMS = ("sys/ping_time", "sys/modification_time")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -193,7 +193,7 @@ class ArchivedRun:
         """
         start = self.atom_value("sys/creation_time")
         start_ms = datetime_ms(start) if isinstance(start, datetime) else None
-        end_ms = next((datetime_ms(v) for p in _END_ATOMS if isinstance(v := self.atom_value(p), datetime)), None)
+        end_ms = next((datetime_ms(v) for p in END_ATOMS if isinstance(v := self.atom_value(p), datetime)), None)
         if end_ms is None or start_ms is None:
             earliest, latest = self._timestamp_range()
             end_ms = latest if end_ms is None else end_ms

@@ -40,24 +40,28 @@ from neptune_migration.retry import Patience, backoff, hold_settings, retrying, 
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow import MAPPING_VERSION
+from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
+    LOG_SUFFIX,
     MAPPING_TAG,
     MAX_EXPERIMENT_NAME,
     MAX_TAG_LENGTH,
+    PICTURE_SUFFIX,
     SCALE_ARTIFACT,
     SCALE_IN_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
     attribute_dir,
-    file_dir,
+    file_destination,
+    file_series_widths,
     fold_key,
     metric_key,
     nul_tags,
     param_text,
     param_value,
-    payload_destination,
     payload_files,
+    repeated_sys_atoms,
     sanitize_key,
     scale_exact,
     scale_micros,
@@ -67,6 +71,7 @@ from neptune_migration.targets.mlflow.mapping import (
     text_value,
 )
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
+from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 METRICS_PER_BATCH = 1000
@@ -109,7 +114,8 @@ def experiment_url(server: str, experiment_id: str) -> str:
 
 
 def run_url(server: str, experiment_id: str, run_id: str) -> str:
-    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+    # Without the workflow type the run page opens under the GenAI view's "Evaluations" breadcrumb and sidebar.
+    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def ui_command(tracking_uri: str, experiment_ids: list[str] | tuple[str, ...] = ()) -> str:
@@ -447,8 +453,9 @@ class MlflowTarget:
             )
             if parent_runs:
                 tags["mlflow.parentRunId"] = parent_runs[0].info.run_id
+        repeated = repeated_sys_atoms(atoms, ref.run_id)
         for path, atom in atoms.items():
-            if path.startswith("sys/") and atom.value is not None:
+            if path.startswith("sys/") and atom.value is not None and path not in repeated:
                 key = sanitize_key("neptune." + path)
                 tags.setdefault(key, _tag_value(param_text(atom.type, atom.value)))
         return tags
@@ -715,6 +722,7 @@ class MlflowTarget:
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp"]
         cols += ["string_value", "histogram_value"]
         handles: dict[str, tuple[Any, Path, Any]] = {}
+        types: dict[str, str] = {}
         last_step: dict[str, int] = {}
         unordered: set[str] = set()
         try:
@@ -725,6 +733,7 @@ class MlflowTarget:
                     if not ctx.wants_attribute(path, type_):
                         continue
                     if path not in handles:
+                        types[path] = type_
                         local = staging / "series" / short_hash(path, 16) / series_file_name(path)
                         local.parent.mkdir(parents=True, exist_ok=True)
                         # Sort keys go to a side file so a disordered series can be re-sorted exactly later.
@@ -752,15 +761,24 @@ class MlflowTarget:
             if path in unordered:
                 _sort_lines(local, local.with_suffix(".keys"))
             local.with_suffix(".keys").unlink()
+            folder = attribute_dir(path, parent_only=True)
             # A series is an artifact, not one of the run's files: "files" in the summary counts Neptune files.
-            uploads.append(self._upload(run_id, local, attribute_dir(path, parent_only=True), ctx, result,
-                                        is_file=False))
+            uploads.append(self._upload(run_id, local, folder, ctx, result, is_file=False))
+            # Beside the exact copy, what a person reads: a log, or the histograms drawn over steps.
+            if types[path] == "string_series":
+                view = local.with_name(series_file_name(path, LOG_SUFFIX))
+                write_log(local, view)
+            else:
+                view = local.with_name(series_file_name(path, PICTURE_SUFFIX))
+                render_histograms(local, view, path)
+            uploads.append(self._upload(run_id, view, folder, ctx, result, is_file=False, stands_for=0))
 
     # -- files --------------------------------------------------------------------------------------------
     def _log_files(
         self, run_id: str, run: ArchivedRun, ctx: LoadContext, result: LoadResult, staging: Path, uploads: list
     ) -> None:
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name", "file_size"]
+        widths = file_series_widths(run)
         for batch in run.batches(FILE_LIKE_TYPES, cols):
             for row in batch.to_pylist():
                 path, type_ = row["attribute_path"], row["attribute_type"]
@@ -770,25 +788,44 @@ class MlflowTarget:
                 if not source.exists():
                     raise ArchiveError(f"run {run.ref.key}: file for {path!r} is missing from the archive: {source}")
                 step = row["step_exact"] if row["step_exact"] is not None else row["step"]
-                artifact_dir = file_dir(path, type_, step)
                 for local, relative in payload_files(source):
                     name = row["file_name"] if (row["file_name"] and local == source) else local.name
                     size = local.stat().st_size
                     if not ctx.wants_file(path, name, size):
                         continue
-                    staged = staging / "files" / short_hash(f"{artifact_dir}/{relative}/{name}", 16)
+                    where, target_name = file_destination(path, type_, step, widths.get(path, 1), relative, name)
+                    staged = staging / "files" / short_hash(f"{where}/{relative}/{target_name}", 16)
+                    if type_ == "file_set":
+                        unpacked = unpack(local, path, relative, name, staged / "members")
+                        if unpacked is not None:
+                            self._upload_unpacked(run_id, unpacked, staged, ctx, result, uploads, size)
+                            continue
                     staged.mkdir(parents=True, exist_ok=True)
-                    where, target_name = payload_destination(artifact_dir, relative, name)
                     link = staged / target_name
                     _link_or_copy(local, link)
                     uploads.append(self._upload(run_id, link, where, ctx, result))
 
+    def _upload_unpacked(self, run_id: str, unpacked: Unpacked, staged: Path, ctx: LoadContext, result: LoadResult,
+                         uploads: list, zip_size: int) -> None:
+        """A file set's members, each into its folder, and the manifest tying them to the zip's bytes. The summary
+        and the progress count the zip as the one Neptune file it was, with the zip's bytes."""
+        manifest = staged / "manifest" / unpacked.manifest_path.rsplit("/", 1)[-1]
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_bytes(unpacked.manifest)
+        for member in unpacked.members:
+            assert member.staged is not None
+            uploads.append(self._upload(run_id, member.staged, member.folder, ctx, result, is_file=False,
+                                        stands_for=0))
+        uploads.append(self._upload(run_id, manifest, unpacked.manifest_path.rsplit("/", 1)[0], ctx, result,
+                                    stands_for=zip_size))
+
     def _upload(self, run_id: str, local: Path, artifact_dir: str, ctx: LoadContext, result: LoadResult,
-                is_file: bool = True) -> Future:
-        size = local.stat().st_size
+                is_file: bool = True, stands_for: int | None = None) -> Future:
+        """`stands_for`: the archive bytes this upload counts for (its own size unless said)."""
+        size = local.stat().st_size if stands_for is None else stands_for
 
         def work() -> None:
-            retrying(lambda: self.client.log_artifact(run_id, str(local), artifact_dir))
+            retrying(lambda: self.client.log_artifact(run_id, str(local), artifact_dir or None))
             ctx.on_bytes(size)
 
         result.files += int(is_file)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from neptune_migration.archive.reader import END_ATOMS
 from neptune_migration.errors import ArchiveError
 from neptune_migration.naming import fit_length
 from neptune_migration.paths import safe_segments
@@ -207,10 +208,39 @@ def json_number(value: Any) -> float | int | None:
     return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
+# -- which sys/* atoms become tags ---------------------------------------------------------------------------
+# sys/* atoms whose value already has a home in MLflow: a `neptune.sys/*` tag would only repeat it.
+REPEATED_SYS_ATOMS = {
+    "sys/owner": "the run's user (mlflow.user)",
+    "sys/description": "the run's description (mlflow.note.content)",
+    "sys/name": "tag neptune.experiment",
+    "sys/tags": "tags neptune.tags and neptune.tag.*",
+    "sys/group_tags": "tags neptune.group_tags and neptune.group_tag.*",
+    "sys/creation_time": "the run's start time",
+    "sys/failed": "the run's status",
+    "sys/forking/parent": "tag neptune.fork_parent",
+    "sys/forking/step": "tag neptune.fork_step",
+}
+
+
+def repeated_sys_atoms(atoms: dict[str, Any], run_id: str) -> set[str]:
+    """The sys/* atoms of a run that get no `neptune.sys/*` tag: those above, the id that is the run's name
+    (3.x `sys/custom_run_id`, 2.x `sys/id`), and the time that became its end time (END_ATOMS, in order)."""
+    repeated = {p for p in REPEATED_SYS_ATOMS if p in atoms}
+    for path in ("sys/id", "sys/custom_run_id"):
+        if path in atoms and str(atoms[path].value) == run_id:
+            repeated.add(path)
+    ending = next((p for p in END_ATOMS if p in atoms and isinstance(atoms[p].value, datetime)), None)
+    if ending:
+        repeated.add(ending)
+    return repeated
+
+
 # -- where things land among a run's artifacts ---------------------------------------------------------------
 def param_artifact_path(key: str) -> str:
-    """The artifact holding the full text of a param too long for MLflow."""
-    return "neptune/params/" + "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
+    """The artifact holding the full text of a param too long for MLflow: `<key>.txt`, where the attribute lives
+    (`params/long_text` -> `params/long_text.txt`)."""
+    return "/".join(artifact_name(s) for s in safe_segments(key)) + ".txt"
 
 
 def attribute_dir(attribute_path: str, parent_only: bool = False) -> str:
@@ -218,15 +248,20 @@ def attribute_dir(attribute_path: str, parent_only: bool = False) -> str:
     return "/".join(segments[:-1] if parent_only else segments)
 
 
-def series_file_name(attribute_path: str) -> str:
-    return artifact_name(safe_segments(attribute_path)[-1]) + ".jsonl"
+def series_file_name(attribute_path: str, suffix: str = ".jsonl") -> str:
+    return artifact_name(safe_segments(attribute_path)[-1]) + suffix
 
 
-def series_artifact_path(attribute_path: str) -> str:
-    """The JSON-lines artifact of a string or histogram series: its file in its parent attribute's folder."""
+def series_artifact_path(attribute_path: str, suffix: str = ".jsonl") -> str:
+    """The JSON-lines artifact of a string or histogram series: its file in its parent attribute's folder.
+    `suffix` names its companions: `.log` (a string series as plain text), `.png` (a histogram series drawn)."""
     parent = attribute_dir(attribute_path, parent_only=True)
-    name = series_file_name(attribute_path)
+    name = series_file_name(attribute_path, suffix)
     return f"{parent}/{name}" if parent else name
+
+
+LOG_SUFFIX = ".log"
+PICTURE_SUFFIX = ".png"
 
 
 def series_line(step: Any, timestamp: datetime | None, value: Any) -> dict[str, Any]:
@@ -234,17 +269,90 @@ def series_line(step: Any, timestamp: datetime | None, value: Any) -> dict[str, 
     return {"step": json_number(step), "timestamp": iso(timestamp) if timestamp is not None else None, "value": value}
 
 
-def step_folder(step: Any) -> str:
-    value = float(step)
-    return str(int(value)) if value.is_integer() else repr(value).replace(".", "_")
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-def file_dir(attribute_path: str, type_: str, step: Any) -> str:
+def log_line(line: dict[str, Any]) -> str:
+    """One point of a string series in its plain-text log: `step<TAB>timestamp<TAB>text`, one line per point.
+
+    The JSON-lines artifact is the exact copy; this one is for reading, so a line break inside a value is shown
+    as `\\n` and NUL as U+2400 rather than kept."""
+    step = line["step"]
+    text = "" if line["value"] is None else str(line["value"])
+    text = _LINE_BREAKS.sub("\\\\n", text).replace("\x00", NUL_MARK)
+    return f"{'' if step is None else step}\t{line['timestamp'] or ''}\t{text}\n"
+
+
+def step_folder(step: Any, width: int = 1) -> str:
+    """`step_<n>` with the whole part zero-padded to `width` digits, so the folders of a series sort by step
+    (`step_007`, `step_014`); a fraction follows after `_` (`step_001_5`)."""
+    value = Decimal(repr(float(step))) if not isinstance(step, Decimal) else step
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    whole = int(value)
+    fraction = value - whole
+    text = f"{sign}{whole:0{width}d}"
+    if fraction:
+        text += "_" + format(fraction.normalize(), "f").split(".", 1)[1]
+    return "step_" + text
+
+
+def file_series_widths(run: Any) -> dict[str, int]:
+    """The padding width of each file series of `run` (an `ArchivedRun`), over every row the archive holds, so
+    a selection of files never changes where the others land."""
+    steps: dict[str, int] = {}
+    for batch in run.batches(["file_series"], ["attribute_path", "step", "step_exact"]):
+        for path, step, exact in zip(batch.column("attribute_path").to_pylist(), batch.column("step").to_pylist(),
+                                     batch.column("step_exact").to_pylist(), strict=True):
+            value = exact if exact is not None else step
+            if value is not None:
+                steps[path] = max(steps.get(path, 0), abs(int(float(value))))
+    return {path: len(str(largest)) for path, largest in steps.items()}
+
+
+def file_dir(attribute_path: str, type_: str, step: Any, width: int = 1) -> str:
     """The folder of a file attribute's payload; a file series has one `step_<n>` folder per step."""
     folder = attribute_dir(attribute_path)
     if type_ == "file_series":
-        folder += "/step_" + step_folder(step)
+        folder += "/" + step_folder(step if step is not None else 0, width)
     return folder
+
+
+def _step_spellings(step: Any) -> set[str]:
+    """How a file name can spell its own step: `7`, `7.0`, `step_7`, neptune-exporter's `step_7_000000`."""
+    if step is None:
+        return set()
+    value = Decimal(repr(float(step))) if not isinstance(step, Decimal) else step
+    whole, fraction = int(value), abs(value - int(value))
+    digits = format(fraction.normalize(), "f").split(".", 1)[1] if fraction else ""
+    six = format(fraction, ".6f").split(".", 1)[1]
+    forms = {f"{whole}_{six}", f"{whole}.{six}"}
+    forms |= {f"{whole}.{digits}", f"{whole}_{digits}"} if digits else {str(whole), f"{whole}.0"}
+    return forms | {"step_" + f for f in forms}
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if dot and stem else (name, "")
+
+
+def file_destination(attribute_path: str, type_: str, step: Any, width: int, relative: str,
+                     name: str) -> tuple[str, str]:
+    """(artifact folder, file name) of one payload file named `name`, `relative` to its payload folder.
+
+    A file whose name only repeats its attribute (`plots/confusion` holding `confusion.png`, or 2.x's
+    `model/ckpt` holding `ckpt`) lands at the attribute path itself (`plots/confusion.png`, `model/ckpt`); a file
+    series step whose file name only spells the step (`0.png`, `step_0_000000.png`) is named after the attribute
+    (`images/preds/step_0/preds.png`)."""
+    folder = file_dir(attribute_path, type_, step, width)
+    plain = "_".join(safe_segments(name))
+    leaf = safe_segments(attribute_path)[-1]
+    stem, ext = _split_extension(plain)
+    if type_ == "file_series" and not relative and (stem in _step_spellings(step) or plain in _step_spellings(step)):
+        plain = leaf + ext if stem in _step_spellings(step) else leaf
+    elif type_ == "file" and not relative and leaf in (stem, plain):
+        return attribute_dir(attribute_path, parent_only=True), artifact_name(leaf + ext if stem == leaf else leaf)
+    return payload_destination(folder, relative, plain)
 
 
 def payload_files(source: Path) -> Iterator[tuple[Path, str]]:
@@ -271,6 +379,10 @@ def payload_destination(folder: str, relative: str, name: str) -> tuple[str, str
     where = folder + (f"/{sub}" if sub else "")
     if where.rsplit("/", 1)[-1] == file_name:
         # MLflow's client takes a folder `x` holding one file `x` for a file and lists it as empty, so a file
-        # named like its attribute (2.x files have no extension) lands at the attribute path itself.
+        # named like its folder lands at the folder path itself.
         where = where.rsplit("/", 1)[0] if "/" in where else ""
     return where, file_name
+
+
+def joined(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name

@@ -34,20 +34,25 @@ from neptune_migration.hashing import file_sha256
 from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
 from neptune_migration.selection import Selection
+from neptune_migration.targets.mlflow.filesets import unpack
 from neptune_migration.targets.mlflow.mapping import (
+    LOG_SUFFIX,
     MAPPING_TAG,
     MAX_TAG_LENGTH,
+    PICTURE_SUFFIX,
     SCALE_ARTIFACT,
     SCALE_IN_ARTIFACT,
     SCALE_TAG,
     STATE_TAG,
-    file_dir,
+    file_destination,
+    file_series_widths,
     fold_key,
+    joined,
+    log_line,
     metric_key,
     nul_tags,
     param_text,
     param_value,
-    payload_destination,
     payload_files,
     sanitize_key,
     scale_exact,
@@ -59,6 +64,7 @@ from neptune_migration.targets.mlflow.mapping import (
 )
 from neptune_migration.targets.mlflow.scales import EXPERIMENT_SCALE_TAG
 from neptune_migration.targets.mlflow.scales import decode as scales_of
+from neptune_migration.targets.mlflow.views import SOURCE_KEY, picture_source, png_text
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_DOUBLE = 1.7976931348623157e308
@@ -140,8 +146,11 @@ class ExpectedFile:
     size: int
     content: bytes | None = None
     recorded_sha256: str | None = None  # what the archive's row says, when it says
+    known_sha256: str | None = None  # a file set member's, hashed from the archive's zip
 
     def sha256(self) -> str:
+        if self.known_sha256 is not None:
+            return self.known_sha256
         if self.content is not None:
             return hashlib.sha256(self.content).hexdigest()
         assert self.source is not None
@@ -261,6 +270,10 @@ class MlflowVerifier:
             elif tags[key] != value:
                 check.mismatch(attribute, "tag_value", f"tag {key!r} is {short(tags[key])!r} in MLflow, "
                                f"{short(value)!r} expected", key, expected=value, actual=tags[key])
+        repeated = sorted(k for k in tags if k.startswith("neptune.sys/") and k not in expected_tags)
+        if repeated:
+            # Written by an older mapping, which repeated fields MLflow already holds: harmless, but noise.
+            check.warnings.append(f"{len(repeated)} tag(s) repeat fields held elsewhere: " + ", ".join(repeated[:5]))
         for key in sorted(tags):
             if key.startswith(("neptune.tag.", "neptune.group_tag.")) and key not in expected_tags:
                 check.mismatch("sys/tags" if key.startswith("neptune.tag.") else "sys/group_tags", "tag_extra",
@@ -447,13 +460,21 @@ class MlflowVerifier:
                 "histogram_value"]
         table = run.table(["string_series", "histogram_series"], cols)
         expected: dict[str, list[str]] = defaultdict(list)
-        for row in table.to_pylist():
+        # The loader's order for the log: by step (in millionths), equal steps in archive order.
+        ordered: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
+        types: dict[str, str] = {}
+        micros = decimal_micros(table.column("step")).tolist() if table.num_rows else []
+        for index, (row, step_key) in enumerate(zip(table.to_pylist(), micros, strict=True)):
             path, type_ = row["attribute_path"], row["attribute_type"]
             if not selection.wants_attribute(path, type_):
                 continue
             step = row["step_exact"] if row["step_exact"] is not None else row["step"]
             value = row["string_value"] if type_ == "string_series" else row["histogram_value"]
-            expected[path].append(canonical(series_line(step, row["timestamp"], value)))
+            line = series_line(step, row["timestamp"], value)
+            expected[path].append(canonical(line))
+            types[path] = type_
+            if type_ == "string_series":
+                ordered[path].append((step_key, index, line))
         covered = set()
         digest = hashlib.sha256()
         for path in sorted(expected):
@@ -465,6 +486,13 @@ class MlflowVerifier:
             check.approx("series_points_in_artifacts", len(want))
             digest.update(f"{where}\0{_lines_digest(want)}\0".encode())
             local = actual.get(where)
+            view = series_artifact_path(path, LOG_SUFFIX if types[path] == "string_series" else PICTURE_SUFFIX)
+            covered.add(view)
+            if types[path] == "string_series":
+                log = "".join(log_line(line) for _k, _i, line in sorted(ordered[path], key=lambda t: t[:2]))
+                self._check_log(path, view, log.encode("utf-8"), actual.get(view), check)
+            else:
+                self._check_picture(path, view, local, len(want), actual.get(view), check)
             if local is None:
                 check.mismatch(path, "series_missing", f"artifact {where!r} is missing in MLflow ({len(want)} "
                                "points)", where, expected=len(want), actual=0)
@@ -487,12 +515,48 @@ class MlflowVerifier:
         check.digests["series"] = digest.hexdigest()
         return covered
 
+    @staticmethod
+    def _check_log(path: str, where: str, want: bytes, local: Path | None, check: RunCheck) -> None:
+        """The plain-text log of a string series, byte for byte as the mapping writes it from the archive."""
+        check.count("series_views")
+        if local is None:
+            check.mismatch(path, "series_log_missing", f"log {where!r} is missing in MLflow", where)
+            return
+        got = local.read_bytes()
+        if got != want:
+            lines = sum(1 for a, b in zip(got.split(b"\n"), want.split(b"\n"), strict=False) if a != b)
+            check.mismatch(path, "series_log_content", f"log {where!r} differs from the series ({lines} line(s), "
+                           f"{len(got)} bytes in MLflow, {len(want)} expected)", where,
+                           expected=hashlib.sha256(want).hexdigest(), actual=hashlib.sha256(got).hexdigest())
+
+    @staticmethod
+    def _check_picture(path: str, where: str, series: Path | None, points: int, local: Path | None,
+                       check: RunCheck) -> None:
+        """The histogram picture: a PNG that names the series file it was drawn from (its sha256) and its
+        point count, so a picture of other data, or of a partial series, does not pass."""
+        check.count("series_views")
+        if local is None:
+            check.mismatch(path, "series_picture_missing", f"picture {where!r} is missing in MLflow", where)
+            return
+        text = png_text(local.read_bytes())
+        if not text:
+            check.mismatch(path, "series_picture_unreadable", f"picture {where!r} is not a PNG", where)
+            return
+        if series is None:
+            return  # the missing series is the mismatch
+        want = picture_source(file_sha256(series), points)
+        if text.get(SOURCE_KEY) != want:
+            check.mismatch(path, "series_picture_source", f"picture {where!r} was not drawn from the series "
+                           f"artifact as it is in MLflow ({text.get(SOURCE_KEY)!r}, {want!r} expected)", where,
+                           expected=want, actual=text.get(SOURCE_KEY))
+
     # -- files ----------------------------------------------------------------------------------------------
     def _expected_payloads(self, run: ArchivedRun, selection: Selection, check: RunCheck,
                            expected: dict[str, ExpectedFile]) -> None:
         """Where every file payload lands, by the loader's rules (docs/mlflow.md, files)."""
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name", "file_size",
                 "file_sha256"]
+        widths = file_series_widths(run)
         for batch in run.batches(FILE_LIKE_TYPES, cols):
             for row in batch.to_pylist():
                 path, type_ = row["attribute_path"], row["attribute_type"]
@@ -503,14 +567,21 @@ class MlflowVerifier:
                     check.mismatch(path, "archive_file_missing", f"the archive has no payload at {source}")
                     continue
                 step = row["step_exact"] if row["step_exact"] is not None else row["step"]
-                artifact_dir = file_dir(path, type_, step)
                 for local, relative in payload_files(source):
                     name = row["file_name"] if (row["file_name"] and local == source) else local.name
                     size = local.stat().st_size
                     if not selection.wants_file(path, name, size):
                         continue
-                    where, target_name = payload_destination(artifact_dir, relative, name)
-                    dest = f"{where}/{target_name}" if where else target_name
+                    if type_ == "file_set" and (unpacked := unpack(local, path, relative, name)) is not None:
+                        # The members as the zip holds them, and the manifest naming the zip's size and sha256.
+                        expected[unpacked.manifest_path] = ExpectedFile(path, None, len(unpacked.manifest),
+                                                                        content=unpacked.manifest)
+                        for member in unpacked.members:
+                            expected[member.path] = ExpectedFile(path, None, member.size,
+                                                                 known_sha256=member.sha256)
+                        continue
+                    where, target_name = file_destination(path, type_, step, widths.get(path, 1), relative, name)
+                    dest = joined(where, target_name)
                     recorded = row["file_sha256"] if local == source else None
                     expected[dest] = ExpectedFile(path, local, size, recorded_sha256=recorded)
 

@@ -60,6 +60,10 @@ def _offline_hint(target: Any) -> str:
     return f"On a connected machine, upload with: {target.sync_command()}"
 
 
+def _run_url(target: Any, run_id: str) -> str | None:
+    return target.run_url(run_id)
+
+
 online_plugin = TargetPlugin(
     name="wandb",
     summary="a W&B server (online; WANDB_API_KEY, WANDB_BASE_URL)",
@@ -67,6 +71,7 @@ online_plugin = TargetPlugin(
     build=_build_online,
     verifier=_verifier,
     mapping_version=MAPPING_VERSION,
+    run_url=_run_url,
 )
 offline_plugin = TargetPlugin(
     name="wandb-offline",

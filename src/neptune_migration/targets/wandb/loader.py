@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.errors import TargetError, UsageError
@@ -215,6 +216,18 @@ class WandbOnlineTarget:
         self._api_lock = threading.Lock()
         self.upload_workers = max(1, upload_workers) if upload_workers is not None else None
         self._uploads = threading.BoundedSemaphore(self.upload_workers) if self.upload_workers else None
+        # run id -> (entity, project) of the runs this target wrote or read back, for their UI links.
+        self._run_paths: dict[str, tuple[str | None, str]] = {}
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page in the W&B UI, for a run this target loaded or read back (None otherwise)."""
+        where = self._run_paths.get(run_id)
+        if where is None or not where[0]:
+            return None
+        parts = urlsplit(self.base_url)
+        # W&B's cloud serves its API and its UI on different hosts; a self-hosted server serves both.
+        host = "wandb.ai" if parts.hostname == "api.wandb.ai" else parts.netloc
+        return f"{parts.scheme}://{host}/{quote(where[0])}/{quote(where[1])}/runs/{quote(run_id)}"
 
     @property
     def canonical(self) -> str:
@@ -387,7 +400,9 @@ class WandbOnlineTarget:
 
     def read_back(self, run: ArchivedRun) -> WandbRunData:
         spec = self.spec(run)
-        return read_online(self.api(), spec.entity, spec.project, spec.run_id)
+        data = read_online(self.api(), spec.entity, spec.project, spec.run_id)
+        self._run_paths[spec.run_id] = (getattr(data, "entity", None) or spec.entity, spec.project)
+        return data
 
     def close(self) -> None:
         pass
