@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from neptune_migration.archive import ArchiveWriter
+from neptune_migration.archive import Archive, ArchiveWriter
 from neptune_migration.errors import TargetError
+from neptune_migration.ledger import Ledger
 from neptune_migration.samples import write_nasty_archive
+from neptune_migration.selection import Selection
+from neptune_migration.stages.validate import validate
+from neptune_migration.targets.mlflow import readback
 from neptune_migration.targets.mlflow import bulk as mlflow_bulk
 from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISION, MlflowBulkTarget
 from neptune_migration.targets.mlflow.loader import MlflowTarget
@@ -26,7 +30,7 @@ from ..conftest import VENV_BIN, run_cli
 from ..sqlstores import PostgresServer
 from ..test_mlflow_bulk import T0, _edge_archive, _load, _snapshot
 from .conftest import SqlBackend
-from .test_sql_stores import _approx, _load_and_validate
+from .test_sql_stores import _approx, _load_and_validate, _quiet
 
 
 def _fresh(server: PostgresServer) -> tuple[str, str]:
@@ -50,6 +54,28 @@ def test_nasty_archive_bulk_validates(postgres_server: PostgresServer, tmp_path:
     # The staging table is our session's own: nothing is left in MLflow's schema.
     assert postgres_server.execute(name, "SELECT count(*) FROM information_schema.tables WHERE table_name = "
                                    "'neptune_bulk_points' AND table_schema = 'public'") == [(0,)]
+
+    # The batched read-back sees what the table holds: one point gone, one value changed, both reported, the same
+    # whether a run is read in one query or key by key.
+    run_id = summary.checks[0].target_id
+    key, step = postgres_server.execute(
+        name, "SELECT key, min(step) FROM metrics WHERE run_uuid = %s AND NOT is_nan GROUP BY key "
+        "HAVING count(DISTINCT step) > 2 ORDER BY key LIMIT 1", (run_id,))[0]
+    postgres_server.execute(name, "DELETE FROM metrics WHERE run_uuid = %s AND key = %s AND step = "
+                            "(SELECT max(step) FROM metrics WHERE run_uuid = %s AND key = %s)",
+                            (run_id, key, run_id, key))
+    postgres_server.execute(name, "UPDATE metrics SET value = value + 1 WHERE run_uuid = %s AND key = %s AND "
+                            "step = %s", (run_id, key, step))
+    for per_query in (readback.MAX_POINTS_PER_QUERY, 0):
+        monkeypatch.setattr(readback, "MAX_POINTS_PER_QUERY", per_query)
+        target = MlflowTarget(uri, experiment_prefix="p-")
+        try:
+            with Ledger(tmp_path / f"again-{per_query}.db") as ledger:
+                again = validate(Archive(archive), target, Selection(), ledger, _quiet, workers=1)
+        finally:
+            target.close()
+        kinds = {(m.kind, m.detail.split("'")[1]) for c in again.checks for m in c.mismatches}
+        assert kinds == {("missing_points", key), ("value", key)}, kinds
 
 
 def test_bulk_reads_back_like_log_batch(postgres_server: PostgresServer, tmp_path: Path,
