@@ -20,8 +20,8 @@ from neptune_migration.ledger import Ledger
 from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
 from neptune_migration.stages.validate import validate
-from neptune_migration.targets.mlflow import readback
 from neptune_migration.targets.mlflow import bulk as mlflow_bulk
+from neptune_migration.targets.mlflow import readback
 from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISION, MlflowBulkTarget
 from neptune_migration.targets.mlflow.loader import MlflowTarget
 from neptune_migration.vocabulary import RunRef
