@@ -78,8 +78,10 @@ class PostgresServer:
 
     scheme = "postgresql"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, durable: bool = False) -> None:
         self.port = port
+        # A benchmark may want a production server's durability; tests throw the data away.
+        self.durable = durable
         self.user = "neptune"
         self.password = secrets.token_hex(8)
         self.root: Path | None = None
@@ -113,10 +115,11 @@ class PostgresServer:
             raise DatabaseUnavailable(f"initdb failed: {init.stderr[-1500:]}")
         log = self.root / "postgres.log"
         # fsync off: a test database is thrown away, and the disk is shared with other jobs.
+        fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c",
+                                        "full_page_writes=off"]
         self.proc = subprocess.Popen(
             [*self._run_as, str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}", *fast,
              "-c", "max_connections=200"],
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
         )

@@ -38,8 +38,8 @@ def _uri(backend: SqlBackend, via: str) -> str:
 
 
 def _load_and_validate(archive: Path, uri: str, prefix: str, state: Path, files: Path | None = None,
-                       workers: int = 2):
-    target = MlflowTarget(uri, experiment_prefix=prefix)
+                       workers: int = 2, target_class: type[MlflowTarget] = MlflowTarget):
+    target = target_class(uri, experiment_prefix=prefix)
     target.check()
     try:
         with Ledger(state) as ledger:

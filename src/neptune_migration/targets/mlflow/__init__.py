@@ -1,4 +1,4 @@
-"""The MLflow target: runs into an MLflow tracking server or store (REST, in-process, or bulk into SQLite).
+"""The MLflow target: runs into an MLflow tracking server or store (REST, in-process, or bulk into a database).
 
 This module is what the registry loads for `--to mlflow`: the options and the factory. It imports nothing
 of MLflow; `build` does, when a migration actually starts.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neptune_migration.errors import require
+from neptune_migration.errors import UsageError, require
 from neptune_migration.options import option
 from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
@@ -32,9 +32,12 @@ class MlflowOptions:
                                 help="MLflow experiment per Neptune 'project' or per Neptune 'experiment' "
                                 "(sys/name).")
     experiment_prefix: str = option("", help="Prefix for MLflow experiment names.")
-    mlflow_bulk: bool = option(False, help="For sqlite:/// stores you own: insert metric points straight into "
-                               "MLflow's tables (about 10x faster; pinned to MLflow 3.17.2's schema, refuses any "
-                               "other; checked after each run).")
+    mlflow_bulk: bool = option(False, help="For sqlite:/// and postgresql:// stores you own: write metric points "
+                               "straight into MLflow's tables (about 10x faster; pinned to MLflow 3.17.2's schema, "
+                               "refuses any other; checked after each run).")
+    mlflow_bulk_allow_writers: bool = option(
+        False, help="With --mlflow-bulk into PostgreSQL: go on although other sessions (an MLflow server) are "
+        "connected to the database; only when they never write the runs being loaded.")
     timeout: float = timeout_option()
     retry_budget: float = retry_budget_option()
 
@@ -47,9 +50,14 @@ def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
     from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
     from neptune_migration.targets.mlflow.loader import MlflowTarget
 
-    kind = MlflowBulkTarget if opts.mlflow_bulk else MlflowTarget
-    return kind(uri, experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
-                upload_workers=settings.upload_workers or max(2, settings.workers), patience=patience)
+    common: dict[str, Any] = dict(experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
+                                  upload_workers=settings.upload_workers or max(2, settings.workers),
+                                  patience=patience)
+    if opts.mlflow_bulk:
+        return MlflowBulkTarget(uri, allow_other_writers=opts.mlflow_bulk_allow_writers, **common)
+    if opts.mlflow_bulk_allow_writers:
+        raise UsageError("--mlflow-bulk-allow-writers only applies with --mlflow-bulk")
+    return MlflowTarget(uri, **common)
 
 
 def _verifier(target: Any) -> Any:

@@ -1,8 +1,11 @@
-"""Opt-in bulk path into an MLflow `sqlite:///` store that the user owns (docs/performance.md).
+"""Opt-in bulk path into an MLflow store the user owns: `sqlite:///` or `postgresql://` (docs/mlflow.md).
 
 Runs, params, tags, artifacts and termination go through MLflow's API exactly as in `MlflowTarget`; only the
-metric points are written with plain `executemany` into `metrics` and `latest_metrics`. MLflow's own store spends
-most of its time building SQLAlchemy objects per point, while the insert itself is cheap.
+metric points are written straight into `metrics` and `latest_metrics`. MLflow's own store spends most of its time
+building SQLAlchemy objects per point, while the insert itself is cheap. This module is the part both databases
+share (the order of the rows, the transactions, the resume rule and the check after each run; the pieces the
+writers see are in `bulk_core`); how rows reach a database is `bulk_sqlite` (`executemany`) and `bulk_postgres`
+(binary `COPY`).
 
 Writing another program's tables is only safe for the schema we read: the store's `alembic_version` must be the
 revision this module was written for (MLflow 3.17.2), otherwise the target refuses to start. Every row follows
@@ -12,18 +15,15 @@ the latest values are read back (latest values through `MlflowClient.get_run`) a
 
 Resuming: each transaction also writes the run's tag `neptune.bulk_rows` = "<archive rows committed>:<rows ignored
 as exact repeats>", so progress and data commit together and a rerun starts exactly after the committed rows.
-`metrics`' primary key covers every column, so `INSERT OR IGNORE` drops a point the archive holds twice; the
+`metrics`' primary key covers every column, so a point the archive holds twice is dropped by the key; the
 running count of those is what lets the check after the run tell them from lost points, however many attempts
 the run took.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import sqlite3
-from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -35,61 +35,38 @@ from neptune_migration.archive.reader import to_ms
 from neptune_migration.errors import TargetError
 from neptune_migration.retry import Patience
 from neptune_migration.targets.base import LoadContext, LoadResult
-from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, public_uri
+from neptune_migration.targets.mlflow.bulk_core import (
+    CHECKPOINT_KEY,
+    MAX_DOUBLE,
+    PROGRESS_TAG,
+    SCHEMA_REVISION,
+    BulkSession,
+    BulkStore,
+    Chunk,
+)
+from neptune_migration.targets.mlflow.bulk_postgres import PostgresBulkStore
+from neptune_migration.targets.mlflow.bulk_sqlite import SqliteBulkStore
+from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, default_tracking_uri, public_uri
 from neptune_migration.targets.mlflow.scales import StepPlan
 
-# alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
-SCHEMA_REVISION = "dc11669786a5"
-MAX_DOUBLE = 1.7976931348623157e308
-CHECKPOINT_KEY = "bulk_rows_done"
-PROGRESS_TAG = "neptune.bulk_rows"
+__all__ = ["CHECKPOINT_KEY", "PROGRESS_TAG", "ROWS_PER_TRANSACTION", "SCHEMA_REVISION", "MlflowBulkTarget"]
+
 ROWS_PER_TRANSACTION = 20_000
 
-_INSERT_METRICS = (
-    "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)"
-)
-# Same rule as SqlAlchemyStore._update_latest_metrics_if_necessary: replace only when strictly more recent.
-_UPSERT_PROGRESS = (
-    "INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET value = "
-    "excluded.value"
-)
-_UPSERT_LATEST = (
-    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
-    "step = excluded.step, is_nan = excluded.is_nan "
-    "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
-    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
-)
 
-
-def sqlite_path(tracking_uri: str) -> Path:
-    if not tracking_uri.startswith("sqlite:///"):
-        raise TargetError(
-            f"the MLflow bulk path needs a sqlite:/// tracking URI (a database you own), not {public_uri(tracking_uri)}"
-        )
-    return Path(tracking_uri[len("sqlite:///") :])
-
-
-def schema_revision(db: Path) -> str | None:
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as conn:
-        try:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.DatabaseError:
-            return None
-    return row[0] if row else None
-
-
-def check_schema(db: Path) -> None:
-    found = schema_revision(db)
-    if found != SCHEMA_REVISION:
-        raise TargetError(
-            f"MLflow bulk path refused: {db} has schema version {found or 'none'}, this tool writes only "
-            f"{SCHEMA_REVISION} (MLflow 3.17.2); load without the bulk option"
-        )
+def open_store(tracking_uri: str, allow_other_writers: bool = False) -> BulkStore:
+    if tracking_uri.startswith("sqlite:///"):
+        return SqliteBulkStore(tracking_uri)
+    if tracking_uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
+        return PostgresBulkStore(tracking_uri, allow_other_writers)
+    raise TargetError(
+        "the MLflow bulk path needs a sqlite:/// or postgresql:// tracking URI (a database you own), not "
+        f"{public_uri(tracking_uri)}"
+    )
 
 
 class MlflowBulkTarget(MlflowTarget):
-    """`MlflowTarget` whose metric points go straight into the `sqlite:///` store's tables."""
+    """`MlflowTarget` whose metric points go straight into the store's tables."""
 
     def __init__(
         self,
@@ -98,15 +75,20 @@ class MlflowBulkTarget(MlflowTarget):
         experiment_prefix: str = "",
         upload_workers: int = 4,
         patience: Patience | None = None,
+        allow_other_writers: bool = False,
     ) -> None:
-        if tracking_uri is not None:
-            db = sqlite_path(tracking_uri)
-            # A store at another version must be refused before MLflow's client opens (and might migrate) it.
-            if db.exists() and db.stat().st_size > 0:
-                check_schema(db)
-        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers, patience=patience)
-        self.db = sqlite_path(self.tracking_uri)
-        check_schema(self.db)
+        self.store = open_store(tracking_uri or default_tracking_uri(), allow_other_writers)
+        # A store at another version must be refused before MLflow's client opens (and might migrate) it.
+        self.store.check_before_open()
+        super().__init__(self.store.client_uri, experiment_by, experiment_prefix, upload_workers, patience=patience)
+        # The ledger key and every message name the store as the user gave it.
+        self.tracking_uri = self.store.uri
+        self.store.check_opened()
+
+    @property
+    def db(self) -> Path | None:
+        """The SQLite file, for callers that read it directly; None for a database server."""
+        return getattr(self.store, "db", None)
 
     def _log_metrics(
         self,
@@ -122,21 +104,23 @@ class MlflowBulkTarget(MlflowTarget):
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
+        self.store.check_writers()
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
         counts: dict[str, int] = {}
         latest: dict[str, tuple[int, int, float, int]] = {}
         offset = 0
-        with closing(sqlite3.connect(self.db, timeout=300, isolation_level=None)) as conn:
-            progress = conn.execute("SELECT value FROM tags WHERE run_uuid = ? AND key = ?",
-                                    (run_id, PROGRESS_TAG)).fetchone()
+        # One writer thread per run: the next chunk is read and encoded while the database stores this one.
+        with closing(self.store.session()) as session, ThreadPoolExecutor(1, "mlflow-bulk") as writer:
+            progress = session.progress(run_id)
             if progress is not None:
-                done, ignored = (int(x) for x in progress[0].split(":"))
+                done, ignored = (int(x) for x in progress.split(":"))
             else:
                 # No progress tag: a fresh run, or points an earlier attempt sent another way (REST, log_batch),
                 # whose exact repeats cannot be told from the archive's own.
                 done = int(checkpoint.get(CHECKPOINT_KEY, 0))
-                fresh = conn.execute("SELECT 1 FROM metrics WHERE run_uuid = ? LIMIT 1", (run_id,)).fetchone() is None
-                ignored = 0 if fresh else None
+                ignored = 0 if not session.has_points(run_id) else None
+            state = {"ignored": ignored}
+            pending: tuple[Future[int], int, int] | None = None
             for cols in self._metric_columns(run, plan, names, fallback_ts, result):
                 value, is_nan = _stored_values(cols.values)
                 _count(cols, counts)
@@ -145,54 +129,29 @@ class MlflowBulkTarget(MlflowTarget):
                 result.points += skip
                 for start in range(skip, cols.size, ROWS_PER_TRANSACTION):
                     stop = min(cols.size, start + ROWS_PER_TRANSACTION)
-                    dropped = self._insert(conn, run_id, cols, value, is_nan, start, stop, offset, ignored)
-                    ignored = None if ignored is None else ignored + dropped
-                    result.points += stop - start
-                    ctx.on_points(stop - start)
-                    checkpoint[CHECKPOINT_KEY] = offset + stop
-                    ctx.save_checkpoint(dict(checkpoint))
+                    batch_latest: dict[str, tuple[int, int, float, int]] = {}
+                    _merge_latest(cols, value, is_nan, batch_latest, start, stop)
+                    chunk = Chunk(run_id, cols, value, is_nan, start, stop, batch_latest)
+                    submitted = writer.submit(_write_chunk, session, chunk, offset + stop, state)
+                    if pending is not None:
+                        self._settle_chunk(pending, ctx, checkpoint, result)
+                    pending = (submitted, chunk.size, offset + stop)
                 offset += cols.size
-            stored = dict(
-                conn.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run_id,)).fetchall()
-            )
-            latest_stored = {
-                key: (step, timestamp)
-                for key, step, timestamp in conn.execute(
-                    "SELECT key, step, timestamp FROM latest_metrics WHERE run_uuid = ?", (run_id,)
-                )
-            }
-        self._verify(run, run_id, counts, latest, stored, ignored, latest_stored)
+            if pending is not None:
+                self._settle_chunk(pending, ctx, checkpoint, result)
+            stored = session.stored_counts(run_id)
+            latest_stored = session.latest_stored(run_id)
+        self._verify(run, run_id, counts, latest, stored, state["ignored"], latest_stored)
 
     @staticmethod
-    def _insert(
-        conn: sqlite3.Connection,
-        run_id: str,
-        cols: MetricColumns,
-        value: np.ndarray,
-        is_nan: np.ndarray,
-        start: int,
-        stop: int,
-        offset: int,
-        ignored: int | None,
-    ) -> int:
-        """Rows [start:stop) of a batch that begins at archive row `offset`, their effect on latest_metrics and the
-        progress tag, in one transaction; returns rows ignored as exact repeats. Short transactions keep MLflow's
-        own writers (tags, other runs) from waiting long."""
-        batch_latest: dict[str, tuple[int, int, float, int]] = {}
-        _merge_latest(cols, value, is_nan, batch_latest, start, stop)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = conn.total_changes
-            conn.executemany(_INSERT_METRICS, _rows(run_id, cols, value, is_nan, start, stop))
-            dropped = (stop - start) - (conn.total_changes - before)
-            conn.executemany(_UPSERT_LATEST, [(k, v, t, s, n, run_id) for k, (s, t, v, n) in batch_latest.items()])
-            if ignored is not None:
-                conn.execute(_UPSERT_PROGRESS, (PROGRESS_TAG, f"{offset + stop}:{ignored + dropped}", run_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return dropped
+    def _settle_chunk(pending: tuple[Future[int], int, int], ctx: LoadContext, checkpoint: dict[str, Any],
+                      result: LoadResult) -> None:
+        future, size, rows_done = pending
+        future.result()
+        result.points += size
+        ctx.on_points(size)
+        checkpoint[CHECKPOINT_KEY] = rows_done
+        ctx.save_checkpoint(dict(checkpoint))
 
     def _verify(
         self,
@@ -235,28 +194,23 @@ class MlflowBulkTarget(MlflowTarget):
                 )
 
 
+def _write_chunk(session: BulkSession, chunk: Chunk, rows_done: int, state: dict[str, int | None]) -> int:
+    """One chunk on the writer thread. Chunks run one after another, so the running count of dropped repeats is
+    that of every earlier chunk; the progress tag also needs this chunk's own count, which the session learns
+    inside the transaction."""
+    before = state["ignored"]
+    dropped = session.write(chunk, None if before is None else (rows_done, before))
+    if before is not None:
+        state["ignored"] = before + dropped
+    return dropped
+
+
 def _stored_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Values as SqlAlchemyStore.sanitize_metric_value stores them: NaN as 0 with is_nan, +-inf as +-max double."""
     nan = np.isnan(values)
     stored = np.clip(values, -MAX_DOUBLE, MAX_DOUBLE)
     stored[nan] = 0.0
     return stored, nan.astype(np.int8)
-
-
-def _rows(
-    run_id: str, cols: MetricColumns, value: np.ndarray, is_nan: np.ndarray, start: int, stop: int
-) -> Iterator[tuple[Any, ...]]:
-    """Rows for executemany, made one at a time as SQLite consumes them (no list of tuples)."""
-    part = slice(start, stop)
-    keys = np.array(cols.series_keys, dtype=object)[cols.codes[part]]
-    return zip(
-        keys.tolist(),
-        value[part].tolist(),
-        cols.timestamps[part].tolist(),
-        cols.steps[part].tolist(),
-        is_nan[part].tolist(),
-        itertools.repeat(run_id),
-    )
 
 
 def _count(cols: MetricColumns, counts: dict[str, int]) -> None:

@@ -5,8 +5,8 @@ what the target says about itself: a step scale, a key name or an artifact path 
 bug shows up as a mismatch instead of being validated against its own output.
 
 Reading is the expensive part. Metric histories come over REST as raw JSON (no per-point MLflow entities),
-several series in flight; for `sqlite:///` stores the metrics table is read directly. Artifacts are downloaded
-once per run through the client into a temporary folder and hashed there.
+several series in flight; for stores opened in-process a run's points come in one query (readback.py).
+Artifacts are downloaded once per run through the client into a temporary folder and hashed there.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import sqlite3
 import tempfile
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +61,7 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.readback import MetricReader, empty_columns
 from neptune_migration.targets.mlflow.scales import EXPERIMENT_SCALE_TAG
 from neptune_migration.targets.mlflow.scales import decode as scales_of
 from neptune_migration.targets.mlflow.views import SOURCE_KEY, picture_source, png_text
@@ -167,8 +167,7 @@ class MlflowVerifier:
         self.client = target.client
         store = self.client._tracking_client.store  # the only way to the REST credentials
         self._rest_creds = store.get_host_creds if type(store).__name__ == "RestStore" else None
-        uri = target.tracking_uri
-        self._sqlite = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        self._reader = MetricReader(self.client)
         self._pool = ThreadPoolExecutor(max(1, read_workers), thread_name_prefix="mlflow-read")
         # Experiment ids by name, once found (thousands of runs share a handful of experiments).
         self._experiments: dict[str, str] = {}
@@ -396,11 +395,18 @@ class MlflowVerifier:
                 check.mismatch("run", "step_scale", f"tag {SCALE_TAG} is {short(actual)!r} in MLflow, "
                                f"{short(text)!r} expected{why}", SCALE_TAG, expected=text, actual=actual)
         run_id = mlflow_run.info.run_id
-        futures = {path: self._pool.submit(retrying, lambda k=names[path]: self.history(run_id, k))
-                   for path in sorted(expected)}
+        keys = {path: names[path] for path in sorted(expected)}
+        # A store opened in-process answers for the whole run at once (readback.py); REST goes key by key.
+        batch = None
+        if self._reader.batched:
+            total = sum(len(s) for s in expected.values())
+            batch = retrying(lambda: self._reader.run(run_id, keys.values(), total))
+        futures = {} if batch is not None else {
+            path: self._pool.submit(retrying, lambda k=key: self.history(run_id, k)) for path, key in keys.items()}
         digest = hashlib.sha256()
-        for path, fut in futures.items():
-            actual = fut.result()
+        for path in keys:
+            actual = Series.build(*batch.get(keys[path], empty_columns())) if batch is not None \
+                else futures[path].result()
             want = expected[path].unique()
             if len(want) < len(expected[path]):
                 check.approx("duplicate_points_stored_once", len(expected[path]) - len(want))
@@ -419,8 +425,8 @@ class MlflowVerifier:
 
     def history(self, run_id: str, key: str) -> Series:
         """Every stored point of one metric, read the cheapest way the store allows."""
-        if self._sqlite is not None:
-            return _history_sqlite(self._sqlite, run_id, key)
+        if self._reader.batched:
+            return Series.build(*self._reader.run(run_id, [key]).get(key, empty_columns()))
         if self._rest_creds is not None:
             return self._history_rest(run_id, key)
         points = self.client.get_metric_history(run_id, key)
@@ -714,18 +720,6 @@ def _tag_set_attribute(key: str) -> str | None:
 
 
 # -- reading ------------------------------------------------------------------------------------------------
-def _history_sqlite(db: Path, run_id: str, key: str) -> Series:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ?", (run_id, key)
-        ).fetchall()
-    if not rows:
-        return Series.build(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-    steps, stamps, values, nan = (np.array(col) for col in zip(*rows, strict=True))
-    values = np.where(nan.astype(bool), np.nan, values.astype(np.float64))
-    return Series.build(steps.astype(np.int64), stamps.astype(np.int64), values)
-
-
 def _json_float(value: Any) -> float:
     special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
     return special[value] if isinstance(value, str) and value in special else float(value)

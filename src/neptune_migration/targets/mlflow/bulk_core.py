@@ -1,0 +1,87 @@
+"""What the bulk path's database writers share with its target (`bulk`): the pinned schema, the progress tag,
+one chunk of rows and the session every writer offers (`bulk_sqlite`, `bulk_postgres`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from neptune_migration.errors import TargetError
+from neptune_migration.targets.mlflow.loader import MetricColumns
+
+# alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
+SCHEMA_REVISION = "dc11669786a5"
+MAX_DOUBLE = 1.7976931348623157e308
+CHECKPOINT_KEY = "bulk_rows_done"
+PROGRESS_TAG = "neptune.bulk_rows"
+
+
+@dataclass
+class Chunk:
+    """Rows [start:stop) of one archive batch, as stored (`value` clamped, NaN as 0 with `is_nan`), with their
+    effect on `latest_metrics` ({key: (step, timestamp, value, is_nan)})."""
+
+    run_id: str
+    cols: MetricColumns
+    value: np.ndarray
+    is_nan: np.ndarray
+    start: int
+    stop: int
+    latest: dict[str, tuple[int, int, float, int]]
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class BulkSession(Protocol):
+    """One connection of the bulk writer; used by one thread at a time."""
+
+    def progress(self, run_id: str) -> str | None: ...
+
+    def has_points(self, run_id: str) -> bool: ...
+
+    def write(self, chunk: Chunk, progress: tuple[int, int] | None) -> int:
+        """The chunk's rows, its latest values and, unless `progress` is None, the progress tag, in one
+        transaction; returns the rows the primary key dropped as exact repeats. `progress` is (archive rows done
+        with this chunk, repeats dropped before it): the tag is `progress_value(...)` of them and this chunk's."""
+        ...
+
+    def stored_counts(self, run_id: str) -> dict[str, int]: ...
+
+    def latest_stored(self, run_id: str) -> dict[str, tuple[int, int]]: ...
+
+    def close(self) -> None: ...
+
+
+class BulkStore(Protocol):
+    uri: str  # the user's tracking URI
+    client_uri: str  # what MLflow's client opens (PostgreSQL: the same, naming our sessions)
+
+    def check_before_open(self) -> None:
+        """Refuse a store MLflow should not even open for us (another schema, another writer)."""
+        ...
+
+    def check_opened(self) -> None:
+        """After MLflow's client created or opened it: the schema is the pinned one."""
+        ...
+
+    def check_writers(self) -> None: ...
+
+    def session(self) -> BulkSession: ...
+
+
+def progress_value(progress: tuple[int, int], dropped: int) -> str:
+    rows_done, ignored_before = progress
+    return f"{rows_done}:{ignored_before + dropped}"
+
+
+def refuse_schema(where: str, found: str | None) -> TargetError:
+    return TargetError(
+        f"MLflow bulk path refused: {where} has schema version {found or 'none'}, this tool writes only "
+        f"{SCHEMA_REVISION} (MLflow 3.17.2); load without the bulk option"
+    )
+
+
