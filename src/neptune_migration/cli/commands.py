@@ -35,6 +35,7 @@ from neptune_migration.cli.output import (
     print_hint,
     print_load,
     print_registry,
+    print_sync,
     print_validation,
     setup_logging,
 )
@@ -168,6 +169,11 @@ def load(**kwargs: Any) -> None:
 @selection_options
 @click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run `validate` "
               "later.")
+@click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
+              "same target run, update changed params, tags and files, replace a run whose history was rewritten "
+              "(docs/sync.md).")
+@click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
+              "90s) until Ctrl-C.")
 @report_option
 @run_options
 @stage_workers
@@ -178,14 +184,24 @@ def migrate(**kwargs: Any) -> None:
     Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
     """
     command = _retry_command(kwargs, kwargs.get("archive") or DEFAULT_MIGRATE_ARCHIVE)
-    result = nm.migrate(progress=_logging(kwargs), retry_command=command, **kwargs)
-    _registry(result.registry)
-    print_export(result.exported)
-    print_load(result.loaded)
-    # The UI hint first: a failed validation's summary ends with the command to run next.
-    print_hint(result.hint)
-    if result.validation is not None:
-        print_validation(result.validation)
+    every = kwargs.get("every")
+
+    def show(result: nm.MigrationResult) -> None:
+        _registry(result.registry)
+        print_export(result.exported)
+        print_load(result.loaded)
+        print_sync(result.loaded)
+        # The UI hint first: a failed validation's summary ends with the command to run next.
+        print_hint(result.hint)
+        if result.validation is not None:
+            print_validation(result.validation)
+        if every is not None:
+            out.print(f"next sync in {every} (Ctrl-C to stop)")
+
+    result = nm.migrate(progress=_logging(kwargs), retry_command=command,
+                        on_round=show if every is not None else None, **kwargs)
+    if every is None:
+        show(result)
     if not result.ok:
         raise click.exceptions.Exit(1)
 

@@ -56,6 +56,11 @@ class LoadContext:
     stop_requested: Callable[[], bool] = lambda: False
 
 
+class ReplaceNeeded(Exception):
+    """Raised by `sync_run` when a target cannot append this change to the run it holds (an MLflow param that
+    changed, a step scale that no longer fits): the sync stage replaces the run instead, as `--refresh` does."""
+
+
 class Target(Protocol):
     name: str
 
@@ -73,6 +78,10 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # Optional (`migrate --sync`): `sync_run(run, delta, ctx) -> LoadResult` appends `delta` (the run's parts the
+    # target does not hold yet) to the target's copy of `run` (all its parts), sending only the delta's points;
+    # raises ReplaceNeeded when that cannot be done in place. A target without it has changed runs replaced.
 
 
 @dataclass(frozen=True)
