@@ -38,7 +38,7 @@ def growing_project(name: str, runs: int = 3) -> Project:
 def migrate(sandbox: Any, source: str, project: str, tmp: Path, *extra: str) -> Any:
     args = ["migrate", "--from", source, "-p", project, "--archive", str(tmp / "archive"), "--state",
             str(tmp / "state.db"), "--report-dir", str(tmp / "report"), "--no-progress", "--workers", "2", *extra]
-    return run_cli(*args, env=sandbox.env())
+    return run_cli(*args, env=sandbox.env() | {"COLUMNS": "250"})
 
 
 def ledger_rows(state: Path, stage: str) -> dict[str, dict[str, Any]]:
