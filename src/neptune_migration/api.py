@@ -32,7 +32,7 @@ from typing import Any
 from neptune_migration import interrupt, plugins
 from neptune_migration.archive import Archive, ArchiveWriter, archive_location
 from neptune_migration.errors import UsageError
-from neptune_migration.ledger import Entry, Ledger, default_state_path
+from neptune_migration.ledger import Entry, Ledger, SyncState, default_state_path
 from neptune_migration.options import build as build_options
 from neptune_migration.progress import Tracker
 from neptune_migration.report import build_report, write_reports
@@ -187,6 +187,8 @@ class StatusResult:
     state: Path
     entries: list[Entry]
     ok: bool = True
+    # `migrate --sync`: per run and target, when it was last synced and what that sync added.
+    syncs: list[SyncState] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -198,7 +200,9 @@ class StatusResult:
         return {"state": str(self.state), "counts": self.counts(), "entries": [
             {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
              "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
-            for e in self.entries]}
+            for e in self.entries], "syncs": [
+            {"project_id": x.ref.project_id, "run_id": x.ref.run_id, "target": x.target, "syncs": x.syncs,
+             "last_synced": x.synced_at, "gained": x.gained} for x in self.syncs if x.syncs]}
 
 
 def _export_dict(summary: ExportSummary) -> dict[str, Any]:
@@ -515,4 +519,4 @@ def status(*, state: str | Path | None = None, stage: str | None = None, failed:
     """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched)."""
     with _ledger(state, must_exist=True) as ledger:
         entries = [e for e in ledger.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
-        return StatusResult(ledger.path, entries)
+        return StatusResult(ledger.path, entries, syncs=[x for x in ledger.sync_states() if x.syncs])

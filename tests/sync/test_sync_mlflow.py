@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from neptune_migration.sandbox import Sandbox
 
+from ..conftest import run_cli
 from .sync_helpers import POINTS, growing_project, ledger_rows, migrate
 
 P3, P2 = "sync/three", "sync/two"
@@ -93,3 +94,7 @@ def test_sync_appends_to_the_same_mlflow_runs(sandbox: Sandbox, tmp_path: Path, 
     series_reads = [r for r in sandbox.request_log[mark:] if "series" in r.path]
     assert not series_reads, [r.path for r in series_reads][:5]
     assert searched < mark
+
+    status = run_cli("status", "--state", str(tmp_path / "state.db"), env={"COLUMNS": "250"})
+    assert status.returncode == 0, status.stderr
+    assert "Syncs (migrate --sync)" in status.stdout and "+21 points" in status.stdout, status.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,27 @@ def status(state: Path | None, stage: str | None, failed_only: bool, json_output
         table.add_row(*row)
     out.print(table)
     out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
+    if result.syncs:
+        synced = Table(title="Syncs (migrate --sync)")
+        for col in ("project", "run", "syncs", "last synced (UTC)", "last sync added"):
+            synced.add_column(col, overflow="fold")
+        for x in result.syncs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(x.synced_at)) if x.synced_at else ""
+            synced.add_row(x.ref.project_id, x.ref.run_id, str(x.syncs), when, escape(_gained(x.gained)))
+        out.print(synced)
+
+
+def _gained(gained: dict[str, Any] | None) -> str:
+    if not gained:
+        return ""
+    if "replaced" in gained:
+        return f"replaced: {gained['replaced']}"
+    text = f"+{gained.get('points', 0):,} points"
+    if gained.get("atoms"):
+        text += ", changed " + ", ".join(gained["atoms"])
+    if gained.get("files"):
+        text += ", files " + ", ".join(gained["files"])
+    return text
 
 
 COMMANDS = [discover, export, load, migrate, validate, retry, status]
