@@ -3,6 +3,7 @@ clients: the project changes while it is served, and the sync appends exactly wh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,13 @@ def test_sync_appends_to_the_same_mlflow_runs(sandbox: Sandbox, tmp_path: Path, 
     assert synced[grown]["details"]["points"] == 20, synced[grown]
     assert synced[touched]["details"]["points"] == 0
     assert "validation" not in out.lower() or "differ" not in out.lower()
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    by_run = {r["run_id"]: r for r in report["runs"]}
+    assert by_run[grown]["sync"]["series"] == {"train/loss": 20, "logs/stdout": 1}
+    assert "params/momentum" in by_run[touched]["sync"]["atoms"]
+    assert by_run[rewritten]["sync"]["replaced"]
+    assert report["ok"]
 
     # Nothing changed since: a third sync reads nothing beyond the listing.
     mark = len(sandbox.request_log)

@@ -153,6 +153,9 @@ def sync_load(plan: SyncPlan, target: Target, selection: Selection, ledger: Ledg
     if plan.kind == REPLACED:
         outcome = _load_one(run, target, selection, ledger, tracker, replace=True)
         if outcome.status == "loaded":
+            ledger.start(run.ref, SYNC, canonical)  # the report reads why from here
+            ledger.finish(run.ref, SYNC, canonical, outcome.result.target_id if outcome.result else None,
+                          details={"replaced": plan.reason})
             ledger.record_sync(run.ref, skey, len(run.parts), {"replaced": plan.reason})
             outcome.status = REPLACED
             outcome.sync = {"replaced": plan.reason}
