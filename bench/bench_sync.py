@@ -81,7 +81,10 @@ def main() -> None:
                 sb.changes.append("bench/sync", run_id, "train/loss",
                                   [Point(float(args.points + i), 0.5, stamp + i) for i in range(args.growth)])
             mark = len(sb.request_log)
-            synced, out = migrate(env, tmp, "--sync")
+            synced, out = migrate(env, tmp, "--sync", "--log-file", str(tmp / "sync.log"))
+            stages = [line.split("stage seconds: ", 1)[1] for line in (tmp / "sync.log").read_text().splitlines()
+                      if "stage seconds: " in line]
+            print(f"sync stage seconds (summed over each stage's workers): {stages[-1] if stages else '?'}")
             series_requests = len([r for r in sb.request_log[mark:] if "series" in r.path])
             print(f"sync after {len(grown)} runs grew by {args.growth}: {synced:.1f} s", flush=True)
             idle, _ = migrate(env, tmp, "--sync")
