@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 from neptune_migration import interrupt, plugins
 from neptune_migration.archive import Archive, ArchiveWriter, archive_location
 from neptune_migration.errors import UsageError
-from neptune_migration.ledger import Entry, Ledger, default_state_path
+from neptune_migration.ledger import Entry, Ledger, SyncState, default_state_path
 from neptune_migration.options import build as build_options
 from neptune_migration.progress import Tracker
 from neptune_migration.report import build_report, write_reports
@@ -186,6 +187,8 @@ class StatusResult:
     state: Path
     entries: list[Entry]
     ok: bool = True
+    # `migrate --sync`: per run and target, when it was last synced and what that sync added.
+    syncs: list[SyncState] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -197,7 +200,9 @@ class StatusResult:
         return {"state": str(self.state), "counts": self.counts(), "entries": [
             {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
              "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
-            for e in self.entries]}
+            for e in self.entries], "syncs": [
+            {"project_id": x.ref.project_id, "run_id": x.ref.run_id, "target": x.target, "syncs": x.syncs,
+             "last_synced": x.synced_at, "gained": x.gained} for x in self.syncs if x.syncs]}
 
 
 def _export_dict(summary: ExportSummary) -> dict[str, Any]:
@@ -427,9 +432,68 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             validate_workers: int | None = None, upload_workers: int | None = None, state: str | Path | None = None,
             refresh: bool = False, no_models: bool = False, no_validate: bool = False,
             report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, retry_command: str | None = None,
-            **options: Any) -> MigrationResult:
+            sync: bool = False, every: str | float | None = None, rounds: int | None = None,
+            on_round: Callable[[MigrationResult], None] | None = None, **options: Any) -> MigrationResult:
     """Export from a source, load into the target and read back, the three stages overlapping run by run.
-    Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated)."""
+    Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated).
+
+    `sync=True` brings runs migrated before up to date (docs/sync.md): new points are appended to the same target
+    run, unchanged runs cost only their listing. `every` ("15m", "1h", seconds) repeats the sync until Ctrl-C
+    (or `rounds` rounds), calling `on_round(result)` after each; the last round's result is returned."""
+    if every is None:
+        return _migrate_once(from_, to=to, archive=archive, path=path, workers=workers,
+                             export_workers=export_workers, validate_workers=validate_workers,
+                             upload_workers=upload_workers, state=state, refresh=refresh, no_models=no_models,
+                             no_validate=no_validate, report_dir=report_dir, progress=progress,
+                             retry_command=retry_command, sync=sync, **options)
+    if not sync:
+        raise UsageError("--every repeats a sync: pass --sync with it")
+    seconds = parse_interval(every)
+    done = 0
+    while True:
+        started = time.monotonic()
+        result = _migrate_once(from_, to=to, archive=archive, path=path, workers=workers,
+                               export_workers=export_workers, validate_workers=validate_workers,
+                               upload_workers=upload_workers, state=state, refresh=refresh, no_models=no_models,
+                               no_validate=no_validate, report_dir=report_dir, progress=progress,
+                               retry_command=retry_command, sync=True, **options)
+        done += 1
+        if on_round is not None:
+            on_round(result)
+        if rounds is not None and done >= rounds:
+            return result
+        # Sleep in short steps so Ctrl-C (which only sets the stop flag while a call is running) ends the loop.
+        wake = started + seconds
+        while time.monotonic() < wake:
+            if interrupt.requested():
+                return result
+            time.sleep(min(0.2, max(0.0, wake - time.monotonic())))
+
+
+def parse_interval(text: str | float) -> float:
+    """`15m`, `1h`, `30s`, `2d` or a number of seconds."""
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        raw = str(text).strip().lower()
+        try:
+            value = float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+        except (ValueError, KeyError):
+            raise UsageError(f"--every takes a duration like 15m, 1h or 90s, not {text!r}") from None
+    if not value > 0:
+        raise UsageError(f"--every must be positive, not {text!r}")
+    return value
+
+
+def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path | None = None,
+                  path: str | Path | None = None, workers: int = 4, export_workers: int | None = None,
+                  validate_workers: int | None = None, upload_workers: int | None = None,
+                  state: str | Path | None = None, refresh: bool = False, no_models: bool = False,
+                  no_validate: bool = False, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
+                  retry_command: str | None = None, sync: bool = False, **options: Any) -> MigrationResult:
+    if sync and refresh:
+        raise UsageError("--sync and --refresh do not go together: --sync already replaces what it cannot append")
     if not no_validate:
         _check_report_dir(report_dir)
     source, source_plugin, selection = _open_source(from_, options, path)
@@ -441,7 +505,7 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
         try:
             run = run_pipeline(source, ArchiveWriter(root), target, selection, ledger,
                                _tracker("migrate", progress, ("export", "load", "validate")), stages, refresh,
-                               validate=not no_validate)
+                               validate=not no_validate, sync=sync)
             log.debug("stage seconds: %s", run.clock.to_dict())
             registry = _export_models(source_plugin, source, root, ledger, no_models)
             registry += _load_models(target_plugin, Archive(root), target, ledger)
@@ -457,4 +521,4 @@ def status(*, state: str | Path | None = None, stage: str | None = None, failed:
     """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched)."""
     with _ledger(state, must_exist=True) as ledger:
         entries = [e for e in ledger.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
-        return StatusResult(ledger.path, entries)
+        return StatusResult(ledger.path, entries, syncs=[x for x in ledger.sync_states() if x.syncs])

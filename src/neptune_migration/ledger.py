@@ -252,6 +252,55 @@ class Ledger:
                 (*fields.values(), ref.project_id, ref.run_id, stage, target),
             )
 
+    # -- sync (migrate --sync): its own table, so the progress rows keep their meaning ----------------------
+    def _sync_table(self) -> None:
+        if not getattr(self, "_sync_ready", False):
+            self._db.executescript(_SYNC_SCHEMA)
+            self._sync_ready = True
+
+    def sync_state(self, ref: RunRef, target: str) -> SyncState | None:
+        """How much of a run's archive a target holds (`loaded_parts`), and when the run was last synced."""
+        with self._locked():
+            self._sync_table()
+            row = self._db.execute(
+                "SELECT * FROM sync_state WHERE project_id=? AND run_id=? AND target=?",
+                (ref.project_id, ref.run_id, target),
+            ).fetchone()
+        return _sync_entry(row) if row else None
+
+    def sync_states(self) -> list[SyncState]:
+        with self._locked():
+            self._sync_table()
+            rows = self._db.execute("SELECT * FROM sync_state ORDER BY project_id, run_id, target").fetchall()
+        return [_sync_entry(r) for r in rows]
+
+    def set_sync_parts(self, ref: RunRef, target: str, *, archive_parts: int, loaded_parts: int | None = None) -> None:
+        """Record the archive's part count (and, when given, how many of them the target holds)."""
+        with self._locked():
+            self._sync_table()
+            self._db.execute(
+                """INSERT INTO sync_state (project_id, run_id, target, archive_parts, loaded_parts, syncs, updated_at)
+                   VALUES (?, ?, ?, ?, ?, 0, ?)
+                   ON CONFLICT (project_id, run_id, target) DO UPDATE SET archive_parts=excluded.archive_parts,
+                   loaded_parts=COALESCE(?, loaded_parts), updated_at=excluded.updated_at""",
+                (ref.project_id, ref.run_id, target, archive_parts,
+                 loaded_parts if loaded_parts is not None else archive_parts, time.time(), loaded_parts),
+            )
+
+    def record_sync(self, ref: RunRef, target: str, parts: int, gained: dict[str, Any]) -> None:
+        """A sync brought the target up to `parts` parts of the archive; `gained` is what it added."""
+        now = time.time()
+        with self._locked():
+            self._sync_table()
+            self._db.execute(
+                """INSERT INTO sync_state (project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at,
+                   gained, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
+                   ON CONFLICT (project_id, run_id, target) DO UPDATE SET archive_parts=excluded.archive_parts,
+                   loaded_parts=excluded.loaded_parts, syncs=syncs+1, synced_at=excluded.synced_at,
+                   gained=excluded.gained, updated_at=excluded.updated_at""",
+                (ref.project_id, ref.run_id, target, parts, parts, now, json.dumps(gained, sort_keys=True), now),
+            )
+
     def close(self) -> None:
         with self._mutex:  # also when frozen: the workers that remain no longer reach the database
             self._frozen = True
@@ -266,6 +315,39 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SYNC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_state (
+    project_id    TEXT NOT NULL,
+    run_id        TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    archive_parts INTEGER NOT NULL,
+    loaded_parts  INTEGER NOT NULL,
+    syncs         INTEGER NOT NULL DEFAULT 0,
+    synced_at     REAL,
+    gained        TEXT,
+    updated_at    REAL NOT NULL,
+    PRIMARY KEY (project_id, run_id, target)
+);
+"""
+
+
+@dataclass
+class SyncState:
+    ref: RunRef
+    target: str
+    archive_parts: int
+    loaded_parts: int
+    syncs: int
+    synced_at: float | None
+    gained: dict[str, Any] | None
+
+
+def _sync_entry(row: tuple[Any, ...]) -> SyncState:
+    project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at, gained, _updated = row
+    return SyncState(RunRef(project_id, run_id), target, archive_parts, loaded_parts, syncs, synced_at,
+                     json.loads(gained) if gained else None)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

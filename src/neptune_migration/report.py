@@ -109,6 +109,7 @@ def build_report(
     checks = summary.checks
     urls = dict(run_urls or {})
     load_entries = _entries(ledger, "load", summary.target)
+    sync_entries = _entries(ledger, "sync", summary.target)
     runs = []
     for check in checks:
         row = check.to_dict()
@@ -116,6 +117,10 @@ def build_report(
         entry = load_entries.get((check.ref.project_id, check.ref.run_id))
         row["load_status"] = entry.status if entry else None
         row["load_attempts"] = entry.attempts if entry else 0
+        synced = sync_entries.get((check.ref.project_id, check.ref.run_id))
+        if synced is not None and synced.details:
+            # `migrate --sync`: what the run's last sync added (or why it replaced the run); readers may ignore it.
+            row["sync"] = synced.details.get("gained") or {"replaced": synced.details.get("replaced")}
         runs.append(row)
     projects: dict[str, dict[str, int]] = {}
     for check in checks:
@@ -288,6 +293,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {_cell(r['project_id'])} | {_md_link(r['run_id'], r.get('target_url'))} | {r['status']} | "
               f"{r['mismatch_count']} | {r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | "
               f"{_cell(r['target_id'] or '')} |" for r in report["runs"]]
+    synced = [r for r in report["runs"] if r.get("sync")]
+    if synced:
+        lines += ["", "## Added by the last sync", "", "| run | points added | per series | atoms | files |",
+                  "|---|---:|---|---|---|"]
+        for r in synced:
+            g = r["sync"]
+            if g.get("replaced"):
+                lines.append(f"| {_cell(r['project_id'] + '/' + r['run_id'])} | replaced: {_cell(g['replaced'])} "
+                             "| | | |")
+                continue
+            series = ", ".join(f"{k} +{n:,}" for k, n in sorted((g.get("series") or {}).items()))
+            lines.append(f"| {_cell(r['project_id'] + '/' + r['run_id'])} | {g.get('points', 0):,} | "
+                         f"{_cell(series)} | {_cell(', '.join(g.get('atoms') or []))} | "
+                         f"{_cell(', '.join(g.get('files') or []))} |")
     if report["mismatches"]:
         lines += ["", "## Mismatches", "", "| run | attribute | kind | what differs |", "|---|---|---|---|"]
         lines += [f"| {_md_link(m['project_id'] + '/' + m['run_id'], urls.get((m['project_id'], m['run_id'])))} | "

@@ -165,6 +165,8 @@ class RunWriter:
         self.files_dir = archive.files_root / folder_name(ref.project_id)
         self._run_files = folder_name(ref.run_id)
         self._committed = False
+        # Rows per part for this run (a sync's appended part is never split: its one rename is its commit).
+        self.rows_per_part = archive.rows_per_part
         self.remove_existing()
 
     # -- rows -------------------------------------------------------------------------------------------
@@ -294,7 +296,7 @@ class RunWriter:
         self._tables, self._buffered = [], 0
         offset = 0
         while offset < table.num_rows:
-            room = self.archive.rows_per_part - self._part_rows
+            room = self.rows_per_part - self._part_rows
             chunk = table.slice(offset, room)
             if self._writer is None:
                 self.project_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +306,7 @@ class RunWriter:
             self._writer.write_table(chunk)
             self._part_rows += chunk.num_rows
             offset += chunk.num_rows
-            if self._part_rows >= self.archive.rows_per_part:
+            if self._part_rows >= self.rows_per_part:
                 self._close_part()
 
     def _close_part(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from neptune_migration.cli.output import (
     print_hint,
     print_load,
     print_registry,
+    print_sync,
     print_validation,
     setup_logging,
 )
@@ -170,6 +172,11 @@ def load(**kwargs: Any) -> None:
 @selection_options
 @click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run `validate` "
               "later.")
+@click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
+              "same target run, update changed params, tags and files, replace a run whose history was rewritten "
+              "(docs/sync.md).")
+@click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
+              "90s) until Ctrl-C.")
 @report_option
 @run_options
 @stage_workers
@@ -180,14 +187,24 @@ def migrate(**kwargs: Any) -> None:
     Example: neptune-migrate migrate --from neptune3 -p ws/proj --to mlflow --mlflow-tracking-uri http://...
     """
     command = _retry_command(kwargs, kwargs.get("archive") or DEFAULT_MIGRATE_ARCHIVE)
-    result = nm.migrate(progress=_logging(kwargs), retry_command=command, **kwargs)
-    _registry(result.registry)
-    print_export(result.exported)
-    print_load(result.loaded)
-    # The UI hint first: a failed validation's summary ends with the command to run next.
-    print_hint(result.hint)
-    if result.validation is not None:
-        print_validation(result.validation)
+    every = kwargs.get("every")
+
+    def show(result: nm.MigrationResult) -> None:
+        _registry(result.registry)
+        print_export(result.exported)
+        print_load(result.loaded)
+        print_sync(result.loaded)
+        # The UI hint first: a failed validation's summary ends with the command to run next.
+        print_hint(result.hint)
+        if result.validation is not None:
+            print_validation(result.validation)
+        if every is not None:
+            out.print(f"next sync in {every} (Ctrl-C to stop)")
+
+    result = nm.migrate(progress=_logging(kwargs), retry_command=command,
+                        on_round=show if every is not None else None, **kwargs)
+    if every is None:
+        show(result)
     if not result.ok:
         raise click.exceptions.Exit(1)
 
@@ -263,6 +280,27 @@ def status(state: Path | None, stage: str | None, failed_only: bool, json_output
         table.add_row(*row)
     out.print(table)
     out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
+    if result.syncs:
+        synced = Table(title="Syncs (migrate --sync)")
+        for col in ("project", "run", "syncs", "last synced (UTC)", "last sync added"):
+            synced.add_column(col, overflow="fold")
+        for x in result.syncs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(x.synced_at)) if x.synced_at else ""
+            synced.add_row(x.ref.project_id, x.ref.run_id, str(x.syncs), when, escape(_gained(x.gained)))
+        out.print(synced)
+
+
+def _gained(gained: dict[str, Any] | None) -> str:
+    if not gained:
+        return ""
+    if "replaced" in gained:
+        return f"replaced: {gained['replaced']}"
+    text = f"+{gained.get('points', 0):,} points"
+    if gained.get("atoms"):
+        text += ", changed " + ", ".join(gained["atoms"])
+    if gained.get("files"):
+        text += ", files " + ", ".join(gained["files"])
+    return text
 
 
 COMMANDS = [discover, export, load, migrate, validate, retry, status]

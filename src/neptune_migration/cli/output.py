@@ -56,6 +56,9 @@ def print_load(summary: LoadSummary) -> None:
     table = Table(title=f"Load into {summary.target}", show_header=False, box=None)
     table.add_row("runs loaded", str(summary.count("loaded")))
     table.add_row("runs already loaded (skipped)", str(summary.count("already_loaded")))
+    for status, label in (("synced", "runs appended to (sync)"), ("replaced", "runs replaced (sync)")):
+        if summary.count(status):
+            table.add_row(label, str(summary.count(status)))
     table.add_row("runs failed", str(summary.count("failed")))
     if summary.not_selected:
         table.add_row("runs not selected", str(summary.not_selected))
@@ -78,11 +81,36 @@ def print_load(summary: LoadSummary) -> None:
         out.print(f"[yellow]warning[/yellow] {escape(warning)}")
 
 
+def print_sync(summary: LoadSummary) -> None:
+    """`migrate --sync`: per run, what it gained (or why it was replaced)."""
+    for o in summary.outcomes:
+        if o.sync is None:
+            continue
+        if "replaced" in o.sync:
+            out.print(f"[yellow]replaced[/yellow] {escape(o.key)}: {escape(str(o.sync['replaced']))}")
+            continue
+        parts = [f"+{o.sync.get('points', 0):,} points"]
+        series = o.sync.get("series") or {}
+        if series:
+            parts.append("(" + ", ".join(f"{escape(k)} +{n:,}" for k, n in sorted(series.items())) + ")")
+        if o.sync.get("atoms"):
+            parts.append("changed " + ", ".join(escape(a) for a in o.sync["atoms"]))
+        if o.sync.get("files"):
+            parts.append("files " + ", ".join(escape(f) for f in o.sync["files"]))
+        if o.sync.get("resumed"):
+            parts.append("(finished an interrupted sync)")
+        out.print(f"[green]synced[/green] {escape(o.key)}: " + " ".join(parts))
+
+
 def print_export(summary: ExportSummary) -> None:
     table = Table(title=f"Export into {summary.archive}", show_header=False, box=None)
     table.add_row("runs selected", str(summary.listed))
     table.add_row("runs exported", str(summary.count("exported")))
     table.add_row("runs already exported (skipped)", str(summary.count("already_exported")))
+    for status, label in (("unchanged", "runs unchanged (sync)"), ("synced", "runs with changes appended (sync)"),
+                          ("replaced", "runs exported again whole (sync)")):
+        if summary.count(status):
+            table.add_row(label, str(summary.count(status)))
     table.add_row("runs failed", str(summary.count("failed")))
     stats = [o.stats for o in summary.outcomes if o.stats is not None]
     table.add_row("points", f"{sum(s.points for s in stats):,}")

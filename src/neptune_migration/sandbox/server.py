@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from neptune_migration.sandbox import api2, api3
 from neptune_migration.sandbox.auth import Auth, make_api_token
+from neptune_migration.sandbox.changes import Changes
 from neptune_migration.sandbox.faults import Faults
 from neptune_migration.sandbox.store import Store
 from neptune_migration.sandbox.web import HttpError, Reply, Request, Router
@@ -54,8 +55,8 @@ class LoggedRequest(NamedTuple):
 class Sandbox:
     """A Neptune API server for tests and demos.
 
-    Requests read the model without locks: change it only before ``start()``, or add whole projects with
-    ``add_project``.
+    Requests read the model without locks: change it before ``start()``, add whole projects with
+    ``add_project``, or change a served project through ``changes`` (copy-on-write, see changes.py).
     """
 
     def __init__(
@@ -74,6 +75,8 @@ class Sandbox:
         self.api_key = api_key
         self.store = Store.build(projects, series_page_size=series_page_size)
         self.faults = Faults(seed=fault_seed)
+        # Append points, add runs, set params, add files, rewrite a series while clients are being served.
+        self.changes = Changes(self.store)
         self.request_log: list[LoggedRequest] = []
         # tests keep every request; a long-running `serve` keeps the newest ones only
         self.request_log_limit = request_log_limit

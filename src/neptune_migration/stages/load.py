@@ -35,6 +35,8 @@ class RunOutcome:
     result: LoadResult | None = None
     error: str | None = None
     seconds: float = 0.0
+    # `migrate --sync`: what the run gained at the source (points per series, atoms, files) or why it was replaced.
+    sync: dict[str, Any] | None = None
 
 
 @dataclass

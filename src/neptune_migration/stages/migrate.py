@@ -38,6 +38,7 @@ from neptune_migration.stages.export import (
 )
 from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one, outdated, reload_stale
 from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, Stopped, abandon, run_pool, settle_after_stop
+from neptune_migration.stages.sync import UNCHANGED, SyncPlan, plan_sync, sync_load
 from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
 
@@ -108,6 +109,7 @@ class _Exported:
     replace: bool = False
     already_loaded: bool = False
     parent: str | None = None  # run key of the run this one was forked from
+    sync: SyncPlan | None = None  # `--sync` of a run migrated before: append its new parts (or replace it)
 
 
 def run_pipeline(
@@ -120,6 +122,7 @@ def run_pipeline(
     workers: Workers | None = None,
     refresh: bool = False,
     validate: bool = True,
+    sync: bool = False,
 ) -> MigrationResult:
     """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping."""
     workers = workers or Workers()
@@ -149,6 +152,15 @@ def run_pipeline(
     older_lock = threading.Lock()
 
     def export_task(run: Any) -> _Exported:
+        if sync:
+            planned = plan_sync(run, source, writer, ledger, canonical)
+            if planned is not None:
+                outcome, plan = planned
+                if plan.kind == UNCHANGED or plan.run is None:
+                    return _Exported(outcome)  # nothing to load: an unchanged run, or a failed export
+                parent = plan.run.atom_value("sys/forking/parent")
+                return _Exported(outcome, plan.run, sync=plan,
+                                 parent=f"{run.ref.project_id}/{parent}" if parent else None)
         outcome = export_one(run, source, writer, ledger, refresh)
         if outcome.status == "failed":
             return _Exported(outcome)
@@ -174,6 +186,8 @@ def run_pipeline(
 
     def load_task(item: _Exported, tracker: Tracker) -> RunOutcome:
         assert item.run is not None
+        if item.sync is not None:
+            return sync_load(item.sync, target, selection, ledger, tracker, writer)
         if item.already_loaded:
             return RunOutcome(item.run.ref.key, "already_loaded")
         return _load_one(item.run, target, selection, ledger, tracker, replace=item.replace)

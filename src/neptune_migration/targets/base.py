@@ -60,6 +60,16 @@ class LoadContext:
     stop_requested: Callable[[], bool] = lambda: False
 
 
+class ReplaceNeeded(Exception):
+    """Raised by `sync_run` when a target cannot append this change to the run it holds (an MLflow param that
+    changed, a step scale that no longer fits): the sync stage replaces the run instead, as `--refresh` does.
+    `stale`: runs already in the target that the attempt made inconsistent (see LoadResult.stale)."""
+
+    def __init__(self, reason: str, stale: list[RunRef] | None = None) -> None:
+        super().__init__(reason)
+        self.stale = stale or []
+
+
 class Target(Protocol):
     name: str
 
@@ -77,6 +87,7 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
 
 
 @dataclass(frozen=True)
@@ -112,5 +123,9 @@ class TargetPlugin:
     # loaded with (and the ledger too), so a rerun after an upgrade lists the runs loaded with an older mapping and
     # reloads them only when asked (`--refresh`): one experiment never silently mixes two mappings.
     mapping_version: int = 1
+    # `migrate --sync`: `sync_run(target, run, delta, ctx) -> LoadResult` appends `delta` (the run's parts the
+    # target does not hold yet) to the target's copy of `run` (all its parts), sending only the delta's points;
+    # raises ReplaceNeeded when that cannot be done in place. None: a changed run is replaced.
+    sync_run: Callable[[Any, ArchivedRun, ArchivedRun, LoadContext], LoadResult] | None = None
     prepare: Callable[[Any, list[ArchivedRun], Callable[[str, str], bool]], list[RunRef]] = (
         lambda _target, _runs, _wants: [])

@@ -359,12 +359,36 @@ class Neptune2Source:
         finally:
             handle.stop()
 
-    def _export(self, handle: Any, run: ListedRun2, archive: ArchiveWriter) -> ExportStats:
+    @_patient
+    def export_delta(self, run: ListedRun2, delta: Any) -> ExportStats:
+        """Write what changed since the archived copy into `delta` (an `archive.delta.DeltaWriter`): float and
+        string series are read from the archived count minus one (the offset the 2.x API pages by), so the
+        archived last point comes back once as the overlap check. The 1.x client gives no size or hash of a
+        file, so payloads are downloaded and compared by content."""
+        try:
+            handle = self._open(run)
+        except Exception as exc:
+            raise self._explain(exc, f"open run {run.ref.key}") from None
+        try:
+            return self._export(handle, run, delta.archive, delta)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "HistoryRewritten":
+                raise
+            raise self._explain(exc, f"sync run {run.ref.key}") from None
+        finally:
+            handle.stop()
+
+    def _export(self, handle: Any, run: ListedRun2, archive: ArchiveWriter, delta: Any = None) -> ExportStats:
         items = self._structure(handle)
         stats = ExportStats(attributes=len(items), modification_time=run.modification_time)
         ordered = sorted(items.items())
+        if delta is not None:
+            delta.declare([p for p, _ in ordered])
         pool = ThreadPoolExecutor(self.download_workers, thread_name_prefix="neptune2-download")
-        with archive.run(run.ref) as writer, scratch_dir(archive, "neptune2-export-") as tmp:
+        with (delta if delta is not None else archive.run(run.ref)) as writer, \
+                scratch_dir(archive, "neptune2-export-") as tmp:
             try:
                 self._export_values(ordered, Path(tmp), pool, writer, stats)
             finally:
@@ -395,6 +419,13 @@ class Neptune2Source:
                 elif type_ == "string" and not isinstance(value, str):
                     value = str(getattr(value, "value", value))  # sys/state comes as an enum-like value
                 writer.add_atom(path, type_, value)
+            elif type_ in ("float_series", "string_series") and getattr(writer, "series_tip", None) is not None \
+                    and writer.series_tip(path) is not None:
+                steps, stamps, values = _series_tail(attr, writer.series_tip(path), writer)
+                if type_ == "float_series":
+                    values = [float(v) for v in values]
+                writer.add_series(path, type_, steps, stamps, values)
+                stats.points += len(steps)
             elif type_ in ("float_series", "string_series"):
                 frame = _retry(lambda a=attr: a.fetch_values(include_timestamp=True, progress_bar=False))
                 steps = frame["step"].astype(float).tolist() if len(frame) else []
@@ -445,6 +476,28 @@ class Neptune2Source:
 
 
 _DOWNLOADED = ("file", "file_series", "file_set")
+_PAGE = 1000
+
+
+def _series_tail(attr: Any, tip: Any, writer: Any) -> tuple[list[float], list[int], list[Any]]:
+    """A series' points from offset `count - 1` on: the archived last point, then whatever is new."""
+    offset = tip.count - 1
+    steps: list[float] = []
+    stamps: list[int] = []
+    values: list[Any] = []
+    while True:
+        page = _retry(lambda o=offset: attr._fetch_values_from_backend(o, _PAGE))
+        total = int(page.totalItemCount)
+        if total < tip.count:
+            writer.rewritten(f"{attr._path[-1] if getattr(attr, '_path', None) else 'a series'}: "
+                             f"{tip.count - total} archived points are gone")
+        for entry in page.values:
+            steps.append(float(entry.step))
+            stamps.append(int(entry.timestampMillis))
+            values.append(entry.value)
+        offset += len(page.values)
+        if not page.values or offset >= total:
+            return steps, stamps, values
 
 
 def _download(attr: Any, type_: str, work: Path) -> None:

@@ -271,7 +271,21 @@ class Neptune3Source:
         except Exception as exc:
             raise self._explain(exc, f"export run {run.ref.key}") from None
 
-    def _export_run(self, run: ListedRun, archive: ArchiveWriter) -> ExportStats:
+    @_patient
+    def export_delta(self, run: ListedRun, delta: Any) -> ExportStats:
+        """Write what changed since the archived copy into `delta` (an `archive.delta.DeltaWriter`): series are
+        fetched after their second-to-last archived step, files the archive holds unchanged are not downloaded."""
+        run.attributes = {}  # the definitions may have changed since the run was listed
+        try:
+            return self._export_run(run, delta.archive, delta)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "HistoryRewritten":
+                raise
+            raise self._explain(exc, f"sync run {run.ref.key}") from None
+
+    def _export_run(self, run: ListedRun, archive: ArchiveWriter, delta: Any = None) -> ExportStats:
         from neptune_query.internal.identifiers import AttributeDefinition, RunAttributeDefinition, RunIdentifier
 
         attributes = run.attributes or self.attribute_definitions(run)
@@ -279,7 +293,10 @@ class Neptune3Source:
         stats = ExportStats(attributes=len(attributes))
         for type_ in attributes.values():
             stats.by_type[type_] = stats.by_type.get(type_, 0) + 1
-        with archive.run(run.ref) as writer, scratch_dir(archive, "neptune-export-") as tmp:
+        if delta is not None:
+            delta.declare(list(attributes))
+        with (delta if delta is not None else archive.run(run.ref)) as writer, \
+                scratch_dir(archive, "neptune-export-") as tmp:
             downloads = _Downloads(self, Path(tmp), writer, stats)
             atoms = {p: t for p, t in attributes.items() if t in (*ATOM_TYPES, "file")}
             for value in self._atom_values(rid, atoms):
@@ -295,7 +312,8 @@ class Neptune3Source:
                 writer.add_atom(path, type_, val)
             for chunk in _chunks([p for p, t in attributes.items() if t == "float_series"], SERIES_PER_REQUEST):
                 defs = [RunAttributeDefinition(rid, AttributeDefinition(p, "float_series")) for p in chunk]
-                for path, points in self._float_series(defs):
+                after = {p: delta.after_step(p) for p in chunk} if delta is not None else {}
+                for path, points in self._float_series(defs, after):
                     steps = [p.step for p in points]
                     stamps = [int(p.timestamp_millis) for p in points]
                     values = [p.value for p in points]
@@ -306,7 +324,7 @@ class Neptune3Source:
             other = [(p, t) for p, t in attributes.items() if t in ("string_series", "histogram_series", "file_series")]
             for chunk in _chunks(other, SERIES_PER_REQUEST):
                 defs = [RunAttributeDefinition(rid, AttributeDefinition(p, t)) for p, t in chunk]
-                for key, values in self._series(defs).items():
+                for key, values in self._series(defs, _from_step(delta, chunk)).items():
                     path, type_ = key.attribute_definition.name, key.attribute_definition.type
                     if type_ == "file_series":
                         for v in values:
@@ -330,7 +348,8 @@ class Neptune3Source:
             self.client, rid.project_identifier, [rid], definitions)))
         return (item for page in pages for item in page.items)
 
-    def _float_series(self, defs: list[Any]) -> Iterator[tuple[str, list[Any]]]:
+    def _float_series(self, defs: list[Any], after: dict[str, float | None] | None = None
+                      ) -> Iterator[tuple[str, list[Any]]]:
         """(attribute path, points) page by page, in ascending step order, each page retried on its own.
 
         neptune-query's `fetch_multiple_series_values` gathers every page of every series before returning (a
@@ -353,6 +372,11 @@ class Neptune3Source:
             }
             for i, d in enumerate(defs)
         ]
+        for request, d in zip(requests, defs, strict=True):
+            # A sync starts after a step (the paging key), so only a series' tail is fetched.
+            start = (after or {}).get(d.attribute_definition.name)
+            if start is not None:
+                request["afterStep"] = start
         paths = {str(i): d.attribute_definition.name for i, d in enumerate(defs)}
         while requests:
             limit = max(1, POINTS_PER_PAGE // len(requests))
@@ -369,11 +393,12 @@ class Neptune3Source:
                     more.append(by_id[series.requestId] | {"afterStep": values[-1].step})
             requests = more
 
-    def _series(self, defs: list[Any]) -> dict[Any, list[Any]]:
+    def _series(self, defs: list[Any], from_step: float | None = None) -> dict[Any, list[Any]]:
         from neptune_query.internal.retrieval import search, series
 
         return self._retrying(lambda: series.fetch_series_values(
-            self.client, defs, include_inherited=self.lineage == "full", container_type=search.ContainerType.RUN))
+            self.client, defs, include_inherited=self.lineage == "full", container_type=search.ContainerType.RUN,
+            step_range=(from_step, None)))
 
     @_patient
     def download(self, project: str, file: Any, target: Path) -> Path | None:
@@ -410,8 +435,12 @@ class _Downloads:
 
     def add(self, path: str, type_: str, file: Any, step: float | None, timestamp: int | None) -> None:
         name = _file_name(path, file, step)
-        if not self.source.selection.wants_file(path, name, int(getattr(file, "size_bytes", 0) or 0)):
+        size = int(getattr(file, "size_bytes", 0) or 0)
+        if not self.source.selection.wants_file(path, name, size):
             return
+        wants = getattr(self.writer, "wants_download", None)
+        if wants is not None and not wants(path, type_, step, name, size):
+            return  # a sync: the archive holds this payload already
         target = self.tmp / f"{len(self.pending)}"
         # A copy of this thread's context, so the download runs inside the same retry-limit scope.
         fut = self.pool.submit(contextvars.copy_context().run, self.source.download, self.project, file, target)
@@ -455,6 +484,17 @@ def _file_name(path: str, file: Any, step: float | None) -> str:
     stored = str(getattr(file, "path", "") or "")
     name = stored.rsplit("/", 1)[-1] if stored else ""
     return name or path.rsplit("/", 1)[-1]
+
+
+def _from_step(delta: Any, chunk: list[tuple[str, str]]) -> float | None:
+    """Where a sync's request for string, histogram and file series starts: one step range serves the whole
+    request, so the earliest archived last step of its series (None when one of them is new)."""
+    if delta is None:
+        return None
+    tips = [delta.series_tip(p) for p, _ in chunk]
+    if any(t is None for t in tips):
+        return None
+    return min(t.last_step for t in tips)
 
 
 def _histogram(value: Any) -> dict[str, Any]:

@@ -100,4 +100,5 @@ plugin = TargetPlugin(
     model_registry=True,
     prepare=lambda target, runs, wants: target.prepare(runs, wants),
     mapping_version=MAPPING_VERSION,
+    sync_run=lambda target, run, delta, ctx: target.sync_run(run, delta, ctx),
 )

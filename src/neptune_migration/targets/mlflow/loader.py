@@ -371,6 +371,12 @@ class MlflowTarget:
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
         return result
 
+    def sync_run(self, run: ArchivedRun, delta: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        """`migrate --sync`: append `delta` (the run's new archive parts) to the same MLflow run (sync.py)."""
+        from neptune_migration.targets.mlflow.sync import sync_run
+
+        return sync_run(self, run, delta, ctx, load_error_tag=LOAD_ERROR_TAG, creation_order=_creation_order)
+
     def _mark_failed(self, run_id: str, exc: BaseException) -> None:
         """A run left half-loaded must not look like a live RUNNING run in the UI: FAILED, with the reason in a tag,
         until the next attempt completes it (and removes the tag)."""

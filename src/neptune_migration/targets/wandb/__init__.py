@@ -81,4 +81,5 @@ offline_plugin = TargetPlugin(
     verifier=_verifier,
     hint=_offline_hint,
     mapping_version=MAPPING_VERSION,
+    sync_run=lambda target, run, delta, ctx: target.sync_run(run, delta, ctx),
 )

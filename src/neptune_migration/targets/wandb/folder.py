@@ -75,9 +75,11 @@ class WrittenRun:
     history_rows: int = 0
 
 
-def folder_for(root: Path, spec: RunSpec, start: datetime) -> Path:
+def folder_for(root: Path, spec: RunSpec, start: datetime, suffix: str = "") -> Path:
     # `wandb sync` skips folders named `run-*` unless asked (they are online runs): ours are `offline-run-*`.
-    return root / "wandb" / f"offline-run-{start.strftime('%Y%m%d_%H%M%S')}-{spec.run_id}"
+    # A sync's folder (`suffix` `_sync001`, ...) sorts after the run's first folder: `wandb sync` replays them in
+    # that order, each resuming the run.
+    return root / "wandb" / f"offline-run-{start.strftime('%Y%m%d_%H%M%S')}{suffix}-{spec.run_id}"
 
 
 def write_run(
@@ -86,6 +88,8 @@ def write_run(
     root: Path,
     spec: RunSpec,
     skip_history_rows: int = 0,
+    only: set[str] | None = None,
+    suffix: str = "",
 ) -> WrittenRun:
     """Write the run folder atomically (a temporary folder renamed into place) and return what it holds.
 
@@ -95,7 +99,7 @@ def write_run(
     atoms = run.atoms()
     result = LoadResult(target_id=_target_id(spec))
     start = _start_time(run, atoms)
-    final = folder_for(root, spec, start)
+    final = folder_for(root, spec, start, suffix)
     tmp = final.with_name(".tmp-" + final.name)
     for old in (tmp, final):
         if old.exists():
@@ -105,7 +109,7 @@ def write_run(
         writer = RecordWriter(tmp / f"run-{spec.run_id}.wandb")
         try:
             artifacts, rows = _write(run, ctx, root, tmp, final, spec, atoms, start, writer, result,
-                                     skip_history_rows)
+                                     skip_history_rows, only)
         finally:
             writer.close()
         os.replace(tmp, final)
@@ -145,7 +149,9 @@ def _write(
     w: RecordWriter,
     result: LoadResult,
     skip_history_rows: int = 0,
+    only: set[str] | None = None,
 ) -> tuple[list[str], int]:
+    """`only`: a sync's folder holds the string series and files of these paths (the ones that changed)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     start_ms = round(start.timestamp() * 1000)
@@ -190,6 +196,10 @@ def _write(
     r.tags.extend(clean_tags)
     r.start_time.FromMilliseconds(start_ms)
     r.host = "neptune-migration"
+    if only is not None:
+        # A sync's folder continues the run that the earlier folders hold: same id, history after theirs.
+        r.resumed = True
+        r.resume = True
     config = _config(run, atoms, hist, neptune_tags, result, spec.supersedes)
     for k, v in config.items():
         item = r.config.update.add()
@@ -239,6 +249,8 @@ def _write(
     rel_final = final.relative_to(root)
     artifacts: list[str] = []
     for path in strings:
+        if only is not None and path not in only:
+            continue
         points = _string_points(run, path, start_ms, result)
         art = _write_string_series(pb, w, tmp, rel_final, spec, keys[path], path, points, summary, result,
                                    ctx.on_points)
@@ -246,6 +258,8 @@ def _write(
         if art:
             artifacts.append(art)
     for path in file_paths:
+        if only is not None and path not in only:
+            continue
         art = _write_files(pb, w, run, ctx, tmp, rel_final, spec, keys[path], path, file_rows[path], result)
         if art:
             artifacts.append(art)

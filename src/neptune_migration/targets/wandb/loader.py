@@ -126,6 +126,13 @@ class WandbOfflineTarget:
             self._supersede(run, spec, result)
         return result
 
+    def sync_run(self, run: ArchivedRun, delta: ArchivedRun, ctx: LoadContext) -> LoadResult:
+        """`migrate --sync`: one more offline folder for the same W&B run id, resuming it with only the history
+        rows after the ones its earlier folders hold (sync.py)."""
+        from neptune_migration.targets.wandb.sync import sync_offline
+
+        return sync_offline(self, run, delta, ctx)
+
     def _supersede(self, run: ArchivedRun, spec: RunSpec, result: LoadResult) -> None:
         """The new generation is complete: tag the run it replaces, and point the base run at the new one."""
         base_id = spec_for(run, self.entity, self.project, self.project_prefix).run_id
@@ -146,6 +153,10 @@ class WandbOfflineTarget:
 
     def write(self, run: ArchivedRun, ctx: LoadContext, spec: RunSpec | None = None) -> WrittenRun:
         spec = spec or self.spec(run)
+        # A whole run written again (a resume, a replace): earlier sync folders of this id are no longer its tail.
+        for folder in run_folders(self.root, spec.run_id):
+            if "_sync" in folder.name and not any(folder.glob("*.wandb.sync*")):
+                shutil.rmtree(folder, ignore_errors=True)
         # An interrupted attempt left at most a temporary folder (removed here) or a complete identical one.
         written = write_run(run, ctx, self.root, spec)
         ctx.save_checkpoint({"stage": "written", "run_id": spec.run_id, "folder": written.folder.name})

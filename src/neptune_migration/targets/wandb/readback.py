@@ -261,11 +261,33 @@ def _string_series(
     return out
 
 
+def is_sync_folder(folder: Path) -> bool:
+    """A folder `migrate --sync` wrote: `offline-run-<time>_sync<n>-<id>`, resuming the run before it."""
+    return "_sync" in folder.name[len(_PREFIX):].partition("-")[0]
+
+
 def read_offline_run(root: Path, wandb_run_id: str) -> WandbRunData:
-    """The run `wandb_run_id` under an offline target root (`--to wandb-offline DIR`)."""
-    folder = find_run_folder(root, wandb_run_id)
-    if folder is None:
+    """The run `wandb_run_id` under an offline target root (`--to wandb-offline DIR`): its last whole folder,
+    followed by the folders syncs appended to it (each holds only the history rows after the ones before it)."""
+    folders = run_folders(root, wandb_run_id)
+    if not folders:
         raise FileNotFoundError(f"no offline run folder for {wandb_run_id} under {root}")
+    base = max((i for i, f in enumerate(folders) if not is_sync_folder(f)), default=0)
+    data = _read_offline_run(root, folders[base])
+    for folder in folders[base + 1:]:
+        more = _read_offline_run(root, folder)
+        for key, points in more.history.items():
+            data.history.setdefault(key, []).extend(points)
+        data.history_rows += more.history_rows
+        data.summary.update(more.summary)
+        data.string_series.update(more.string_series)
+        data.artifacts.update(more.artifacts)
+        for name in ("name", "group", "notes", "tags", "config", "state", "runtime_s"):
+            setattr(data, name, getattr(more, name))
+    return data
+
+
+def _read_offline_run(root: Path, folder: Path) -> WandbRunData:
     data = read_offline(folder, root)
     # Large string series live in artifacts: read their tables from the staged payloads.
     arts = {}

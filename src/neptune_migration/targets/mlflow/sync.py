@@ -1,0 +1,160 @@
+"""`migrate --sync` into MLflow: append a run's new archive parts to the MLflow run that already holds the rest.
+
+Same MLflow run id, only the new points sent. Step scales come from the whole run (the scale recorded at the first
+load must still fit, else the run is replaced: a step that needs more decimals would land on another integer
+step). New params are logged; a param whose value changed cannot be (MLflow params are immutable), so the run is
+replaced and the report says why. Tags (Neptune tags, description, owner, sys/*) are set to the run's current
+values; string and histogram series that grew are rewritten as their one artifact each (artifacts overwrite);
+new or changed files are uploaded over the old path; end time and status are set again.
+
+Resumable like a load: metric batches the server acknowledged are counted in the ledger checkpoint (the `sync`
+row), so a rerun after a crash re-sends at most the batch in flight, which MLflow drops as an exact repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from neptune_migration.archive import ArchivedRun
+from neptune_migration.archive.reader import to_ms
+from neptune_migration.naming import resolve_collisions
+from neptune_migration.retry import retrying
+from neptune_migration.targets.base import LoadContext, LoadResult, ReplaceNeeded
+from neptune_migration.targets.mlflow import MAPPING_VERSION
+from neptune_migration.targets.mlflow.mapping import (
+    MAPPING_TAG,
+    STATE_TAG,
+    fold_key,
+    param_text,
+    param_value,
+    sanitize_key,
+)
+from neptune_migration.targets.mlflow.scales import run_scales
+
+# The loader calls in here, so the target is typed loosely: `MlflowTarget` (loader.py) is the only caller.
+MlflowTarget = Any
+
+_TEXT_TYPES = ("string_series", "histogram_series")
+_TAG_PREFIXES = ("neptune.tag.", "neptune.group_tag.")
+
+
+def sync_run(target: MlflowTarget, run: ArchivedRun, delta: ArchivedRun, ctx: LoadContext, *,
+             load_error_tag: str, creation_order: Callable[[Any], Any]) -> LoadResult:
+    exp_id = target.experiment_id(target.experiment_name(run), run.ref.project_id)
+    existing = retrying(lambda: target.find_runs(exp_id, run.ref))
+    if not existing:
+        raise ReplaceNeeded("the MLflow run is gone")
+    mlflow_run = min(existing, key=creation_order)
+    if mlflow_run.data.tags.get(STATE_TAG) != "complete":
+        raise ReplaceNeeded("the MLflow run was never completed")
+    loaded_with = mlflow_run.data.tags.get(MAPPING_TAG, "1")
+    if loaded_with != str(MAPPING_VERSION):
+        # Appending by today's mapping to a run laid out by an older one would mix the two in one run.
+        raise ReplaceNeeded(f"the MLflow run was loaded with mapping version {loaded_with}")
+    run_id = mlflow_run.info.run_id
+    checkpoint = dict(ctx.checkpoint or {})
+    if checkpoint.get("mlflow_run_id") not in (None, run_id):
+        checkpoint = {k: v for k, v in checkpoint.items() if k == "parts"}
+    checkpoint["mlflow_run_id"] = run_id
+    result = LoadResult(target_id=run_id)
+
+    _sync_params(target, run_id, run, delta, mlflow_run.data.params, ctx, result)
+    _sync_tags(target, run_id, run, mlflow_run.data.tags)
+    with tempfile.TemporaryDirectory(prefix="neptune-sync-") as tmp:
+        staging = Path(tmp)
+        uploads: list[Future[None]] = []
+        _append_metrics(target, exp_id, mlflow_run, run, delta, ctx, checkpoint, result)
+        grown = sorted({p for b in delta.batches(_TEXT_TYPES, ["attribute_path"])
+                        for p in b.column("attribute_path").to_pylist()})
+        if grown:
+            # A grown string or histogram series is one artifact: it is written again from the whole run.
+            only = dataclasses.replace(ctx, wants_attribute=lambda p, t: p in grown and ctx.wants_attribute(p, t))
+            target._log_text_series(run_id, run, only, result, staging, uploads)
+        target._log_files(run_id, delta, ctx, result, staging, uploads)
+        for fut in uploads:
+            fut.result()
+    target._terminate(run_id, run)
+    if load_error_tag in mlflow_run.data.tags:
+        retrying(lambda: target.client.delete_tag(run_id, load_error_tag))
+    return result
+
+
+def _sync_params(target: MlflowTarget, run_id: str, run: ArchivedRun, delta: ArchivedRun, held: dict[str, str],
+                 ctx: LoadContext, result: LoadResult) -> None:
+    from mlflow.entities import Param
+
+    atoms = run.atoms()
+    wanted = {p: a for p, a in atoms.items() if not p.startswith("sys/") and ctx.wants_attribute(p, a.type)}
+    names = resolve_collisions(wanted, sanitize_key, fold_key)
+    changed = {p for p in delta.atoms() if p in wanted}
+    params = []
+    for path in sorted(changed):
+        atom = wanted[path]
+        key = names[path]
+        text = param_text(atom.type, atom.value)
+        stored, where, _kinds = param_value(key, text)
+        if key in held:
+            if held[key] != stored:
+                raise ReplaceNeeded(f"param {path} changed in Neptune ({held[key]!r} -> {stored!r}); MLflow params "
+                                    "cannot change")
+            continue
+        if where is not None:
+            retrying(lambda w=where, t=text: target.client.log_text(run_id, t, w))
+        params.append(Param(key, stored))
+    for i in range(0, len(params), 100):
+        chunk = params[i : i + 100]
+        retrying(lambda c=chunk: target.client.log_batch(run_id, params=c))
+
+
+def _sync_tags(target: MlflowTarget, run_id: str, run: ArchivedRun, held: dict[str, str]) -> None:
+    tags = target.run_tags(run)
+    tags.pop(STATE_TAG, None)
+    for key, value in sorted(tags.items()):
+        if held.get(key) != value:
+            retrying(lambda k=key, v=value: target.client.set_tag(run_id, k, v))
+    for key in sorted(held):
+        if key.startswith(_TAG_PREFIXES) and key not in tags:
+            retrying(lambda k=key: target.client.delete_tag(run_id, k))  # a Neptune tag was removed
+
+
+def _append_metrics(target: MlflowTarget, exp_id: str, mlflow_run: Any, run: ArchivedRun, delta: ArchivedRun,
+                    ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult) -> None:
+    run_id = mlflow_run.info.run_id
+    # The experiment's scale per key (targets/mlflow/scales.py), raised first if the new steps need a finer one.
+    steps = target._step_plan(exp_id, run, ctx)
+    if steps.raised:
+        result.stale = retrying(lambda: target._scales.stale_runs(
+            exp_id, steps.raised, lambda r: run_scales(r, target.client), skip=[run_id]))
+    if not steps.decimals:
+        ctx.save_checkpoint(dict(checkpoint))
+        return
+    plan, names = steps.decimals, steps.names
+    if run_scales(mlflow_run, target.client) != steps.run_tag:
+        raise ReplaceNeeded("the run's steps were logged at another step scale than its experiment now uses (new "
+                            "steps need a finer one)", stale=result.stale)
+    steps.record(result)
+    for path, key in names.items():
+        if key != path:
+            result.renamed[path] = key
+    done = int(checkpoint.get("metric_batches_done", 0))
+    fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
+    window: list[tuple[int, Future[None], int]] = []
+    last_save = time.monotonic()
+    ctx.save_checkpoint(dict(checkpoint))
+    for index, metrics in enumerate(target._metric_batches(delta, plan, names, fallback_ts, result)):
+        if index < done:
+            continue  # acknowledged by the server before an interruption: never sent twice
+        fut = target._metric_pool.submit(retrying, lambda m=metrics: target._send_metrics(run_id, m))
+        window.append((index, fut, len(metrics)))
+        while len(window) >= target.in_flight:
+            done, last_save = target._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
+    while window:
+        done, last_save = target._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
+    checkpoint["metric_batches_done"] = done
+    ctx.save_checkpoint(dict(checkpoint))

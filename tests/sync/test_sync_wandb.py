@@ -1,0 +1,59 @@
+"""`migrate --sync` into W&B offline folders: the same run id, one more folder resuming it with only the new
+history rows, validation reading the folders joined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neptune_migration.sandbox import Sandbox
+from neptune_migration.targets.wandb.readback import _run_id_of, read_offline, run_folders
+from neptune_migration.targets.wandb.records import read_records
+
+from .sync_helpers import POINTS, growing_project, migrate
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Any:
+    with Sandbox([growing_project("wb3"), growing_project("wb2")]) as sb:
+        yield sb
+
+
+def _history_steps(folder: Path) -> list[int]:
+    wandb_file = next(folder.glob("run-*.wandb"))
+    return [rec.history.step.num for rec in read_records(wandb_file) if rec.WhichOneof("record_type") == "history"]
+
+
+@pytest.mark.parametrize("source,project,grown", [("neptune3", "sync/wb3", "run-1"), ("neptune2", "sync/wb2", "WB2-1")])
+def test_sync_resumes_the_same_wandb_run_with_only_new_rows(sandbox: Sandbox, tmp_path: Path, source: str,
+                                                             project: str, grown: str) -> None:
+    target = ["--to", "wandb-offline", "--wandb-dir", str(tmp_path / "wandb-root")]
+    first = migrate(sandbox, source, project, tmp_path, *target)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    root = tmp_path / "wandb-root"
+    folders = sorted((root / "wandb").glob("offline-run-*"))
+    assert folders
+    ids = {_run_id_of(f.name) for f in folders}
+
+    new_steps = [POINTS + i for i in range(30)]
+    sandbox.changes.append(project, grown, "train/loss", [(s, 1.0 / s) for s in new_steps])
+    sandbox.changes.append(project, grown, "train/acc", [(s, 0.9) for s in new_steps])
+    second = migrate(sandbox, source, project, tmp_path, *target, "--sync")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"synced {project}/{grown}: +60 points" in second.stdout, second.stdout
+
+    after = sorted((root / "wandb").glob("offline-run-*"))
+    assert {_run_id_of(f.name) for f in after} == ids, "no new W&B run id"
+    added = [f for f in after if f not in folders]
+    assert len(added) == 1 and "_sync" in added[0].name
+    wandb_id = _run_id_of(added[0].name)
+    base, tail = run_folders(root, wandb_id)
+    old_steps, new_rows = _history_steps(base), _history_steps(tail)
+    # Only the new points were written, in rows whose steps continue after the earlier folder's.
+    assert len(new_rows) == 30, "one row per new step, both series in it"
+    assert min(new_rows) > max(old_steps)
+    assert sum(len(v) for k, v in read_offline(tail, root).history.items() if k.startswith("train")) == 60
+    record = next(r for r in read_records(next(tail.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
+    assert record.run.run_id == wandb_id and record.run.resumed
