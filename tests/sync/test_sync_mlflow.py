@@ -73,11 +73,15 @@ def test_sync_appends_to_the_same_mlflow_runs(sandbox: Sandbox, tmp_path: Path, 
     loss = _history(client, before[grown], "train/loss")
     assert [s for s, _ in loss] == list(range(POINTS + 20)), "every point exactly once"
     assert loss[-1] == (POINTS + 19, 0.5 - 19 / 100)
-    assert _history(client, after[rewritten].info.run_id, "train/acc") == [(0, 0.25), (1, 0.5)]
+    # The other runs log train/acc at half steps, so the experiment draws it at x10: Neptune step 1 is MLflow step 10.
+    exp = client.get_experiment(after[rewritten].info.experiment_id)
+    assert json.loads(exp.tags["neptune.step_scale"])["train/acc"] == 10
+    assert _history(client, after[rewritten].info.run_id, "train/acc") == [(0, 0.25), (10, 0.5)]
     assert after[touched].data.params["params/momentum"] == "0.9"
     assert after[touched].data.tags["mlflow.note.content"] == "described later"
-    weights = [a.path for a in client.list_artifacts(before[touched], "model/weights")]
-    assert weights, [a.path for a in client.list_artifacts(before[touched])]
+    # `model/weights` holding `weights.bin` lands at `model/weights.bin` (docs/mlflow.md, files).
+    weights = [a.path for a in client.list_artifacts(before[touched], "model") if a.path == "model/weights.bin"]
+    assert weights, [a.path for a in client.list_artifacts(before[touched], "model")]
     local = Path(client.download_artifacts(before[touched], weights[0], str(tmp_path / "dl")))
     assert local.read_bytes() == b"better weights"
 
