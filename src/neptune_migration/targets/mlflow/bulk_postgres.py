@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from neptune_migration.errors import TargetError
+from neptune_migration.errors import TargetError, require
 from neptune_migration.secrets import redact
 from neptune_migration.targets.mlflow.bulk_core import (
     PROGRESS_TAG,
@@ -94,6 +94,7 @@ class PostgresBulkStore:
     def __init__(self, tracking_uri: str, allow_other_writers: bool = False) -> None:
         from sqlalchemy.engine import make_url
 
+        require("psycopg", "postgres", "--mlflow-bulk with a postgresql:// tracking URI")
         self.uri = tracking_uri
         self.allow_other_writers = allow_other_writers
         try:
@@ -142,11 +143,6 @@ class PostgresBulkStore:
         if found != SCHEMA_REVISION:
             raise refuse_schema(public_uri(self.uri), found)
 
-    def check_writers(self) -> None:
-        if not self.allow_other_writers:
-            with self.connect() as conn:
-                self._check_writers(conn)
-
     def _check_writers(self, conn: Any) -> None:
         if self.allow_other_writers:
             return
@@ -160,7 +156,14 @@ class PostgresBulkStore:
             )
 
     def session(self) -> PostgresBulkSession:
-        return PostgresBulkSession(self.connect())
+        conn = self.connect()
+        try:
+            # Again before each run's points: a server may have connected since the load started.
+            self._check_writers(conn)
+            return PostgresBulkSession(conn)
+        except BaseException:
+            conn.close()
+            raise
 
 
 class PostgresBulkSession:
