@@ -251,3 +251,40 @@ def test_reader_skips_only_row_groups_without_wanted_types(tmp_path: Path) -> No
     texts = [v for b in run.batches(["string_series"], ["string_value"]) for v in b.column("string_value").to_pylist()]
     assert texts == ["a", "b"]
     assert sum(b.num_rows for b in run.batches()) == 24 + 2 + 2
+
+
+def test_a_failed_chunk_stops_the_writer_before_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loading thread hands out chunk k+1 before it learns that chunk k failed; k+1 must not be written, or
+    the progress tag would skip k's rows on the rerun. A database error in the middle of a run is injected (a
+    stand-in: no real part fails on cue), then the rerun must store every point once."""
+    from neptune_migration.targets.mlflow import bulk_sqlite
+
+    monkeypatch.setattr(mlflow_bulk, "ROWS_PER_TRANSACTION", 1_000)
+    archive = tmp_path / "archive"
+    n = 6_000
+    with ArchiveWriter(archive, rows_per_batch=n).run(RunRef("bulk/gap", "GAP-1")) as w:
+        w.add_atom("sys/creation_time", "datetime", T0)
+        w.add_series("m", "float_series", list(range(n)), [T0 + timedelta(milliseconds=i) for i in range(n)],
+                     [float(i) for i in range(n)])
+    real = bulk_sqlite.SqliteBulkSession.write
+    calls = []
+
+    def failing(self, chunk, progress):
+        calls.append(chunk.start)
+        if len(calls) == 3:
+            time.sleep(0.2)  # the next chunk is queued by now
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real(self, chunk, progress)
+
+    monkeypatch.setattr(bulk_sqlite.SqliteBulkSession, "write", failing)
+    db = tmp_path / "store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    assert len(_load(archive, MlflowBulkTarget(uri), tmp_path / "state.db").failed) == 1
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+        tag = conn.execute("SELECT value FROM tags WHERE key = 'neptune.bulk_rows'").fetchone()[0]
+    assert stored == 2_000 and tag == "2000:0", (stored, tag)
+    monkeypatch.setattr(bulk_sqlite.SqliteBulkSession, "write", real)
+    assert not _load(archive, MlflowBulkTarget(uri), tmp_path / "state.db").failed
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT step) FROM metrics").fetchone() == (n, n)

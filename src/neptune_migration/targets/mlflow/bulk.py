@@ -104,7 +104,6 @@ class MlflowBulkTarget(MlflowTarget):
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
-        self.store.check_writers()
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
         counts: dict[str, int] = {}
         latest: dict[str, tuple[int, int, float, int]] = {}
@@ -119,7 +118,7 @@ class MlflowBulkTarget(MlflowTarget):
                 # whose exact repeats cannot be told from the archive's own.
                 done = int(checkpoint.get(CHECKPOINT_KEY, 0))
                 ignored = 0 if not session.has_points(run_id) else None
-            state = {"ignored": ignored}
+            state: dict[str, Any] = {"ignored": ignored, "failed": False}
             pending: tuple[Future[int], int, int] | None = None
             for cols in self._metric_columns(run, plan, names, fallback_ts, result):
                 value, is_nan = _stored_values(cols.values)
@@ -194,12 +193,20 @@ class MlflowBulkTarget(MlflowTarget):
                 )
 
 
-def _write_chunk(session: BulkSession, chunk: Chunk, rows_done: int, state: dict[str, int | None]) -> int:
+def _write_chunk(session: BulkSession, chunk: Chunk, rows_done: int, state: dict[str, Any]) -> int:
     """One chunk on the writer thread. Chunks run one after another, so the running count of dropped repeats is
     that of every earlier chunk; the progress tag also needs this chunk's own count, which the session learns
     inside the transaction."""
+    if state.get("failed"):
+        # The loading thread hands out the next chunk before it learns that this one failed: writing it would move
+        # the progress tag past rows that were never stored.
+        raise TargetError("an earlier chunk of this run failed; nothing after it is written")
     before = state["ignored"]
-    dropped = session.write(chunk, None if before is None else (rows_done, before))
+    try:
+        dropped = session.write(chunk, None if before is None else (rows_done, before))
+    except BaseException:
+        state["failed"] = True
+        raise
     if before is not None:
         state["ignored"] = before + dropped
     return dropped

@@ -75,10 +75,8 @@ class SqliteBulkStore:
     def check_opened(self) -> None:
         check_schema(self.db)
 
-    def check_writers(self) -> None:
-        """Nothing to look at: SQLite lists no connections (see the module's note)."""
-
     def session(self) -> SqliteBulkSession:
+        # No other writer to look for: SQLite lists no connections (see the module's note).
         return SqliteBulkSession(self.db)
 
 
