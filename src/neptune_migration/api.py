@@ -31,7 +31,7 @@ from typing import Any
 from neptune_migration import interrupt, plugins
 from neptune_migration.archive import Archive, ArchiveWriter, archive_location
 from neptune_migration.errors import UsageError
-from neptune_migration.ledger import Entry, Ledger, default_state_path
+from neptune_migration.ledger import Entry, Ledger, default_state_path, is_database_uri, open_ledger
 from neptune_migration.options import build as build_options
 from neptune_migration.progress import Tracker
 from neptune_migration.report import build_report, write_reports
@@ -183,7 +183,7 @@ class RetryResult:
 
 @dataclass
 class StatusResult:
-    state: Path
+    state: Path | str  # a file, or the PostgreSQL URI without its password
     entries: list[Entry]
     ok: bool = True
 
@@ -291,10 +291,16 @@ def _workers(n: int | None, name: str = "workers") -> int:
 
 @contextmanager
 def _ledger(state: str | Path | None, must_exist: bool = False) -> Iterator[Ledger]:
+    if state is None:
+        state = os.environ.get("NEPTUNE_MIGRATION_STATE") or None
+    if state is not None and is_database_uri(str(state)):
+        with open_ledger(str(state)) as ledger:
+            yield ledger
+        return
     path = Path(state) if state is not None else default_state_path()
     if must_exist and not path.exists():
         raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
-    with Ledger(path) as ledger:
+    with open_ledger(path) as ledger:
         yield ledger
 
 

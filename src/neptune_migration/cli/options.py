@@ -116,9 +116,10 @@ report_option = click.option("--report-dir", type=click.Path(path_type=Path), de
                              show_default=True, help="Where report.json, report.html, report.md and errors.jsonl are "
                              "written.")
 
-state_option = click.option("--state", type=click.Path(path_type=Path), default=None,
-                            help="Ledger file (SQLite). Default: .neptune-migration/state.db or "
-                                 "$NEPTUNE_MIGRATION_STATE.")
+state_option = click.option("--state", default=None, metavar="PATH|URI",
+                            help="Ledger: a SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB to share progress "
+                                 "between drivers and a cluster (required with --cluster). Default: "
+                                 ".neptune-migration/state.db or $NEPTUNE_MIGRATION_STATE.")
 json_option = click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 
 logging_options = bundle(

@@ -1,4 +1,5 @@
-"""The only memory of progress: one SQLite row per (project, run, stage, target).
+"""The only memory of progress: one SQLite row per (project, run, stage, target). (`postgres.py` is the same
+ledger in PostgreSQL, shared by several drivers and a cluster's workers.)
 
 Stages are `export`, `load` and `validate`. A row records status, attempts, the last error, the id the
 run has in the target, and an opaque checkpoint that lets an interrupted stage resume exactly.
