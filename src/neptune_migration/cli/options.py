@@ -129,10 +129,16 @@ logging_options = bundle(
                  "file."),
 )
 
+cluster_option = click.option(
+    "--cluster", default=None, metavar="tcp://HOST:PORT", envvar="NEPTUNE_MIGRATION_CLUSTER", show_envvar=True,
+    help="Send each run's work to the workers of this Dask scheduler (docs/cluster.md). Needs --state "
+         "postgresql://... and an archive every worker can read (s3://, gs:// or a shared folder).")
+
 run_options = bundle(
     click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
-                 help="Runs processed in parallel."),
+                 help="Runs processed in parallel (on a cluster: each worker's threads decide; this sizes uploads)."),
     state_option,
+    cluster_option,
     logging_options,
 )
 

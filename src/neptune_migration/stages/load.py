@@ -43,6 +43,7 @@ class LoadSummary:
     incomplete: list[IncompleteRun] = field(default_factory=list)
     not_selected: int = 0
     seconds: float = 0.0
+    workers: dict[str, str] = field(default_factory=dict)  # run key -> the cluster worker that loaded it
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -138,7 +139,9 @@ def load(
     ledger: Ledger,
     tracker_factory: Callable[[int], Tracker],
     workers: int = 4,
+    cluster: Any = None,
 ) -> LoadSummary:
+    """`cluster` (a `stages.remote.Cluster`): each run is loaded by a task on the cluster's workers."""
     started = time.monotonic()
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
@@ -162,8 +165,12 @@ def load(
         try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
             for wave in fork_waves(todo):
-                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker),
-                                        workers, "load", ledger):
+                if cluster is not None:
+                    outcomes = cluster.load(wave, ledger, target.canonical, tracker, summary.workers)
+                else:
+                    outcomes = run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker),
+                                        workers, "load", ledger)
+                for outcome in outcomes:
                     summary.outcomes.append(outcome)
                     tracker.run_done()
         except Stopped:
@@ -193,9 +200,14 @@ def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
 
 
 def _load_one(
-    run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False
+    run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> RunOutcome:
+    """`extra`: kept with the run's details in the ledger (a cluster records the worker that loaded it)."""
     canonical = target.canonical
+    if not replace and ledger.is_done(run.ref, LOAD, canonical):
+        # Loaded meanwhile by another driver or worker on a shared ledger (this run was handed out again).
+        return RunOutcome(run.ref.key, "already_loaded")
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         ledger.save_checkpoint(run.ref, LOAD, canonical, state)
@@ -221,7 +233,7 @@ def _load_one(
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     if done.error is not None or done.value is None:
         return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
-    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=_details(done.value))
+    ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=_details(done.value) | (extra or {}))
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
 
 

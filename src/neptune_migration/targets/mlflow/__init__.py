@@ -44,7 +44,8 @@ def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
 
     kind = MlflowBulkTarget if opts.mlflow_bulk else MlflowTarget
     return kind(uri, experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
-                upload_workers=settings.upload_workers or max(2, settings.workers), patience=patience)
+                upload_workers=settings.upload_workers or max(2, settings.workers), patience=patience,
+                writer=settings.writer)
 
 
 def _verifier(target: Any) -> Any:

@@ -97,13 +97,15 @@ class MlflowBulkTarget(MlflowTarget):
         experiment_prefix: str = "",
         upload_workers: int = 4,
         patience: Patience | None = None,
+        writer: str | None = None,
     ) -> None:
         if tracking_uri is not None:
             db = sqlite_path(tracking_uri)
             # A store at another version must be refused before MLflow's client opens (and might migrate) it.
             if db.exists() and db.stat().st_size > 0:
                 check_schema(db)
-        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers, patience=patience)
+        super().__init__(tracking_uri, experiment_by, experiment_prefix, upload_workers, patience=patience,
+                         writer=writer)
         self.db = sqlite_path(self.tracking_uri)
         check_schema(self.db)
 
