@@ -46,7 +46,7 @@ def s3() -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Any]:
     # Few runs, long metrics: loading one takes long enough to kill a worker in the middle of it.
-    with Sandbox([generate_project("cluster", runs=6, series=2, points=8_000, files=1, nasty=True)]) as sb:
+    with Sandbox([generate_project("cluster", runs=4, series=2, points=4_000, files=1, nasty=True)]) as sb:
         yield sb
 
 
