@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import logging
 import os
 import time
@@ -32,7 +33,16 @@ from typing import Any
 from neptune_migration import interrupt, plugins
 from neptune_migration.archive import Archive, ArchiveWriter, archive_location
 from neptune_migration.errors import UsageError
-from neptune_migration.ledger import Entry, Ledger, SyncState, default_state_path
+from neptune_migration.executors import open_cluster
+from neptune_migration.ledger import (
+    Entry,
+    Ledger,
+    SyncState,
+    default_state_path,
+    is_database_uri,
+    open_ledger,
+    redact_uri,
+)
 from neptune_migration.options import build as build_options
 from neptune_migration.progress import Tracker
 from neptune_migration.report import build_report, write_reports
@@ -45,6 +55,7 @@ from neptune_migration.stages.load import LoadSummary
 from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.migrate import StageClock, Workers, run_pipeline
 from neptune_migration.stages.model_registry import export_registry, load_registry
+from neptune_migration.stages.remote import Cluster, Plan, check_workers, location
 from neptune_migration.stages.validate import ValidationSummary
 from neptune_migration.stages.validate import retry as run_retry
 from neptune_migration.stages.validate import validate as run_validate
@@ -184,7 +195,7 @@ class RetryResult:
 
 @dataclass
 class StatusResult:
-    state: Path
+    state: Path | str  # a file, or the PostgreSQL URI without its password
     entries: list[Entry]
     ok: bool = True
     # `migrate --sync`: per run and target, when it was last synced and what that sync added.
@@ -227,6 +238,7 @@ def _load_dict(summary: LoadSummary) -> dict[str, Any]:
         "points": summary.points, "files": summary.files, "bytes": summary.bytes,
         "approximations": summary.approximations(), "warnings": list(summary.warnings),
         "seconds": round(summary.seconds, 3),
+        "workers": dict(sorted(summary.workers.items())),  # run -> the cluster worker that loaded it
     }
 
 
@@ -264,13 +276,47 @@ def _open_source(from_: str, options: dict[str, Any], path: str | Path | None) -
     return plugin.build(source_opts, projects, selection), plugin, selection
 
 
-def _open_target(to: str, options: dict[str, Any], workers: int,
-                 upload_workers: int | None = None) -> tuple[Target, TargetPlugin, Selection]:
+def _open_target(to: str, options: dict[str, Any], workers: int, upload_workers: int | None = None,
+                 writer: str | None = None) -> tuple[Target, TargetPlugin, Selection]:
     plugin = plugins.target(to)
     if options.get("mlflow_bulk") and "mlflow_bulk" not in {f.name for f in dataclasses.fields(plugin.options)}:
         raise UsageError(f"--mlflow-bulk is only for --to mlflow, not --to {to}")
     selection, _, target_opts = _split(options, target=plugin)
-    return plugin.build(target_opts, TargetSettings(workers, upload_workers)), plugin, selection
+    return plugin.build(target_opts, TargetSettings(workers, upload_workers, writer)), plugin, selection
+
+
+# -- a cluster ---------------------------------------------------------------------------------------------
+def _state(state: str | Path | None) -> str | Path | None:
+    return state if state is not None else (os.environ.get("NEPTUNE_MIGRATION_STATE") or None)
+
+
+def _writer(cluster: str | None, state: str | Path | None) -> str | None:
+    """The name every worker of one cluster migration writes under (MLflow's experiment claim): one per ledger."""
+    if cluster is None or _state(state) is None:
+        return None
+    return "cluster-" + hashlib.sha256(redact_uri(str(_state(state))).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _cluster(address: str | None, state: str | Path | None, plan: Callable[[str], Plan],
+             write: bool) -> Iterator[Cluster | None]:
+    """The engine on a Dask scheduler for one call, after one worker has shown it can open what the runs need."""
+    if address is None:
+        yield None
+        return
+    uri = _state(state)
+    if uri is None or not is_database_uri(str(uri)):
+        raise UsageError("--cluster needs the ledger in PostgreSQL, where every worker records its runs: "
+                         "--state postgresql://USER:PASSWORD@HOST:PORT/DB")
+    engine = open_cluster(address)
+    try:
+        cluster = Cluster(engine, plan(str(uri)))
+        worker = check_workers(cluster, write)
+        log.info("cluster %s: %d worker(s) connected; %s can open the ledger, archive and endpoints", address,
+                 engine.workers(), worker)
+        yield cluster
+    finally:
+        engine.shutdown(cancel_futures=True)
 
 
 def _tracker(title: str, progress: bool, stages: tuple[str, ...] = ()) -> Callable[[int], Tracker]:
@@ -297,10 +343,16 @@ def _workers(n: int | None, name: str = "workers") -> int:
 
 @contextmanager
 def _ledger(state: str | Path | None, must_exist: bool = False) -> Iterator[Ledger]:
+    if state is None:
+        state = os.environ.get("NEPTUNE_MIGRATION_STATE") or None
+    if state is not None and is_database_uri(str(state)):
+        with open_ledger(str(state)) as ledger:
+            yield ledger
+        return
     path = Path(state) if state is not None else default_state_path()
     if must_exist and not path.exists():
         raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
-    with Ledger(path) as ledger:
+    with open_ledger(path) as ledger:
         yield ledger
 
 
@@ -356,28 +408,56 @@ def discover(from_: str = "neptune3", *, path: str | Path | None = None, **optio
 @interrupt.handling_signals()
 def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCHIVE, path: str | Path | None = None,
            workers: int = 4, state: str | Path | None = None, refresh: bool = False, no_models: bool = False,
-           progress: bool = False, **options: Any) -> ExportResult:
-    """Export the selected runs from a source into an archive (neptune-exporter's layout). Resumable."""
-    source, plugin, _ = _open_source(from_, options, path)
+           progress: bool = False, cluster: str | None = None, **options: Any) -> ExportResult:
+    """Export the selected runs from a source into an archive (neptune-exporter's layout). Resumable.
+    `cluster`: each run is exported by a task on a Dask cluster's workers (as `load`)."""
+    source, plugin, selection = _open_source(from_, options, path)
     root = _local(archive)
-    with _ledger(state) as ledger:
+    plan = _source_plan(from_, options, path, source, selection, root, None, None, refresh)
+    with _ledger(state) as ledger, _cluster(cluster, state, plan, write=True) as remote:
         summary = run_export(source, ArchiveWriter(root), ledger, _tracker("export", progress), _workers(workers),
-                             refresh)
+                             refresh, cluster=remote)
         return ExportResult(summary, _export_models(plugin, source, root, ledger, no_models))
+
+
+def _target_plan(to: str, options: dict[str, Any], archive: str | Path, files: str | Path | None, workers: int,
+                 upload_workers: int | None, writer: str | None) -> Callable[[str], Plan]:
+    plugin = plugins.target(to)
+    selection, _, target_opts = _split(options, target=plugin)
+    settings = TargetSettings(workers, upload_workers, writer)
+    return lambda uri: Plan(uri, selection, str(location(archive)), location(files), to, target_opts, settings)
+
+
+def _source_plan(from_: str, options: dict[str, Any], path: str | Path | None, source: Source, selection: Selection,
+                 root: str | Path, target: tuple[str, TargetSettings] | None, files: str | None,
+                 refresh: bool) -> Callable[[str], Plan]:
+    plugin = plugins.source(from_)
+    if path is not None:
+        options = {**options, "path": Path(str(location(path)))}
+    _, source_opts, _ = _split(options, source=plugin)
+    target_opts = _split(options, target=plugins.target(target[0]))[2] if target is not None else None
+    return lambda uri: Plan(uri, selection, str(location(root)), files, target[0] if target else None, target_opts,
+                            target[1] if target else TargetSettings(), from_, source_opts,
+                            tuple(source.projects), refresh)
 
 
 @interrupt.handling_signals()
 def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
          upload_workers: int | None = None, state: str | Path | None = None, refresh: bool = False,
-         progress: bool = False, **options: Any) -> LoadResult:
+         progress: bool = False, cluster: str | None = None, **options: Any) -> LoadResult:
     """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue.
-    `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings)."""
+    `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings).
+    `cluster`: a Dask scheduler's address (tcp://HOST:PORT); each run is then loaded by a task on its workers, and
+    `state` must be a PostgreSQL ledger (docs/cluster.md)."""
     archived = Archive(str(archive), str(files) if files is not None else None)
-    target, plugin, selection = _open_target(to, options, _workers(workers), upload_workers)
+    writer = _writer(cluster, state)
+    target, plugin, selection = _open_target(to, options, _workers(workers), upload_workers, writer)
     target.check()
-    with _ledger(state) as ledger:
+    plan = _target_plan(to, options, archive, files, workers, upload_workers, writer)
+    with _ledger(state) as ledger, _cluster(cluster, state, plan, write=False) as remote:
         try:
-            summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers, refresh)
+            summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers, refresh,
+                               cluster=remote)
             registry = _load_models(plugin, archived, target, ledger)
         finally:
             _close(target)
@@ -387,17 +467,21 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
 @interrupt.handling_signals()
 def validate(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
              state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-             retry_command: str | None = None, **options: Any) -> ValidationResult:
+             retry_command: str | None = None, cluster: str | None = None, **options: Any) -> ValidationResult:
     """Read every selected run back from the target and compare it with the archive, value by value; writes
     report.html, report.md, report.json and errors.jsonl into `report_dir`. `.ok` is the verdict.
-    `retry_command`: the command the report names as the next step when anything failed or differs."""
+    `retry_command`: the command the report names as the next step when anything failed or differs.
+    `cluster`: read back on a Dask cluster's workers (as `load`)."""
     _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
-    target, plugin, selection = _open_target(to, options, _workers(workers))
+    writer = _writer(cluster, state)
+    target, plugin, selection = _open_target(to, options, _workers(workers), writer=writer)
     target.check()
-    with _ledger(state) as ledger:
+    plan = _target_plan(to, options, archive, files, workers, None, writer)
+    with _ledger(state) as ledger, _cluster(cluster, state, plan, write=False) as remote:
         try:
-            summary = run_validate(archived, target, selection, ledger, _tracker("validate", progress), workers)
+            summary = run_validate(archived, target, selection, ledger, _tracker("validate", progress), workers,
+                                   cluster=remote)
         finally:
             _close(target)
         return _report(summary, ledger, str(archive), report_dir, plugin=plugin, target=target,
@@ -407,15 +491,19 @@ def validate(archive: str | Path, *, files: str | Path | None = None, to: str = 
 @interrupt.handling_signals()
 def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
           state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-          retry_command: str | None = None, **options: Any) -> RetryResult:
-    """Load again only the runs that failed or mismatched (per the ledger), then validate them."""
+          retry_command: str | None = None, cluster: str | None = None, **options: Any) -> RetryResult:
+    """Load again only the runs that failed or mismatched (per the ledger), then validate them (`cluster`: on a
+    Dask cluster's workers, as `load`)."""
     _check_report_dir(report_dir)
     archived = Archive(str(archive), str(files) if files is not None else None)
-    with _ledger(state, must_exist=True) as ledger:
-        target, plugin, selection = _open_target(to, options, _workers(workers))
+    writer = _writer(cluster, state)
+    plan = _target_plan(to, options, archive, files, workers, None, writer)
+    with _ledger(state, must_exist=True) as ledger, _cluster(cluster, state, plan, write=False) as remote:
+        target, plugin, selection = _open_target(to, options, _workers(workers), writer=writer)
         target.check()
         try:
-            outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers)
+            outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers,
+                                cluster=remote)
         finally:
             _close(target)
         result = RetryResult([r.key for r in outcome.reloaded], [r.key for r in outcome.revalidated], outcome.load,
@@ -433,19 +521,21 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             refresh: bool = False, no_models: bool = False, no_validate: bool = False,
             report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False, retry_command: str | None = None,
             sync: bool = False, every: str | float | None = None, rounds: int | None = None,
-            on_round: Callable[[MigrationResult], None] | None = None, **options: Any) -> MigrationResult:
+            on_round: Callable[[MigrationResult], None] | None = None, cluster: str | None = None,
+            **options: Any) -> MigrationResult:
     """Export from a source, load into the target and read back, the three stages overlapping run by run.
     Resumable: call again to continue. `.ok` is the verdict (every run exported, loaded and validated).
 
     `sync=True` brings runs migrated before up to date (docs/sync.md): new points are appended to the same target
     run, unchanged runs cost only their listing. `every` ("15m", "1h", seconds) repeats the sync until Ctrl-C
-    (or `rounds` rounds), calling `on_round(result)` after each; the last round's result is returned."""
+    (or `rounds` rounds), calling `on_round(result)` after each; the last round's result is returned.
+    `cluster`: each run goes through the three stages as one task on a Dask cluster's workers (docs/cluster.md)."""
     if every is None:
         return _migrate_once(from_, to=to, archive=archive, path=path, workers=workers,
                              export_workers=export_workers, validate_workers=validate_workers,
                              upload_workers=upload_workers, state=state, refresh=refresh, no_models=no_models,
                              no_validate=no_validate, report_dir=report_dir, progress=progress,
-                             retry_command=retry_command, sync=sync, **options)
+                             retry_command=retry_command, sync=sync, cluster=cluster, **options)
     if not sync:
         raise UsageError("--every repeats a sync: pass --sync with it")
     seconds = parse_interval(every)
@@ -456,7 +546,7 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
                                export_workers=export_workers, validate_workers=validate_workers,
                                upload_workers=upload_workers, state=state, refresh=refresh, no_models=no_models,
                                no_validate=no_validate, report_dir=report_dir, progress=progress,
-                               retry_command=retry_command, sync=True, **options)
+                               retry_command=retry_command, sync=True, cluster=cluster, **options)
         done += 1
         if on_round is not None:
             on_round(result)
@@ -491,21 +581,27 @@ def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str |
                   validate_workers: int | None = None, upload_workers: int | None = None,
                   state: str | Path | None = None, refresh: bool = False, no_models: bool = False,
                   no_validate: bool = False, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-                  retry_command: str | None = None, sync: bool = False, **options: Any) -> MigrationResult:
+                  retry_command: str | None = None, sync: bool = False, cluster: str | None = None,
+                  **options: Any) -> MigrationResult:
     if sync and refresh:
         raise UsageError("--sync and --refresh do not go together: --sync already replaces what it cannot append")
+    if sync and cluster is not None:
+        raise UsageError("--sync runs on one machine for now, not with --cluster (docs/sync.md)")
     if not no_validate:
         _check_report_dir(report_dir)
     source, source_plugin, selection = _open_source(from_, options, path)
-    target, target_plugin, _ = _open_target(to, options, _workers(workers), upload_workers)
+    writer = _writer(cluster, state)
+    target, target_plugin, _ = _open_target(to, options, _workers(workers), upload_workers, writer)
     stages = Workers(export=_workers(export_workers or workers, "export_workers"), load=workers,
                      validate=_workers(validate_workers or workers, "validate_workers"))
     root = _local(archive if archive is not None else DEFAULT_MIGRATE_ARCHIVE)
-    with _ledger(state) as ledger:
+    plan = _source_plan(from_, options, path, source, selection, root, (to, TargetSettings(workers, upload_workers,
+                                                                                            writer)), None, refresh)
+    with _ledger(state) as ledger, _cluster(cluster, state, plan, write=True) as remote:
         try:
             run = run_pipeline(source, ArchiveWriter(root), target, selection, ledger,
                                _tracker("migrate", progress, ("export", "load", "validate")), stages, refresh,
-                               validate=not no_validate, sync=sync)
+                               validate=not no_validate, sync=sync, cluster=remote)
             log.debug("stage seconds: %s", run.clock.to_dict())
             registry = _export_models(source_plugin, source, root, ledger, no_models)
             registry += _load_models(target_plugin, Archive(root), target, ledger)

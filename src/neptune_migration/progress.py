@@ -40,6 +40,8 @@ class Tracker:
         self._lock = threading.Lock()
         self._last_log = 0.0
         self._progress: Progress | None = None
+        self._note = ""  # e.g. "workers connected: 4" on a cluster
+        self._note_task: int | None = None
 
     def __enter__(self) -> Tracker:
         if self.enabled:
@@ -81,6 +83,17 @@ class Tracker:
         if self._progress is not None and stage in self._stage_tasks:
             self._progress.advance(self._stage_tasks[stage])
 
+    def note(self, text: str) -> None:
+        """One line of context under the bars (a cluster's workers connected); also in the periodic log lines."""
+        if text == self._note:
+            return
+        self._note = text
+        if self._progress is not None:
+            if self._note_task is None:
+                self._note_task = self._progress.add_task(text, total=None)
+            else:
+                self._progress.update(self._note_task, description=text)
+
     def add_points(self, n: int) -> None:
         with self._lock:
             self.points += n
@@ -110,7 +123,7 @@ class Tracker:
         elapsed = now - self.started
         stages = "".join(f" {stage} {n}," for stage, n in self.stage_runs.items())
         log.info(
-            "%s:%s %d/%d runs done, %d points (%.0f/s), %.1f MB of files, %.0fs elapsed",
+            "%s:%s %d/%d runs done, %d points (%.0f/s), %.1f MB of files, %.0fs elapsed%s",
             self.title,
             stages,
             self.runs,
@@ -119,4 +132,5 @@ class Tracker:
             self.points / max(elapsed, 1e-6),
             self.bytes / 1e6,
             elapsed,
+            f", {self._note}" if self._note else "",
         )

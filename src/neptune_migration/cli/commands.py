@@ -256,7 +256,7 @@ def retry(**kwargs: Any) -> None:
               help="Only this stage.")
 @click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched.")
 @json_option
-def status(state: Path | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
+def status(state: str | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
     """Show every run's stage, status, attempts and last error from the ledger."""
     result = nm.status(state=state, stage=stage, failed=failed_only)
     if json_output:

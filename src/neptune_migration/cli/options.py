@@ -117,9 +117,10 @@ report_option = click.option("--report-dir", type=click.Path(path_type=Path), de
                              show_default=True, help="Where report.json, report.html, report.md and errors.jsonl are "
                              "written.")
 
-state_option = click.option("--state", type=click.Path(path_type=Path), default=None,
-                            help="Ledger file (SQLite). Default: .neptune-migration/state.db or "
-                                 "$NEPTUNE_MIGRATION_STATE.")
+state_option = click.option("--state", default=None, metavar="PATH|URI",
+                            help="Ledger: a SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB to share progress "
+                                 "between drivers and a cluster (required with --cluster). Default: "
+                                 ".neptune-migration/state.db or $NEPTUNE_MIGRATION_STATE.")
 json_option = click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 
 logging_options = bundle(
@@ -129,10 +130,16 @@ logging_options = bundle(
                  "file."),
 )
 
+cluster_option = click.option(
+    "--cluster", default=None, metavar="tcp://HOST:PORT", envvar="NEPTUNE_MIGRATION_CLUSTER", show_envvar=True,
+    help="Send each run's work to the workers of this Dask scheduler (docs/cluster.md). Needs --state "
+         "postgresql://... and an archive every worker can read (s3://, gs:// or a shared folder).")
+
 run_options = bundle(
     click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
-                 help="Runs processed in parallel."),
+                 help="Runs processed in parallel (on a cluster: each worker's threads decide; this sizes uploads)."),
     state_option,
+    cluster_option,
     logging_options,
 )
 

@@ -70,6 +70,11 @@ def print_load(summary: LoadSummary) -> None:
     table.add_row("time", f"{summary.seconds:,.1f} s ({rate:,.0f} points/s)")
     for kind, n in sorted(summary.approximations().items()):
         table.add_row(f"approximated: {kind}", f"{n:,}")
+    if summary.workers:  # a cluster: who did the work (each run's worker is in the ledger's load details)
+        per_worker: dict[str, int] = {}
+        for worker in summary.workers.values():
+            per_worker[worker] = per_worker.get(worker, 0) + 1
+        table.add_row("runs by worker", ", ".join(f"{w}: {n}" for w, n in sorted(per_worker.items())))
     out.print(table)
     if not summary.outcomes and summary.not_selected:
         out.print(f"[yellow]the selection matches none of the {summary.not_selected} runs in the archive[/yellow]")

@@ -39,6 +39,7 @@ class ExportSummary:
     listed: int = 0
     outcomes: list[ExportOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    workers: dict[str, str] = field(default_factory=dict)  # run key -> the cluster worker that exported it
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -90,7 +91,9 @@ def export(
     tracker_factory: Callable[[int], Tracker],
     workers: int = 4,
     refresh: bool = False,
+    cluster: Any = None,
 ) -> ExportSummary:
+    """`cluster` (a `stages.remote.Cluster`): each run is exported by a task on the cluster's workers."""
     started = time.monotonic()
     source.check()
     runs = list_selected(source)
@@ -98,8 +101,11 @@ def export(
     make_project_folders(source, writer)
     with tracker_factory(len(runs)) as tracker:
         try:
-            for outcome in run_pool(runs, lambda run: export_one(run, source, writer, ledger, refresh), workers,
-                                    "export", ledger):
+            outcomes = (cluster.export(runs, ledger, archive_key(writer.root), tracker, summary.workers)
+                        if cluster is not None else
+                        run_pool(runs, lambda run: export_one(run, source, writer, ledger, refresh), workers, "export",
+                                 ledger))
+            for outcome in outcomes:
                 summary.outcomes.append(outcome)
                 if outcome.stats is not None:
                     tracker.add_points(getattr(outcome.stats, "points", 0))

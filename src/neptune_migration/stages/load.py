@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from neptune_migration import interrupt
@@ -47,6 +48,7 @@ class LoadSummary:
     not_selected: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    workers: dict[str, str] = field(default_factory=dict)  # run key -> the cluster worker that loaded it
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -143,9 +145,11 @@ def load(
     tracker_factory: Callable[[int], Tracker],
     workers: int = 4,
     refresh: bool = False,
+    cluster: Any = None,
 ) -> LoadSummary:
     """Load the selected runs not yet done. `refresh`: also replace the runs loaded with an older mapping version
-    of the target (without it they are listed in the summary's warnings)."""
+    of the target (without it they are listed in the summary's warnings). `cluster` (a `stages.remote.Cluster`):
+    each run is loaded by a task on the cluster's workers."""
     started = time.monotonic()
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
@@ -179,19 +183,27 @@ def load(
                                 f"{older[0]}: load again with --refresh to bring them in line")
     # Stale: loaded earlier, and out of line with what this load's runs need (the target reloads them below).
     stale = target_plugin(target.name).prepare(target, todo, selection.wants_attribute) if todo else []
+    def load_many(some: list[ArchivedRun], replacing: Callable[[ArchivedRun], bool]) -> Iterable[RunOutcome]:
+        """Load `some` on the cluster or the local pool; `replacing(run)`: replace its copy in the target."""
+        if cluster is None:
+            return run_pool(some, lambda run: _load_one(run, target, selection, ledger, tracker,
+                                                        replace=replacing(run)), workers, "load", ledger)
+        return chain(cluster.load([r for r in some if not replacing(r)], ledger, target.canonical, tracker,
+                                  summary.workers),
+                     cluster.load([r for r in some if replacing(r)], ledger, target.canonical, tracker,
+                                  summary.workers, replace=True))
+
     with tracker_factory(len(runs)) as tracker:
         for _ in range(len(runs) - len(todo)):
             tracker.run_done()
         try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
             for wave in fork_waves(todo):
-                for outcome in run_pool(wave, lambda run: _load_one(run, target, selection, ledger, tracker,
-                                                                    replace=run.ref.key in replace),
-                                        workers, "load", ledger):
+                for outcome in load_many(wave, lambda run: run.ref.key in replace):
                     summary.outcomes.append(outcome)
                     tracker.run_done()
-            reload_stale(runs, summary.outcomes, lambda run: _load_one(run, target, selection, ledger, tracker),
-                         workers, ledger, target.canonical, summary.warnings, stale)
+            reload_stale(runs, summary.outcomes, lambda some: load_many(some, lambda _run: True), ledger,
+                         target.canonical, summary.warnings, stale)
         except Stopped:
             done = summary.count("loaded") + summary.count("already_loaded")
             failed = summary.count("failed")
@@ -208,9 +220,9 @@ def outdated(ledger: Ledger, ref: RunRef, target: str, version: int) -> int | No
     return loaded_with if loaded_with < version else None
 
 
-def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome], load_one: Callable[[ArchivedRun], RunOutcome],
-                 workers: int, ledger: Ledger, target: str, warnings: list[str],
-                 stale_before: list[RunRef] | None = None) -> None:
+def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome],
+                 reload: Callable[[list[ArchivedRun]], Iterable[RunOutcome]], ledger: Ledger, target: str,
+                 warnings: list[str], stale_before: list[RunRef] | None = None) -> None:
     """Load again the runs that later loads made stale (a target setting shared across runs, such as an MLflow
     experiment's step scale, rose after they were loaded). Runs not in this archive's selection cannot be
     reloaded here: they are marked failed in the ledger, so a load of their own archive redoes them."""
@@ -233,7 +245,7 @@ def reload_stale(runs: list[ArchivedRun], outcomes: list[RunOutcome], load_one: 
         if not here:
             return
         log.info("%d run(s) loaded before their experiment's step scale rose: loading them again", len(here))
-        for outcome in run_pool(here, load_one, workers, "load", ledger):
+        for outcome in reload(here):
             outcomes[:] = [o for o in outcomes if o.key != outcome.key] + [outcome]
 
 
@@ -255,9 +267,14 @@ def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
 
 
 def _load_one(
-    run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False
+    run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> RunOutcome:
+    """`extra`: kept with the run's details in the ledger (a cluster records the worker that loaded it)."""
     canonical = target.canonical
+    if not replace and ledger.is_done(run.ref, LOAD, canonical):
+        # Loaded meanwhile by another driver or worker on a shared ledger (this run was handed out again).
+        return RunOutcome(run.ref.key, "already_loaded")
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         ledger.save_checkpoint(run.ref, LOAD, canonical, state)
@@ -283,7 +300,7 @@ def _load_one(
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     if done.error is not None or done.value is None:
         return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
-    details = _details(done.value) | {"mapping_version": target_plugin(target.name).mapping_version}
+    details = _details(done.value) | {"mapping_version": target_plugin(target.name).mapping_version} | (extra or {})
     ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=details)
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
 

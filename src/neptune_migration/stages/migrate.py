@@ -24,7 +24,7 @@ from neptune_migration import interrupt
 from neptune_migration.archive import ArchivedRun, ArchiveWriter
 from neptune_migration.checks import ERROR
 from neptune_migration.errors import Interrupted
-from neptune_migration.ledger import Ledger
+from neptune_migration.ledger import Ledger, RunClaimed
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
@@ -32,12 +32,21 @@ from neptune_migration.stages.export import (
     ExportOutcome,
     ExportSummary,
     Source,
+    archive_key,
     export_one,
     list_selected,
     make_project_folders,
 )
 from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one, outdated, reload_stale
-from neptune_migration.stages.runner import POLL_SECONDS, RunStopped, Stopped, abandon, run_pool, settle_after_stop
+from neptune_migration.stages.runner import (
+    POLL_SECONDS,
+    RunStopped,
+    Stopped,
+    abandon,
+    claimed_delay,
+    run_pool,
+    settle_after_stop,
+)
 from neptune_migration.stages.sync import UNCHANGED, SyncPlan, plan_sync, sync_load
 from neptune_migration.stages.validate import ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import Target
@@ -123,8 +132,10 @@ def run_pipeline(
     refresh: bool = False,
     validate: bool = True,
     sync: bool = False,
+    cluster: Any = None,
 ) -> MigrationResult:
-    """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping."""
+    """Export every selected run, load it, and (with `validate`) read it back, all three stages overlapping.
+    `cluster` (a `stages.remote.Cluster`): each run goes through the three stages as one task on a worker."""
     workers = workers or Workers()
     clock = StageClock()
     started = time.monotonic()
@@ -137,6 +148,9 @@ def run_pipeline(
     result = MigrationResult(ExportSummary(writer.root, listed=len(runs)), LoadSummary(target=canonical),
                              ValidationSummary(canonical) if validate else None, clock)
     make_project_folders(source, writer)
+    if cluster is not None:
+        _on_cluster(cluster, runs, writer, canonical, ledger, tracker_factory, result, validate)
+        return _finish(result, clock, started, ledger, ledger_before)
     selected = {run.ref.key for run in runs}
     verifier = verifier_for(target) if validate else None
 
@@ -199,6 +213,8 @@ def run_pipeline(
     loads_settled: set[str] = set()  # loaded, already there, or failed: a fork need not wait any more
     unlinked: set[str] = set()  # forks in a parent cycle: they load without waiting
     running: dict[Future[Any], tuple[str, Any]] = {}
+    later: list[tuple[float, str, Any]] = []  # (not before, stage, item) of runs another driver held
+    queues: dict[str, deque[Any]] = {"export": to_export, "load": to_load, "validate": to_validate}
     busy = {"export": 0, "load": 0, "validate": 0}
 
     def parent_pending(item: _Exported) -> str | None:
@@ -224,8 +240,12 @@ def run_pipeline(
     def settled(fut: Future[Any], tracker: Tracker) -> None:
         stage, given = running.pop(fut)  # the stage and the item it was handed
         busy[stage] -= 1
-        if isinstance(fut.exception(), RunStopped):
+        exc = fut.exception()
+        if isinstance(exc, RunStopped):
             return  # stopped at a checkpoint: `interrupted` in the ledger
+        if isinstance(exc, RunClaimed):  # another driver holds it (a shared ledger): look again later
+            later.append((time.monotonic() + claimed_delay(exc), stage, given))
+            return
         value = fut.result()
         tracker.stage_done(stage)
         if stage == "export":
@@ -264,8 +284,9 @@ def run_pipeline(
         before = {o.key: o for o in result.loaded.outcomes}
         archived = {item.run.ref.key: item.run for item in loaded_items}
         reload_stale(list(archived.values()), result.loaded.outcomes,
-                     lambda run: _load_one(run, target, selection, ledger, tracker),
-                     workers.load, ledger, canonical, result.loaded.warnings)
+                     lambda some: run_pool(some, lambda run: _load_one(run, target, selection, ledger, tracker,
+                                                                       replace=True), workers.load, "load", ledger),
+                     ledger, canonical, result.loaded.warnings)
         again = [archived[o.key] for o in result.loaded.outcomes
                  if before.get(o.key) is not o and o.status != "failed" and o.key in archived]
         if verifier is None or result.validated is None or not again:
@@ -282,7 +303,12 @@ def run_pipeline(
     try:
         with tracker_factory(len(runs)) as tracker:
             while True:
-                if interrupt.requested() and (running or to_export or to_load or to_validate or waiting_for_parent):
+                now = time.monotonic()
+                for item in [item for item in later if item[0] <= now]:
+                    later.remove(item)
+                    queues[item[1]].append(item[2])
+                if interrupt.requested() and (running or to_export or to_load or to_validate or waiting_for_parent
+                                              or later):
                     # Hand out nothing more; what is in flight gets the grace period, then is marked interrupted.
                     stopped = True
                     for fut in settle_after_stop(list(running), ledger):
@@ -302,6 +328,9 @@ def run_pipeline(
                        and len(to_load) + busy["export"] < workers.buffer + workers.export):
                     submit("export", export_task, to_export.popleft())
                 if not running:
+                    if later:
+                        time.sleep(POLL_SECONDS)
+                        continue
                     if waiting_for_parent:
                         # Whatever still waits has a parent that will never load here (a cycle): load it unlinked.
                         unlinked.update(waiting_for_parent)
@@ -337,6 +366,11 @@ def run_pipeline(
         result.loaded.warnings.append(
             f"{len(older)} run(s) were loaded with an older mapping of {target.name} (this version writes mapping "
             f"{mapping_version}), e.g. {sorted(older)[0]}: migrate again with --refresh to bring them in line")
+    return _finish(result, clock, started, ledger, ledger_before)
+
+
+def _finish(result: MigrationResult, clock: StageClock, started: float, ledger: Ledger,
+            ledger_before: tuple[float, float]) -> MigrationResult:
     result.exported.outcomes.sort(key=lambda o: o.key)
     result.loaded.outcomes.sort(key=lambda o: o.key)
     if result.validated is not None:
@@ -348,3 +382,44 @@ def run_pipeline(
     if result.validated is not None:
         result.validated.seconds = clock.wall
     return result
+
+
+def _on_cluster(cluster: Any, runs: list[Any], writer: ArchiveWriter, canonical: str, ledger: Ledger,
+                tracker_factory: Callable[[int], Tracker], result: MigrationResult, validate: bool) -> None:
+    """One task per run on the cluster's workers. A fork whose parent is in this migration and not loaded yet comes
+    back waiting; it is sent again once a round has settled its parent, and unlinked only if no round can."""
+    by_key = {run.ref.key: run for run in runs}
+    pending, wait_for_parent = list(runs), True
+    try:
+        with tracker_factory(len(runs)) as tracker:
+            while pending:
+                waiting: list[Any] = []
+                for done in cluster.migrate(pending, ledger, canonical, archive_key(writer.root), tracker,
+                                            result.loaded.workers, validate, wait_for_parent):
+                    if done.waits_for is not None:
+                        waiting.append(by_key[done.exported.key])
+                        continue
+                    result.exported.outcomes.append(done.exported)
+                    tracker.stage_done("export")
+                    if done.loaded is not None:
+                        result.loaded.outcomes.append(done.loaded)
+                        tracker.stage_done("load")
+                        if done.loaded.result is not None:
+                            tracker.add_points(done.loaded.result.points)
+                            tracker.add_bytes(done.loaded.result.bytes)
+                    if done.check is not None and result.validated is not None:
+                        result.validated.checks.append(done.check)
+                        tracker.stage_done("validate")
+                    tracker.run_done()
+                # Parents settled this round: their forks go again, linked. None settled: a cycle, or parents outside
+                # what this round could load; they go unlinked.
+                wait_for_parent = len(waiting) < len(pending)
+                pending = waiting
+    except Stopped:
+        failed = len(result.exported.failed) + len(result.loaded.failed)
+        done_runs = len(result.loaded.outcomes) - len(result.loaded.failed)
+        raise Interrupted("migrate", done_runs, len(runs) - done_runs - failed, failed) from None
+    for key, worker in result.loaded.workers.items():
+        result.exported.workers[key] = worker
+        if result.validated is not None:
+            result.validated.workers[key] = worker

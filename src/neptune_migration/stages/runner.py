@@ -1,6 +1,7 @@
 """The bookkeeping every per-run stage shares: start in the ledger, do the work, and on failure record the
 one-line (redacted) reason, so that every run ends done, failed or mismatched, never silently; and the worker
-pool every stage hands its runs to, which stops cleanly on Ctrl-C or SIGTERM (runs then end `interrupted`)."""
+pool every stage hands its runs to (local threads, or a cluster's engine), which stops cleanly on Ctrl-C or
+SIGTERM (runs then end `interrupted`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from neptune_migration import interrupt
 from neptune_migration.errors import describe
+from neptune_migration.executors import Engine, LocalThreads
 from neptune_migration.interrupt import RunStopped
-from neptune_migration.ledger import Entry, Ledger
+from neptune_migration.ledger import Entry, Ledger, RunClaimed
 from neptune_migration.secrets import redact
 from neptune_migration.vocabulary import RunRef
 
@@ -64,35 +66,56 @@ class Stopped(Exception):  # not a failure: the stage turns it into errors.Inter
     """A stage pool stopped on request; runs still in flight are `interrupted` in the ledger, which is frozen."""
 
 
-def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str, ledger: Ledger) -> Iterator[R]:
-    """`work(item)` for every item on `workers` threads; yields results as they complete.
+def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str, ledger: Ledger,
+             engine: Engine | None = None, on_error: Callable[[T, BaseException], R] | None = None) -> Iterator[R]:
+    """`work(item)` for every item on `workers` threads, or on `engine` (a cluster); yields results as they complete.
 
-    Items are handed out only while a worker is free, so after a stop request nothing new starts. The runs in
-    flight then get `interrupt.grace_seconds()` to finish or reach a checkpoint (their results are still
+    Items are handed out only while the engine has a free slot, so after a stop request nothing new starts. The runs
+    in flight then get `interrupt.grace_seconds()` to finish or reach a checkpoint (their results are still
     yielded); what is left is marked `interrupted`, the ledger frozen, and `Stopped` raised. After a stop the
-    pool never waits for a stuck worker.
+    pool never waits for a stuck worker. A run another driver or worker holds (`RunClaimed`, a shared ledger) is
+    handed out again later. `on_error(item, exc)` turns a work that raised (a remote run that failed on every
+    worker it was tried on) into a result; without it the exception propagates.
     """
     pending = deque(items)
-    size = max(1, workers)
-    pool = ThreadPoolExecutor(size, thread_name_prefix=name)
-    running: set[Future[R]] = set()
+    own = engine is None
+    pool: Engine = LocalThreads(workers, name) if engine is None else engine
+    running: dict[Future[R], T] = {}
+    later: list[tuple[float, T]] = []  # claimed elsewhere: (not before, item)
     unregister = interrupt.on_hard_exit(lambda: ledger.interrupt_running(timeout=1.0))
     wait_on_exit = True
     try:
         while True:
-            while pending and not interrupt.requested() and len(running) < size:
-                running.add(pool.submit(work, pending.popleft()))
-            if interrupt.requested() and (running or pending):  # a stop after the last run is no stop
+            now = time.monotonic()
+            due = [item for at, item in later if at <= now]
+            later = [(at, item) for at, item in later if at > now]
+            pending.extend(due)
+            while pending and not interrupt.requested() and len(running) < pool.slots:
+                item = pending.popleft()
+                running[pool.submit(work, item)] = item
+            if interrupt.requested() and (running or pending or later):  # a stop after the last run is no stop
                 wait_on_exit = False
                 for fut in settle_after_stop(running, ledger):
                     yield fut.result()
                 raise Stopped
             if not running:
-                break
-            done, running = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                if not later:
+                    break
+                time.sleep(min(POLL_SECONDS, max(0.0, min(at for at, _ in later) - now)))
+                continue
+            done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             for fut in done:
-                if not isinstance(fut.exception(), RunStopped):  # stopped ones are counted by the stage
-                    yield fut.result()
+                item = running.pop(fut)
+                exc = fut.exception()
+                if isinstance(exc, RunStopped):  # stopped ones are counted by the stage
+                    continue
+                if isinstance(exc, RunClaimed):
+                    later.append((time.monotonic() + claimed_delay(exc), item))
+                    continue
+                if exc is not None and on_error is not None:
+                    yield on_error(item, exc)
+                    continue
+                yield fut.result()
     except (KeyboardInterrupt, GeneratorExit):
         # A second Ctrl-C when the caller is not the command line (a notebook): still no row left `running`.
         wait_on_exit = False
@@ -100,7 +123,15 @@ def run_pool(items: Iterable[T], work: Callable[[T], R], workers: int, name: str
         raise
     finally:
         unregister()
-        pool.shutdown(wait=wait_on_exit, cancel_futures=True)
+        if own:
+            pool.shutdown(wait=wait_on_exit, cancel_futures=True)
+        elif not wait_on_exit:
+            pool.cancel()
+
+
+def claimed_delay(exc: RunClaimed) -> float:
+    """When to look again at a run another holder has: soon, but without polling the ledger in a tight loop."""
+    return min(5.0, max(0.5, exc.seconds_left or 1.0))
 
 
 def settle_after_stop(running: Iterable[Future[Any]], ledger: Ledger) -> list[Future[Any]]:

@@ -47,6 +47,7 @@ class ValidationSummary:
     incomplete: list[IncompleteRun] = field(default_factory=list)
     not_selected: int = 0
     seconds: float = 0.0
+    workers: dict[str, str] = field(default_factory=dict)  # run key -> the cluster worker that read it back
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.checks if c.status == status)
@@ -76,11 +77,13 @@ def validate(
     workers: int = 4,
     only: Iterable[RunRef] | None = None,
     verifier: Verifier | None = None,
+    cluster: Any = None,
 ) -> ValidationSummary:
     """Validate every selected run of the archive against the target; each result lands in the ledger.
 
     A run that never reached the target is a mismatch (`run_missing`), so nothing selected goes unnoticed.
-    `only` narrows the work to some runs (what `retry` repaired).
+    `only` narrows the work to some runs (what `retry` repaired). `cluster` (a `stages.remote.Cluster`): each run
+    is read back by a task on the cluster's workers, each with its own verifier.
     """
     started = time.monotonic()
     if only is not None and not only:
@@ -102,13 +105,16 @@ def validate(
             record_unreadable(ledger, bad, VALIDATE, summary.target)
             record_problem(ledger, bad.ref, summary.target, check)
         summary.checks.append(check)
-    own_verifier = verifier is None
-    verifier = verifier or verifier_for(target)
+    own_verifier = verifier is None and cluster is None
+    if cluster is None:
+        verifier = verifier or verifier_for(target)
     factory = tracker_factory or (lambda n: Tracker("validate", n, _quiet_console(), enabled=False))
     try:
         with factory(len(runs)) as tracker:
-            for check in run_pool(runs, lambda run: validate_run(run, verifier, selection, ledger, summary.target),
-                                  workers, "validate", ledger):
+            checks = (cluster.validate(runs, ledger, summary.target, tracker, summary.workers) if cluster is not None
+                      else run_pool(runs, lambda run: validate_run(run, verifier, selection, ledger, summary.target),
+                                    workers, "validate", ledger))
+            for check in checks:
                 summary.checks.append(check)
                 tracker.add_points(check.checked.get("points", 0))
                 tracker.add_bytes(check.checked.get("bytes", 0))
@@ -119,7 +125,7 @@ def validate(
         failed = summary.count(ERROR)
         raise Interrupted(VALIDATE, done, len(runs) + len(unreadable) - done - failed, failed) from None
     finally:
-        if own_verifier:
+        if own_verifier and verifier is not None:
             verifier.close()
     summary.checks.sort(key=lambda c: c.ref)
     summary.seconds = time.monotonic() - started
@@ -307,6 +313,7 @@ def retry(
     ledger: Ledger,
     tracker_factory: Callable[[int], Tracker] | None = None,
     workers: int = 4,
+    cluster: Any = None,
 ) -> RetryOutcome:
     """Load again the runs that failed or mismatched (only those, within the selection), then validate them.
 
@@ -335,11 +342,12 @@ def retry(
             narrowed = dataclasses.replace(
                 selection, projects=sorted({ref.project_id for ref in reload}), limit=None,
                 runs=re.compile("^(?:" + "|".join(re.escape(i) for i in ids) + ")$"))
-            load_summary = run_load(archive, target, narrowed, ledger, factory, workers)
+            load_summary = run_load(archive, target, narrowed, ledger, factory, workers, cluster=cluster)
         keys = {ref.key: ref for ref in reload}
         failed_again = {keys[o.key] for o in (load_summary.failed if load_summary else []) if o.key in keys}
         validation = validate(archive, target, selection, ledger, factory, workers,
-                              only=[ref for ref in recheck if ref not in failed_again], verifier=verifier)
+                              only=[ref for ref in recheck if ref not in failed_again],
+                              verifier=None if cluster is not None else verifier, cluster=cluster)
     finally:
         if not interrupt.STOP.stragglers:  # a read-back that outlived an interruption still uses it
             verifier.close()

@@ -97,6 +97,9 @@ class TargetSettings:
     workers: int = 4
     # Concurrent uploads into the target (MLflow artifact files, W&B syncs); None: the target's default.
     upload_workers: int | None = None
+    # One writer's name shared by every process of one migration (a cluster's workers): a target that keeps other
+    # writers out (MLflow's experiment claim) lets these in together. None: this process alone.
+    writer: str | None = None
 
 
 @dataclass(frozen=True)

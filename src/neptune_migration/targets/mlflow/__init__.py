@@ -52,7 +52,7 @@ def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
 
     common: dict[str, Any] = dict(experiment_by=opts.experiment_by, experiment_prefix=opts.experiment_prefix,
                                   upload_workers=settings.upload_workers or max(2, settings.workers),
-                                  patience=patience)
+                                  patience=patience, writer=settings.writer)
     if opts.mlflow_bulk:
         return MlflowBulkTarget(uri, allow_other_writers=opts.mlflow_bulk_allow_writers, **common)
     if opts.mlflow_bulk_allow_writers:

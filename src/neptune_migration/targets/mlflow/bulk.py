@@ -76,11 +76,13 @@ class MlflowBulkTarget(MlflowTarget):
         upload_workers: int = 4,
         patience: Patience | None = None,
         allow_other_writers: bool = False,
+        writer: str | None = None,
     ) -> None:
         self.store = open_store(tracking_uri or default_tracking_uri(), allow_other_writers)
         # A store at another version must be refused before MLflow's client opens (and might migrate) it.
         self.store.check_before_open()
-        super().__init__(self.store.client_uri, experiment_by, experiment_prefix, upload_workers, patience=patience)
+        super().__init__(self.store.client_uri, experiment_by, experiment_prefix, upload_workers, patience=patience,
+                         writer=writer)
         # The ledger key and every message name the store as the user gave it.
         self.tracking_uri = self.store.uri
         self.store.check_opened()

@@ -43,10 +43,12 @@ def _alive(pid: int) -> bool:
 class ExperimentLeases:
     """The claims of one target instance; `claim` before the first write into an experiment, `release` at close."""
 
-    def __init__(self, client: Any, retry: Callable[[Callable[[], Any]], Any]) -> None:
+    def __init__(self, client: Any, retry: Callable[[Callable[[], Any]], Any], writer: str | None = None) -> None:
+        """`writer`: an id shared by the processes of one migration (a cluster's workers, whose shared ledger keeps
+        them off each other's runs), so they write into one experiment together; other writers stay out."""
         self.client = client
         self.retry = retry
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "id": writer or uuid.uuid4().hex}
         self._held: dict[str, str] = {}  # experiment id -> name
         self._lock = threading.Lock()
         self._stop = threading.Event()

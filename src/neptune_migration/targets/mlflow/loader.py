@@ -179,9 +179,11 @@ class MlflowTarget:
         upload_workers: int = 4,
         metric_requests_in_flight: int = 2,
         patience: Patience | None = None,
+        writer: str | None = None,
     ) -> None:
         """`upload_workers`: artifact uploads in flight at once, across all runs this target loads (each file
-        streams from disk in one PUT). `patience`: per-request timeout and retry budget for a tracking server."""
+        streams from disk in one PUT). `patience`: per-request timeout and retry budget for a tracking server.
+        `writer`: the experiment claim's id shared by every worker of one cluster migration."""
         from mlflow import environment_variables as mlflow_env
         from mlflow.tracking import MlflowClient
 
@@ -216,7 +218,7 @@ class MlflowTarget:
         # Only the REST store gets the direct JSON path; database URIs go through MLflow's own store.
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
         self._experiments: dict[str, str] = {}
-        self._leases = ExperimentLeases(self.client, retrying)
+        self._leases = ExperimentLeases(self.client, retrying, writer)
         self._scales = ExperimentScales(self.client, retrying)
         self._planned: dict[str, dict[str, int]] = {}  # run key -> the plan `prepare` made for it
         self._exp_lock = threading.Lock()

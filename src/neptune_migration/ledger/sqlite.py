@@ -1,4 +1,5 @@
-"""The only memory of progress: one SQLite row per (project, run, stage, target).
+"""The only memory of progress: one SQLite row per (project, run, stage, target). (`postgres.py` is the same
+ledger in PostgreSQL, shared by several drivers and a cluster's workers.)
 
 Stages are `export`, `load` and `validate`. A row records status, attempts, the last error, the id the
 run has in the target, and an opaque checkpoint that lets an interrupted stage resume exactly.
@@ -266,13 +267,13 @@ class Ledger:
                 "SELECT * FROM sync_state WHERE project_id=? AND run_id=? AND target=?",
                 (ref.project_id, ref.run_id, target),
             ).fetchone()
-        return _sync_entry(row) if row else None
+        return sync_entry(row) if row else None
 
     def sync_states(self) -> list[SyncState]:
         with self._locked():
             self._sync_table()
             rows = self._db.execute("SELECT * FROM sync_state ORDER BY project_id, run_id, target").fetchall()
-        return [_sync_entry(r) for r in rows]
+        return [sync_entry(r) for r in rows]
 
     def set_sync_parts(self, ref: RunRef, target: str, *, archive_parts: int, loaded_parts: int | None = None) -> None:
         """Record the archive's part count (and, when given, how many of them the target holds)."""
@@ -344,7 +345,7 @@ class SyncState:
     gained: dict[str, Any] | None
 
 
-def _sync_entry(row: tuple[Any, ...]) -> SyncState:
+def sync_entry(row: tuple[Any, ...]) -> SyncState:
     project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at, gained, _updated = row
     return SyncState(RunRef(project_id, run_id), target, archive_parts, loaded_parts, syncs, synced_at,
                      json.loads(gained) if gained else None)
