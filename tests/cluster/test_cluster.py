@@ -123,6 +123,7 @@ def test_load_and_validate_on_the_cluster_match_a_local_run(cluster: Any, archiv
     assert checked.ok, checked.report["totals"]
     assert checked.report["totals"]["runs_validated"] == runs and checked.report["totals"]["runs_mismatched"] == 0
     assert set(checked.summary.workers.values()) <= workers
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["workers"] == checked.summary.workers
 
     # The same archive loaded by threads of this process lands the same runs, values and artifacts.
     local = nm.load(archive, state=tmp_path / "local.db", **{**target, "experiment_prefix": prefix + "local-"})

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from neptune_migration.errors import MigrationError
-from neptune_migration.ledger import DONE, FAILED, RUNNING, PostgresLedger, RunClaimed, open_ledger, redact_uri
+from neptune_migration.ledger import DONE, RUNNING, PostgresLedger, RunClaimed, open_ledger, redact_uri
 from neptune_migration.vocabulary import RunRef
 
 REF = RunRef("ws/proj", "RUN-1")
@@ -96,7 +96,6 @@ def test_a_dead_holders_lease_expires_and_a_live_one_is_renewed(pg_state: str) -
     with open_ledger(pg_state) as check:
         entry = check.get(REF, "load", "t")
         assert entry is not None and entry.status == RUNNING and entry.attempts == 2
-        assert check.get(REF, "load", "t") is not None
 
 
 def test_no_password_in_messages(postgres) -> None:  # type: ignore[no-untyped-def]
@@ -105,5 +104,3 @@ def test_no_password_in_messages(postgres) -> None:  # type: ignore[no-untyped-d
         open_ledger(uri)
     assert postgres.password not in str(info.value) and "***" in str(info.value)
     assert redact_uri(uri) == uri.replace("wrong-" + postgres.password, "***")
-    entry_status = FAILED  # the name is part of the interface the stages use
-    assert entry_status == "failed"
