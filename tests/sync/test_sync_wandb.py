@@ -57,3 +57,35 @@ def test_sync_resumes_the_same_wandb_run_with_only_new_rows(sandbox: Sandbox, tm
     assert sum(len(v) for k, v in read_offline(tail, root).history.items() if k.startswith("train")) == 60
     record = next(r for r in read_records(next(tail.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
     assert record.run.run_id == wandb_id and record.run.resumed
+
+
+def test_every_repeats_until_ctrl_c(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`--sync --every`: a round, a wait, another round; Ctrl-C while waiting ends it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from ..conftest import VENV_BIN
+
+    target = ["--to", "wandb-offline", "--wandb-dir", str(tmp_path / "wandb-root")]
+    args = ["migrate", "--from", "neptune3", "-p", "sync/wb3", "--archive", str(tmp_path / "archive"), "--state",
+            str(tmp_path / "state.db"), "--report-dir", str(tmp_path / "report"), "--no-progress", "--sync",
+            "--every", "1s", *target]
+    env = dict(os.environ, **sandbox.env(), COLUMNS="250")
+    proc = subprocess.Popen([str(VENV_BIN / "neptune-migrate"), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    rounds = 0
+    deadline = time.monotonic() + 120
+    while rounds < 2 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        rounds += "next sync in 1s" in line
+    assert rounds == 2, "two rounds, each announcing the next"
+    time.sleep(0.3)  # inside the wait between rounds (a round of an unchanged project takes seconds)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err[-2000:]
+    assert "Traceback" not in err
