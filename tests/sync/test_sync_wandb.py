@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from neptune_migration.sandbox import Sandbox
-from neptune_migration.targets.wandb.readback import _run_id_of, read_offline, run_folders
+from neptune_migration.targets.wandb.readback import _run_id_of, read_offline, read_offline_run, run_folders
 from neptune_migration.targets.wandb.records import read_records
 
 from .sync_helpers import POINTS, growing_project, migrate
@@ -17,7 +17,7 @@ from .sync_helpers import POINTS, growing_project, migrate
 
 @pytest.fixture(scope="module")
 def sandbox() -> Any:
-    with Sandbox([growing_project("wb3"), growing_project("wb2")]) as sb:
+    with Sandbox([growing_project("wb3"), growing_project("wb2"), growing_project("wbf", runs=2)]) as sb:
         yield sb
 
 
@@ -89,3 +89,24 @@ def test_every_repeats_until_ctrl_c(sandbox: Sandbox, tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), err[-2000:]
     assert "Traceback" not in err
+
+
+def test_a_failed_sync_is_finished_by_the_next_one(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The source refuses the tail of a series mid-sync: that sync fails, the archive keeps the run complete, and
+    the next sync appends the new points once (not a whole re-export the target would never see)."""
+    target = ["--to", "wandb-offline", "--wandb-dir", str(tmp_path / "wandb-root")]
+    first = migrate(sandbox, "neptune3", "sync/wbf", tmp_path, *target)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    sandbox.changes.append("sync/wbf", "run-1", "train/loss", [(POINTS + i, 0.1) for i in range(10)])
+    sandbox.faults.add(r"/attributes/series/float", "500")
+    try:
+        failed = migrate(sandbox, "neptune3", "sync/wbf", tmp_path, *target, "--sync", "--retry-budget", "1")
+    finally:
+        sandbox.faults.clear()
+    assert failed.returncode == 1, failed.stdout[-3000:]
+    again = migrate(sandbox, "neptune3", "sync/wbf", tmp_path, *target, "--sync")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "synced sync/wbf/run-1: +10 points" in again.stdout, again.stdout
+    wandb_id = next(_run_id_of(f.name) for f in (tmp_path / "wandb-root" / "wandb").glob("offline-run-*_sync*"))
+    steps = [s for s, _v, _t in read_offline_run(tmp_path / "wandb-root", wandb_id).history["train/loss"]]
+    assert steps == list(range(POINTS + 10)), "every point once"
