@@ -86,7 +86,7 @@ def test_every_repeats_until_ctrl_c(sandbox: Sandbox, tmp_path: Path) -> None:
     assert rounds == 2, "two rounds, each announcing the next"
     time.sleep(0.3)  # inside the wait between rounds (a round of an unchanged project takes seconds)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), err[-2000:]
     assert "Traceback" not in err
 
