@@ -38,8 +38,10 @@ def test_sync_resumes_the_same_wandb_run_with_only_new_rows(sandbox: Sandbox, tm
     ids = {_run_id_of(f.name) for f in folders}
 
     new_steps = [POINTS + i for i in range(30)]
-    sandbox.changes.append(project, grown, "train/loss", [(s, 1.0 / s) for s in new_steps])
-    sandbox.changes.append(project, grown, "train/acc", [(s, 0.9) for s in new_steps])
+    # One timestamp per step for both series: W&B rows are per step and time, so they share a row.
+    stamps = {s: 1_800_000_000_000 + s for s in new_steps}
+    sandbox.changes.append(project, grown, "train/loss", [(s, 1.0 / s, stamps[s]) for s in new_steps])
+    sandbox.changes.append(project, grown, "train/acc", [(s, 0.9, stamps[s]) for s in new_steps])
     second = migrate(sandbox, source, project, tmp_path, *target, "--sync")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"synced {project}/{grown}: +60 points" in second.stdout, second.stdout
@@ -47,7 +49,7 @@ def test_sync_resumes_the_same_wandb_run_with_only_new_rows(sandbox: Sandbox, tm
     after = sorted((root / "wandb").glob("offline-run-*"))
     assert {_run_id_of(f.name) for f in after} == ids, "no new W&B run id"
     added = [f for f in after if f not in folders]
-    assert len(added) == 1 and "_sync" in added[0].name
+    assert len(added) == 1 and "_sync" in added[0].name, [f.name for f in added]
     wandb_id = _run_id_of(added[0].name)
     base, tail = run_folders(root, wandb_id)
     old_steps, new_rows = _history_steps(base), _history_steps(tail)

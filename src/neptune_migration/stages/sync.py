@@ -87,6 +87,7 @@ def plan_sync(run: Any, source: Any, writer: ArchiveWriter, ledger: Ledger, cano
         state = ledger.sync_state(run.ref, skey)
     assert state is not None
     gained = Gained()
+    parts_before = len(archived.parts)
     if not same:
         try:
             gained = _export_delta(run, source, writer, ledger, akey, exported, archived)
@@ -108,8 +109,10 @@ def plan_sync(run: Any, source: Any, writer: ArchiveWriter, ledger: Ledger, cano
     if not pending:
         return ExportOutcome(run.ref.key, UNCHANGED), SyncPlan(UNCHANGED, gained=gained.to_dict())
     delta = dataclasses.replace(archived, parts=list(pending), _atoms=None, _ts_range=None, _fetched=set())
-    # A rerun after a crash finds the parts without knowing what they held: the report then says "resumed".
-    gained_dict = gained.to_dict() if not same else {"resumed": True}
+    gained_dict = gained.to_dict()
+    if len(pending) > len(archived.parts) - parts_before:
+        # Parts an interrupted sync appended and never loaded: what they hold is not known here, only that it lands.
+        gained_dict["resumed"] = True
     return ExportOutcome(run.ref.key, SYNCED), SyncPlan(SYNCED, archived, delta, gained_dict)
 
 
