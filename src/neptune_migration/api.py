@@ -554,12 +554,10 @@ def migrate(from_: str = "neptune3", *, to: str = "mlflow", archive: str | Path 
             on_round(result)
         if rounds is not None and done >= rounds:
             return result
-        # Sleep in short steps so Ctrl-C (which only sets the stop flag while a call is running) ends the loop.
-        wake = started + seconds
-        while time.monotonic() < wake:
-            if interrupt.requested():
-                return result
-            time.sleep(min(0.2, max(0.0, wake - time.monotonic())))
+        # Ctrl-C or SIGTERM while waiting only sets the stop flag (the handlers are this call's): wake and return.
+        if interrupt.requested() or interrupt.STOP.wait(max(0.0, started + seconds - time.monotonic())):
+            log.info("sync stopped between rounds; the next `migrate --sync` continues")
+            return result
 
 
 def parse_interval(text: str | float) -> float:

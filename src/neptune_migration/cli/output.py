@@ -94,7 +94,9 @@ def print_sync(summary: LoadSummary) -> None:
         if "replaced" in o.sync:
             out.print(f"[yellow]replaced[/yellow] {escape(o.key)}: {escape(str(o.sync['replaced']))}")
             continue
-        parts = [f"+{o.sync.get('points', 0):,} points"]
+        sent = o.result.points if o.result is not None else 0
+        parts = [f"+{o.sync.get('points', 0):,} points"] if o.sync.get("points") or not o.sync.get("resumed") \
+            else [f"{sent:,} points sent"]
         series = o.sync.get("series") or {}
         if series:
             parts.append("(" + ", ".join(f"{escape(k)} +{n:,}" for k, n in sorted(series.items())) + ")")

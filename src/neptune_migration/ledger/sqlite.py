@@ -343,12 +343,13 @@ class SyncState:
     syncs: int
     synced_at: float | None
     gained: dict[str, Any] | None
+    updated_at: float = 0.0
 
 
 def sync_entry(row: tuple[Any, ...]) -> SyncState:
-    project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at, gained, _updated = row
+    project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at, gained, updated = row
     return SyncState(RunRef(project_id, run_id), target, archive_parts, loaded_parts, syncs, synced_at,
-                     json.loads(gained) if gained else None)
+                     json.loads(gained) if gained else None, updated)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

@@ -63,13 +63,21 @@ def plan_sync(run: Any, source: Any, writer: ArchiveWriter, ledger: Ledger, cano
     """The export half of a sync for one listed run; None when the run is new here (migrate it as usual)."""
     akey = archive_key(writer.root)
     exported = ledger.get(run.ref, EXPORT, akey)
-    if exported is None or exported.status != DONE or not ledger.is_done(run.ref, LOAD, canonical):
+    loaded = ledger.get(run.ref, LOAD, canonical)
+    if exported is None or loaded is None or loaded.status != DONE:
         return None
+    if exported.status != DONE and not writer.has_run(run.ref):
+        return None  # never exported whole here: the ordinary path
+    # An export row that is not `done` over a loaded run is a sync's delta that failed or was interrupted: the
+    # archive still holds the run complete, so this stays a sync (never a whole re-export the target would miss).
     skey = sync_key(canonical, writer)
     state = ledger.sync_state(run.ref, skey)
+    if state is not None and loaded.updated_at > state.updated_at:
+        # Loaded whole since the last sync (a `--refresh`, a `retry`): the target holds the archive as it is now.
+        state = None
     before = (exported.details or {}).get("modification_time")
     now = getattr(run, "modification_time", None)
-    same = now is not None and before == now
+    same = exported.status == DONE and now is not None and before == now
     if same and (state is None or state.loaded_parts >= state.archive_parts):
         return ExportOutcome(run.ref.key, UNCHANGED), SyncPlan(UNCHANGED)
     archived = Archive(writer.root).run(run.ref)
@@ -77,10 +85,11 @@ def plan_sync(run: Any, source: Any, writer: ArchiveWriter, ledger: Ledger, cano
         return None  # the archive lost the run: export it again
     if state is None:
         # Before anything is appended: the target holds every part the archive has now.
-        ledger.set_sync_parts(run.ref, skey, archive_parts=len(archived.parts))
+        ledger.set_sync_parts(run.ref, skey, archive_parts=len(archived.parts), loaded_parts=len(archived.parts))
         state = ledger.sync_state(run.ref, skey)
     assert state is not None
     gained = Gained()
+    parts_before = len(archived.parts)
     if not same:
         try:
             gained = _export_delta(run, source, writer, ledger, akey, exported, archived)
@@ -102,8 +111,10 @@ def plan_sync(run: Any, source: Any, writer: ArchiveWriter, ledger: Ledger, cano
     if not pending:
         return ExportOutcome(run.ref.key, UNCHANGED), SyncPlan(UNCHANGED, gained=gained.to_dict())
     delta = dataclasses.replace(archived, parts=list(pending), _atoms=None, _ts_range=None, _fetched=set())
-    # A rerun after a crash finds the parts without knowing what they held: the report then says "resumed".
-    gained_dict = gained.to_dict() if not same else {"resumed": True}
+    gained_dict = gained.to_dict()
+    if len(pending) > len(archived.parts) - parts_before:
+        # Parts an interrupted sync appended and never loaded: what they hold is not known here, only that it lands.
+        gained_dict["resumed"] = True
     return ExportOutcome(run.ref.key, SYNCED), SyncPlan(SYNCED, archived, delta, gained_dict)
 
 

@@ -113,11 +113,14 @@ def _sync_params(target: MlflowTarget, run_id: str, run: ArchivedRun, delta: Arc
 
 
 def _sync_tags(target: MlflowTarget, run_id: str, run: ArchivedRun, held: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
     tags = target.run_tags(run)
     tags.pop(STATE_TAG, None)
-    for key, value in sorted(tags.items()):
-        if held.get(key) != value:
-            retrying(lambda k=key, v=value: target.client.set_tag(run_id, k, v))
+    changed = [RunTag(k, v) for k, v in sorted(tags.items()) if held.get(k) != v]
+    for i in range(0, len(changed), 100):  # one request (one store transaction) per 100 tags, not one per tag
+        chunk = changed[i : i + 100]
+        retrying(lambda c=chunk: target.client.log_batch(run_id, tags=c))
     for key in sorted(held):
         if key.startswith(_TAG_PREFIXES) and key not in tags:
             retrying(lambda k=key: target.client.delete_tag(run_id, k))  # a Neptune tag was removed
