@@ -584,13 +584,21 @@ class MlflowTarget:
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
-        done = int(checkpoint.get("metric_batches_done", 0))
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
+        self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True)
+
+    def _stream_metrics(self, run_id: str, run: ArchivedRun, plan: dict[str, int], names: dict[str, str],
+                        fallback_ts: int, ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult,
+                        count_skipped: bool) -> None:
+        """Send `run`'s metric batches, `in_flight` at a time, skipping those an interrupted attempt had sent
+        (`count_skipped`: they still count as the run's points) and checkpointing the acknowledged prefix."""
+        done = int(checkpoint.get("metric_batches_done", 0))
         window: list[tuple[int, Future[None], int]] = []
         last_save = time.monotonic()
         for index, metrics in enumerate(self._metric_batches(run, plan, names, fallback_ts, result)):
-            if index < done:
-                result.points += len(metrics)
+            if index < done:  # acknowledged by the server before an interruption: never sent twice
+                if count_skipped:
+                    result.points += len(metrics)
                 continue
             fut = self._metric_pool.submit(retrying, lambda m=metrics: self._send_metrics(run_id, m))
             window.append((index, fut, len(metrics)))

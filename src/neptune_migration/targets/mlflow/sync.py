@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -145,19 +144,7 @@ def _append_metrics(target: MlflowTarget, exp_id: str, mlflow_run: Any, run: Arc
     for path, key in names.items():
         if key != path:
             result.renamed[path] = key
-    done = int(checkpoint.get("metric_batches_done", 0))
     fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
-    window: list[tuple[int, Future[None], int]] = []
-    last_save = time.monotonic()
     ctx.save_checkpoint(dict(checkpoint))
-    for index, metrics in enumerate(target._metric_batches(delta, plan, names, fallback_ts, result)):
-        if index < done:
-            continue  # acknowledged by the server before an interruption: never sent twice
-        fut = target._metric_pool.submit(retrying, lambda m=metrics: target._send_metrics(run_id, m))
-        window.append((index, fut, len(metrics)))
-        while len(window) >= target.in_flight:
-            done, last_save = target._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
-    while window:
-        done, last_save = target._settle(window.pop(0), done, checkpoint, ctx, result, last_save)
-    checkpoint["metric_batches_done"] = done
-    ctx.save_checkpoint(dict(checkpoint))
+    # Only the delta's points are sent; what an interrupted sync had sent is skipped and not counted again.
+    target._stream_metrics(run_id, delta, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=False)
