@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ EXPERIMENT_SCALE_TAG = "neptune.step_scale"
 # MLflow's limit on an experiment tag's value is 5000 characters; the JSON is cut into tags well inside it.
 _CHUNK = 4000
 _MAX_CHUNKS = 1000
+_ATTEMPTS = 5
 
 
 def decode(tags: dict[str, str]) -> dict[str, int]:
@@ -116,31 +118,48 @@ class ExperimentScales:
     def read(self, experiment_id: str, fresh: bool = False) -> dict[str, int]:
         with self._lock:
             if fresh or experiment_id not in self._known:
-                exp = self.retry(lambda: self.client.get_experiment(experiment_id))
-                self._known[experiment_id] = decode(dict(exp.tags))
+                self._known[experiment_id] = self.read_unlocked(experiment_id)
             return dict(self._known[experiment_id])
 
     def raise_to(self, experiment_id: str, wanted: dict[str, int]) -> dict[str, int]:
         """Make every key's scale at least `wanted`'s; returns the keys whose scale this call raised and their new
-        decimals (empty when the experiment already covers them)."""
+        decimals (empty when the experiment already covers them).
+
+        Writers sharing one experiment claim (a cluster's drivers and workers) can raise the same experiment at
+        the same moment: a tag insert that loses that race fails in MLflow's store, and a write based on an older
+        read can undo another's raise. So the tag is read back after writing and written again until it covers
+        `wanted`; a raise still lost to a writer that read before it shows in validation as a `step_scale`
+        mismatch, which `retry` repairs."""
+        raised: dict[str, int] = {}
         with self._lock:
-            exp = self.retry(lambda: self.client.get_experiment(experiment_id))
-            current = decode(dict(exp.tags))
-            raised = {k: d for k, d in wanted.items() if d > current.get(k, 0)}
-            if raised:
-                merged = current | raised
+            for attempt in range(_ATTEMPTS):
+                exp = self.retry(lambda: self.client.get_experiment(experiment_id))
+                current = decode(dict(exp.tags))
+                missing = {k: d for k, d in wanted.items() if d > current.get(k, 0)}
+                if not missing:
+                    break
+                raised |= missing
+                merged = current | missing
                 old_chunks = sum(1 for t in exp.tags if t == EXPERIMENT_SCALE_TAG
                                  or t.startswith(EXPERIMENT_SCALE_TAG + "."))
                 tags = encode(merged)
-                # Later chunks first: a reader between two writes sees the old head, never a torn new one.
-                for name, value in sorted(tags.items(), reverse=True):
-                    self.retry(lambda n=name, v=value: self.client.set_experiment_tag(experiment_id, n, v))
-                for i in range(len(tags), old_chunks):
-                    self.retry(lambda n=f"{EXPERIMENT_SCALE_TAG}.{i}":
-                               self.client.delete_experiment_tag(experiment_id, n))
-                current = merged
-            self._known[experiment_id] = current
+                try:
+                    # Later chunks first: a reader between two writes sees the old head, never a torn new one.
+                    for name, value in sorted(tags.items(), reverse=True):
+                        self.retry(lambda n=name, v=value: self.client.set_experiment_tag(experiment_id, n, v))
+                    for i in range(len(tags), old_chunks):
+                        self.retry(lambda n=f"{EXPERIMENT_SCALE_TAG}.{i}":
+                                   self.client.delete_experiment_tag(experiment_id, n))
+                except Exception:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))  # another writer's insert won: read theirs, merge, write
+            self._known[experiment_id] = self.read_unlocked(experiment_id)
             return raised
+
+    def read_unlocked(self, experiment_id: str) -> dict[str, int]:
+        exp = self.retry(lambda: self.client.get_experiment(experiment_id))
+        return decode(dict(exp.tags))
 
     def stale_runs(self, experiment_id: str, raised: dict[str, int], run_scales: Callable[[Any], dict[str, int]],
                    skip: Iterable[str] = ()) -> list[RunRef]:
