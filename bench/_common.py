@@ -21,14 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(root: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on SQLite with proxied artifacts and the job runner off (shared/notes/mlflow.md)."""
+def start_mlflow_server(root: Path, workers: int = 1, backend_uri: str | None = None,
+                        extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` (on SQLite unless `backend_uri`) with proxied artifacts and the job runner off
+    (shared/notes/mlflow.md)."""
     port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", str(workers)],
+         "--backend-store-uri", backend_uri or f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "art"), "--workers", str(workers), *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"

@@ -25,16 +25,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import BIN, free_port, run_with_peak_rss, stop_server  # noqa: E402
+from _common import free_port, run_with_peak_rss, start_mlflow_server, stop_server  # noqa: E402
 from bench_mlflow_bulk import SERIES, make_archive  # noqa: E402
 
 _CHILD = """
@@ -73,22 +70,7 @@ print(json.dumps({"points": points, "seconds": time.perf_counter() - started}))
 
 
 def start_rest_server(root: Path, backend_uri: str, workers: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         backend_uri, "--artifacts-destination", str(root / "art"), "--workers", str(workers),
-         "--gunicorn-opts", "--timeout 300"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(uri + "/health", timeout=1).status_code == 200:
-                return proc, uri
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise SystemExit("mlflow server did not start")
+    return start_mlflow_server(root, workers, backend_uri, ("--gunicorn-opts", "--timeout 300"))
 
 
 def run_child(archive: Path, uri: str, state: Path, mode: str, workers: int, limit: int) -> tuple[int, float, float]:

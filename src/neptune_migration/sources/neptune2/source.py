@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from neptune_migration.archive import ArchiveWriter
+from neptune_migration.archive.delta import HistoryRewritten
 from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.retry import (
     Patience,
@@ -371,11 +372,9 @@ class Neptune2Source:
             raise self._explain(exc, f"open run {run.ref.key}") from None
         try:
             return self._export(handle, run, delta.archive, delta)
-        except MigrationError:
+        except (MigrationError, HistoryRewritten):  # the sync stage replaces a rewritten run
             raise
         except Exception as exc:
-            if type(exc).__name__ == "HistoryRewritten":
-                raise
             raise self._explain(exc, f"sync run {run.ref.key}") from None
         finally:
             handle.stop()

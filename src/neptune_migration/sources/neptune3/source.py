@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from neptune_migration.archive import ArchiveWriter
+from neptune_migration.archive.delta import HistoryRewritten
 from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.retry import (
     Patience,
@@ -278,11 +279,9 @@ class Neptune3Source:
         run.attributes = {}  # the definitions may have changed since the run was listed
         try:
             return self._export_run(run, delta.archive, delta)
-        except MigrationError:
+        except (MigrationError, HistoryRewritten):  # the sync stage replaces a rewritten run
             raise
         except Exception as exc:
-            if type(exc).__name__ == "HistoryRewritten":
-                raise
             raise self._explain(exc, f"sync run {run.ref.key}") from None
 
     def _export_run(self, run: ListedRun, archive: ArchiveWriter, delta: Any = None) -> ExportStats:
