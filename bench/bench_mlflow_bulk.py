@@ -48,8 +48,12 @@ print(json.dumps({"points": summary.points, "seconds": time.perf_counter() - sta
 """
 
 
-def make_archive(root: Path, runs: int, points: int) -> None:
-    from datetime import UTC, datetime
+def make_archive(root: Path, runs: int, points: int, same_clock: bool = False) -> None:
+    """`runs` runs of `points` points over SERIES float series, one point a millisecond. Each run starts when the
+    one before ended, as a team's runs do; `same_clock` gives every run the same timestamps instead (the worst case
+    for MLflow's `metrics` primary key, which starts with (key, timestamp): every run's rows land between every
+    other run's)."""
+    from datetime import UTC, datetime, timedelta
 
     from neptune_migration.archive import ArchiveWriter
     from neptune_migration.vocabulary import RunRef
@@ -59,11 +63,12 @@ def make_archive(root: Path, runs: int, points: int) -> None:
     ms0 = int(t0.timestamp() * 1000)
     steps = range(points // SERIES)
     for r in range(runs):
+        start = 0 if same_clock else r * len(steps)
         with writer.run(RunRef("bench/bulk", f"RUN-{r}")) as w:
-            w.add_atom("sys/creation_time", "datetime", t0)
+            w.add_atom("sys/creation_time", "datetime", t0 + timedelta(milliseconds=start))
             w.add_atom("params/lr", "float", 0.001 * (r + 1))
             for s in range(SERIES):
-                w.add_series(f"train/metric_{s}", "float_series", steps, [ms0 + i for i in steps],
+                w.add_series(f"train/metric_{s}", "float_series", steps, [ms0 + start + i for i in steps],
                              [float((i * 7919 + s * 104729 + r) % 1000) / 7.0 for i in steps])
 
 

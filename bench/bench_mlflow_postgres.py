@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_mlflow_postgres.py [--runs 100] [--points 50000] [--sample-runs 10]
                                                     [--modes bulk,validate,rest,inproc] [--workers 2]
+                                                    [--durable] [--same-clock]
 
 Starts a PostgreSQL 15 server (tests/sqlstores.py: initdb in a temporary folder, loopback; `--durable` keeps
 fsync and synchronous_commit on, as a production server has them), writes one archive (runs x points over 4
@@ -13,7 +14,9 @@ float series), and loads it, each mode in a child process whose peak RSS is poll
               (shared/notes/mlflow.md), loaded over REST with `--workers` runs at once;
   - inproc:   `MlflowTarget` on the `postgresql://` URI (MLflow's SqlAlchemyStore in our process).
 The two slow paths take the first `--sample-runs` runs of the same archive (the whole archive over REST would
-take the better part of an hour here); their points/s are per point all the same. Never part of the test run.
+take the better part of an hour here); their points/s are per point all the same. Runs start one after another
+(their timestamps follow each other, as a team's runs do); `--same-clock` gives every run the same timestamps, the
+worst case for `metrics`' primary key (key, timestamp, ...). Never part of the test run.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--rest-workers", type=int, default=4, help="client --workers over REST")
     parser.add_argument("--modes", default="bulk,validate,rest,inproc")
     parser.add_argument("--durable", action="store_true", help="PostgreSQL with fsync and synchronous_commit on")
+    parser.add_argument("--same-clock", action="store_true",
+                        help="every run with the same timestamps (the worst case for the metrics primary key)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(HERE.parent / "src"))
     from tests.sqlstores import PostgresServer
@@ -100,8 +105,9 @@ def main() -> None:
     server.start()
     rest = None
     try:
-        make_archive(tmp / "archive", args.runs, args.points)
+        make_archive(tmp / "archive", args.runs, args.points, same_clock=args.same_clock)
         print(f"archive: {args.runs} runs x {args.points:,} points ({SERIES} series) = {args.runs * args.points:,}; "
+              f"{'same timestamps in every run' if args.same_clock else 'runs one after another'}; "
               f"--workers {args.workers}; PostgreSQL 15 {'durable' if args.durable else 'fsync off'}; "
               f"load average before: {os.getloadavg()[0]:.1f}")
         rates: dict[str, float] = {}

@@ -192,3 +192,35 @@ def test_refused_while_an_mlflow_server_is_connected(postgresql_backend: SqlBack
     message = str(err.value)
     assert "\n" not in message and "--mlflow-bulk-allow-writers" in message and server.password not in message
     MlflowBulkTarget(uri, allow_other_writers=True).close()
+
+
+def test_a_role_that_may_not_skip_triggers_keeps_the_foreign_key_check(postgres_server: PostgresServer,
+                                                                       tmp_path: Path) -> None:
+    """A production role is rarely a superuser: it cannot set `session_replication_role`, so each row keeps the
+    foreign-key check on `runs`, and the load is the same row for row. The fixture's own role may: its sessions
+    skip that check, and `metrics` has no trigger of MLflow's own that the setting would skip as well."""
+    name, super_uri = _fresh(postgres_server)
+    role, password = f"owner_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    postgres_server.execute("postgres", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    postgres_server.execute("postgres", f'ALTER DATABASE "{name}" OWNER TO {role}')
+    postgres_server.execute(name, f"ALTER SCHEMA public OWNER TO {role}")
+    uri = super_uri.replace(f"{postgres_server.user}:{postgres_server.password}@", f"{role}:{password}@")
+    archive = write_nasty_archive(tmp_path / "archive", rows_per_part=700)
+    loaded, summary = _load_and_validate(archive, uri, "p-", tmp_path / "s.db", target_class=MlflowBulkTarget)
+    assert not loaded.failed and summary.ok
+    target = MlflowBulkTarget(uri, experiment_prefix="p-")
+    try:
+        session = target.store.session()
+        assert session.triggers_skipped is False
+        session.close()
+    finally:
+        target.close()
+    assert postgres_server.execute(name, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'metrics'::regclass "
+                                   "AND NOT tgisinternal") == [(0,)]
+    target = MlflowBulkTarget(super_uri, experiment_prefix="p-")
+    try:
+        session = target.store.session()
+        assert session.triggers_skipped is True
+        session.close()
+    finally:
+        target.close()
