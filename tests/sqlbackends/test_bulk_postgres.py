@@ -208,19 +208,13 @@ def test_a_role_that_may_not_skip_triggers_keeps_the_foreign_key_check(postgres_
     archive = write_nasty_archive(tmp_path / "archive", rows_per_part=700)
     loaded, summary = _load_and_validate(archive, uri, "p-", tmp_path / "s.db", target_class=MlflowBulkTarget)
     assert not loaded.failed and summary.ok
-    target = MlflowBulkTarget(uri, experiment_prefix="p-")
-    try:
-        session = target.store.session()
-        assert session.triggers_skipped is False
-        session.close()
-    finally:
-        target.close()
     assert postgres_server.execute(name, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'metrics'::regclass "
                                    "AND NOT tgisinternal") == [(0,)]
-    target = MlflowBulkTarget(super_uri, experiment_prefix="p-")
-    try:
-        session = target.store.session()
-        assert session.triggers_skipped is True
-        session.close()
-    finally:
-        target.close()
+    for store_uri, skipped in ((uri, False), (super_uri, True)):
+        target = MlflowBulkTarget(store_uri, experiment_prefix="p-")
+        try:
+            session = target.store.session()
+            assert session.triggers_skipped is skipped
+            session.close()
+        finally:
+            target.close()
