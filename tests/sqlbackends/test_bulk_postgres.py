@@ -218,3 +218,16 @@ def test_a_role_that_may_not_skip_triggers_keeps_the_foreign_key_check(postgres_
             session.close()
         finally:
             target.close()
+
+
+def test_an_in_process_load_of_ours_is_not_another_writer(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """MLflow keeps one pooled engine per URI for the process: a notebook that loaded without the bulk option and
+    then loads in bulk into the same database must not be refused for its own earlier sessions."""
+    name, uri = _fresh(postgres_server)
+    archive = write_nasty_archive(tmp_path / "archive")
+    assert not _load(archive, MlflowTarget(uri, experiment_prefix="plain-"), tmp_path / "plain.db").failed
+    names = postgres_server.execute(name, "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND pid <> pg_backend_pid()")
+    assert names == [("neptune-migrate",)], names  # the in-process engine's pooled connections are named as ours
+    loaded = _load(archive, MlflowBulkTarget(uri, experiment_prefix="bulk-"), tmp_path / "bulk.db")
+    assert not loaded.failed and loaded.points > 0

@@ -35,9 +35,9 @@ from neptune_migration.targets.mlflow.bulk_core import (
     progress_value,
     refuse_schema,
 )
+from neptune_migration.targets.mlflow.endpoint import APPLICATION_NAME, naming_our_sessions
 from neptune_migration.targets.mlflow.loader import public_uri
 
-APPLICATION_NAME = "neptune-migrate"
 STAGING_TABLE = "neptune_bulk_points"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 _COPY_TRAILER = b"\xff\xff"
@@ -135,8 +135,8 @@ class PostgresBulkStore:
             url = make_url(tracking_uri)
         except Exception:
             raise TargetError(f"not a database URL: {public_uri(tracking_uri)}") from None
-        named = url.update_query_dict({"application_name": APPLICATION_NAME})
-        self.client_uri = named.render_as_string(hide_password=False)
+        self.client_uri = naming_our_sessions(tracking_uri)
+        named = make_url(self.client_uri)
         self._connect_args: dict[str, Any] = {
             key: value for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
                                           ("password", url.password), ("dbname", url.database)) if value is not None

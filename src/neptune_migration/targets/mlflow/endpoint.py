@@ -50,3 +50,22 @@ def check_tracking_uri(uri: str) -> str:
             raise _refuse(uri, f"the folder {parts.path or '/'} does not exist")
         return text
     raise _refuse(uri, f"unknown scheme {parts.scheme + '://'!r}")
+
+
+# Every PostgreSQL session of ours carries this application_name, so that the bulk path's check for other writers
+# (bulk_postgres.py) can tell an MLflow server's sessions from ours, in-process loads included.
+APPLICATION_NAME = "neptune-migrate"
+
+
+def naming_our_sessions(uri: str) -> str:
+    """`uri` as MLflow's client should open it: a `postgresql://` URI gains `application_name=neptune-migrate`
+    (any other is returned as it is). The user's URI stays the one that names the store in keys and messages."""
+    if uri.split("://", 1)[0].split(_DRIVER_SEPARATOR, 1)[0].lower() != "postgresql":
+        return uri
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        return uri  # not for us to judge here: MLflow's own error says what is wrong with it
+    return url.update_query_dict({"application_name": APPLICATION_NAME}).render_as_string(hide_password=False)

@@ -40,6 +40,7 @@ from neptune_migration.retry import Patience, backoff, hold_settings, retrying, 
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow import MAPPING_VERSION
+from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
@@ -213,7 +214,7 @@ class MlflowTarget:
             self.local_store = db.parent
         self.experiment_by = experiment_by
         self.experiment_prefix = experiment_prefix
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=naming_our_sessions(self.tracking_uri))
         store = self.client._tracking_client.store
         # Only the REST store gets the direct JSON path; database URIs go through MLflow's own store.
         self._rest_creds = getattr(store, "get_host_creds", None) if type(store).__name__ == "RestStore" else None
