@@ -46,6 +46,7 @@ from neptune_migration.targets.mlflow.bulk_core import (
 )
 from neptune_migration.targets.mlflow.bulk_postgres import PostgresBulkStore
 from neptune_migration.targets.mlflow.bulk_sqlite import SqliteBulkStore
+from neptune_migration.targets.mlflow.endpoint import database_of
 from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, default_tracking_uri, public_uri
 from neptune_migration.targets.mlflow.scales import StepPlan
 
@@ -57,7 +58,7 @@ ROWS_PER_TRANSACTION = 20_000
 def open_store(tracking_uri: str, allow_other_writers: bool = False) -> BulkStore:
     if tracking_uri.startswith("sqlite:///"):
         return SqliteBulkStore(tracking_uri)
-    if tracking_uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
+    if database_of(tracking_uri) == "postgresql":
         return PostgresBulkStore(tracking_uri, allow_other_writers)
     raise TargetError(
         "the MLflow bulk path needs a sqlite:/// or postgresql:// tracking URI (a database you own), not "

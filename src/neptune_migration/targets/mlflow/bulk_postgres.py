@@ -12,7 +12,8 @@ Each `metrics` row costs the server three index entries and the foreign-key chec
 about a quarter of the insert's time, measured here). The run was created through MLflow's store just before and
 no other writer is allowed, so a session whose role may set `session_replication_role` (a superuser, or a role
 granted `SET` on it) sets it to `replica` for itself only, which skips that per-row trigger the way `pg_restore
---disable-triggers` does; any other role keeps the check. `metrics` has no other trigger.
+--disable-triggers` does (for the session's `latest_metrics` and `tags` upserts as well, whose run is the same);
+any other role keeps the check. `metrics` has no other trigger.
 
 Every session of ours (this writer, and MLflow's own engine for runs, params and tags) carries the
 application_name `neptune-migrate`, so that the sessions of anything else connected to the same database (an
@@ -41,17 +42,6 @@ from neptune_migration.targets.mlflow.loader import public_uri
 STAGING_TABLE = "neptune_bulk_points"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 _COPY_TRAILER = b"\xff\xff"
-# One tuple of the binary COPY format: field count, then (length, big-endian value) per field.
-_ROW = np.dtype([
-    ("fields", ">i2"),
-    ("code_len", ">i4"), ("code", ">i4"),
-    ("value_len", ">i4"), ("value", ">f8"),
-    ("timestamp_len", ">i4"), ("timestamp", ">i8"),
-    ("step_len", ">i4"), ("step", ">i8"),
-    ("is_nan_len", ">i4"), ("is_nan", "u1"),
-])
-_LENGTHS = {"fields": 5, "code_len": 4, "value_len": 8, "timestamp_len": 8, "step_len": 8, "is_nan_len": 1}
-
 _CREATE_STAGING = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (code int4, value float8, timestamp int8, step int8, "
     "is_nan bool) ON COMMIT DELETE ROWS"
@@ -82,46 +72,50 @@ _OTHER_SESSIONS = (
 )
 
 
+def binary_tuples(columns: list[tuple[str, str, Any]]) -> bytes:
+    """Rows in PostgreSQL's binary COPY format (without header and trailer) from columns of equal length, each
+    (name, numpy big-endian type, values or one value for every row): per row the field count, then each field's
+    byte length (its type's size) and value. No Python object per row."""
+    n = next(len(v) for _, _, v in columns if isinstance(v, np.ndarray))
+    rows = np.empty(n, np.dtype([("fields", ">i2")] + [x for name, kind, _ in columns
+                                                       for x in ((f"{name}_len", ">i4"), (name, kind))]))
+    rows["fields"] = len(columns)
+    for name, kind, values in columns:
+        rows[f"{name}_len"] = np.dtype(kind).itemsize
+        rows[name] = values
+    return rows.tobytes()
+
+
 def encode_metrics_copy(chunk: Chunk) -> bytes:
-    """The chunk's rows as `metrics` rows in PostgreSQL's binary COPY format. The key is text of its own length,
-    so the rows are encoded one series at a time, each with a record type fixed by its key's length (row order
-    does not matter to a table)."""
+    """The chunk's rows as `metrics` rows. The key is text of its own length, so the rows go one series at a time,
+    each with a record type fixed by its key's length (row order does not matter to a table)."""
     part = slice(chunk.start, chunk.stop)
     codes = chunk.cols.codes[part]
+    by_series = np.argsort(codes, kind="stable")
+    sorted_codes, order = codes[by_series], by_series + chunk.start
+    starts = np.flatnonzero(np.diff(sorted_codes, prepend=-1)).tolist()  # where each series' rows begin
     run = chunk.run_id.encode()
     pieces = [_COPY_HEADER]
-    for code in np.unique(codes).tolist():
-        key = chunk.cols.series_keys[code].encode()
-        rows_of = np.flatnonzero(codes == code) + chunk.start
-        rows = np.empty(len(rows_of), np.dtype([
-            ("fields", ">i2"), ("key_len", ">i4"), ("key", f"S{len(key)}"),
-            ("value_len", ">i4"), ("value", ">f8"), ("timestamp_len", ">i4"), ("timestamp", ">i8"),
-            ("step_len", ">i4"), ("step", ">i8"), ("is_nan_len", ">i4"), ("is_nan", "u1"),
-            ("run_len", ">i4"), ("run", f"S{len(run)}"),
+    for lo, hi in zip(starts, [*starts[1:], len(order)], strict=True):
+        rows = order[lo:hi]
+        key = chunk.cols.series_keys[int(sorted_codes[lo])].encode()
+        pieces.append(binary_tuples([
+            ("key", f"S{len(key)}", key), ("value", ">f8", chunk.value[rows]),
+            ("timestamp", ">i8", chunk.cols.timestamps[rows]), ("step", ">i8", chunk.cols.steps[rows]),
+            ("is_nan", "u1", chunk.is_nan[rows]), ("run", f"S{len(run)}", run),
         ]))
-        rows["fields"], rows["key_len"], rows["key"] = 6, len(key), key
-        rows["value_len"], rows["value"] = 8, chunk.value[rows_of]
-        rows["timestamp_len"], rows["timestamp"] = 8, chunk.cols.timestamps[rows_of]
-        rows["step_len"], rows["step"] = 8, chunk.cols.steps[rows_of]
-        rows["is_nan_len"], rows["is_nan"] = 1, chunk.is_nan[rows_of]
-        rows["run_len"], rows["run"] = len(run), run
-        pieces.append(rows.tobytes())
     pieces.append(_COPY_TRAILER)
     return b"".join(pieces)
 
 
 def encode_copy(chunk: Chunk) -> bytes:
-    """The chunk's rows in PostgreSQL's binary COPY format, built column by column (no Python object per row)."""
+    """The chunk's rows for the staging table: the key as its code in `series_keys`."""
     part = slice(chunk.start, chunk.stop)
-    rows = np.empty(chunk.size, _ROW)
-    for name, length in _LENGTHS.items():
-        rows[name] = length
-    rows["code"] = chunk.cols.codes[part]
-    rows["value"] = chunk.value[part]
-    rows["timestamp"] = chunk.cols.timestamps[part]
-    rows["step"] = chunk.cols.steps[part]
-    rows["is_nan"] = chunk.is_nan[part]
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+    return _COPY_HEADER + binary_tuples([
+        ("code", ">i4", chunk.cols.codes[part]), ("value", ">f8", chunk.value[part]),
+        ("timestamp", ">i8", chunk.cols.timestamps[part]), ("step", ">i8", chunk.cols.steps[part]),
+        ("is_nan", "u1", chunk.is_nan[part]),
+    ]) + _COPY_TRAILER
 
 
 class PostgresBulkStore:
@@ -131,15 +125,15 @@ class PostgresBulkStore:
         require("psycopg", "postgres", "--mlflow-bulk with a postgresql:// tracking URI")
         self.uri = tracking_uri
         self.allow_other_writers = allow_other_writers
+        self.client_uri = naming_our_sessions(tracking_uri)
         try:
-            url = make_url(tracking_uri)
+            named = make_url(self.client_uri)
         except Exception:
             raise TargetError(f"not a database URL: {public_uri(tracking_uri)}") from None
-        self.client_uri = naming_our_sessions(tracking_uri)
-        named = make_url(self.client_uri)
         self._connect_args: dict[str, Any] = {
-            key: value for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
-                                          ("password", url.password), ("dbname", url.database)) if value is not None
+            key: value for key, value in (("host", named.host), ("port", named.port), ("user", named.username),
+                                          ("password", named.password), ("dbname", named.database))
+            if value is not None
         }
         for key, value in named.query.items():
             self._connect_args[key] = value if isinstance(value, str) else value[-1]

@@ -18,6 +18,11 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _DRIVER_SEPARATOR = "+"  # postgresql+psycopg2://, mysql+pymysql://: SQLAlchemy's dialect+driver form
 
 
+def database_of(uri: str) -> str:
+    """The dialect a database URI names, without its driver: `postgresql+psycopg2://...` -> `postgresql`."""
+    return uri.split("://", 1)[0].split(_DRIVER_SEPARATOR, 1)[0].lower()
+
+
 def _refuse(uri: str, why: str) -> UsageError:
     return UsageError(f"--mlflow-tracking-uri {uri!r}: {why}; accepted: {', '.join(ACCEPTED)}")
 
@@ -42,7 +47,7 @@ def check_tracking_uri(uri: str) -> str:
         if not parts.hostname:
             raise _refuse(uri, "no host")
         return text
-    if scheme.split(_DRIVER_SEPARATOR, 1)[0] in DATABASE_SCHEMES:
+    if database_of(text) in DATABASE_SCHEMES:
         return text
     if scheme == "file":
         folder = Path(parts.path)
@@ -60,7 +65,7 @@ APPLICATION_NAME = "neptune-migrate"
 def naming_our_sessions(uri: str) -> str:
     """`uri` as MLflow's client should open it: a `postgresql://` URI gains `application_name=neptune-migrate`
     (any other is returned as it is). The user's URI stays the one that names the store in keys and messages."""
-    if uri.split("://", 1)[0].split(_DRIVER_SEPARATOR, 1)[0].lower() != "postgresql":
+    if database_of(uri) != "postgresql":
         return uri
     from sqlalchemy.engine import make_url
 

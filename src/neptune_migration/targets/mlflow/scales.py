@@ -118,7 +118,7 @@ class ExperimentScales:
     def read(self, experiment_id: str, fresh: bool = False) -> dict[str, int]:
         with self._lock:
             if fresh or experiment_id not in self._known:
-                self._known[experiment_id] = self.read_unlocked(experiment_id)
+                self._known[experiment_id] = self._fetch(experiment_id)
             return dict(self._known[experiment_id])
 
     def raise_to(self, experiment_id: str, wanted: dict[str, int]) -> dict[str, int]:
@@ -137,7 +137,8 @@ class ExperimentScales:
                 current = decode(dict(exp.tags))
                 missing = {k: d for k, d in wanted.items() if d > current.get(k, 0)}
                 if not missing:
-                    break
+                    self._known[experiment_id] = current
+                    return raised
                 raised |= missing
                 merged = current | missing
                 old_chunks = sum(1 for t in exp.tags if t == EXPERIMENT_SCALE_TAG
@@ -154,10 +155,11 @@ class ExperimentScales:
                     if attempt == _ATTEMPTS - 1:
                         raise
                     time.sleep(0.2 * (attempt + 1))  # another writer's insert won: read theirs, merge, write
-            self._known[experiment_id] = self.read_unlocked(experiment_id)
+            # Written as often as allowed, never yet read back covering `wanted`: keep what the experiment holds.
+            self._known[experiment_id] = self._fetch(experiment_id)
             return raised
 
-    def read_unlocked(self, experiment_id: str) -> dict[str, int]:
+    def _fetch(self, experiment_id: str) -> dict[str, int]:
         exp = self.retry(lambda: self.client.get_experiment(experiment_id))
         return decode(dict(exp.tags))
 
