@@ -39,7 +39,6 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
-from neptune_migration.targets.mlflow import MAPPING_VERSION
 from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
@@ -71,6 +70,7 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef

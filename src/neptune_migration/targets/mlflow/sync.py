@@ -25,7 +25,6 @@ from neptune_migration.archive.reader import to_ms
 from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
 from neptune_migration.targets.base import LoadContext, LoadResult, ReplaceNeeded
-from neptune_migration.targets.mlflow import MAPPING_VERSION
 from neptune_migration.targets.mlflow.mapping import (
     MAPPING_TAG,
     STATE_TAG,
@@ -34,6 +33,7 @@ from neptune_migration.targets.mlflow.mapping import (
     param_value,
     sanitize_key,
 )
+from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import run_scales
 
 # The loader calls in here, so the target is typed loosely: `MlflowTarget` (loader.py) is the only caller.
