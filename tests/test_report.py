@@ -67,7 +67,7 @@ def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytes
     assert list(report) == ["schema", "schema_version", "tool_version", "generated_at", "target", "archive", "ok",
                             "seconds", "totals", "projects", "runs", "mismatches", "approximations",
                             "approximation_details", "incomplete_in_archive", "errors", "source_check",
-                            "next_command"]
+                            "next_command", "this_pass"]
     assert report["source_check"] is None
     t = report["totals"]
     assert (t["runs_selected"], t["runs_validated"], t["runs_mismatched"], t["runs_failed"]) == (5, 3, 1, 1)
