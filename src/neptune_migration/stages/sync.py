@@ -248,7 +248,9 @@ def whole_selection(exported: Any, loaded: Any, validated: ValidationSummary, le
     listed = [o.key for o in exported.outcomes]
     passed = _pass_actions(exported, loaded)
     checked = {c.ref.key for c in validated.checks}
-    refs = {e.ref.key: e.ref for e in ledger.entries(stage=LOAD, target=canonical)}
+    # One query per stage, not per run: a sync of 10,000 unchanged runs reports them all.
+    loads = {e.ref.key: e for e in ledger.entries(stage=LOAD, target=canonical)}
+    syncs = {e.ref.key: e for e in ledger.entries(stage=SYNC, target=canonical)}
     stored = {e.ref.key: e for e in ledger.entries(stage=VALIDATE, target=canonical)}
     summary = dataclasses.replace(validated, checks=list(validated.checks))
     for key in checked:
@@ -256,10 +258,10 @@ def whole_selection(exported: Any, loaded: Any, validated: ValidationSummary, le
     again: list[ArchivedRun] = []
     archive = Archive(writer.root)
     for key in listed:
-        if key in checked or key not in refs:
+        if key in checked or key not in loads:
             continue  # read back now, or never loaded here (its failure is in the report's errors)
-        ref = refs[key]
-        check = _stored_check(ledger, ref, canonical, stored.get(key))
+        ref = loads[key].ref
+        check = _stored_check(stored.get(key), [loads[key], syncs.get(key)])
         if check is not None:
             summary.checks.append(check)
             passed.setdefault(key, {"action": UNCHANGED})["validated"] = _iso(stored[key].updated_at)
@@ -291,13 +293,12 @@ def _pass_actions(exported: Any, loaded: Any) -> dict[str, dict[str, Any]]:
     return actions
 
 
-def _stored_check(ledger: Ledger, ref: RunRef, canonical: str, entry: Entry | None) -> RunCheck | None:
+def _stored_check(entry: Entry | None, changes: list[Entry | None]) -> RunCheck | None:
     """The ledger's validation of a run, when it read back what the target holds now (made after the run's last
-    load or sync); None when the run must be read back again."""
+    load or sync, finished or not: a failed sync may have appended half); None when the run must be read back."""
     if entry is None or entry.status not in (DONE, "mismatch") or not entry.details:
         return None
-    changed = [e.updated_at for stage in (LOAD, SYNC) if (e := ledger.get(ref, stage, canonical)) is not None
-               and e.status == DONE]
+    changed = [e.updated_at for e in changes if e is not None]
     if changed and entry.updated_at < max(changed):
         return None
     return RunCheck.from_dict(entry.details)
