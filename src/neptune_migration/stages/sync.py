@@ -28,13 +28,14 @@ from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, ArchiveWriter
 from neptune_migration.archive.delta import DeltaWriter, Gained, HistoryRewritten, RunTip
 from neptune_migration.checks import RunCheck
+from neptune_migration.errors import Interrupted
 from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.export import EXPORT, ExportOutcome, archive_key, export_one
 from neptune_migration.stages.load import LOAD, RunOutcome, _details, _load_one
-from neptune_migration.stages.runner import attempt, run_pool
+from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.stages.validate import VALIDATE, ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import LoadContext, LoadResult, ReplaceNeeded, Target
 from neptune_migration.vocabulary import RunRef
@@ -268,19 +269,30 @@ def whole_selection(exported: Any, loaded: Any, validated: ValidationSummary, le
         elif (run := archive.run(ref)) is not None:
             again.append(run)
     if again:
-        verifier = verifier_for(target)
-        try:
-            for check in run_pool(again, lambda r: validate_run(r, verifier, selection, ledger, canonical), workers,
-                                  "validate", ledger):
-                summary.checks.append(check)
-                passed.setdefault(check.ref.key, {"action": UNCHANGED})["validated"] = "now"
-        finally:
-            verifier.close()
+        for check in _read_back(again, target, selection, ledger, workers):
+            summary.checks.append(check)
+            passed.setdefault(check.ref.key, {"action": UNCHANGED})["validated"] = "now"
     summary.checks.sort(key=lambda c: c.ref)
     for check in summary.checks:
         if check.approximations.get("live_param"):
             passed.setdefault(check.ref.key, {"action": UNCHANGED})["waits_for_end"] = True
     return summary, passed
+
+
+def _read_back(runs: list[ArchivedRun], target: Target, selection: Selection, ledger: Ledger, workers: int
+               ) -> list[RunCheck]:
+    verifier = verifier_for(target)
+    checks: list[RunCheck] = []
+    try:
+        for check in run_pool(runs, lambda r: validate_run(r, verifier, selection, ledger, target.canonical),
+                              workers, "validate", ledger):
+            checks.append(check)
+    except Stopped:
+        raise Interrupted(VALIDATE, len(checks), len(runs) - len(checks)) from None
+    finally:
+        if not interrupt.STOP.stragglers:  # a read-back still running uses it
+            verifier.close()
+    return checks
 
 
 def _pass_actions(exported: Any, loaded: Any) -> dict[str, dict[str, Any]]:
