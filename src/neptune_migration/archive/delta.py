@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neptune_migration.archive.reader import Archive, ArchivedRun, decimal_micros
+from neptune_migration.archive.reader import Archive, ArchivedRun, _row_groups_with, decimal_micros
 from neptune_migration.archive.writer import ArchiveWriter, FileInfo, RunWriter
 from neptune_migration.paths import UnsafePathError, resolve_inside
 from neptune_migration.vocabulary import ARCHIVE_SCHEMA, ATOM_TYPES, FILE_LIKE_TYPES, SERIES_TYPES, RunRef, folder_name
@@ -363,7 +363,11 @@ def _single_valued(part: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     pf = pq.ParquetFile(part)
     names = set(pf.schema_arrow.names)
     read = [c for c in columns if c in names]
-    for batch in pf.iter_batches(columns=read, use_threads=False):
+    # Row groups of series points only are skipped by their statistics: a big part is not read for its few atoms.
+    groups = _row_groups_with(pf, sorted(_SINGLE_VALUED))
+    if groups == []:
+        return
+    for batch in pf.iter_batches(columns=read, row_groups=groups, use_threads=False):
         batch = batch.filter(pc.is_in(batch.column("attribute_type"), value_set=pa.array(_SINGLE_VALUED)))
         if batch.num_rows:
             yield _with_columns(batch, columns)
