@@ -56,6 +56,7 @@ from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.migrate import StageClock, Workers, run_pipeline
 from neptune_migration.stages.model_registry import export_registry, load_registry
 from neptune_migration.stages.remote import Cluster, Plan, check_workers, location
+from neptune_migration.stages.sync import whole_selection
 from neptune_migration.stages.validate import ValidationSummary
 from neptune_migration.stages.validate import retry as run_retry
 from neptune_migration.stages.validate import validate as run_validate
@@ -386,14 +387,15 @@ def _check_report_dir(report_dir: str | Path) -> None:
 
 def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir: str | Path,
             source_check: Any = None, plugin: TargetPlugin | None = None, target: Target | None = None,
-            retry_command: str | None = None) -> ValidationResult:
+            retry_command: str | None = None, this_pass: dict[str, dict[str, Any]] | None = None
+            ) -> ValidationResult:
     urls: dict[str, str] = {}
     if plugin is not None and target is not None:
         for check in summary.checks:
             if check.target_id and (url := plugin.run_url(target, check.target_id)):
                 urls[check.target_id] = url
     report = build_report(summary, ledger, archive=archive, source_check=source_check, run_urls=urls,
-                          retry_command=retry_command)
+                          retry_command=retry_command, this_pass=this_pass)
     if summary.workers:  # a cluster: which worker read each run back
         report["workers"] = dict(sorted(summary.workers.items()))
     return ValidationResult(summary, report, write_reports(report, Path(report_dir)))
@@ -599,15 +601,21 @@ def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str |
                                                                                             writer)), None, refresh)
     with _ledger(state) as ledger, _cluster(cluster, state, plan, write=True) as remote:
         try:
-            run = run_pipeline(source, ArchiveWriter(root), target, selection, ledger,
+            archive_writer = ArchiveWriter(root)
+            run = run_pipeline(source, archive_writer, target, selection, ledger,
                                _tracker("migrate", progress, ("export", "load", "validate")), stages, refresh,
                                validate=not no_validate, sync=sync, cluster=remote)
             log.debug("stage seconds: %s", run.clock.to_dict())
             registry = _export_models(source_plugin, source, root, ledger, no_models)
             registry += _load_models(target_plugin, Archive(root), target, ledger)
-            validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir,
-                                                          plugin=target_plugin, target=target,
-                                                          retry_command=retry_command)
+            validation = None
+            if not no_validate:
+                summary, this_pass = run.validated, None
+                if sync:  # the report covers every selected run, not only what this pass changed
+                    summary, this_pass = whole_selection(run.exported, run.loaded, run.validated, ledger, target,
+                                                         selection, archive_writer, stages.validate)
+                validation = _report(summary, ledger, str(root), report_dir, plugin=target_plugin, target=target,
+                                     retry_command=retry_command, this_pass=this_pass)
         finally:
             _close(target)
     return MigrationResult(run.exported, run.loaded, validation, registry, target_plugin.hint(target), run.clock)

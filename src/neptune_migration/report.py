@@ -24,7 +24,8 @@ from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunC
 
 SCHEMA = "neptune-migration/validation-report"
 # 2 added runs[].target_url, approximation_details and next_command.
-SCHEMA_VERSION = 2
+# 3 added this_pass and runs[].this_pass (`migrate --sync`: every selected run, and what this pass did to each).
+SCHEMA_VERSION = 3
 FILES = {"json": "report.json", "html": "report.html", "markdown": "report.md", "errors": "errors.jsonl"}
 TOTAL_FIELDS = (
     ("runs_selected", "runs selected"),
@@ -66,6 +67,9 @@ APPROXIMATIONS = {
     "series_points_in_artifacts": "String and histogram series points are in a .jsonl artifact per attribute (with a "
     ".log of each string series and a .png drawing of each histogram series beside it), not in "
     "metrics, because MLflow metrics hold only numbers.",
+    "live_param": "A param that changed while its Neptune run was still live keeps its first value in MLflow, "
+    "because MLflow params cannot change; the current value is in the run's tag neptune.live/<key>, and the "
+    "first `migrate --sync` after the run has finished replaces the run once so its params hold the final values.",
     "duplicate_points_stored_once": "Points repeated with the same step, timestamp and value are stored once, "
     "because MLflow drops exact repeats of a metric point.",
     # W&B (docs/wandb.md)
@@ -98,13 +102,15 @@ def build_report(
     source_check: SourceCheck | None = None,
     run_urls: Mapping[str, str] | None = None,
     retry_command: str | None = None,
+    this_pass: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report as report.json holds it (schema in docs/validation.md).
 
     `source_check` (from `validation.check_source`, when the run came from an export) adds what the source
     listed against what the archive holds. `run_urls` maps a run's id in the target to its page in the target's
     UI (the plug-in's `run_url`). `retry_command` is what the report tells the reader to run when anything
-    failed or differs.
+    failed or differs. `this_pass` (`migrate --sync`): per run key, what this pass did (`action`, what it `added`,
+    when the validation shown was made); the summary then covers every selected run, changed or not.
     """
     checks = summary.checks
     urls = dict(run_urls or {})
@@ -118,7 +124,12 @@ def build_report(
         row["load_status"] = entry.status if entry else None
         row["load_attempts"] = entry.attempts if entry else 0
         synced = sync_entries.get((check.ref.project_id, check.ref.run_id))
-        if synced is not None and synced.details:
+        if this_pass is not None:
+            done = dict(this_pass.get(check.ref.key) or {"action": "unchanged"})
+            row["this_pass"] = done
+            if done.get("added"):
+                row["sync"] = done["added"]  # what this pass added, or why it replaced the run
+        elif synced is not None and synced.details:
             # `migrate --sync`: what the run's last sync added (or why it replaced the run); readers may ignore it.
             row["sync"] = synced.details.get("gained") or {"replaced": synced.details.get("replaced")}
         runs.append(row)
@@ -169,8 +180,37 @@ def build_report(
         "source_check": source_check.to_dict() if source_check is not None else None,
         # Incomplete archive runs are not here: retry cannot load what the export never finished.
         "next_command": retry_command if (totals["runs_mismatched"] or totals["runs_failed"] or errors) else None,
+        "this_pass": _pass_totals(runs) if this_pass is not None else None,
     }
     return redact_tree(report)
+
+
+def _pass_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What one `migrate --sync` pass did over the whole selection: runs per action, validations made now or
+    earlier, and the live runs that wait for their end to be replaced once (params that changed while live)."""
+    actions: dict[str, int] = {}
+    for r in runs:
+        action = r["this_pass"]["action"]
+        actions[action] = actions.get(action, 0) + 1
+    now = sum(1 for r in runs if r["this_pass"].get("validated") == "now")
+    waiting = [f"{r['project_id']}/{r['run_id']}" for r in runs if r["this_pass"].get("waits_for_end")]
+    return {"runs": dict(sorted(actions.items())), "validated_now": now, "validated_earlier": len(runs) - now,
+            "waiting_for_end": waiting}
+
+
+def pass_line(report: dict[str, Any]) -> str | None:
+    """One line on what a sync pass did, for the terminal and the Markdown report."""
+    done = report.get("this_pass")
+    if not done:
+        return None
+    counts = ", ".join(f"{n:,} {action}" for action, n in done["runs"].items())
+    line = (f"This sync: {counts}; the report covers all {report['totals']['runs_selected']:,} selected runs "
+            f"({done['validated_now']:,} read back now, {done['validated_earlier']:,} as validated earlier).")
+    if done["waiting_for_end"]:
+        shown = ", ".join(done["waiting_for_end"][:5]) + (" ..." if len(done["waiting_for_end"]) > 5 else "")
+        line += (f" {len(done['waiting_for_end']):,} live run(s) keep a changed param in a neptune.live/ tag and are "
+                 f"replaced once they finish: {shown}.")
+    return line
 
 
 def _approximation_details(approximations: dict[str, int], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,6 +301,8 @@ def print_summary(report: dict[str, Any], console: Console, max_mismatches: int 
         console.print(mm)
         if len(report["mismatches"]) > max_mismatches:
             console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
+    if line := pass_line(report):
+        console.print(line, markup=False, highlight=False)
     for detail in report.get("approximation_details", []):
         console.print(f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
                       f"Runs: {_runs_text(detail)}.", markup=False, highlight=False)
@@ -283,19 +325,22 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"by neptune-migrate {report['tool_version']}.", "", "| total | value |", "|---|---:|"]
     lines += [f"| {label} | {_cell(_human_bytes(totals[n]) if n == 'bytes' else f'{totals[n]:,}')} |"
               for n, label in TOTAL_FIELDS]
+    if line := pass_line(report):
+        lines += ["", "## This sync", "", _cell(line)]
     lines += ["", "## Projects", "", "| project | runs | validated | mismatched | failed | points | files |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {_cell(p['project_id'])} | {p['runs']} | {p['validated']} | {p['mismatched']} | {p['failed']} | "
               f"{p['points']:,} | {p['files']:,} |" for p in report["projects"]]
-    lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | target id |",
-              "|---|---|---|---:|---:|---:|---|"]
+    lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | this pass | target id |",
+              "|---|---|---|---:|---:|---:|---|---|"]
     urls = {(r["project_id"], r["run_id"]): r.get("target_url") for r in report["runs"]}
     lines += [f"| {_cell(r['project_id'])} | {_md_link(r['run_id'], r.get('target_url'))} | {r['status']} | "
               f"{r['mismatch_count']} | {r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | "
-              f"{_cell(r['target_id'] or '')} |" for r in report["runs"]]
+              f"{_cell(pass_cell(r))} | {_cell(r['target_id'] or '')} |" for r in report["runs"]]
     synced = [r for r in report["runs"] if r.get("sync")]
     if synced:
-        lines += ["", "## Added by the last sync", "", "| run | points added | per series | atoms | files |",
+        title = "Added by this sync" if report.get("this_pass") else "Added by the last sync"
+        lines += ["", f"## {title}", "", "| run | points added | per series | atoms | files |",
                   "|---|---:|---|---|---|"]
         for r in synced:
             g = r["sync"]
@@ -334,6 +379,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Next step", "", "Load the failed and mismatched runs again and validate them:", "",
                   "```", report["next_command"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def pass_cell(run: dict[str, Any]) -> str:
+    """What this pass did to a run, in a few words (empty outside `migrate --sync`)."""
+    done = run.get("this_pass")
+    if not done:
+        return ""
+    text = done["action"]
+    added = done.get("added") or {}
+    if added.get("points"):
+        text += f" +{added['points']:,} points"
+    if done.get("validated") and done["validated"] != "now":
+        text += f", validated {done['validated']}"
+    if done.get("waits_for_end"):
+        text += ", live: replaced once it finishes"
+    return text
 
 
 def _cell(text: str) -> str:
@@ -414,15 +475,17 @@ def render_html(report: dict[str, Any]) -> str:
                                                       "mismatches", "points", "files", "bytes"],
                              [[p["project_id"], p["runs"], p["validated"], p["mismatched"], p["failed"],
                                p["mismatches"], p["points"], p["files"], p["bytes"]] for p in report["projects"]]))
+    if line := pass_line(report):
+        parts.append(f"<p id=\"this-pass\">{e(line)}</p>")
     parts.append(_html_table("runs", "Runs", ["project", "run", "status", "mismatches", "params", "points",
                                              "series points", "files", "bytes", "load attempts", "seconds",
-                                             "target id"],
+                                             "target id", "this pass"],
                              [[r["project_id"], _link(r["run_id"], r.get("target_url")), ("status", r["status"]),
                                r["mismatch_count"],
                                r["checked"].get("params", 0), r["checked"].get("points", 0),
                                r["checked"].get("series_points", 0), r["checked"].get("files", 0),
-                               r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or ""]
-                              for r in report["runs"]], filter_box=True))
+                               r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or "",
+                               pass_cell(r)] for r in report["runs"]], filter_box=True))
     parts.append(_html_table("mismatches", "Mismatches", ["project", "run", "attribute", "kind", "what differs",
                                                           "target key"],
                              [[m["project_id"], _link(m["run_id"], urls.get((m["project_id"], m["run_id"]))),
