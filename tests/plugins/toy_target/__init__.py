@@ -98,7 +98,7 @@ def _files(run: ArchivedRun, wants_attribute: Any, wants_file: Any) -> list[_Fil
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ToyTarget:
@@ -205,8 +205,11 @@ class ToyVerifier:
         self._points(run, selection, check)
         for row in _files(run, selection.wants_attribute, selection.wants_file):
             check.count("files")
-            if _digest(self.target.files_for(run) / row.name) != _digest(row.source):
-                check.mismatch("files", "file_missing", f"{row.source.name} is missing or differs")
+            held_file = self.target.files_for(run) / row.name
+            if not held_file.is_file():
+                check.mismatch("files", "file_missing", f"{row.source.name} is not in the toy target")
+            elif _digest(held_file) != _digest(row.source):
+                check.mismatch("files", "file_content", f"{row.source.name} differs from the archive's")
         return check
 
     def _points(self, run: ArchivedRun, selection: Selection, check: RunCheck) -> None:
