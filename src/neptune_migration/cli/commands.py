@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from neptune_migration.cli.output import (
     print_hint,
     print_load,
     print_registry,
+    print_status,
     print_sync,
     print_validation,
     setup_logging,
@@ -254,53 +254,19 @@ def retry(**kwargs: Any) -> None:
 @state_option
 @click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None,
               help="Only this stage.")
-@click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched.")
+@click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched, each error in "
+              "full.")
 @json_option
 def status(state: str | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
-    """Show every run's stage, status, attempts and last error from the ledger."""
+    """Totals per stage, then each run's status per stage, attempts and last error, from the ledger.
+
+    Read-only: it answers at once while a load, a migrate or a `migrate --sync --every` loop is using the ledger.
+    """
     result = nm.status(state=state, stage=stage, failed=failed_only)
     if json_output:
-        out.print_json(json.dumps(result.to_dict()["entries"]))
+        out.print_json(json.dumps(result.to_dict()))
         return
-    # One target is the usual case: its name then goes in the title, not in a column of every row.
-    targets = sorted({e.target for e in result.entries})
-    wide = out.width >= 140
-    title = f"Ledger {result.state}" + (f" - {targets[0]}" if len(targets) == 1 else "")
-    table = Table(title=title)
-    columns = ["project", "run", "stage", *(["target"] if len(targets) > 1 else []), "status", "attempts",
-               *(["target id"] if wide else []), "last error"]
-    for col in columns:
-        table.add_column(col, overflow="fold", ratio=3 if col == "last error" else None)
-    for e in result.entries:
-        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow",
-                 "interrupted": "yellow"}.get(e.status, "")
-        status_cell = f"[{color}]{e.status}[/{color}]" if color else e.status
-        row = [e.ref.project_id, e.ref.run_id, e.stage, *([e.target] if len(targets) > 1 else []), status_cell,
-               str(e.attempts), *([e.target_id or ""] if wide else []), escape(e.last_error or "")]
-        table.add_row(*row)
-    out.print(table)
-    out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
-    if result.syncs:
-        synced = Table(title="Syncs (migrate --sync)")
-        for col in ("project", "run", "syncs", "last synced (UTC)", "last sync added"):
-            synced.add_column(col, overflow="fold")
-        for x in result.syncs:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(x.synced_at)) if x.synced_at else ""
-            synced.add_row(x.ref.project_id, x.ref.run_id, str(x.syncs), when, escape(_gained(x.gained)))
-        out.print(synced)
-
-
-def _gained(gained: dict[str, Any] | None) -> str:
-    if not gained:
-        return ""
-    if "replaced" in gained:
-        return f"replaced: {gained['replaced']}"
-    text = f"+{gained.get('points', 0):,} points"
-    if gained.get("atoms"):
-        text += ", changed " + ", ".join(gained["atoms"])
-    if gained.get("files"):
-        text += ", files " + ", ".join(gained["files"])
-    return text
+    print_status(result, full_errors=failed_only)
 
 
 COMMANDS = [discover, export, load, migrate, validate, retry, status]
