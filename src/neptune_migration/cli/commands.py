@@ -16,6 +16,9 @@ import neptune_migration as nm
 from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, DEFAULT_MIGRATE_ARCHIVE, RegistryOutcome
 from neptune_migration.cli.options import (
     OBJECT_STORE_HELP,
+    RUN,
+    TARGET,
+    SectionedCommand,
     archive_input,
     bundle,
     export_source_only,
@@ -23,6 +26,7 @@ from neptune_migration.cli.options import (
     logging_options,
     report_option,
     run_options,
+    section,
     selection_options,
     source_options,
     stage_workers,
@@ -93,7 +97,7 @@ def _registry(outcomes: list[RegistryOutcome]) -> None:
     print_registry([o for o in outcomes if o.stage == "load"], "in MLflow")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
 @selection_options
 @json_option
@@ -120,10 +124,10 @@ def discover(json_output: bool, **kwargs: Any) -> None:
               f"(file series counted at export)")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
-@click.option("--archive", default=DEFAULT_EXPORT_ARCHIVE, show_default=True, metavar="DIR|URL",
-              help="Archive to write (data/ and files/ inside it). " + OBJECT_STORE_HELP)
+@section(TARGET, click.option("--archive", default=DEFAULT_EXPORT_ARCHIVE, show_default=True, metavar="DIR|URL",
+                             help="Archive to write (data/ and files/ inside it). " + OBJECT_STORE_HELP))
 @export_source_only
 @selection_options
 @run_options
@@ -139,12 +143,12 @@ def export(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @archive_input
 @target_options
 @selection_options
-@click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of the target "
-              "(a load without it lists them); each is replaced in the target.")
+@section(RUN, click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of "
+                           "the target (a load without it lists them); each is replaced in the target."))
 @run_options
 def load(**kwargs: Any) -> None:
     """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.
@@ -163,20 +167,23 @@ def load(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
 @target_options
-@click.option("--archive", default=None, metavar="DIR|URL", help="Where the intermediate archive goes (kept, "
-              "resumable). Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)
+@section(RUN, click.option("--archive", default=None, metavar="DIR|URL", help="Where the intermediate archive goes "
+                           "(kept, resumable). Default: .neptune-migration/archive. " + OBJECT_STORE_HELP))
 @export_source_only
 @selection_options
-@click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run `validate` "
-              "later.")
-@click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
-              "same target run, update changed params, tags and files, replace a run whose history was rewritten "
-              "(docs/sync.md).")
-@click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
-              "90s) until Ctrl-C.")
+@section(
+    RUN,
+    click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run "
+                 "`validate` later."),
+    click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
+                 "same target run, update changed params, tags and files, replace a run whose history was rewritten "
+                 "(docs/sync.md)."),
+    click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
+                 "90s) until Ctrl-C."),
+)
 @report_option
 @run_options
 @stage_workers
@@ -209,7 +216,7 @@ def migrate(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @readback_options
 def validate(**kwargs: Any) -> None:
     """Read every selected run back from the target and compare it with the archive, value by value.
@@ -226,7 +233,7 @@ def validate(**kwargs: Any) -> None:
         raise ValidationFailed(f"validation found differences; see {result.paths['html']}")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @readback_options
 def retry(**kwargs: Any) -> None:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them.
@@ -250,12 +257,14 @@ def retry(**kwargs: Any) -> None:
         raise ValidationFailed(f"some runs still fail or differ; see {result.validation.paths['html']}")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @state_option
-@click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None,
-              help="Only this stage.")
-@click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched, each error in "
-              "full.")
+@section(
+    "Rows",
+    click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None, help="Only this stage."),
+    click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched, each error in "
+                 "full."),
+)
 @json_option
 def status(state: str | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
     """Totals per stage, then each run's status per stage, attempts and last error, from the ledger.
