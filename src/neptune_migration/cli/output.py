@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from neptune_migration.report import print_next_step, print_summary
 from neptune_migration.secrets import redact
 from neptune_migration.stages.export import ExportSummary
 from neptune_migration.stages.load import LoadSummary
+from neptune_migration.terminal import shell_lines, shorten, word_lines
 
 console = Console(stderr=True)
 out = Console()
@@ -56,7 +56,8 @@ def setup_logging(verbose: bool, log_file: Path | None, no_progress: bool) -> No
 
 
 def print_load(summary: LoadSummary) -> None:
-    table = Table(title=f"Load into {summary.target}", show_header=False, box=None)
+    heading(f"Load into {summary.target}")
+    table = Table(show_header=False, box=None)
     table.add_row("runs loaded", str(summary.count("loaded")))
     table.add_row("runs already loaded (skipped)", str(summary.count("already_loaded")))
     for status, label in (("synced", "runs appended to (sync)"), ("replaced", "runs replaced (sync)")):
@@ -82,11 +83,11 @@ def print_load(summary: LoadSummary) -> None:
     if not summary.outcomes and summary.not_selected:
         out.print(f"[yellow]the selection matches none of the {summary.not_selected} runs in the archive[/yellow]")
     for outcome in summary.failed:
-        out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
+        flagged("failed", "red", f"{outcome.key}: {outcome.error}")
     for item in summary.incomplete:
-        out.print(f"[yellow]incomplete in archive[/yellow] {escape(item.project_dir.name)}/{escape(item.run_folder)}")
+        flagged("incomplete in archive", "yellow", f"{item.project_dir.name}/{item.run_folder}")
     for warning in summary.warnings:
-        out.print(f"[yellow]warning[/yellow] {escape(warning)}")
+        flagged("warning", "yellow", warning)
 
 
 def print_sync(summary: LoadSummary) -> None:
@@ -113,7 +114,8 @@ def print_sync(summary: LoadSummary) -> None:
 
 
 def print_export(summary: ExportSummary) -> None:
-    table = Table(title=f"Export into {summary.archive}", show_header=False, box=None)
+    heading(f"Export into {summary.archive}")
+    table = Table(show_header=False, box=None)
     table.add_row("runs selected", str(summary.listed))
     table.add_row("runs exported", str(summary.count("exported")))
     table.add_row("runs already exported (skipped)", str(summary.count("already_exported")))
@@ -133,9 +135,9 @@ def print_export(summary: ExportSummary) -> None:
     if not summary.listed:
         out.print("[yellow]the selection matches no run at the source[/yellow]")
     for line in missing:
-        out.print(f"[yellow]missing file[/yellow] {escape(line)}")
+        flagged("missing file", "yellow", line)
     for outcome in summary.failed:
-        out.print(f"[red]failed[/red] {escape(outcome.key)}: {escape(str(outcome.error))}")
+        flagged("failed", "red", f"{outcome.key}: {outcome.error}")
 
 
 def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
@@ -152,38 +154,53 @@ def print_registry(outcomes: list[RegistryOutcome], where: str) -> None:
 def print_validation(result: ValidationResult) -> None:
     print_summary(result.report, out, next_step=False)
     paths = result.paths
-    out.print(f"\nReport: [bold]{paths['html']}[/bold] (also {paths['json'].name}, {paths['markdown'].name}, "
-              f"{paths['errors'].name})")
+    also = f"(also {paths['json'].name}, {paths['markdown'].name}, {paths['errors'].name})"
+    line = f"Report: {paths['html']} {also}"
+    out.print()
+    if len(line) <= out.width:
+        out.print(escape(line), highlight=False, soft_wrap=True)
+    else:  # the path whole on a line of its own, where it can be copied
+        out.print(f"Report {escape(also)}:", highlight=False)
+        out.print(escape(str(paths["html"])), style="bold", highlight=False, soft_wrap=True)
     print_next_step(result.report, out)
 
 
 def print_hint(hint: str | None) -> None:
-    if hint:
-        out.print("\n" + hint, soft_wrap=True, markup=False, highlight=False)
-
-
-def shorten(text: str, width: int) -> str:
-    """`text` in at most `width` characters, its middle replaced by an ellipsis: a path or URI keeps its start and
-    its end (the file name) and is never split across two lines."""
-    if len(text) <= width:
-        return text
-    if width < 5:
-        return text[:width]
-    tail = (width - 1) // 2
-    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
+    """What to do next: prose wrapped at spaces; a command line (it has options) wrapped with shell continuations,
+    so that pasting its lines runs it."""
+    if not hint:
+        return
+    out.print()
+    for text in hint.splitlines():
+        prefix, sep, command = text.partition(": ")
+        if " --" not in text:
+            lines = word_lines(text, out.width)
+        elif sep and " --" in command and " --" not in prefix and len(prefix) + 2 + len(command) > out.width:
+            lines = [prefix + ":", *shell_lines(command, out.width)]  # the command alone on its lines, to copy
+        else:
+            lines = shell_lines(text, out.width)
+        for line in lines:
+            out.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def heading(text: str) -> None:
-    """A title on a line of its own (a rich table title is wrapped to the table's width, splitting a path)."""
+    """A title on a line of its own, shortened in the middle (a rich table title is wrapped to the table's
+    width, which splits a path or URI in two)."""
     out.print(escape(shorten(text, out.width)), style="bold", highlight=False, soft_wrap=True)
 
 
 def wrapped(text: str, indent: str = "    ") -> None:
     """Prose wrapped to the terminal at spaces only: a path or URI longer than a line stays whole on its own."""
-    for line in text.splitlines() or [""]:
-        for part in textwrap.wrap(line, out.width, initial_indent=indent, subsequent_indent=indent,
-                                  break_long_words=False, break_on_hyphens=False) or [indent]:
-            out.print(escape(part), highlight=False, soft_wrap=True)
+    for line in word_lines(text, out.width, indent):
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def flagged(flag: str, color: str, text: str) -> None:
+    """`flag` in color, then `text`, wrapped at spaces only (a failed run's error names paths and URIs)."""
+    lines = word_lines(f"{flag} {text}", out.width)
+    for n, line in enumerate(lines):
+        body = escape(line[len(flag):] if n == 0 else line)
+        out.print(f"[{color}]{escape(flag)}[/{color}]{body}" if n == 0 else body, highlight=False, soft_wrap=True)
 
 
 _COLORS = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow", "interrupted": "yellow"}
