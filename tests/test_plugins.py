@@ -61,7 +61,8 @@ def test_load_and_validate_through_a_toy_target(tmp_path: Path) -> None:
               "--state", str(tmp_path / "state.db"), "--no-progress"]
     loaded = _cli("load", *common, env=env)
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
-    assert f"Runs written to {tmp_path / 'toy'}" in loaded.stdout
+    # The hint is wrapped at spaces to the terminal: the folder whole, on the next line when it does not fit.
+    assert f"Runs written to {tmp_path / 'toy'}" in " ".join(loaded.stdout.split())
     files = sorted((tmp_path / "toy").glob("*.json"))
     assert files and all(json.loads(f.read_text())["params"] for f in files)
     checked = _cli("validate", *common, "--report-dir", str(tmp_path / "report"), env=env)

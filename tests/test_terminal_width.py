@@ -97,6 +97,10 @@ def test_shell_lines_paste_back_into_the_same_command() -> None:
     assert all(len(line) <= 60 for line in lines), lines
     assert shlex.split(" ".join(line.removesuffix(" \\") for line in lines)) == shlex.split(command)
     assert shell_lines("short", 60) == ["short"]
+    upload = "cd /srv/out/wandb-offline && wandb sync wandb/offline-run-20240101_000000-abc wandb/offline-run-2"
+    lines = shell_lines(upload, 50)
+    assert lines[0] == "cd /srv/out/wandb-offline && wandb sync \\" and all(len(x) <= 50 for x in lines), lines
+    assert shlex.split(" ".join(line.removesuffix(" \\") for line in lines)) == shlex.split(upload)
 
 
 def test_shorten_keeps_both_ends() -> None:

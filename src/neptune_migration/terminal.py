@@ -11,6 +11,8 @@ import textwrap
 
 # A shell word: runs of quoted strings and non-space characters ('a b' stays one word).
 _WORD = re.compile(r"""(?:'[^']*'|"[^"]*"|\S)+""")
+# Commands whose next word belongs with them on a line (their subcommand, or cd's folder).
+_PROGRAMS = ("cd", "mlflow", "wandb", "neptune-migrate")
 
 
 def shorten(text: str, width: int) -> str:
@@ -50,16 +52,15 @@ def shell_lines(command: str, width: int) -> list[str]:
 
 
 def _units(words: list[str], width: int) -> list[str]:
-    """`--option value` as one unit when it fits a continuation line, else its two words."""
+    """Words that read as one stay on one line: `--option value`, `cd FOLDER`, a program with its subcommand
+    (`wandb sync`, `mlflow ui`) and `&&` with the command after it, each when it fits a continuation line."""
     units: list[str] = []
-    i = 0
-    while i < len(words):
-        pair = " ".join(words[i:i + 2])
-        if words[i].startswith("-") and i + 1 < len(words) and not words[i + 1].startswith("-") \
-                and len(pair) + 4 <= width:
-            units.append(pair)
-            i += 2
+    for word in words:
+        last = units[-1].split()[-1] if units else ""
+        glue = last == "&&" or last.rsplit("/", 1)[-1] in _PROGRAMS or (
+            last.startswith("-") and not word.startswith("-") and last == units[-1])
+        if glue and len(units[-1]) + 1 + len(word) + 4 <= width:
+            units[-1] += " " + word
         else:
-            units.append(words[i])
-            i += 1
+            units.append(word)
     return units

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -165,20 +166,24 @@ def print_validation(result: ValidationResult) -> None:
     print_next_step(result.report, out)
 
 
+# A line (or the part after "Label: ") that is a shell command: pasting it must run it whole.
+_COMMAND = re.compile(r"^(cd |neptune-migrate |mlflow |wandb |\S*/(mlflow|wandb|neptune-migrate) )")
+
+
 def print_hint(hint: str | None) -> None:
-    """What to do next: prose wrapped at spaces; a command line (it has options) wrapped with shell continuations,
-    so that pasting its lines runs it."""
+    """What to do next: prose wrapped at spaces; a command wrapped with shell continuations, alone on its lines
+    when it does not fit beside its label, so that pasting its lines runs it."""
     if not hint:
         return
     out.print()
     for text in hint.splitlines():
-        prefix, sep, command = text.partition(": ")
-        if " --" not in text:
-            lines = word_lines(text, out.width)
-        elif sep and " --" in command and " --" not in prefix and len(prefix) + 2 + len(command) > out.width:
-            lines = [prefix + ":", *shell_lines(command, out.width)]  # the command alone on its lines, to copy
-        else:
+        label, sep, rest = text.partition(": ")
+        if _COMMAND.match(text):
             lines = shell_lines(text, out.width)
+        elif sep and _COMMAND.match(rest) and len(text) > out.width:
+            lines = [label + ":", *shell_lines(rest, out.width)]
+        else:
+            lines = word_lines(text, out.width)
         for line in lines:
             out.print(line, soft_wrap=True, markup=False, highlight=False)
 
