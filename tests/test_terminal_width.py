@@ -110,3 +110,18 @@ def test_shorten_keeps_both_ends() -> None:
     assert shorten("short", 40) == "short"
 
 
+
+
+def test_discover_fits_80_columns_with_the_project_whole() -> None:
+    from neptune_migration.sandbox import Sandbox, generate_project
+
+    name = "a-longer-project-name-for-width-checks"
+    with Sandbox([generate_project(name, runs=3)]) as sandbox:
+        found = run_cli("discover", "--from", "neptune3", "-p", f"sandbox/{name}", "--no-progress",
+                        env=sandbox.env() | {"COLUMNS": "80"})
+    assert found.returncode == 0, found.stdout + found.stderr
+    _check(found.stdout, [])
+    lines = found.stdout.splitlines()
+    assert f"sandbox/{name}" in lines, found.stdout  # whole, on a line of its own under the table
+    assert any(line.startswith("  by type: ") for line in lines), found.stdout
+    assert not _split_across_lines(found.stdout, f"sandbox/{name}")

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 import neptune_migration as nm
 from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, DEFAULT_MIGRATE_ARCHIVE, RegistryOutcome
@@ -35,6 +34,7 @@ from neptune_migration.cli.options import (
 )
 from neptune_migration.cli.output import (
     out,
+    print_discover,
     print_export,
     print_hint,
     print_load,
@@ -109,17 +109,7 @@ def discover(json_output: bool, **kwargs: Any) -> None:
     if json_output:
         out.print_json(json.dumps(found.to_dict()))
         return
-    table = Table(title="Discovered")
-    for col in ("project", "runs", "experiments", "attributes", "by type"):
-        table.add_column(col, overflow="fold")
-    for p in found.projects:
-        by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
-        table.add_row(p["project"], str(p["runs"]), str(len(p["experiments"])), str(p["attributes"]), by_type)
-    out.print(table)
-    for p in found.projects:
-        for run in p.get("run_details", []):
-            derived = ", ".join(f"{k} from {v}" for k, v in (run.get("derived") or {}).items())
-            out.print(f"  {p['project']}/{run['run_id']}: {run.get('folder', '')} {derived}".rstrip())
+    print_discover(found.projects)
     out.print(f"{found.runs} runs selected; files declared: {found.file_bytes / 1e6:,.1f} MB "
               f"(file series counted at export)")
 

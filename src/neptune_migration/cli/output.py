@@ -56,6 +56,28 @@ def setup_logging(verbose: bool, log_file: Path | None, no_progress: bool) -> No
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def print_discover(projects: list[dict[str, Any]]) -> None:
+    """A table of counts per project (the name shortened in its middle to fit), then each project's attributes by
+    type and its runs' folders under the table, wrapped at spaces."""
+    heading("Discovered")
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    room = max(12, out.width - len("  runs  experiments  attributes") - 2)
+    table.add_column("project", no_wrap=True)
+    for col in ("runs", "experiments", "attributes"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in projects:
+        table.add_row(escape(shorten(p["project"], room)), str(p["runs"]), str(len(p["experiments"])),
+                      str(p["attributes"]))
+    out.print(table)
+    for p in projects:
+        by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
+        out.print(escape(p["project"]), highlight=False, soft_wrap=True)
+        wrapped(f"by type: {by_type}", indent="  ")
+        for run in p.get("run_details", []):
+            derived = ", ".join(f"{k} from {v}" for k, v in (run.get("derived") or {}).items())
+            wrapped(f"{p['project']}/{run['run_id']}: {run.get('folder', '')} {derived}".rstrip(), indent="  ")
+
+
 def print_load(summary: LoadSummary) -> None:
     heading(f"Load into {summary.target}")
     table = Table(show_header=False, box=None)
