@@ -42,6 +42,8 @@ def test_status_answers_while_a_load_holds_the_ledger(tmp_path: Path, mlflow_ser
             time.sleep(0.05)
         assert proc.poll() is None, "the load finished before status was asked; make the work bigger"
 
+        # What starting the command costs on this (busy) machine, so the bound below measures only waiting.
+        _, startup = _status(state, "--help")
         shown, seconds = _status(state)
         as_json, json_seconds = _status(state, "--json")
         assert proc.poll() is None, "the load must still hold the ledger while status answers"
@@ -50,7 +52,8 @@ def test_status_answers_while_a_load_holds_the_ledger(tmp_path: Path, mlflow_ser
         proc.communicate(timeout=60)
 
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert seconds < 5 and json_seconds < 5, (seconds, json_seconds)
+    # The writer's lock is never waited for (the old refusal came after 5 s of waiting).
+    assert max(seconds, json_seconds) < startup + 3, (startup, seconds, json_seconds)
     assert "In use by a running neptune-migrate" in shown.stdout, shown.stdout
     totals_header = next(line for line in shown.stdout.splitlines() if line.startswith("stage"))
     assert totals_header.split()[:5] == ["stage", "done", "running", "failed", "interrupted"], totals_header
@@ -89,12 +92,13 @@ def test_status_answers_during_a_sync_loop(tmp_path: Path) -> None:
                 if not line or "next sync in 1h" in line:
                     break
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            _, startup = _status(state, "--help")
             shown, seconds = _status(state)
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             proc.communicate(timeout=60)
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert seconds < 5, seconds
+    assert seconds < startup + 3, (startup, seconds)
     lines = shown.stdout.splitlines()
     for stage in ("export", "load", "validate"):
         row = next(line for line in lines if line.startswith(stage + " "))
