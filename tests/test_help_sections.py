@@ -67,3 +67,18 @@ def test_every_command_has_the_same_sections(command: str, expected: list[str]) 
     found = sections(_help(command))
     assert [s for s in found if s != "Other options"] == expected
     assert found.get("Other options", ["--help"]) == ["--help"]
+
+
+def test_a_field_may_name_its_section() -> None:
+    from dataclasses import dataclass
+
+    from neptune_migration.cli.options import _sectioned
+    from neptune_migration.options import option
+
+    @dataclass
+    class CometOptions:
+        comet_workspace: str | None = option(help="Comet workspace.")
+        comet_batch: int = option(100, help="Points per request.", panel="Run control")
+
+    assert [(spec.flag, title) for spec, title in _sectioned([(CometOptions, "Target: comet")])] == [
+        ("--comet-workspace", "Target: comet"), ("--comet-batch", "Run control")]
