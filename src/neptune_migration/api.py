@@ -37,10 +37,12 @@ from neptune_migration.executors import open_cluster
 from neptune_migration.ledger import (
     Entry,
     Ledger,
+    LedgerView,
     SyncState,
     default_state_path,
     is_database_uri,
     open_ledger,
+    open_view,
     redact_uri,
 )
 from neptune_migration.options import build as build_options
@@ -194,6 +196,11 @@ class RetryResult:
                 "validation": self.validation.to_dict() if self.validation is not None else None}
 
 
+# The stages in pipeline order, and the statuses `status` always counts (others only when present).
+STAGES = ("export", "load", "validate")
+STATUS_TOTALS = ("done", "running", "failed", "interrupted")
+
+
 @dataclass
 class StatusResult:
     state: Path | str  # a file, or the PostgreSQL URI without its password
@@ -201,6 +208,9 @@ class StatusResult:
     ok: bool = True
     # `migrate --sync`: per run and target, when it was last synced and what that sync added.
     syncs: list[SyncState] = field(default_factory=list)
+    # A SQLite ledger: whether a neptune-migrate process holds it now, so its `running` rows are live (not rows a
+    # killed process left). None for PostgreSQL, where each row carries its holder's lease instead.
+    in_use: bool | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -208,10 +218,23 @@ class StatusResult:
             out[e.status] = out.get(e.status, 0) + 1
         return dict(sorted(out.items()))
 
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per stage, how many rows are in each status: done, running, failed and interrupted always, others
+        (mismatch, skipped, pending) where there are some."""
+        present = {e.status for e in self.entries} - set(STATUS_TOTALS)
+        columns = [*STATUS_TOTALS, *sorted(present)]
+        stages = [*STAGES, *sorted({e.stage for e in self.entries} - set(STAGES))]
+        out = {stage: dict.fromkeys(columns, 0) for stage in stages}
+        for e in self.entries:
+            out[e.stage][e.status] += 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"state": str(self.state), "counts": self.counts(), "entries": [
+        return {"state": str(self.state), "in_use": self.in_use, "totals": self.totals(), "counts": self.counts(),
+                "entries": [
             {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
-             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
+             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error,
+             "updated_at": e.updated_at}
             for e in self.entries], "syncs": [
             {"project_id": x.ref.project_id, "run_id": x.ref.run_id, "target": x.target, "syncs": x.syncs,
              "last_synced": x.synced_at, "gained": x.gained} for x in self.syncs if x.syncs]}
@@ -622,7 +645,18 @@ def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str |
 
 
 def status(*, state: str | Path | None = None, stage: str | None = None, failed: bool = False) -> StatusResult:
-    """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched)."""
-    with _ledger(state, must_exist=True) as ledger:
-        entries = [e for e in ledger.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
-        return StatusResult(ledger.path, entries, syncs=[x for x in ledger.sync_states() if x.syncs])
+    """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched).
+
+    Read-only and never waits: it answers while a load, a migrate or a `migrate --sync --every` loop holds the
+    ledger, showing the rows that process has committed so far."""
+    if state is None:
+        state = os.environ.get("NEPTUNE_MIGRATION_STATE") or None
+    if state is None or not is_database_uri(str(state)):
+        path = Path(state) if state is not None else default_state_path()
+        if not path.exists():
+            raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
+        state = path
+    with open_view(state) as view:
+        entries = [e for e in view.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
+        in_use = view.in_use() if isinstance(view, LedgerView) else None
+        return StatusResult(view.path, entries, syncs=[x for x in view.sync_states() if x.syncs], in_use=in_use)

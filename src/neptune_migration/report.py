@@ -21,6 +21,7 @@ from neptune_migration._version import __version__
 from neptune_migration.ledger import Entry, Ledger
 from neptune_migration.secrets import redact_tree
 from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
+from neptune_migration.terminal import shell_lines, shorten, word_lines
 
 SCHEMA = "neptune-migration/validation-report"
 # 2 added runs[].target_url, approximation_details and next_command.
@@ -275,9 +276,11 @@ def write_reports(report: dict[str, Any], folder: Path) -> dict[str, Path]:
 # -- terminal -------------------------------------------------------------------------------------------------
 def print_summary(report: dict[str, Any], console: Console, max_mismatches: int = 20, next_step: bool = True) -> None:
     """The totals, mismatches and approximations; ends with the next command when one is needed (`next_step`
-    False: the caller prints it last, after lines of its own)."""
+    False: the caller prints it last, after lines of its own). Every line fits the console; no path, URI or
+    attribute is split across lines."""
     totals = report["totals"]
-    table = Table(title=f"Validation against {report['target']}", show_header=False, box=None)
+    _say(console, shorten(f"Validation against {report['target']}", console.width), style="bold")
+    table = Table(show_header=False, box=None)
     for name, label in TOTAL_FIELDS:
         value = totals[name]
         style = "red" if name in ("runs_mismatched", "runs_failed", "mismatches", "errors") and value else ""
@@ -285,35 +288,51 @@ def print_summary(report: dict[str, Any], console: Console, max_mismatches: int 
         table.add_row(label, f"[{style}]{text}[/{style}]" if style else text)
     console.print(table)
     if len(report["projects"]) > 1:
-        per = Table(title="Per project")
-        for col in ("project", "runs", "validated", "mismatched", "failed", "points", "files"):
-            per.add_column(col, justify="left" if col == "project" else "right")
-        for p in report["projects"]:
-            per.add_row(p["project_id"], *(f"{p[k]:,}" for k in ("runs", "validated", "mismatched", "failed",
-                                                                   "points", "files")))
-        console.print(per)
+        _print_projects(report["projects"], console)
     if report["mismatches"]:
-        mm = Table(title="Mismatches")
-        for col in ("run", "attribute", "kind", "what differs"):
-            mm.add_column(col, overflow="fold")
+        _say(console, "Mismatches", style="bold")
         for m in report["mismatches"][:max_mismatches]:
-            mm.add_row(f"{m['project_id']}/{m['run_id']}", m["attribute"], m["kind"], m["detail"])
-        console.print(mm)
+            where = f"{m['project_id']}/{m['run_id']}  {m['attribute']}"
+            _say(console, shorten(where, console.width - len(m["kind"]) - 3) + f"  ({m['kind']})", style="red")
+            for line in word_lines(m["detail"], console.width, indent="    "):
+                _say(console, line)
         if len(report["mismatches"]) > max_mismatches:
             console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
     if line := pass_line(report):
         console.print(line, markup=False, highlight=False)
     for detail in report.get("approximation_details", []):
-        console.print(f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
-                      f"Runs: {_runs_text(detail)}.", markup=False, highlight=False)
+        text = (f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
+                f"Runs: {_runs_text(detail)}.")
+        for line in word_lines(text, console.width):
+            _say(console, line)
     if next_step:
         print_next_step(report, console)
+
+
+def _say(console: Console, line: str, style: str | None = None) -> None:
+    """One line as it is: no markup, and no wrapping by rich (which would fold a long word in two)."""
+    console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_projects(projects: list[dict[str, Any]], console: Console) -> None:
+    columns = ("runs", "validated", "mismatched", "failed", "points", "files")
+    rows = [[f"{p[k]:,}" for k in columns] for p in projects]
+    numbers = sum(max(len(c), *(len(r[i]) for r in rows)) + 1 for i, c in enumerate(columns))
+    room = max(12, console.width - numbers - 4)
+    per = Table(title="Per project", box=None)
+    per.add_column("project", no_wrap=True)
+    for col in columns:
+        per.add_column(col, justify="right", no_wrap=True)
+    for p, row in zip(projects, rows, strict=True):
+        per.add_row(shorten(p["project_id"], room), *row)
+    console.print(per)
 
 
 def print_next_step(report: dict[str, Any], console: Console) -> None:
     if report.get("next_command"):
         console.print("\nNext: load the failed and mismatched runs again and validate them:", markup=False)
-        console.print(report["next_command"], markup=False, highlight=False, soft_wrap=True)
+        for line in shell_lines(report["next_command"], console.width):
+            _say(console, line)
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------
