@@ -130,6 +130,13 @@ def test_verifier_reports_what_was_changed_in_aim(tmp_path: Path) -> None:
             ("run", "end_time")} <= kinds, kinds
     assert next(c for c in checked.summary.checks if c.ref.key != NASTY).status == "validated"
 
+    # retry discards the run that differs and loads it afresh: one Aim run again, exact.
+    retried = nm.retry(archive, report_dir=tmp_path / "report2", **_options(tmp_path))
+    assert retried.ok, retried.to_dict()
+    (again,) = runs_by_key(repo)[NASTY]
+    assert again.hash != run.hash and 99_999 not in points(again, "metrics/loss")
+    assert not (repo / "neptune-artifacts" / run.hash).exists()
+
 
 def test_remote_tracking_server_is_refused_in_one_line(tmp_path: Path) -> None:
     archive = write_nasty_archive(tmp_path / "archive")

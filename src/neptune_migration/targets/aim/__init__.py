@@ -6,6 +6,7 @@ This module is what the registry loads for `--to aim`: the options and the facto
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,9 @@ from neptune_migration.targets.base import TargetPlugin, TargetSettings
 
 @dataclass
 class AimOptions:
-    aim_repo: str = option("aim-repo", help="--to aim: the Aim repository folder (created if absent); serve it with "
-                           "`aim up --repo PATH`. A remote tracking server (aim://HOST:PORT) is not supported yet.")
+    aim_repo: str = option("aim-repo", metavar="PATH", help="--to aim: the Aim repository folder (created if absent); "
+                           "serve it with `aim up --repo PATH`. A remote tracking server (aim://HOST:PORT) is not "
+                           "supported yet.")
 
 
 def _build(opts: AimOptions, settings: TargetSettings) -> Any:
@@ -38,12 +40,12 @@ def _verifier(target: Any) -> Any:
 
 
 def _hint(target: Any) -> str:
-    return f"Open the Aim UI: aim up --repo {target.path}"
+    return f"Open the Aim UI: aim up --repo {shlex.quote(str(target.path))}"
 
 
 plugin = TargetPlugin(
     name="aim",
-    summary="a local Aim repository (aim up)",
+    summary="a local Aim repository, served by aim up",
     options=AimOptions,
     build=_build,
     verifier=_verifier,

@@ -8,6 +8,7 @@ The run is marked `complete` in its `neptune_migration` param only after everyth
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -105,11 +106,16 @@ class AimTarget:
     # -- identity -----------------------------------------------------------------------------------------
     def _key_of(self, run_hash: str) -> str | None:
         """A run's Neptune key, read from its own chunk (a run cut short is not in Aim's index yet)."""
-        tree = self.repo.request_tree("meta", run_hash, read_only=True, skip_read_optimization=True)
+        from aim.storage.rockscontainer import RocksContainer
+
+        # Opened and closed here, outside Aim's pool: a pooled handle would outlive a deleted run's files.
+        container = RocksContainer(str(Path(self.repo.path) / "meta" / "chunks" / run_hash), read_only=True)
         try:
-            return tree[("meta", "chunks", run_hash, "attrs", STATE_KEY, "run_key")]
+            return container.tree()[("meta", "chunks", run_hash, "attrs", STATE_KEY, "run_key")]
         except (KeyError, TypeError):
             return None
+        finally:
+            container.close()
 
     def find_runs(self, ref: RunRef) -> list[str]:
         """The hashes of the Aim runs carrying this Neptune run's key, oldest first."""
@@ -127,10 +133,20 @@ class AimTarget:
         with self._lock:
             found = self.find_runs(ref)
             for run_hash in found:
-                self.repo.delete_run(run_hash)
+                self._delete(run_hash)
             assert self._keys is not None
             self._keys.pop(ref.key, None)
             return len(found)
+
+    def _delete(self, run_hash: str) -> None:
+        # Aim's pool keeps RocksDB handles of the run open; closed first, they cannot flush into deleted files later.
+        for config, container in list(self.repo.container_pool.items()):
+            if config.sub == run_hash:
+                container.close()
+                self.repo.container_pool.pop(config, None)
+        if not self.repo.delete_run(run_hash):  # Aim logs its reason and returns False
+            raise TargetError(f"Aim could not delete run {run_hash} of {self.path}")
+        shutil.rmtree(self.path / ARTIFACTS_DIR / run_hash, ignore_errors=True)
 
     @contextmanager
     def _open(self, run: ArchivedRun, replace: bool) -> Iterator[Any]:
