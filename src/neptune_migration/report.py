@@ -97,6 +97,8 @@ APPROXIMATIONS = {
     "at least one bin.",
     "aim_empty_series_not_created": "Series without any point have no Aim sequence, because Aim creates a sequence "
     "with its first point.",
+    "aim_undecodable_image_kept_as_file": "A file series entry named like an image that Pillow cannot decode is "
+    "kept as an artifact only, because Aim's image sequence decodes every image it stores.",
     "aim_empty_tag_dropped": "Empty tags are dropped, because an Aim tag is found and shown by its name.",
     "file_row_without_path": "A file row in the archive names no path, so there was no payload to upload and it was "
     "skipped.",

@@ -28,6 +28,7 @@ from neptune_migration.targets.aim.mapping import (
     STATE_KEY,
     aim_step,
     artifact_name,
+    decodable_image,
     dropped_tags,
     even_edges,
     exact_step,
@@ -312,6 +313,9 @@ class AimTarget:
                     result.bytes += size
                     ctx.on_bytes(size)
                     if type_ == "file_series" and is_image(entry):
+                        if not decodable_image(local):
+                            result.approx("aim_undecodable_image_kept_as_file")
+                            continue
                         step, _ = aim_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
                         when = seconds(ms_of(row["timestamp"], start_ms))
                         track(Image(str(local), caption=entry), when, path, step, None, context={})

@@ -124,6 +124,19 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def decodable_image(path: Path) -> bool:
+    """Whether Aim can make an image of a file (Aim decodes with Pillow, its own dependency): a file named `.png`
+    that is not one stays a file only."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
 def run_name(run: ArchivedRun) -> str:
     return run.ref.run_id
 

@@ -25,6 +25,7 @@ from neptune_migration.targets.aim.mapping import (
     STATE_KEY,
     aim_step,
     artifact_name,
+    decodable_image,
     even_edges,
     exact_step,
     experiment_name,
@@ -208,6 +209,9 @@ class AimVerifier:
                 digest.update(f"{name}\0{size}\0{sha}\0".encode())
                 _check_artifact(check, path, name, size, sha, artifacts.get(name))
                 if type_ == "file_series" and is_image(entry):
+                    if not decodable_image(local):
+                        check.approx("aim_undecodable_image_kept_as_file")
+                        continue
                     step, _ = aim_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
                     images[path][step] = ms_of(row["timestamp"], start_ms)
         for path, want in sorted(images.items()):
