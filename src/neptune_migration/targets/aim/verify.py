@@ -53,15 +53,18 @@ class AimVerifier:
 
     def close(self) -> None:
         with self._lock:
-            if self._repo is not None:
-                self._repo.close()
-                self._repo = None
+            self._drop_repo()
+
+    def _drop_repo(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
 
     def discard(self, run: ArchivedRun) -> int:
         """Delete every Aim run of this Neptune run (for `retry`): the next load creates it afresh."""
         removed = self.target.discard(run.ref)
         with self._lock:
-            self._repo = None  # its index view predates the deletion
+            self._drop_repo()  # its index view predates the deletion
         return removed
 
     # -- finding the run through Aim's index --------------------------------------------------------------
@@ -71,6 +74,7 @@ class AimVerifier:
                 # A Repo of its own (not the loader's pooled one): its read-only view of the index is taken now.
                 from aim import Repo
 
+                self._drop_repo()
                 self._repo = Repo(str(self.target.path))
                 keys: dict[str, list[str]] = defaultdict(list)
                 for aim_run in self._repo.iter_runs():
