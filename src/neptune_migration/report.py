@@ -82,6 +82,29 @@ APPROXIMATIONS = {
     "-Infinity, because the W&B config is JSON, which has no such numbers.",
     "timestamp_missing_used_start_time": "Points without a timestamp (2.x file series) get the run's start time, "
     "because every W&B history row needs one.",
+    # Aim (docs/aim.md)
+    "aim_failed_state_as_param": "A failed Neptune run is a finished Aim run whose param sys/failed is True, because "
+    "Aim runs have no failed state.",
+    "aim_datetime_param_as_text": "Datetime values are ISO 8601 text params (UTC, milliseconds), because Aim params "
+    "have no datetime type.",
+    "aim_steps_scaled": "Series with fractional steps get integer steps multiplied by a power of ten (the power per "
+    "series is in the run's param neptune_migration.step_decimals), because Aim steps are integers.",
+    "aim_step_rounded": "Steps that no power of ten turns into an integer within 64 bits are rounded, because Aim "
+    "steps are 64-bit integers.",
+    "aim_duplicate_step_kept_last": "Points repeated at one step of a series are kept once (the last), because Aim "
+    "holds one value per step.",
+    "aim_timestamp_missing_used_start_time": "Points without a timestamp get the run's start time, because every Aim "
+    "point has a time.",
+    "aim_histogram_uneven_edges_drawn_even": "Histograms with unevenly spaced edges are drawn on even bins between the "
+    "first and the last edge (the exact edges are kept in the distribution's edges field), because Aim "
+    "distributions have evenly spaced bins.",
+    "aim_empty_histogram_skipped": "Histogram points without bins are not written, because an Aim distribution needs "
+    "at least one bin.",
+    "aim_empty_series_not_created": "Series without any point have no Aim sequence, because Aim creates a sequence "
+    "with its first point.",
+    "aim_undecodable_image_kept_as_file": "A file series entry named like an image that Pillow cannot decode is "
+    "kept as an artifact only, because Aim's image sequence decodes every image it stores.",
+    "aim_empty_tag_dropped": "Empty tags are dropped, because an Aim tag is found and shown by its name.",
     "file_row_without_path": "A file row in the archive names no path, so there was no payload to upload and it was "
     "skipped.",
     "file_missing": "A payload the archive names is not in its files root, so it could not be uploaded.",
