@@ -230,6 +230,42 @@ class WandbKit(Kit):
             self.standin.file_stream_delay = 0.0
 
 
+# -- Aim: a local repository, read back with Aim's own SDK ---------------------------------------------------------
+class AimKit(Kit):
+    name = "aim"
+
+    def place(self, work: Path, mp: pytest.MonkeyPatch) -> Place:
+        return Place({"aim_repo": work / "aim"}, work=work)
+
+    def held(self, place: Place, run: ArchivedRun) -> Held:
+        from aim import Run
+
+        from neptune_migration.targets.aim.mapping import ARTIFACTS_DIR
+
+        with opened(self.name, place.options) as (target, _verifier):
+            found = target.find_runs(run.ref)
+            points = files = 0
+            for run_hash in found:
+                try:
+                    aim_run = Run(run_hash, repo=target.repo, read_only=True)
+                    points += sum(len(metric.values.values_list()) for metric in aim_run.metrics())
+                except Exception:  # a run cut short by a kill may not read back whole: it holds nothing usable
+                    pass
+                folder = target.path / ARTIFACTS_DIR / run_hash
+                files += sum(1 for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        return Held(tuple(found), points, files)
+
+    def midway(self, place: Place, state: Path) -> bool:
+        # Aim writes a run's points into its own RocksDB under seqs/chunks/<run hash>: once one holds a few
+        # hundred kB (thousands of points), a run is partly in Aim.
+        chunks = place.options["aim_repo"] / ".aim" / "seqs" / "chunks"
+        try:
+            return any(sum(f.stat().st_size for f in run.glob("*") if f.is_file()) > 200_000
+                       for run in (chunks.iterdir() if chunks.exists() else ()))
+        except FileNotFoundError:  # RocksDB replaced a file while we summed: look again on the next poll
+            return False
+
+
 # -- the toy target (tests/plugins/toy_target), installed the way tests/test_plugins.py installs it -----------------
 class ToyKit(Kit):
     name = "toy"
@@ -268,4 +304,4 @@ class ToyKit(Kit):
         yield {"toy_pause": 0.1}
 
 
-KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, ToyKit)}
+KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, AimKit, ToyKit)}

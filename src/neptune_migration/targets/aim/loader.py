@@ -52,8 +52,10 @@ _SERIES_COLUMNS = ["attribute_path", "attribute_type", "step", "step_exact", "ti
                    "string_value", "histogram_value"]
 
 
-def check_repo_spec(spec: str) -> Path:
-    """The local folder of `--aim-repo`, refusing what this target cannot write yet (a remote tracking server)."""
+def check_repo_spec(given: str | Path) -> Path:
+    """The local folder of `--aim-repo` (a string or, from the Python API, a path), refusing what this target
+    cannot write yet (a remote tracking server)."""
+    spec = str(given)
     if spec.startswith("aim://"):
         raise TargetError("--aim-repo aim://...: a remote Aim tracking server is not supported yet; load into a local "
                           "repository folder and serve it with `aim up --repo PATH`")
@@ -109,8 +111,11 @@ class AimTarget:
         """A run's Neptune key, read from its own chunk (a run cut short is not in Aim's index yet)."""
         from aim.storage.rockscontainer import RocksContainer
 
+        chunk = Path(self.repo.path) / "meta" / "chunks" / run_hash
+        if not (chunk / "CURRENT").exists():  # a deleted run Aim still lists: its database is gone
+            return None
         # Opened and closed here, outside Aim's pool: a pooled handle would outlive a deleted run's files.
-        container = RocksContainer(str(Path(self.repo.path) / "meta" / "chunks" / run_hash), read_only=True)
+        container = RocksContainer(str(chunk), read_only=True)
         try:
             return container.tree()[("meta", "chunks", run_hash, "attrs", STATE_KEY, "run_key")]
         except (KeyError, TypeError):
