@@ -25,7 +25,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from neptune_migration.archive import ArchiveWriter
-from neptune_migration.targets.mlflow.lease import LEASE_TAG
+from neptune_migration.targets.mlflow.lease import LEASE_TAG, ExperimentLeases
 from neptune_migration.vocabulary import RunRef
 
 from .conftest import VENV_BIN, MlflowServer, run_cli
@@ -143,6 +143,13 @@ def test_load_kill_resume_reload_validate(tmp_path: Path, versioned_server: Mlfl
     data = json.loads((report / "report.json").read_text())
     assert data["target_server"] == f"MLflow server {version}"
     assert all(r["status"] == "validated" for r in data["runs"]) and len(data["runs"]) == len(RUNS)
+
+    # A writer on another host may claim the experiment at once: the claim was removed or marked released.
+    exp = next(e for e in client.search_experiments() if e.name.startswith(prefix))
+    other = ExperimentLeases(client, lambda call: call())
+    other.me["host"] = "another-host"
+    other.claim(exp.experiment_id, exp.name)
+    other.release()
 
 
 def test_server_below_the_minimum_is_refused_before_anything_is_written(tmp_path: Path, prefix: str) -> None:
