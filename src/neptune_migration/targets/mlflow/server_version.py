@@ -58,7 +58,7 @@ def judge(version: str | None, where: str) -> str | None:
                 f"{supported_range()}")
     if parsed[:2] < MINIMUM:
         raise TargetError(
-            f"the MLflow server at {where} is version {version}; neptune-migrate writes to servers "
+            f"the MLflow server at {where} is version {version}; this tool writes to servers "
             f"{supported_range()} (older ones reject names and values the mapping sends): upgrade the server, or "
             "load into a local store (--mlflow-tracking-uri sqlite:///PATH) and move it later"
         )
