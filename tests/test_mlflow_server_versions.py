@@ -56,6 +56,8 @@ def _archive(root: Path) -> Path:
             w.add_atom("sys/modification_time", "datetime", t0 + timedelta(hours=1))
             w.add_atom("params/lr", "float", 0.1)
             w.add_atom("params/a b/c:d", "string", "colon and space in the name")
+            w.add_file("model/ckpt", "file", run_id.encode() * 1000, "ckpt.bin")
+            w.add_series("logs/out", "string_series", [0, 1.5], [t0, t0], ["a line", "another"])
             for s in range(SERIES):
                 # Fractional steps (0, 0.5, 1, ...) become integers at scale 10.
                 w.add_series(f"train/m{s}", "float_series", [i * 0.5 for i in range(POINTS)],
