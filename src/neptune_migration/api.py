@@ -419,6 +419,8 @@ def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir
                 urls[check.target_id] = url
     report = build_report(summary, ledger, archive=archive, source_check=source_check, run_urls=urls,
                           retry_command=retry_command, this_pass=this_pass)
+    if target is not None and (about := getattr(target, "about", None)):
+        report["target_server"] = about  # what the target said it runs (an MLflow server's version)
     if summary.workers:  # a cluster: which worker read each run back
         report["workers"] = dict(sorted(summary.workers.items()))
     return ValidationResult(summary, report, write_reports(report, Path(report_dir)))

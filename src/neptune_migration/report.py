@@ -359,11 +359,17 @@ def print_next_step(report: dict[str, Any], console: Console) -> None:
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------
+def _server_note(report: dict[str, Any]) -> str:
+    """` (MLflow server 3.10.1)` when the report knows the target's server (report.json's `target_server`)."""
+    return f" ({report['target_server']})" if report.get("target_server") else ""
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     totals = report["totals"]
     verdict = "all selected data matches" if report["ok"] else "MISMATCHES OR ERRORS FOUND"
     lines = [f"# Validation report: {verdict}", "",
-             f"Target `{report['target']}`, archive `{report['archive'] or '-'}`, generated {report['generated_at']} "
+             f"Target `{report['target']}`{_server_note(report)}, archive `{report['archive'] or '-'}`, "
+             f"generated {report['generated_at']} "
              f"by neptune-migrate {report['tool_version']}.", "", "| total | value |", "|---|---:|"]
     lines += [f"| {label} | {_cell(_human_bytes(totals[n]) if n == 'bytes' else f'{totals[n]:,}')} |"
               for n, label in TOTAL_FIELDS]
@@ -508,7 +514,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Validation report <span class=\"verdict {'ok' if ok else 'bad'}\" id=\"verdict\">"
         f"{'all selected data matches' if ok else 'mismatches or errors found'}</span></h1>",
-        f"<div class=\"meta\">Target <code>{e(report['target'])}</code> &middot; archive "
+        f"<div class=\"meta\">Target <code>{e(report['target'])}</code>{e(_server_note(report))} &middot; archive "
         f"<code>{e(report['archive'] or '-')}</code> &middot; generated {e(report['generated_at'])} by "
         f"neptune-migrate {e(report['tool_version'])} in {report['seconds']:,.1f} s</div>",
         f"<div class=\"cards\" id=\"totals\">{''.join(cards)}</div>",

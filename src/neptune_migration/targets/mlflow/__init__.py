@@ -67,7 +67,8 @@ def _hint(target: Any) -> str:
 
     # The experiments this target created or found while loading: the pages worth opening.
     ids = sorted(set(getattr(target, "_experiments", {}).values()), key=lambda x: (len(x), x))
-    return f"Open the MLflow UI: {ui_command(target.tracking_uri, ids)}"
+    about = getattr(target, "about", None)
+    return (f"Target: {about}\n" if about else "") + f"Open the MLflow UI: {ui_command(target.tracking_uri, ids)}"
 
 
 def _run_url(target: Any, run_id: str) -> str | None:

@@ -103,6 +103,7 @@ class MlflowBulkTarget(MlflowTarget):
         staging: Path,
         uploads: list[Future[None]],
         steps: StepPlan,
+        held: Any = None,  # unused: the rows counted in the run's own tag resume a bulk load exactly
     ) -> None:
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:

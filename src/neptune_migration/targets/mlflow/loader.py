@@ -2,9 +2,9 @@
 
 Identity: every MLflow run we create carries the tag `neptune.run_key_hash` (from `project_id/run_id`) from
 the moment it exists, so a rerun finds it. A run that died half-way is completed in place: params repeat as
-no-ops, metric batches already acknowledged are skipped through the ledger checkpoint, the batch in flight is
-re-sent (MLflow drops exact repeats), artifacts are overwritten, and only then is the run terminated and
-marked `neptune.migration.state=complete`.
+no-ops, metric batches already acknowledged are skipped through the ledger checkpoint, of the batches after it
+only the points the run does not hold are sent (held.py: older servers fail on a repeated NaN point), artifacts are
+overwritten, and only then is the run terminated and marked `neptune.migration.state=complete`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.mlflow import server_version as versions
 from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
+from neptune_migration.targets.mlflow.held import HeldPoints
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
     LOG_SUFFIX,
@@ -74,6 +76,8 @@ from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
+
+log = logging.getLogger("neptune_migration")
 
 METRICS_PER_BATCH = 1000
 # Rows per Arrow batch for float points: 16k keeps a batch's numpy and Python transients small (peak RSS
@@ -225,6 +229,9 @@ class MlflowTarget:
             mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: self.max_retries,
         })
         self.local_store: Path | None = None
+        # The tracking server's version, read by check() (None for a store in this process, or a server that did
+        # not say).
+        self.server_version: str | None = None
         if self.tracking_uri.startswith("sqlite:///"):
             db = Path(self.tracking_uri[len("sqlite:///") :])
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,11 @@ class MlflowTarget:
     @property
     def canonical(self) -> str:
         return "mlflow:" + public_uri(self.tracking_uri)
+
+    @property
+    def about(self) -> str | None:
+        """`MLflow server 3.10.1` once check() read the server's version; shown in summaries and reports."""
+        return f"MLflow server {self.server_version}" if self.server_version else None
 
     # -- setup ------------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -278,12 +290,22 @@ class MlflowTarget:
                     f"the MLflow tracking server at {public_uri(self.tracking_uri)} answered "
                     f"{response.status_code} on /health"
                 )
+            self._know_server()
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:
             raise TargetError(
                 f"the MLflow tracking store {public_uri(self.tracking_uri)} refused a query: {_reason(exc)}"
             ) from None
+
+    def _know_server(self) -> None:
+        """Read the server's version (refused below the tested minimum, a warning outside the range); it decides
+        the rules that differ between servers (server_version.py)."""
+        self.server_version = versions.read(self.tracking_uri, self.patience.timeout)
+        warning = versions.judge(self.server_version, public_uri(self.tracking_uri))
+        if warning:
+            log.warning(warning)
+        self._leases.deletes_tags = versions.at_least(self.server_version, versions.DELETES_EXPERIMENT_TAGS)
 
     def experiment_name(self, run: ArchivedRun) -> str:
         base = run.ref.project_id
@@ -374,13 +396,15 @@ class MlflowTarget:
             result.stale = retrying(lambda: self._scales.stale_runs(
                 exp_id, steps.raised, lambda r: run_scales(r, self.client), skip=[run_id]))
         failed_before = bool(existing) and LOAD_ERROR_TAG in existing[0].data.tags
+        # A run found again (a resumed load, or one from another ledger) may hold any of the batches to come.
+        held = HeldPoints.of(self.client, run_id, retrying) if existing else None
 
         try:
             self._log_params(run_id, run, atoms, ctx, result)
             with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
                 staging = Path(tmp)
                 uploads: list[Future[None]] = []
-                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps)
+                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps, held)
                 self._log_text_series(run_id, run, ctx, result, staging, uploads)
                 self._log_files(run_id, run, ctx, result, staging, uploads)
                 for fut in uploads:
@@ -601,18 +625,22 @@ class MlflowTarget:
         staging: Path,
         uploads: list[Future[None]],
         steps: StepPlan,
+        held: HeldPoints | None,
     ) -> None:
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
-        self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True)
+        self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True,
+                             held=held)
 
     def _stream_metrics(self, run_id: str, run: ArchivedRun, plan: dict[str, int], names: dict[str, str],
                         fallback_ts: int, ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult,
-                        count_skipped: bool) -> None:
+                        count_skipped: bool, held: HeldPoints | None = None) -> None:
         """Send `run`'s metric batches, `in_flight` at a time, skipping those an interrupted attempt had sent
-        (`count_skipped`: they still count as the run's points) and checkpointing the acknowledged prefix."""
+        (`count_skipped`: they still count as the run's points) and checkpointing the acknowledged prefix.
+        `held`: what the run holds already (a run found again); of the batches not skipped, only the points it
+        lacks are sent (held.py)."""
         done = int(checkpoint.get("metric_batches_done", 0))
         window: list[tuple[int, Future[None], int]] = []
         last_save = time.monotonic()
@@ -621,7 +649,12 @@ class MlflowTarget:
                 if count_skipped:
                     result.points += len(metrics)
                 continue
-            fut = self._metric_pool.submit(retrying, lambda m=metrics: self._send_metrics(run_id, m))
+            sending = held.missing(metrics) if held is not None else metrics
+            if sending:
+                fut = self._metric_pool.submit(retrying, lambda m=sending: self._send_metrics(run_id, m))
+            else:
+                fut = Future()
+                fut.set_result(None)
             window.append((index, fut, len(metrics)))
             while len(window) >= self.in_flight:
                 done, last_save = self._settle(window.pop(0), done, checkpoint, ctx, result, last_save)

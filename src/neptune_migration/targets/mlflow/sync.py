@@ -13,7 +13,7 @@ that grew are rewritten as their one artifact each (artifacts overwrite); new or
 the old path; end time and status are set again.
 
 Resumable like a load: metric batches the server acknowledged are counted in the ledger checkpoint (the `sync`
-row), so a rerun after a crash re-sends at most the batch in flight, which MLflow drops as an exact repeat.
+row); a rerun after a crash reads back the keys of the batches in doubt and sends only the points the run lacks.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from neptune_migration.archive.reader import to_ms
 from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
 from neptune_migration.targets.base import LoadContext, LoadResult, ReplaceNeeded
+from neptune_migration.targets.mlflow.held import HeldPoints
 from neptune_migration.targets.mlflow.mapping import (
     MAPPING_TAG,
     STATE_TAG,
@@ -66,6 +67,8 @@ def sync_run(target: MlflowTarget, run: ArchivedRun, delta: ArchivedRun, ctx: Lo
         raise ReplaceNeeded(f"the MLflow run was loaded with mapping version {loaded_with}")
     run_id = mlflow_run.info.run_id
     checkpoint = dict(ctx.checkpoint or {})
+    # An earlier attempt of this sync may have sent some of the batches to come (held.py).
+    resumed = checkpoint.get("mlflow_run_id") == run_id
     if checkpoint.get("mlflow_run_id") not in (None, run_id):
         checkpoint = {k: v for k, v in checkpoint.items() if k == "parts"}
     checkpoint["mlflow_run_id"] = run_id
@@ -76,7 +79,7 @@ def sync_run(target: MlflowTarget, run: ArchivedRun, delta: ArchivedRun, ctx: Lo
     with tempfile.TemporaryDirectory(prefix="neptune-sync-") as tmp:
         staging = Path(tmp)
         uploads: list[Future[None]] = []
-        _append_metrics(target, exp_id, mlflow_run, run, delta, ctx, checkpoint, result)
+        _append_metrics(target, exp_id, mlflow_run, run, delta, ctx, checkpoint, result, resumed)
         grown = sorted({p for b in delta.batches(_TEXT_TYPES, ["attribute_path"])
                         for p in b.column("attribute_path").to_pylist()})
         if grown:
@@ -146,7 +149,7 @@ def _sync_tags(target: MlflowTarget, run_id: str, run: ArchivedRun, held: dict[s
 
 
 def _append_metrics(target: MlflowTarget, exp_id: str, mlflow_run: Any, run: ArchivedRun, delta: ArchivedRun,
-                    ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult) -> None:
+                    ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult, resumed: bool) -> None:
     run_id = mlflow_run.info.run_id
     # The experiment's scale per key (targets/mlflow/scales.py), raised first if the new steps need a finer one.
     steps = target._step_plan(exp_id, run, ctx)
@@ -167,4 +170,6 @@ def _append_metrics(target: MlflowTarget, exp_id: str, mlflow_run: Any, run: Arc
     fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
     ctx.save_checkpoint(dict(checkpoint))
     # Only the delta's points are sent; what an interrupted sync had sent is skipped and not counted again.
-    target._stream_metrics(run_id, delta, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=False)
+    held = HeldPoints.of(target.client, run_id, retrying) if resumed else None
+    target._stream_metrics(run_id, delta, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=False,
+                           held=held)
