@@ -176,10 +176,10 @@ def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, ml
     words = shlex.split(line)
     assert words[:2] == ["neptune-migrate", "retry"], line
     options = dict(zip(words[2::2], words[3::2], strict=True))
+    assert float(options.pop("--timeout")) == 30
     assert options == {"--archive": str(data), "--files": str(files), "--to": "mlflow",
                        "--mlflow-tracking-uri": mlflow_server.uri, "--experiment-prefix": prefix,
-                       "--project": "ws/proj", "--state": str(work / "state.db"), "--workers": "2",
-                       "--timeout": "30"}, line
+                       "--project": "ws/proj", "--state": str(work / "state.db"), "--workers": "2"}, line
 
     payload.write_bytes(saved)
     retried = run_cli(*words[1:], "--no-progress", cwd=work, env={"MLFLOW_TRACKING_TOKEN": token})
@@ -188,7 +188,11 @@ def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, ml
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(f"{prefix}ws/proj")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.tags["neptune.run_key"] for r in runs) == ["ws/proj/run-a", "ws/proj/run-b",
+                                                                    "ws/proj/run-b-old"]
+    assert not any("neptune.migration.load_error" in r.data.tags for r in runs)  # the failed attempt repaired
+    run_a = next(r for r in runs if r.data.tags["neptune.run_key"] == "ws/proj/run-a")
+    assert "model" in {a.path for a in client.list_artifacts(run_a.info.run_id)}
 
 
 # -- first contact -------------------------------------------------------------------------------------------
