@@ -255,3 +255,17 @@ def test_first_contact_waits_for_a_server_still_starting() -> None:
     with pytest.raises(MigrationError, match=r"connection refused for \d+ s.*--connect-timeout"):
         first_contact(f"http://127.0.0.1:{_closed_port()}", Patience(timeout=1, budget=60, connect=1),
                       "test server")
+
+
+def test_closed_wandb_port_is_called_refused(exporter_archives: Path, work: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = run_cli("load", "--archive", str(exporter_archives / "neptune3" / "data"), "--exclude", "files",
+                     "--to", "wandb", "--state", str(work / "state.db"), cwd=work, timeout=120,
+                     env={"WANDB_BASE_URL": url, "WANDB_API_KEY": "local-" + "0" * 40})
+    elapsed = time.monotonic() - started
+    _one_line_error(result, f"cannot reach the W&B server at {url}", "connection refused", "--connect-timeout")
+    assert "no answer" not in result.stderr
+    assert list(work.iterdir()) == []
+    # wandb is imported before its check: slower to start than the others, still far from the retry budget.
+    assert elapsed < 45, elapsed
