@@ -21,6 +21,7 @@ from neptune_migration.ledger.sqlite import (
     SKIPPED,
     Entry,
     Ledger,
+    LedgerView,
     SyncState,
     default_state_path,
 )
@@ -31,6 +32,13 @@ def open_ledger(state: str | Path | None) -> Ledger:
     if state is not None and is_database_uri(str(state)):
         return PostgresLedger(str(state))
     return Ledger(Path(state) if state is not None else default_state_path())
+
+
+def open_view(state: str | Path) -> Ledger | LedgerView:
+    """What `status` reads: a PostgreSQL ledger as it is (readers never wait there), a SQLite file read-only."""
+    if is_database_uri(str(state)):
+        return PostgresLedger(str(state))
+    return LedgerView(Path(state))
 
 
 __all__ = [
@@ -44,11 +52,13 @@ __all__ = [
     "SKIPPED",
     "Entry",
     "Ledger",
+    "LedgerView",
     "PostgresLedger",
     "RunClaimed",
     "SyncState",
     "default_state_path",
     "is_database_uri",
     "open_ledger",
+    "open_view",
     "redact_uri",
 ]

@@ -47,7 +47,6 @@ from neptune_migration.retry import (
 )
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
-from neptune_migration.targets.mlflow import MAPPING_VERSION
 from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
@@ -79,6 +78,7 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
@@ -104,21 +104,25 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
+# MLflow 3's UI opens an experiment by this tag: without it a migrated experiment opens on the GenAI overview of
+# traces ("No data available") instead of its runs. Older servers ignore it.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
 # What `mlflow ui` serves a local store on: the port ui_command passes.
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
-def ui_server(tracking_uri: str) -> str | None:
-    """The base URL of the UI showing this tracking URI (no credentials), or None for a store with no UI."""
+def ui_server(tracking_uri: str) -> str:
+    """The base URL of the UI showing this tracking URI (no credentials): the server itself, or for a store read
+    in-process (a SQLite or database URI) what `mlflow ui` serves it on."""
     if tracking_uri.startswith(("http://", "https://")):
         return public_uri(tracking_uri).rstrip("/")
-    if tracking_uri.startswith("sqlite:///"):
-        return LOCAL_UI
-    return None
+    return LOCAL_UI
 
 
 def experiment_url(server: str, experiment_id: str) -> str:
-    # MLflow 3 opens an experiment in its GenAI view (traces) unless told otherwise; runs live in the ML view.
+    # Older servers ignore the workflow type; MLflow 3 also reads the experiment's kind tag (EXPERIMENT_KIND).
     return f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
@@ -127,20 +131,33 @@ def run_url(server: str, experiment_id: str, run_id: str) -> str:
     return f"{server}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
+def store_uri_to_show(uri: str) -> tuple[str, bool]:
+    """A database store URI that can be pasted into `mlflow ui`: the user kept, the password never printed (the
+    database driver reads it from the environment, e.g. PGPASSWORD). Also whether a password was removed."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri, False
+    host = (parts.username or "") + "@" + (parts.hostname or "")
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=host)), True
+
+
 def ui_command(tracking_uri: str, experiment_ids: list[str] | tuple[str, ...] = ()) -> str:
-    """How to look at the runs: the server's experiment pages, or for a local store the `mlflow ui` command and
-    the pages it will serve."""
+    """How to look at the runs, for every kind of store: a server's experiment pages, or for a store read
+    in-process (SQLite, PostgreSQL, MySQL) the `mlflow ui` command that serves it and the pages it will show."""
     server = ui_server(tracking_uri)
-    pages = [experiment_url(server, x) for x in experiment_ids] if server else []
-    if tracking_uri.startswith("sqlite:///"):
-        # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
-        beside = Path(sys.executable).parent / "mlflow"
-        mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
-        command = f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
-        return command + "\nthen open " + (" ".join(pages) if pages else LOCAL_UI)
-    if pages:
-        return "open " + " ".join(pages) + " in a browser"
-    return f"open {public_uri(tracking_uri)} in a browser"
+    pages = [experiment_url(server, x) for x in experiment_ids]
+    if tracking_uri.startswith(("http://", "https://")):
+        return "open " + (" ".join(pages) if pages else server) + " in a browser"
+    # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
+    shown, secret = store_uri_to_show(tracking_uri)
+    command = f"{mlflow} ui --backend-store-uri {shlex.quote(shown)} --port {urlsplit(LOCAL_UI).port}"
+    if secret:
+        command += "  (with the database password in the environment, e.g. PGPASSWORD or MYSQL_PWD)"
+    return command + "\nthen open " + (" ".join(pages) if pages else LOCAL_UI)
 
 
 def experiment_description(project_id: str, runs_selected: int | None = None) -> tuple[str, dict[str, str]]:
@@ -151,7 +168,7 @@ def experiment_description(project_id: str, runs_selected: int | None = None) ->
     note = (f"Migrated from Neptune project {project_id}" + (f" (workspace {workspace})" if workspace else "")
             + f" by neptune-migration {__version__} on {when}.{runs} Each run's Neptune id is in its tag "
             f"{KEY_TAG}.")
-    tags = {"mlflow.note.content": note, "neptune.project": project_id,
+    tags = {"mlflow.note.content": note, "neptune.project": project_id, EXPERIMENT_KIND: TRAINING_KIND,
             "neptune.migrated_by": f"neptune-migration {__version__}"}
     if workspace:
         tags["neptune.workspace"] = workspace
@@ -310,6 +327,9 @@ class MlflowTarget:
                     exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
+                if "neptune.migrated_by" in exp.tags and EXPERIMENT_KIND not in exp.tags:
+                    # Made by an earlier version of this tool: opened on the GenAI view until it has the kind.
+                    self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
             self._leases.claim(exp_id, name)
             self._experiments[name] = exp_id
             return exp_id
