@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from neptune_migration.selection import Selection
 from neptune_migration.stages.preflight import check_archive, check_state
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
-from .conftest import free_port, run_cli
+from .conftest import VENV_BIN, free_port, run_cli
 
 # A failed preflight costs the interpreter's start-up, never a store's creation or a server's retry budget.
 FAST_SECONDS = 30
@@ -155,6 +157,19 @@ def test_preflight_reads_the_archive_without_writing(exporter_archives: Path, tm
 
 
 # -- Next: lines --------------------------------------------------------------------------------------------
+def _next_command(stdout: str) -> str:
+    """The lines of the command after the `Next:` line, as a terminal shows them (wrapped with ` \\`
+    continuations): what a user selects and pastes."""
+    lines = stdout.rstrip().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Next:")) + 1
+    command = []
+    for line in lines[start:]:
+        command.append(line)
+        if not line.rstrip().endswith("\\"):
+            break
+    return "\n".join(command)
+
+
 def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, mlflow_server, prefix: str,
                                                      work: Path) -> None:
     data, files = exporter_archives / "neptune3" / "data", exporter_archives / "neptune3" / "files"
@@ -170,10 +185,8 @@ def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, ml
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert password not in output and token not in output
-    lines = result.stdout.rstrip().splitlines()
-    assert any(line.startswith("Next:") for line in lines), result.stdout
-    line = lines[-1]
-    words = shlex.split(line)
+    line = _next_command(result.stdout)
+    words = shlex.split(line.replace("\\\n", ""))  # a shell drops each backslash-newline
     assert words[:2] == ["neptune-migrate", "retry"], line
     options = dict(zip(words[2::2], words[3::2], strict=True))
     assert float(options.pop("--timeout")) == 30
@@ -182,7 +195,10 @@ def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, ml
                        "--project": "ws/proj", "--state": str(work / "state.db"), "--workers": "2"}, line
 
     payload.write_bytes(saved)
-    retried = run_cli(*words[1:], "--no-progress", cwd=work, env={"MLFLOW_TRACKING_TOKEN": token})
+    # Pasted into a shell as printed, continuation lines and all.
+    retried = subprocess.run(["bash", "-c", line], cwd=work, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, MLFLOW_TRACKING_TOKEN=token, NEPTUNE_MIGRATION_RETRIES="2",
+                                      PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"))
     assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-2000:]
     assert "Loaded again: 1 run(s)" in retried.stdout and token not in retried.stdout + retried.stderr
     client = MlflowClient(mlflow_server.uri)
