@@ -211,6 +211,19 @@ def test_next_line_of_a_failed_load_pastes_and_works(exporter_archives: Path, ml
     assert "model" in {a.path for a in client.list_artifacts(run_a.info.run_id)}
 
 
+@pytest.mark.parametrize("given,shown", [
+    ("postgresql://migrator:s3cret@db:5432/ledger", "postgresql://migrator@db:5432/ledger"),
+    ("postgresql+psycopg://migrator:s3cret@db/mlflow", "postgresql+psycopg://migrator@db/mlflow"),
+    ("http://neptune:s3cret@mlflow.example:5000", "http://mlflow.example:5000"),
+    ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+    ("s3://bucket/archive", "s3://bucket/archive"),
+])
+def test_next_line_urls_keep_what_connects_and_drop_passwords(given: str, shown: str) -> None:
+    from neptune_migration.cli.commands import _without_password
+
+    assert _without_password(given) == shown and "s3cret" not in _without_password(given)
+
+
 # -- first contact -------------------------------------------------------------------------------------------
 def _closed_port() -> int:
     """A port nothing listens on: bound, then released."""
