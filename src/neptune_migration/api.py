@@ -57,6 +57,7 @@ from neptune_migration.stages.load import LoadSummary
 from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.migrate import StageClock, Workers, run_pipeline
 from neptune_migration.stages.model_registry import export_registry, load_registry
+from neptune_migration.stages.preflight import check_archive, check_options, check_output, check_state, state_of
 from neptune_migration.stages.remote import Cluster, Plan, check_workers, location
 from neptune_migration.stages.sync import whole_selection
 from neptune_migration.stages.validate import ValidationSummary
@@ -310,15 +311,11 @@ def _open_target(to: str, options: dict[str, Any], workers: int, upload_workers:
 
 
 # -- a cluster ---------------------------------------------------------------------------------------------
-def _state(state: str | Path | None) -> str | Path | None:
-    return state if state is not None else (os.environ.get("NEPTUNE_MIGRATION_STATE") or None)
-
-
 def _writer(cluster: str | None, state: str | Path | None) -> str | None:
     """The name every worker of one cluster migration writes under (MLflow's experiment claim): one per ledger."""
-    if cluster is None or _state(state) is None:
+    if cluster is None or state_of(state) is None:
         return None
-    return "cluster-" + hashlib.sha256(redact_uri(str(_state(state))).encode()).hexdigest()[:16]
+    return "cluster-" + hashlib.sha256(redact_uri(str(state_of(state))).encode()).hexdigest()[:16]
 
 
 @contextmanager
@@ -328,10 +325,8 @@ def _cluster(address: str | None, state: str | Path | None, plan: Callable[[str]
     if address is None:
         yield None
         return
-    uri = _state(state)
-    if uri is None or not is_database_uri(str(uri)):
-        raise UsageError("--cluster needs the ledger in PostgreSQL, where every worker records its runs: "
-                         "--state postgresql://USER:PASSWORD@HOST:PORT/DB")
+    check_options(address, state)
+    uri = state_of(state)
     engine = open_cluster(address)
     try:
         cluster = Cluster(engine, plan(str(uri)))
@@ -341,6 +336,23 @@ def _cluster(address: str | None, state: str | Path | None, plan: Callable[[str]
         yield cluster
     finally:
         engine.shutdown(cancel_futures=True)
+
+
+def _preflight(archive: str | Path, files: str | Path | None, to: str, cluster: str | None,
+               state: str | Path | None, options: dict[str, Any], must_exist: bool = False) -> None:
+    """The usage errors of a command reading an archive, found before anything is written (stages/preflight.py):
+    its options, the archive, the ledger's path. The caller then builds the target and checks it."""
+    selection, _, _ = _split(options, target=plugins.target(to))
+    check_options(cluster, state)
+    check_archive(archive, files, selection)
+    check_state(state, must_exist)
+
+
+def _preflight_writing(archive: str | Path, cluster: str | None, state: str | Path | None) -> None:
+    """The same for a command writing an archive (export, migrate); the caller then checks the source."""
+    check_options(cluster, state)
+    check_output(archive)
+    check_state(state)
 
 
 def _tracker(title: str, progress: bool, stages: tuple[str, ...] = ()) -> Callable[[int], Tracker]:
@@ -440,7 +452,9 @@ def export(from_: str = "neptune3", *, archive: str | Path = DEFAULT_EXPORT_ARCH
            progress: bool = False, cluster: str | None = None, **options: Any) -> ExportResult:
     """Export the selected runs from a source into an archive (neptune-exporter's layout). Resumable.
     `cluster`: each run is exported by a task on a Dask cluster's workers (as `load`)."""
+    _preflight_writing(archive, cluster, state)
     source, plugin, selection = _open_source(from_, options, path)
+    source.check()
     root = _local(archive)
     plan = _source_plan(from_, options, path, source, selection, root, None, None, refresh)
     with _ledger(state) as ledger, _cluster(cluster, state, plan, write=True) as remote:
@@ -478,6 +492,7 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
     `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings).
     `cluster`: a Dask scheduler's address (tcp://HOST:PORT); each run is then loaded by a task on its workers, and
     `state` must be a PostgreSQL ledger (docs/cluster.md)."""
+    _preflight(archive, files, to, cluster, state, options)
     archived = Archive(str(archive), str(files) if files is not None else None)
     writer = _writer(cluster, state)
     target, plugin, selection = _open_target(to, options, _workers(workers), upload_workers, writer)
@@ -502,6 +517,7 @@ def validate(archive: str | Path, *, files: str | Path | None = None, to: str = 
     `retry_command`: the command the report names as the next step when anything failed or differs.
     `cluster`: read back on a Dask cluster's workers (as `load`)."""
     _check_report_dir(report_dir)
+    _preflight(archive, files, to, cluster, state, options)
     archived = Archive(str(archive), str(files) if files is not None else None)
     writer = _writer(cluster, state)
     target, plugin, selection = _open_target(to, options, _workers(workers), writer=writer)
@@ -524,12 +540,13 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
     """Load again only the runs that failed or mismatched (per the ledger), then validate them (`cluster`: on a
     Dask cluster's workers, as `load`)."""
     _check_report_dir(report_dir)
+    _preflight(archive, files, to, cluster, state, options, must_exist=True)
     archived = Archive(str(archive), str(files) if files is not None else None)
     writer = _writer(cluster, state)
     plan = _target_plan(to, options, archive, files, workers, None, writer)
+    target, plugin, selection = _open_target(to, options, _workers(workers), writer=writer)
+    target.check()
     with _ledger(state, must_exist=True) as ledger, _cluster(cluster, state, plan, write=False) as remote:
-        target, plugin, selection = _open_target(to, options, _workers(workers), writer=writer)
-        target.check()
         try:
             outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers,
                                 cluster=remote)
@@ -616,9 +633,16 @@ def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str |
         raise UsageError("--sync runs on one machine for now, not with --cluster (docs/sync.md)")
     if not no_validate:
         _check_report_dir(report_dir)
+    _preflight_writing(archive if archive is not None else DEFAULT_MIGRATE_ARCHIVE, cluster, state)
     source, source_plugin, selection = _open_source(from_, options, path)
     writer = _writer(cluster, state)
     target, target_plugin, _ = _open_target(to, options, _workers(workers), upload_workers, writer)
+    try:
+        source.check()
+        target.check()
+    except BaseException:
+        _close(target)
+        raise
     stages = Workers(export=_workers(export_workers or workers, "export_workers"), load=workers,
                      validate=_workers(validate_workers or workers, "validate_workers"))
     root = _local(archive if archive is not None else DEFAULT_MIGRATE_ARCHIVE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
 from tenacity import (
     RetryCallState,
@@ -25,7 +27,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from neptune_migration.errors import UsageError
+from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.options import option
 
 T = TypeVar("T")
@@ -157,6 +159,7 @@ def retrying(fn: Callable[[], T], max_wait: float = 30.0, budget: float | None =
 # -- dead and slow servers ---------------------------------------------------------------------------------
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRY_BUDGET = 300.0
+DEFAULT_CONNECT_TIMEOUT = 15.0
 
 
 # Options every networked source and target has: declared here once, used by each plug-in's options dataclass.
@@ -171,21 +174,31 @@ def retry_budget_option() -> Any:
                   "(all tries and waits) before the command gives up, naming the server.")
 
 
+def connect_timeout_option() -> Any:
+    return option(DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS", help="Seconds to keep trying a server that has not "
+                  "answered yet in this run (connection refused, unknown host) before giving up; once it has "
+                  "answered, --retry-budget covers its restarts and overload.")
+
+
 @dataclass(frozen=True)
 class Patience:
-    """How long to wait for a server: one try (`timeout`) and all tries of one request (`budget`)."""
+    """How long to wait for a server: one try (`timeout`), all tries of one request (`budget`), and a server that
+    has never answered (`connect`: a typo in a host or port should not cost the whole budget)."""
 
     timeout: float = DEFAULT_TIMEOUT
     budget: float = DEFAULT_RETRY_BUDGET
+    connect: float = DEFAULT_CONNECT_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise UsageError(f"--timeout must be more than 0 seconds, not {self.timeout:g}")
         if not self.budget > 0:
             raise UsageError(f"--retry-budget must be more than 0 seconds, not {self.budget:g}")
+        if not self.connect > 0:
+            raise UsageError(f"--connect-timeout must be more than 0 seconds, not {self.connect:g}")
 
     def describe(self) -> str:
-        return f"--timeout {self.timeout:g}, --retry-budget {self.budget:g}"
+        return f"--connect-timeout {self.connect:g}, --timeout {self.timeout:g}, --retry-budget {self.budget:g}"
 
 
 def server_name(url: str) -> str:
@@ -206,20 +219,83 @@ def cause_chain(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
+_UNREACHABLE: tuple[tuple[str, Callable[[str, str, BaseException], bool]], ...] = (
+    ("cannot resolve the host", lambda kind, text, _exc: "Name or service not known" in text
+     or "CannotResolveHostname" in kind or "nodename" in text or "Temporary failure in name resolution" in text),
+    # Before the timeouts: a client that retried refused connections until its own deadline reports "timed out"
+    # around the refusal that was the cause.
+    ("connection refused", lambda _kind, text, exc: "Connection refused" in text
+     or isinstance(exc, ConnectionRefusedError)),
+    ("no answer", lambda kind, text, _exc: "Timeout" in kind or "timed out" in text),
+    ("connection refused", lambda kind, _text, _exc: "ConnectError" in kind),
+    ("connection lost", lambda kind, text, _exc: "ConnectionError" in kind or "RemoteDisconnected" in text
+     or "Connection aborted" in text),
+)
+
+
 def unreachable_reason(exc: BaseException) -> str | None:
-    """'connection refused', 'no answer' (timed out) or 'cannot resolve' when an error chain says the server was
-    not reached or did not answer; None for every other failure."""
-    for cur in cause_chain(exc):
-        kind, text = type(cur).__name__, str(cur)
-        if "Timeout" in kind or "timed out" in text or "TimeoutError" in kind:
-            return "no answer"
-        if "Name or service not known" in text or "CannotResolveHostname" in kind or "nodename" in text:
-            return "cannot resolve the host"
-        if "Connection refused" in text or "ConnectError" in kind or isinstance(cur, ConnectionRefusedError):
-            return "connection refused"
-        if "ConnectionError" in kind or "RemoteDisconnected" in text or "Connection aborted" in text:
-            return "connection lost"
+    """'connection refused', 'no answer' (timed out), 'cannot resolve the host' or 'connection lost' when an error
+    chain says the server was not reached or did not answer; None for every other failure."""
+    chain = [(type(cur).__name__, str(cur), cur) for cur in cause_chain(exc)]
+    for reason, says in _UNREACHABLE:
+        if any(says(kind, text, cur) for kind, text, cur in chain):
+            return reason
     return None
+
+
+# -- first contact -------------------------------------------------------------------------------------------
+# Servers (host, port) that accepted a connection in this process: from then on their refusals are restarts,
+# covered by the retry budget, not a mistyped address.
+_answered: set[tuple[str, int]] = set()
+
+
+def first_contact(url: str, patience: Patience, what: str, error: type[MigrationError] = MigrationError) -> None:
+    """Fail within `patience.connect` seconds (never more than the retry budget) when the server at `url` has
+    never answered in this process and refuses connections or has no address: one line naming the server and
+    `--connect-timeout`. A server that accepts a connection once is remembered and never probed again. Behind a
+    proxy the server cannot be probed directly; the client's own retries then apply as before."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = parts.hostname
+    if not host or parts.scheme not in ("http", "https") or _proxied(parts.scheme, host):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # a malformed port: the client's own error names it
+    if (host, port) in _answered:
+        return
+    window = min(patience.connect, patience.budget)
+    started = time.monotonic()
+    pause = 0.25
+    while True:
+        remaining = started + window - time.monotonic()
+        try:
+            socket.create_connection((host, port), timeout=max(0.1, min(patience.timeout, remaining))).close()
+        except OSError as exc:
+            remaining = started + window - time.monotonic()
+            if remaining <= 0:
+                raise error(f"cannot reach the {what} at {server_name(url)}: {_refusal(exc)} for "
+                            f"{time.monotonic() - started:.0f} s, and it has never answered (--connect-timeout "
+                            f"SECONDS waits longer; now {patience.describe()})") from None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 2.0)
+            continue
+        _answered.add((host, port))
+        return
+
+
+def _refusal(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    return exc.strerror or type(exc).__name__
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    return bool(getproxies().get(scheme)) and not proxy_bypass(host)
 
 
 # A client library's settings, answered by our values inside `scoped_settings` and by the library's own value

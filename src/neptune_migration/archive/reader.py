@@ -410,6 +410,35 @@ def _open(storage: Storage, path: StoragePath) -> pq.ParquetFile:
         raise ArchiveError(f"corrupt or unreadable parquet file {storage.url(path)}: {_one_line(exc)}") from None
 
 
+def part_number(name: str) -> int | None:
+    """N for a run's `<run folder>_part_<N>.parquet`; None for anything else (`.tmp` leftovers, strangers)."""
+    m = _PART.match(name)
+    return int(m.group("n")) if m else None
+
+
+def references_files(storage: Storage, part: StoragePath) -> bool:
+    """Whether a parquet part names any file payload: the row groups' statistics first, then only the
+    `attribute_type` and `file_value` columns of the row groups that may hold file rows (never a full read)."""
+    pf = _open(storage, part)
+    if "file_value" not in pf.schema_arrow.names or "attribute_type" not in pf.schema_arrow.names:
+        return False
+    types = sorted(FILE_LIKE_TYPES)
+    groups = _row_groups_with(pf, types)
+    if groups == []:
+        return False
+    wanted = pa.array(types, pa.string())
+    try:
+        for batch in pf.iter_batches(columns=["attribute_type", "file_value"], row_groups=groups,
+                                     use_threads=False):
+            rows = pc.and_(pc.is_in(batch.column("attribute_type"), value_set=wanted),
+                           pc.is_valid(batch.column("file_value")))
+            if pc.any(rows).as_py():
+                return True
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveError(f"cannot read {storage.url(part)}: {_one_line(exc)}") from None
+    return False
+
+
 def _row_groups_with(pf: pq.ParquetFile, types: list[str]) -> list[int] | None:
     """Row groups that may hold rows of the given attribute types, judged by the column's min/max statistics.
 

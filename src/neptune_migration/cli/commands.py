@@ -67,9 +67,10 @@ _NOT_REPEATED = {"no_progress", "verbose", "log_file", "upload_workers", "json_o
 
 
 def _retry_command(kwargs: dict[str, Any], archive: str | Path | None = None) -> str:
-    """The `retry` that picks up what this command left failed or mismatched: the same archive, target, selection
-    and ledger, as the user typed them. Values that came from the environment are left out (the environment still
-    holds them, and MLFLOW_TRACKING_URI may carry a password); credentials in URLs are dropped."""
+    """The `retry` that picks up what this command left failed or mismatched: every option of this command that
+    `retry` takes (archive, files, target and its options, selection, ledger, workers...), as the user typed them,
+    so the line works when pasted. Values that came from the environment are left out (the environment still holds
+    them, and MLFLOW_TRACKING_URI may carry a password); no password or token is ever repeated."""
     ctx = click.get_current_context()
     values = {**kwargs, "archive": archive if archive is not None else kwargs.get("archive")}
     words = ["neptune-migrate", "retry"]
@@ -88,8 +89,17 @@ def _retry_command(kwargs: dict[str, Any], archive: str | Path | None = None) ->
             words += [flag] if value else []
             continue
         for item in value if param.multiple else [value]:
-            words += [flag, shlex.quote(re.sub(r"://[^/@\s]*@", "://", str(item)))]
+            words += [flag, shlex.quote(_without_password(str(item)))]
     return redact(" ".join(words))
+
+
+def _without_password(value: str) -> str:
+    """A URL as a printed command repeats it: a database URI keeps its user and loses its password (libpq's
+    PGPASSWORD or ~/.pgpass supplies it); any other URL loses both (MLflow's own environment variables carry them,
+    and a user without a password in the URL would override them)."""
+    if re.match(r"(?i)(postgresql|postgres|mysql|mssql)(\+\w+)?://", value):
+        return re.sub(r"://([^/@:\s]*):[^/@\s]*@", r"://\1@", value)
+    return re.sub(r"://[^/@\s]*@", "://", value)
 
 
 def _registry(outcomes: list[RegistryOutcome]) -> None:

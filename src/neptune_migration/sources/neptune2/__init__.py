@@ -9,9 +9,9 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
-from neptune_migration.retry import Patience, retry_budget_option, timeout_option
+from neptune_migration.retry import Patience, connect_timeout_option, first_contact, retry_budget_option, timeout_option
 from neptune_migration.selection import Selection
-from neptune_migration.sources.base import SourcePlugin, api_token_file_option, read_api_token
+from neptune_migration.sources.base import SourceError, SourcePlugin, api_token_file_option, api_url, read_api_token
 
 
 @dataclass
@@ -27,11 +27,14 @@ class Neptune2Options:
                             "'extract' their files (entries escaping the set are refused).")
     timeout: float = timeout_option()
     retry_budget: float = retry_budget_option()
+    connect_timeout: float = connect_timeout_option()
 
 
 def _build(opts: Neptune2Options, projects: Sequence[str], selection: Selection) -> Any:
-    patience = Patience(opts.timeout, opts.retry_budget)
+    patience = Patience(opts.timeout, opts.retry_budget, opts.connect_timeout)
     token = read_api_token(token_file=opts.api_token_file)
+    # Before the client library is imported (seconds): a server that never answers fails at once.
+    first_contact(api_url(token), patience, "Neptune server", SourceError)
     require("neptune", "neptune2", "--from neptune2")
     from neptune_migration.sources.neptune2.source import Neptune2Source
 

@@ -31,6 +31,7 @@ from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.retry import (
     Patience,
     ScopedNumber,
+    first_contact,
     retrying,
     scoped_settings,
     scoped_value,
@@ -203,6 +204,7 @@ class Neptune2Source:
         """Log in, and expand `--workspace` into its projects (with the include/exclude patterns)."""
         if self._checked:
             return
+        first_contact(api_url(self.token), self.patience, "Neptune server", SourceError)
         if self.workspace:
             from neptune import management
 

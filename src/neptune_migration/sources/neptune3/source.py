@@ -27,6 +27,7 @@ from neptune_migration.errors import MigrationError, UsageError
 from neptune_migration.retry import (
     Patience,
     cause_chain,
+    first_contact,
     retrying,
     scope_getter,
     scoped_settings,
@@ -146,6 +147,7 @@ class Neptune3Source:
 
     @_patient
     def check(self) -> None:
+        first_contact(api_url(self.token), self.patience, "Neptune server", SourceError)
         _ = self.client
 
     # -- listing ----------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neptune_migration.errors import UsageError, require
+from neptune_migration.errors import TargetError, UsageError, require
 from neptune_migration.options import option
-from neptune_migration.retry import Patience, retry_budget_option, timeout_option
+from neptune_migration.retry import Patience, connect_timeout_option, first_contact, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 from neptune_migration.targets.mlflow.endpoint import check_tracking_uri
 from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
@@ -36,12 +36,16 @@ class MlflowOptions:
         "connected to the database; only when they never write the runs being loaded.")
     timeout: float = timeout_option()
     retry_budget: float = retry_budget_option()
+    connect_timeout: float = connect_timeout_option()
 
 
 def _build(opts: MlflowOptions, settings: TargetSettings) -> Any:
     # Before MLflow is imported or any store opened: a mistyped URI must not create a folder or a database.
     uri = check_tracking_uri(opts.mlflow_tracking_uri) if opts.mlflow_tracking_uri else None
-    patience = Patience(opts.timeout, opts.retry_budget)
+    patience = Patience(opts.timeout, opts.retry_budget, opts.connect_timeout)
+    if uri is not None and uri.startswith(("http://", "https://")):
+        # Before MLflow is imported (seconds): a server that never answers fails at once.
+        first_contact(uri, patience, "MLflow tracking server", TargetError)
     require("mlflow", "mlflow", "--to mlflow")
     from neptune_migration.targets.mlflow.bulk import MlflowBulkTarget
     from neptune_migration.targets.mlflow.loader import MlflowTarget

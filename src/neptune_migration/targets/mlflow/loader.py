@@ -36,7 +36,15 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
 from neptune_migration.errors import ArchiveError, TargetError, describe
 from neptune_migration.naming import fit_length, resolve_collisions, short_hash
-from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
+from neptune_migration.retry import (
+    Patience,
+    backoff,
+    first_contact,
+    hold_settings,
+    retrying,
+    scope_getter,
+    unreachable_reason,
+)
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow import server_version as versions
@@ -268,6 +276,7 @@ class MlflowTarget:
         if self.tracking_uri.startswith(("http://", "https://")):
             import requests
 
+            first_contact(public_uri(self.tracking_uri), self.patience, "MLflow tracking server", TargetError)
             url = self.tracking_uri.rstrip("/") + "/health"
             started = time.monotonic()
             tries = 0

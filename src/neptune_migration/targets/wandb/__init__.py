@@ -11,7 +11,7 @@ from typing import Any
 
 from neptune_migration.errors import require
 from neptune_migration.options import option
-from neptune_migration.retry import Patience, retry_budget_option, timeout_option
+from neptune_migration.retry import Patience, connect_timeout_option, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 from neptune_migration.targets.wandb.mapping_version import MAPPING_VERSION
 
@@ -28,6 +28,7 @@ class WandbOptions:
                              "self-managed server.")
     timeout: float = timeout_option()
     retry_budget: float = retry_budget_option()
+    connect_timeout: float = connect_timeout_option()
 
 
 def _loaders() -> Any:
@@ -46,7 +47,8 @@ def _build_online(opts: WandbOptions, settings: TargetSettings) -> Any:
     return _loaders().WandbOnlineTarget(entity=opts.wandb_entity, project=opts.wandb_project,
                                         project_prefix=opts.wandb_project_prefix,
                                         upload_workers=settings.upload_workers,
-                                        patience=Patience(opts.timeout, opts.retry_budget))
+                                        patience=Patience(opts.timeout, opts.retry_budget,
+                                                          opts.connect_timeout))
 
 
 def _verifier(target: Any) -> Any:

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.errors import TargetError, UsageError
-from neptune_migration.retry import Patience, backoff, server_name, unreachable_reason
+from neptune_migration.retry import Patience, backoff, first_contact, server_name, unreachable_reason
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.wandb.folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from neptune_migration.targets.wandb.generations import (
@@ -272,6 +272,7 @@ class WandbOnlineTarget:
     def check(self) -> None:
         if not self._api_key:
             raise UsageError("W&B needs an API key: set WANDB_API_KEY")
+        first_contact(self.base_url, self.patience, "W&B server", TargetError)
         try:
             viewer = backoff(lambda: self.api().viewer, budget=self.patience.budget, cap=10.0)
         except Exception as exc:
