@@ -59,7 +59,11 @@ def test_report_links_experiment_description_and_retry_hint(tmp_path: Path, mlfl
             "--experiment-prefix", prefix, "--state", str(state), "--report-dir", str(report_dir)]
     failed = run_cli("validate", *args, "--no-progress", "--workers", "2")
     assert failed.returncode == 1, failed.stderr[-2000:]
-    last = failed.stdout.rstrip().splitlines()[-1]
+    # The command ends the output; in a narrow terminal it is wrapped into lines ending in " \\" (it pastes whole).
+    lines = failed.stdout.rstrip().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("neptune-migrate retry"))
+    assert all(line.endswith(" \\") for line in lines[start:-1]), lines[start:]
+    last = " ".join(line.removesuffix(" \\").strip() for line in lines[start:])
     assert last.startswith("neptune-migrate retry --archive ")
     words = shlex.split(last)[2:]
     # what was typed, not the logging options or defaults
