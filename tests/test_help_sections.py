@@ -7,9 +7,30 @@ import pytest
 
 from .conftest import run_cli
 
-# What `migrate --help` shows, in this order.
-MIGRATE_SECTIONS = ["Source", "Selection", "Target", "Target: mlflow", "Target: wandb, wandb-offline", "Run control",
-                    "Output"]
+# What `migrate --help` shows, in this order; "Target: *" stands for one section per target plug-in's options.
+MIGRATE_SECTIONS = ["Source", "Selection", "Target", "Target: *", "Run control", "Output"]
+
+
+def _plugin_sections() -> set[str]:
+    """The per-plug-in headings the registry calls for: one per options dataclass, named after its plug-ins."""
+    from neptune_migration import plugins
+
+    names: dict[type, list[str]] = {}
+    for name, plugin in plugins.targets().items():
+        names.setdefault(plugin.options, []).append(name)
+    return {"Target: " + ", ".join(using) for using in names.values()}
+
+
+def shape(found: dict[str, list[str]]) -> list[str]:
+    """The headings in order, the plug-in sections (which must sit together) as one "Target: *"."""
+    out: list[str] = []
+    for title in found:
+        if title == "Other options":
+            continue
+        title = "Target: *" if title.startswith("Target: ") else title
+        if not out or out[-1] != title:
+            out.append(title)
+    return out
 
 
 def sections(help_text: str) -> dict[str, list[str]]:
@@ -35,7 +56,9 @@ def _help(*command: str) -> str:
 
 def test_migrate_help_is_in_sections_with_each_target_under_its_heading() -> None:
     found = sections(_help("migrate"))
-    assert [s for s in found if s != "Other options"] == MIGRATE_SECTIONS
+    assert shape(found) == MIGRATE_SECTIONS
+    assert {t for t in found if t.startswith("Target: ")} == _plugin_sections()
+    assert {"Target: mlflow", "Target: wandb, wandb-offline"} <= _plugin_sections()
     assert found["Target: mlflow"][:3] == ["--mlflow-tracking-uri", "--experiment-by", "--experiment-prefix"]
     assert {"--mlflow-bulk", "--mlflow-bulk-allow-writers"} <= set(found["Target: mlflow"])
     assert set(found["Target: wandb, wandb-offline"]) == {"--wandb-entity", "--wandb-project",
@@ -56,16 +79,16 @@ def test_migrate_help_is_in_sections_with_each_target_under_its_heading() -> Non
 
 
 @pytest.mark.parametrize("command,expected", [
-    ("load", ["Source", "Selection", "Target", "Target: mlflow", "Target: wandb, wandb-offline", "Run control",
-              "Output"]),
+    ("load", ["Source", "Selection", "Target", "Target: *", "Run control", "Output"]),
     ("export", ["Source", "Selection", "Target", "Run control", "Output"]),
     ("discover", ["Source", "Selection", "Run control", "Output"]),
-    ("validate", ["Source", "Selection", "Target", "Target: mlflow", "Target: wandb, wandb-offline", "Run control",
-                  "Output"]),
+    ("validate", ["Source", "Selection", "Target", "Target: *", "Run control", "Output"]),
 ])
 def test_every_command_has_the_same_sections(command: str, expected: list[str]) -> None:
     found = sections(_help(command))
-    assert [s for s in found if s != "Other options"] == expected
+    assert shape(found) == expected
+    if "Target: *" in expected:
+        assert {t for t in found if t.startswith("Target: ")} == _plugin_sections()
     assert found.get("Other options", ["--help"]) == ["--help"]
 
 
