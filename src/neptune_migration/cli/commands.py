@@ -22,6 +22,7 @@ from neptune_migration.cli.options import (
     export_source_only,
     json_option,
     logging_options,
+    relocate_option,
     report_option,
     run_options,
     selection_options,
@@ -145,6 +146,7 @@ def export(**kwargs: Any) -> None:
 @selection_options
 @click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of the target "
               "(a load without it lists them); each is replaced in the target.")
+@relocate_option
 @run_options
 def load(**kwargs: Any) -> None:
     """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.
@@ -228,6 +230,7 @@ def validate(**kwargs: Any) -> None:
 
 @click.command()
 @readback_options
+@relocate_option
 def retry(**kwargs: Any) -> None:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them.
 

@@ -121,6 +121,11 @@ state_option = click.option("--state", default=None, metavar="PATH|URI",
                             help="Ledger: a SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB to share progress "
                                  "between drivers and a cluster (required with --cluster). Default: "
                                  ".neptune-migration/state.db or $NEPTUNE_MIGRATION_STATE.")
+relocate_option = click.option(
+    "--relocate", is_flag=True,
+    help="Move runs the target holds at another place (another --experiment-by or --experiment-prefix) to the "
+         "place these options name: each is loaded there, validated, then its old copies are deleted. Without it "
+         "such a load is refused before anything is written.")
 json_option = click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 
 logging_options = bundle(

@@ -21,6 +21,7 @@ from neptune_migration.ledger.sqlite import (
     SKIPPED,
     Entry,
     Ledger,
+    Loaded,
     SyncState,
     default_state_path,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "SKIPPED",
     "Entry",
     "Ledger",
+    "Loaded",
     "PostgresLedger",
     "RunClaimed",
     "SyncState",
