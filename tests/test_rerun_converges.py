@@ -151,3 +151,30 @@ def test_narrower_pass_deletes_nothing_and_says_what_stays(exporter_archives: Pa
     assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in before.items()}
     assert {k: sorted(_artifacts(client, r.info.run_id)) for k, r in after.items()} == held
     assert {k: r.data.params for k, r in after.items()} == {k: r.data.params for k, r in before.items()}
+
+
+def test_wandb_offline_wider_pass_completes_the_same_run(exporter_archives: Path, tmp_path: Path) -> None:
+    from neptune_migration.targets.wandb.readback import read_offline_run, run_folders
+
+    root = exporter_archives / "neptune3"
+    opts = dict(to="wandb-offline", wandb_dir=tmp_path / "wandb-offline", state=tmp_path / "state.db",
+                progress=False)
+    first = nm.load(root / "data", files=root / "files", exclude=["files", "metrics"], **opts)
+    assert first.ok, first.to_dict()
+    ids = {o.key: o.result.target_id.rsplit("/", 1)[-1] for o in first.summary.outcomes}
+    narrow = {key: read_offline_run(tmp_path / "wandb-offline", rid) for key, rid in ids.items()}
+    assert not any(d.artifacts for d in narrow.values())
+
+    second = nm.load(root / "data", files=root / "files", **opts)
+    assert second.ok, second.to_dict()
+    assert {o.key: o.result.target_id.rsplit("/", 1)[-1] for o in second.summary.outcomes if o.result} == ids
+    for key, rid in ids.items():
+        assert len(run_folders(tmp_path / "wandb-offline", rid)) == 1  # the same run, not a second one
+        wide = read_offline_run(tmp_path / "wandb-offline", rid)
+        assert wide.config == narrow[key].config  # what the first pass wrote is still there
+        assert set(wide.history) > set(narrow[key].history)  # the metrics joined the histograms
+        for series, points in narrow[key].history.items():
+            assert wide.history[series] == points
+        assert wide.artifacts  # and the files
+    check = nm.validate(root / "data", files=root / "files", report_dir=tmp_path / "report", **opts)
+    assert check.ok, [c.summary_line() for c in check.summary.checks if c.status != "validated"]

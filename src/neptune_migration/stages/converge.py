@@ -125,6 +125,25 @@ def gap(run: ArchivedRun, selection: Selection, loaded: Loaded | None, where: st
     return Gap(held, asked - held, held - asked)
 
 
+def keeping(selection: Selection, held: set[str]) -> tuple[Any, Any]:
+    """(wants_attribute, wants_file) of a load into a run that holds `held`: what this selection asks plus what
+    the run holds, so a target that rewrites a run whole (a W&B offline folder) keeps it; a target that adds to
+    the run skips the held parts (`LoadContext.held`)."""
+    if not held:
+        return selection.wants_attribute, selection.wants_file
+    split = [part.split("\x1f") for part in held]
+    paths = {bits[0] for bits in split}
+    files = {(bits[0], bits[2]) for bits in split if len(bits) == 3}
+
+    def wants_attribute(path: str, type_: str) -> bool:
+        return selection.wants_attribute(path, type_) or path in paths
+
+    def wants_file(path: str, name: str, size: int) -> bool:
+        return selection.wants_file(path, name, size) or (path, name) in files
+
+    return wants_attribute, wants_file
+
+
 def same_place(loaded: Loaded | None, where: str | None) -> bool:
     return loaded is None or not loaded.placement or where is None or loaded.placement.get("where") == where
 
@@ -181,15 +200,18 @@ def find_elsewhere(runs: Iterable[ArchivedRun], target: Any, ledger: Ledger, can
     return out
 
 
-def refusal(found: list[Elsewhere], target: str) -> UsageError:
+def refusal(found: list[Elsewhere], target: str, command: str | None = None) -> UsageError:
+    """The one line refusing another placement. `command`: the command that offers --relocate, when it is not
+    the one refused (migrate refuses; `load --relocate` on its archive moves the runs)."""
     first = found[0]
     where = sorted({c.where for f in found for c in f.copies})
     placed = f" (placed by {first.options})" if first.options else ""
+    how = f"run `{command} ... --relocate`" if command else "add --relocate"
     return UsageError(
         f"{len(found)} run(s) of this selection are already in {target} at {', '.join(where[:3])}"
         f"{'...' if len(where) > 3 else ''}{placed}, e.g. {first.run.ref.key}; this command puts them at "
-        f"{first.here.where} ({first.here.options}): add --relocate to move them there (loaded, validated, then "
-        "the old copies deleted), or repeat the options that placed them")
+        f"{first.here.where} ({first.here.options}): {how} to move them there (loaded, validated, then the old "
+        "copies deleted), or repeat the options that placed them")
 
 
 def remove_elsewhere(target: Any, run: ArchivedRun, here: str, migration: str) -> list[Copy]:

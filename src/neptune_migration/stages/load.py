@@ -374,6 +374,7 @@ def _load_one(
         # Before the first write, so a run left half-loaded is known to be there.
         ledger.record_loaded(run.ref, canonical, converge.as_record(place))
     held = gap.held if gap is not None else set()
+    wants_attribute, wants_file = converge.keeping(selection, held)
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         ledger.save_checkpoint(run.ref, LOAD, canonical, state)
@@ -387,8 +388,8 @@ def _load_one(
             stop_requested=interrupt.requested,
             on_points=tracker.add_points,
             on_bytes=tracker.add_bytes,
-            wants_attribute=selection.wants_attribute,
-            wants_file=selection.wants_file,
+            wants_attribute=wants_attribute,
+            wants_file=wants_file,
             replace=replace,
             held=held.__contains__,
             migration=ledger.identity(),
