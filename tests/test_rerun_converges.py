@@ -178,3 +178,30 @@ def test_wandb_offline_wider_pass_completes_the_same_run(exporter_archives: Path
         assert wide.artifacts  # and the files
     check = nm.validate(root / "data", files=root / "files", report_dir=tmp_path / "report", **opts)
     assert check.ok, [c.summary_line() for c in check.summary.checks if c.status != "validated"]
+
+
+def test_a_ledger_from_before_is_migrated_and_the_target_says_where_runs_are(exporter_archives: Path, mlflow_server,
+                                                                            prefix, tmp_path: Path) -> None:
+    """A ledger written before placements were kept (schema 0, no `loaded` table): its done loads keep their
+    mapping version, and the placement check asks MLflow where the runs are."""
+    import sqlite3
+
+    from neptune_migration.ledger import open_ledger
+    from neptune_migration.vocabulary import RunRef
+
+    root = exporter_archives / "neptune3"
+    state = tmp_path / "state.db"
+    assert nm.load(root / "data", files=root / "files", **_opts(mlflow_server, state, prefix)).ok
+    with sqlite3.connect(state) as db:
+        db.execute("DROP TABLE loaded")
+        db.execute("PRAGMA user_version = 0")
+    with open_ledger(state) as ledger:
+        target = f"mlflow:{mlflow_server.uri}"
+        held = ledger.loaded(RunRef("ws/proj", "run-a"), target)
+        assert held is not None and (held.placement, held.selection, held.mapping_version) == (None, None, 2)
+    with pytest.raises(UsageError, match=f"already in mlflow at experiment '{prefix}ws/proj'.*--relocate"):
+        nm.load(root / "data", files=root / "files",
+                **_opts(mlflow_server, state, prefix + "other/", experiment_by="experiment"))
+    assert not MlflowClient(mlflow_server.uri).search_experiments(filter_string=f"name LIKE '{prefix}other/%'")
+    with sqlite3.connect(state) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
