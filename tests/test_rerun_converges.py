@@ -205,3 +205,36 @@ def test_a_ledger_from_before_is_migrated_and_the_target_says_where_runs_are(exp
     assert not MlflowClient(mlflow_server.uri).search_experiments(filter_string=f"name LIKE '{prefix}other/%'")
     with sqlite3.connect(state) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_wider_pass_adds_a_metric_beside_the_ones_held(tmp_path: Path, bulk: bool) -> None:
+    """A first pass without one metric (and with fractional steps, so the run's step-scale tag grows), then one
+    with it: the same run gains the series, the held one is not sent again, in bulk too."""
+    from datetime import UTC, datetime, timedelta
+
+    from neptune_migration.archive import ArchiveWriter
+    from neptune_migration.vocabulary import RunRef
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    with ArchiveWriter(tmp_path / "archive").run(RunRef("ws/wide", "W-1")) as w:
+        w.add_atom("sys/creation_time", "datetime", t0)
+        w.add_atom("params/lr", "float", 0.1)
+        w.add_series("train/a", "float_series", list(range(50)), [t0 + timedelta(seconds=i) for i in range(50)],
+                     [float(i) for i in range(50)])
+        w.add_series("train/b", "float_series", [i * 0.5 for i in range(40)],
+                     [t0 + timedelta(seconds=i) for i in range(40)], [i * 2.0 for i in range(40)])
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    opts = dict(to="mlflow", mlflow_tracking_uri=uri, mlflow_bulk=bulk, state=tmp_path / "s.db", progress=False)
+    first = nm.load(tmp_path / "archive", exclude_attributes="train/b", **opts)
+    assert first.ok and first.summary.points == 50
+    second = nm.load(tmp_path / "archive", **opts)
+    assert second.ok, second.to_dict()
+    assert second.summary.points == 40  # train/b only: train/a was there
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ws/wide").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == first.summary.outcomes[0].result.target_id
+    assert len(client.get_metric_history(runs[0].info.run_id, "train/a")) == 50
+    assert len(client.get_metric_history(runs[0].info.run_id, "train/b")) == 40
+    check = nm.validate(tmp_path / "archive", report_dir=tmp_path / "report", **opts)
+    assert check.ok, [c.summary_line() for c in check.summary.checks if c.status != "validated"]
