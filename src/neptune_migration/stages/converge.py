@@ -174,6 +174,15 @@ class Elsewhere:
     options: str  # the options that placed them, when the ledger knows
 
 
+def may_be_elsewhere(ledger: Ledger, canonical: str, ref: Any, options: str | None) -> bool:
+    """Whether the ledger leaves a run's place in doubt without reading the run: it was loaded into this target
+    and its recorded placement options (which, with the run, decide the place) are not `options` or not known."""
+    loaded = ledger.loaded(ref, canonical)
+    if loaded is None:
+        return ledger.get(ref, "load", canonical) is not None
+    return not loaded.placement or options is None or loaded.placement.get("options") != options
+
+
 def find_elsewhere(runs: Iterable[ArchivedRun], target: Any, ledger: Ledger, canonical: str,
                    stage: str) -> list[Elsewhere]:
     """The runs this command would place anew while the target holds them elsewhere. The ledger says where a run
@@ -191,12 +200,16 @@ def find_elsewhere(runs: Iterable[ArchivedRun], target: Any, ledger: Ledger, can
             continue
         if recorded is None and loaded is None and ledger.get(run.ref, stage, canonical) is None:
             continue  # never loaded into this target from this ledger
-        copies = [c for c in plugin.copies(target, run.ref) if c.where != here.where and c.ours(ledger.identity())]
+        found = [c for c in plugin.copies(target, run.ref) if c.ours(ledger.identity())]
+        copies = [c for c in found if c.where != here.where]
         if copies:
             out.append(Elsewhere(run, here, copies, (recorded or {}).get("options", "")))
         elif recorded:
             # The target holds nothing at the recorded place: the record is out of date, the target is the truth.
             ledger.forget_loaded(run.ref, canonical)
+        elif found:
+            # Loaded before placements were kept, and here: recorded, so the next rerun need not ask the target.
+            ledger.record_loaded(run.ref, canonical, as_record(here))
     return out
 
 

@@ -374,7 +374,9 @@ def _load_one(
         # Before the first write, so a run left half-loaded is known to be there.
         ledger.record_loaded(run.ref, canonical, converge.as_record(place))
     held = gap.held if gap is not None else set()
-    wants_attribute, wants_file = converge.keeping(selection, held)
+    # A replaced run (refresh, a raised step scale) is written afresh with what it held too: nothing is lost.
+    kept = _kept(run, loaded, place) if replace and placing else set()
+    wants_attribute, wants_file = converge.keeping(selection, held | kept)
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         ledger.save_checkpoint(run.ref, LOAD, canonical, state)
@@ -408,10 +410,17 @@ def _load_one(
         details = _added(details, ledger.get(run.ref, LOAD, canonical))
     ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=details)
     if placing:
-        earlier = loaded.selection if loaded is not None and gap is not None else None
+        earlier = loaded.selection if loaded is not None and (gap is not None or kept) else None
         ledger.record_loaded(run.ref, canonical, converge.as_record(place), converge.record(run, selection, earlier),
                              version)
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
+
+
+def _kept(run: ArchivedRun, loaded: Any, place: Any) -> set[str]:
+    """What a run about to be replaced holds at this place, per the ledger (nothing when it does not say)."""
+    if loaded is None or not loaded.selection or not converge.same_place(loaded, place.where if place else None):
+        return set()
+    return converge.held_parts(run, loaded.selection)
 
 
 def _added(details: dict[str, Any], before: Entry | None) -> dict[str, Any]:

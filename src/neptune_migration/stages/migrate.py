@@ -133,9 +133,16 @@ class _Exported:
 def refuse_elsewhere(runs: list[Any], writer: ArchiveWriter, target: Target, ledger: Ledger, canonical: str) -> None:
     """Before anything is written: runs loaded earlier at another place (another MLflow experiment layout or
     prefix) are refused in one line; `load --relocate` on this archive moves them."""
-    loaded = [ref for ref in (run.ref for run in runs)
-              if ledger.loaded(ref, canonical) is not None or ledger.get(ref, LOAD, canonical) is not None]
-    archived = [a for a in (writer.archived(ref) for ref in loaded) if a is not None]
+    options: str | None = None  # the placement options, from the first run read (they do not depend on the run)
+    archived = []
+    for ref in (run.ref for run in runs):
+        if not converge.may_be_elsewhere(ledger, canonical, ref, options):
+            continue  # placed by these same options: its place is this one, no need to read it
+        run = writer.archived(ref)
+        if run is not None:
+            archived.append(run)
+            place = converge.placement(target, run)
+            options = place.options if place is not None else options
     found = converge.find_elsewhere(archived, target, ledger, canonical, LOAD)
     if found:
         raise converge.refusal(found, target.name, f"neptune-migrate load --archive {writer.root}")
