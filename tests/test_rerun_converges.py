@@ -151,6 +151,12 @@ def test_narrower_pass_deletes_nothing_and_says_what_stays(exporter_archives: Pa
     assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in before.items()}
     assert {k: sorted(_artifacts(client, r.info.run_id)) for k, r in after.items()} == held
     assert {k: r.data.params for k, r in after.items()} == {k: r.data.params for k, r in before.items()}
+    # The same pass from the command line: exit 0, and the one line about what stays.
+    cli = run_cli("load", "--archive", str(root / "data"), "--files", str(root / "files"), "--mlflow-tracking-uri",
+                  mlflow_server.uri, "--experiment-prefix", prefix, "--state", str(state), "--exclude", "files",
+                  "--no-progress")
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert (cli.stdout + cli.stderr).count("nothing is deleted") == 1, cli.stdout + cli.stderr
 
 
 def test_wandb_offline_wider_pass_completes_the_same_run(exporter_archives: Path, tmp_path: Path) -> None:
