@@ -29,23 +29,29 @@ def free_port() -> int:
 
 class MlflowServer:
     """`mlflow server` on a free port; its tracking store is SQLite in `root` unless `backend_store_uri` names
-    another (a PostgreSQL or MySQL database from tests/sqlstores.py)."""
+    another (a PostgreSQL or MySQL database from tests/sqlstores.py). `bin_dir`: the venv whose `mlflow` serves
+    (another MLflow version's, from tests/mlflow_venvs.py); this interpreter's by default."""
 
-    def __init__(self, root: Path, workers: int = 1, backend_store_uri: str | None = None) -> None:
+    def __init__(self, root: Path, workers: int = 1, backend_store_uri: str | None = None,
+                 bin_dir: Path = VENV_BIN) -> None:
         self.root = root
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bin_dir = bin_dir
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        if self.bin_dir != VENV_BIN:  # another venv's mlflow must not import this tree's packages
+            for name in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+                env.pop(name, None)
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             [
-                str(VENV_BIN / "mlflow"), "server",
+                str(self.bin_dir / "mlflow"), "server",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--backend-store-uri", self.backend_store_uri,
                 "--artifacts-destination", str(self.root / "artifacts"),

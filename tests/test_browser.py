@@ -177,6 +177,9 @@ def test_mlflow_runs_table_lists_the_run_under_the_described_experiment(browser,
     _wait_text(browser, "VIS-7")
     body = browser.find_element("tag name", "body").text
     assert "1 matching run" in body and "20.0min" in body
+    # The project's full name, not only the breadcrumb's last segment ("vision"), and the ML view's runs table.
+    assert "acme/vision" in body.replace("Migrated from Neptune project acme/vision", "")
+    assert "Runs" in body and "Evaluation runs" not in body
     browser.save_screenshot(str(tmp_path / "runs-table.png"))
 
 

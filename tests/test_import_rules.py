@@ -85,3 +85,62 @@ def test_breaking_a_rule_fails(contract: str, pristine_copy: Path, tmp_path: Pat
     assert f"{name} BROKEN" in after.stdout
     assert "_bad" in after.stdout
     assert not list(SRC.rglob("_bad*.py")), "the test wrote into src/"
+
+
+# import-linter's acyclic_siblings rule compares siblings only: a package's face (__init__) that imports a child
+# inside a function while the child imports a constant from the face is a cycle it never sees. This check counts
+# every import grimp finds, function-level ones included, between any two modules.
+_CYCLES = """
+import sys
+import grimp
+
+graph = grimp.build_graph("neptune_migration", cache_dir=None)
+edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+index, low, stack, on, found = {}, {}, [], set(), []
+sys.setrecursionlimit(10_000)
+
+def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in edges[v]:
+        if w not in index:
+            visit(w)
+            low[v] = min(low[v], low[w])
+        elif w in on:
+            low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+        part = []
+        while not part or part[-1] != v:
+            part.append(stack.pop())
+            on.discard(part[-1])
+        if len(part) > 1:
+            found.append(" ".join(sorted(part)))
+
+for module in sorted(edges):
+    if module not in index:
+        visit(module)
+print("\\n".join(found))
+"""
+
+
+def module_cycles(src: Path, cwd: Path) -> list[str]:
+    """Each cycle in the package's import graph (function-level imports counted), as its modules."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    result = subprocess.run([sys.executable, "-c", _CYCLES], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def test_no_import_cycle_counting_imports_inside_functions(tmp_path: Path) -> None:
+    assert module_cycles(SRC, tmp_path) == []
+
+
+def test_a_cycle_through_a_function_level_import_is_found(pristine_copy: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "src"
+    shutil.copytree(pristine_copy, copy)
+    face = copy / "neptune_migration" / "targets" / "mlflow" / "__init__.py"
+    face.write_text(face.read_text() + "\n\ndef _lazy():\n    from neptune_migration.targets.mlflow import _bad\n")
+    (face.parent / "_bad.py").write_text("from neptune_migration.targets.mlflow import MAPPING_VERSION\n")
+    cycles = module_cycles(copy, tmp_path)
+    assert cycles == ["neptune_migration.targets.mlflow neptune_migration.targets.mlflow._bad"]

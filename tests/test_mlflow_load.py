@@ -234,7 +234,7 @@ def test_cli_load_with_selection(tmp_path: Path, mlflow_server, prefix: str) -> 
     runs = _runs(MlflowClient(mlflow_server.uri), prefix)
     assert list(runs) == ["nasty/ünïcode-proj/NASTY-2"]
     status = run_cli("status", "--state", str(tmp_path / "s.db"), "--json")
-    rows = json.loads(status.stdout)
+    rows = json.loads(status.stdout)["entries"]
     assert [(r["run_id"], r["status"]) for r in rows] == [("NASTY-2", "done")]
 
 

@@ -39,8 +39,19 @@ def test_toy_target_appears_in_help_only_while_installed(tmp_path: Path) -> None
     with_toy = _cli("load", "--help", env=_install_toy(tmp_path / "site"))
     assert with_toy.returncode == 0, with_toy.stderr
     text = " ".join(with_toy.stdout.split())  # --help wraps its columns
-    assert "toy (a JSON file per run" in text and "[mlflow|toy|wandb|wandb-offline]" in text
+    assert "toy (a JSON file per run" in text and "[aim|mlflow|toy|wandb|wandb-offline]" in text
     assert "--toy-dir" in text
+
+
+def test_toy_target_options_land_in_their_own_help_section(tmp_path: Path) -> None:
+    from .test_help_sections import sections
+
+    shown = _cli("load", "--help", env=_install_toy(tmp_path / "site") | {"COLUMNS": "80"})
+    assert shown.returncode == 0, shown.stderr
+    found = sections(shown.stdout)
+    assert found["Target: toy"] == ["--toy-dir"]
+    assert [s for s in found if s.startswith("Target")] == ["Target", "Target: mlflow", "Target: toy",
+                                                             "Target: wandb, wandb-offline"]
 
 
 def test_load_and_validate_through_a_toy_target(tmp_path: Path) -> None:
@@ -50,7 +61,8 @@ def test_load_and_validate_through_a_toy_target(tmp_path: Path) -> None:
               "--state", str(tmp_path / "state.db"), "--no-progress"]
     loaded = _cli("load", *common, env=env)
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
-    assert f"Runs written to {tmp_path / 'toy'}" in loaded.stdout
+    # The hint is wrapped at spaces to the terminal: the folder whole, on the next line when it does not fit.
+    assert f"Runs written to {tmp_path / 'toy'}" in " ".join(loaded.stdout.split())
     files = sorted((tmp_path / "toy").glob("*.json"))
     assert files and all(json.loads(f.read_text())["params"] for f in files)
     checked = _cli("validate", *common, "--report-dir", str(tmp_path / "report"), env=env)

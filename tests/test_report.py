@@ -67,7 +67,7 @@ def test_report_json_schema_totals_and_errors(tmp_path: Path, monkeypatch: pytes
     assert list(report) == ["schema", "schema_version", "tool_version", "generated_at", "target", "archive", "ok",
                             "seconds", "totals", "projects", "runs", "mismatches", "approximations",
                             "approximation_details", "incomplete_in_archive", "errors", "source_check",
-                            "next_command"]
+                            "next_command", "this_pass"]
     assert report["source_check"] is None
     t = report["totals"]
     assert (t["runs_selected"], t["runs_validated"], t["runs_mismatched"], t["runs_failed"]) == (5, 3, 1, 1)
@@ -229,3 +229,30 @@ def test_source_check_in_the_report() -> None:
     clean = build_report(ValidationSummary("t", checks=[RunCheck(RunRef("p", "r"))]),
                          source_check=SourceCheck(listed_runs=1, archived_runs=1))
     assert clean["ok"] is True and "Everything the source listed is in the archive" in render_html(clean)
+
+
+def test_a_sync_report_says_what_this_pass_did_to_every_run() -> None:
+    summary = _sample()
+    live = summary.checks[0]
+    live.approx("live_param")
+    this_pass = {
+        "acme/vision/VIS-1": {"action": "synced", "added": {"points": 20, "series": {"train/loss": 20}},
+                              "validated": "now", "waits_for_end": True},
+        "acme/vision/VIS-2": {"action": "unchanged", "validated": "2026-12-01T10:00:00Z"},
+        "acme/nlp/NLP-7": {"action": "replaced", "added": {"replaced": "param params/lr changed"}, "validated": "now"},
+    }
+    report = build_report(summary, this_pass=this_pass)
+    by_run = {r["run_id"]: r for r in report["runs"]}
+    assert by_run["VIS-1"]["sync"]["points"] == 20 and by_run["VIS-1"]["this_pass"]["action"] == "synced"
+    assert by_run["VIS-2"]["this_pass"]["validated"] == "2026-12-01T10:00:00Z" and "sync" not in by_run["VIS-2"]
+    assert by_run["VIS-3"]["this_pass"] == {"action": "unchanged"}, "a run the pass did not name is unchanged"
+    assert report["this_pass"] == {"runs": {"replaced": 1, "synced": 1, "unchanged": 3}, "validated_now": 2,
+                                   "validated_earlier": 3, "waiting_for_end": ["acme/vision/VIS-1"]}
+    md = render_markdown(report)
+    assert "This sync: 1 replaced, 1 synced, 3 unchanged; the report covers all 5 selected runs" in md
+    assert "acme/vision/VIS-1" in md.split("## This sync")[1].split("##")[0], "the live run waiting for its end"
+    assert "| synced +20 points, live: replaced once it finishes |" in md
+    assert "unchanged, validated 2026-12-01T10:00:00Z" in md and "## Added by this sync" in md
+    assert "this pass" in render_html(report)
+    # Outside a sync (validate, migrate) the report has no pass.
+    assert build_report(_sample())["this_pass"] is None

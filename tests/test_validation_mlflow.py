@@ -167,7 +167,7 @@ def test_each_corruption_is_reported_on_its_run_and_attribute_and_retry_repairs_
     assert "step 5:" in details["IMG-2"] and "step 7:" in details["IMG-3"]
     assert "'0.5' in MLflow" in details["IMG-5"] and "'KILLED'" in details["IMG-6"]
     status = json.loads(run_cli("status", "--state", str(state), "--stage", "validate", "--json").stdout)
-    assert sorted(r["run_id"] for r in status if r["status"] == "mismatch") == sorted(expected)
+    assert sorted(r["run_id"] for r in status["entries"] if r["status"] == "mismatch") == sorted(expected)
     errors = [json.loads(x) for x in (tmp_path / "bad" / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["run_id"] for e in errors) == sorted(expected)
 

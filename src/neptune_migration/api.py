@@ -37,10 +37,12 @@ from neptune_migration.executors import open_cluster
 from neptune_migration.ledger import (
     Entry,
     Ledger,
+    LedgerView,
     SyncState,
     default_state_path,
     is_database_uri,
     open_ledger,
+    open_view,
     redact_uri,
 )
 from neptune_migration.options import build as build_options
@@ -56,6 +58,7 @@ from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.migrate import StageClock, Workers, run_pipeline
 from neptune_migration.stages.model_registry import export_registry, load_registry
 from neptune_migration.stages.remote import Cluster, Plan, check_workers, location
+from neptune_migration.stages.sync import whole_selection
 from neptune_migration.stages.validate import ValidationSummary
 from neptune_migration.stages.validate import retry as run_retry
 from neptune_migration.stages.validate import validate as run_validate
@@ -193,6 +196,11 @@ class RetryResult:
                 "validation": self.validation.to_dict() if self.validation is not None else None}
 
 
+# The stages in pipeline order, and the statuses `status` always counts (others only when present).
+STAGES = ("export", "load", "validate")
+STATUS_TOTALS = ("done", "running", "failed", "interrupted")
+
+
 @dataclass
 class StatusResult:
     state: Path | str  # a file, or the PostgreSQL URI without its password
@@ -200,6 +208,9 @@ class StatusResult:
     ok: bool = True
     # `migrate --sync`: per run and target, when it was last synced and what that sync added.
     syncs: list[SyncState] = field(default_factory=list)
+    # A SQLite ledger: whether a neptune-migrate process holds it now, so its `running` rows are live (not rows a
+    # killed process left). None for PostgreSQL, where each row carries its holder's lease instead.
+    in_use: bool | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -207,10 +218,23 @@ class StatusResult:
             out[e.status] = out.get(e.status, 0) + 1
         return dict(sorted(out.items()))
 
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per stage, how many rows are in each status: done, running, failed and interrupted always, others
+        (mismatch, skipped, pending) where there are some."""
+        present = {e.status for e in self.entries} - set(STATUS_TOTALS)
+        columns = [*STATUS_TOTALS, *sorted(present)]
+        stages = [*STAGES, *sorted({e.stage for e in self.entries} - set(STAGES))]
+        out = {stage: dict.fromkeys(columns, 0) for stage in stages}
+        for e in self.entries:
+            out[e.stage][e.status] += 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"state": str(self.state), "counts": self.counts(), "entries": [
+        return {"state": str(self.state), "in_use": self.in_use, "totals": self.totals(), "counts": self.counts(),
+                "entries": [
             {"project_id": e.ref.project_id, "run_id": e.ref.run_id, "stage": e.stage, "target": e.target,
-             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error}
+             "status": e.status, "attempts": e.attempts, "target_id": e.target_id, "last_error": e.last_error,
+             "updated_at": e.updated_at}
             for e in self.entries], "syncs": [
             {"project_id": x.ref.project_id, "run_id": x.ref.run_id, "target": x.target, "syncs": x.syncs,
              "last_synced": x.synced_at, "gained": x.gained} for x in self.syncs if x.syncs]}
@@ -386,14 +410,17 @@ def _check_report_dir(report_dir: str | Path) -> None:
 
 def _report(summary: ValidationSummary, ledger: Ledger, archive: str, report_dir: str | Path,
             source_check: Any = None, plugin: TargetPlugin | None = None, target: Target | None = None,
-            retry_command: str | None = None) -> ValidationResult:
+            retry_command: str | None = None, this_pass: dict[str, dict[str, Any]] | None = None
+            ) -> ValidationResult:
     urls: dict[str, str] = {}
     if plugin is not None and target is not None:
         for check in summary.checks:
             if check.target_id and (url := plugin.run_url(target, check.target_id)):
                 urls[check.target_id] = url
     report = build_report(summary, ledger, archive=archive, source_check=source_check, run_urls=urls,
-                          retry_command=retry_command)
+                          retry_command=retry_command, this_pass=this_pass)
+    if target is not None and (about := getattr(target, "about", None)):
+        report["target_server"] = about  # what the target said it runs (an MLflow server's version)
     if summary.workers:  # a cluster: which worker read each run back
         report["workers"] = dict(sorted(summary.workers.items()))
     return ValidationResult(summary, report, write_reports(report, Path(report_dir)))
@@ -604,22 +631,39 @@ def _migrate_once(from_: str = "neptune3", *, to: str = "mlflow", archive: str |
                                                                                             writer)), None, refresh)
     with _ledger(state) as ledger, _cluster(cluster, state, plan, write=True) as remote:
         try:
-            run = run_pipeline(source, ArchiveWriter(root), target, selection, ledger,
+            archive_writer = ArchiveWriter(root)
+            run = run_pipeline(source, archive_writer, target, selection, ledger,
                                _tracker("migrate", progress, ("export", "load", "validate")), stages, refresh,
                                validate=not no_validate, sync=sync, cluster=remote)
             log.debug("stage seconds: %s", run.clock.to_dict())
             registry = _export_models(source_plugin, source, root, ledger, no_models)
             registry += _load_models(target_plugin, Archive(root), target, ledger)
-            validation = None if no_validate else _report(run.validated, ledger, str(root), report_dir,
-                                                          plugin=target_plugin, target=target,
-                                                          retry_command=retry_command)
+            validation = None
+            if not no_validate:
+                summary, this_pass = run.validated, None
+                if sync:  # the report covers every selected run, not only what this pass changed
+                    summary, this_pass = whole_selection(run.exported, run.loaded, run.validated, ledger, target,
+                                                         selection, archive_writer, stages.validate)
+                validation = _report(summary, ledger, str(root), report_dir, plugin=target_plugin, target=target,
+                                     retry_command=retry_command, this_pass=this_pass)
         finally:
             _close(target)
     return MigrationResult(run.exported, run.loaded, validation, registry, target_plugin.hint(target), run.clock)
 
 
 def status(*, state: str | Path | None = None, stage: str | None = None, failed: bool = False) -> StatusResult:
-    """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched)."""
-    with _ledger(state, must_exist=True) as ledger:
-        entries = [e for e in ledger.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
-        return StatusResult(ledger.path, entries, syncs=[x for x in ledger.sync_states() if x.syncs])
+    """Every run's stage, status, attempts and last error from the ledger (`failed`: only failed or mismatched).
+
+    Read-only and never waits: it answers while a load, a migrate or a `migrate --sync --every` loop holds the
+    ledger, showing the rows that process has committed so far."""
+    if state is None:
+        state = os.environ.get("NEPTUNE_MIGRATION_STATE") or None
+    if state is None or not is_database_uri(str(state)):
+        path = Path(state) if state is not None else default_state_path()
+        if not path.exists():
+            raise UsageError(f"no ledger at {path}: nothing has run yet (or pass --state)")
+        state = path
+    with open_view(state) as view:
+        entries = [e for e in view.entries(stage=stage) if not failed or e.status in ("failed", "mismatch")]
+        in_use = view.in_use() if isinstance(view, LedgerView) else None
+        return StatusResult(view.path, entries, syncs=[x for x in view.sync_states() if x.syncs], in_use=in_use)

@@ -21,10 +21,12 @@ from neptune_migration._version import __version__
 from neptune_migration.ledger import Entry, Ledger
 from neptune_migration.secrets import redact_tree
 from neptune_migration.stages.validate import ERROR, MISMATCHED, VALIDATED, RunCheck, SourceCheck, ValidationSummary
+from neptune_migration.terminal import shell_lines, shorten, word_lines
 
 SCHEMA = "neptune-migration/validation-report"
 # 2 added runs[].target_url, approximation_details and next_command.
-SCHEMA_VERSION = 2
+# 3 added this_pass and runs[].this_pass (`migrate --sync`: every selected run, and what this pass did to each).
+SCHEMA_VERSION = 3
 FILES = {"json": "report.json", "html": "report.html", "markdown": "report.md", "errors": "errors.jsonl"}
 TOTAL_FIELDS = (
     ("runs_selected", "runs selected"),
@@ -66,6 +68,9 @@ APPROXIMATIONS = {
     "series_points_in_artifacts": "String and histogram series points are in a .jsonl artifact per attribute (with a "
     ".log of each string series and a .png drawing of each histogram series beside it), not in "
     "metrics, because MLflow metrics hold only numbers.",
+    "live_param": "A param that changed while its Neptune run was still live keeps its first value in MLflow, "
+    "because MLflow params cannot change; the current value is in the run's tag neptune.live/<key>, and the "
+    "first `migrate --sync` after the run has finished replaces the run once so its params hold the final values.",
     "duplicate_points_stored_once": "Points repeated with the same step, timestamp and value are stored once, "
     "because MLflow drops exact repeats of a metric point.",
     # W&B (docs/wandb.md)
@@ -77,6 +82,29 @@ APPROXIMATIONS = {
     "-Infinity, because the W&B config is JSON, which has no such numbers.",
     "timestamp_missing_used_start_time": "Points without a timestamp (2.x file series) get the run's start time, "
     "because every W&B history row needs one.",
+    # Aim (docs/aim.md)
+    "aim_failed_state_as_param": "A failed Neptune run is a finished Aim run whose param sys/failed is True, because "
+    "Aim runs have no failed state.",
+    "aim_datetime_param_as_text": "Datetime values are ISO 8601 text params (UTC, milliseconds), because Aim params "
+    "have no datetime type.",
+    "aim_steps_scaled": "Series with fractional steps get integer steps multiplied by a power of ten (the power per "
+    "series is in the run's param neptune_migration.step_decimals), because Aim steps are integers.",
+    "aim_step_rounded": "Steps that no power of ten turns into an integer within 64 bits are rounded, because Aim "
+    "steps are 64-bit integers.",
+    "aim_duplicate_step_kept_last": "Points repeated at one step of a series are kept once (the last), because Aim "
+    "holds one value per step.",
+    "aim_timestamp_missing_used_start_time": "Points without a timestamp get the run's start time, because every Aim "
+    "point has a time.",
+    "aim_histogram_uneven_edges_drawn_even": "Histograms with unevenly spaced edges are drawn on even bins between the "
+    "first and the last edge (the exact edges are kept in the distribution's edges field), because Aim "
+    "distributions have evenly spaced bins.",
+    "aim_empty_histogram_skipped": "Histogram points without bins are not written, because an Aim distribution needs "
+    "at least one bin.",
+    "aim_empty_series_not_created": "Series without any point have no Aim sequence, because Aim creates a sequence "
+    "with its first point.",
+    "aim_undecodable_image_kept_as_file": "A file series entry named like an image that Pillow cannot decode is "
+    "kept as an artifact only, because Aim's image sequence decodes every image it stores.",
+    "aim_empty_tag_dropped": "Empty tags are dropped, because an Aim tag is found and shown by its name.",
     "file_row_without_path": "A file row in the archive names no path, so there was no payload to upload and it was "
     "skipped.",
     "file_missing": "A payload the archive names is not in its files root, so it could not be uploaded.",
@@ -98,13 +126,15 @@ def build_report(
     source_check: SourceCheck | None = None,
     run_urls: Mapping[str, str] | None = None,
     retry_command: str | None = None,
+    this_pass: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report as report.json holds it (schema in docs/validation.md).
 
     `source_check` (from `validation.check_source`, when the run came from an export) adds what the source
     listed against what the archive holds. `run_urls` maps a run's id in the target to its page in the target's
     UI (the plug-in's `run_url`). `retry_command` is what the report tells the reader to run when anything
-    failed or differs.
+    failed or differs. `this_pass` (`migrate --sync`): per run key, what this pass did (`action`, what it `added`,
+    when the validation shown was made); the summary then covers every selected run, changed or not.
     """
     checks = summary.checks
     urls = dict(run_urls or {})
@@ -118,7 +148,12 @@ def build_report(
         row["load_status"] = entry.status if entry else None
         row["load_attempts"] = entry.attempts if entry else 0
         synced = sync_entries.get((check.ref.project_id, check.ref.run_id))
-        if synced is not None and synced.details:
+        if this_pass is not None:
+            done = dict(this_pass.get(check.ref.key) or {"action": "unchanged"})
+            row["this_pass"] = done
+            if done.get("added"):
+                row["sync"] = done["added"]  # what this pass added, or why it replaced the run
+        elif synced is not None and synced.details:
             # `migrate --sync`: what the run's last sync added (or why it replaced the run); readers may ignore it.
             row["sync"] = synced.details.get("gained") or {"replaced": synced.details.get("replaced")}
         runs.append(row)
@@ -169,8 +204,37 @@ def build_report(
         "source_check": source_check.to_dict() if source_check is not None else None,
         # Incomplete archive runs are not here: retry cannot load what the export never finished.
         "next_command": retry_command if (totals["runs_mismatched"] or totals["runs_failed"] or errors) else None,
+        "this_pass": _pass_totals(runs) if this_pass is not None else None,
     }
     return redact_tree(report)
+
+
+def _pass_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What one `migrate --sync` pass did over the whole selection: runs per action, validations made now or
+    earlier, and the live runs that wait for their end to be replaced once (params that changed while live)."""
+    actions: dict[str, int] = {}
+    for r in runs:
+        action = r["this_pass"]["action"]
+        actions[action] = actions.get(action, 0) + 1
+    now = sum(1 for r in runs if r["this_pass"].get("validated") == "now")
+    waiting = [f"{r['project_id']}/{r['run_id']}" for r in runs if r["this_pass"].get("waits_for_end")]
+    return {"runs": dict(sorted(actions.items())), "validated_now": now, "validated_earlier": len(runs) - now,
+            "waiting_for_end": waiting}
+
+
+def pass_line(report: dict[str, Any]) -> str | None:
+    """One line on what a sync pass did, for the terminal and the Markdown report."""
+    done = report.get("this_pass")
+    if not done:
+        return None
+    counts = ", ".join(f"{n:,} {action}" for action, n in done["runs"].items())
+    line = (f"This sync: {counts}; the report covers all {report['totals']['runs_selected']:,} selected runs "
+            f"({done['validated_now']:,} read back now, {done['validated_earlier']:,} as validated earlier).")
+    if done["waiting_for_end"]:
+        shown = ", ".join(done["waiting_for_end"][:5]) + (" ..." if len(done["waiting_for_end"]) > 5 else "")
+        line += (f" {len(done['waiting_for_end']):,} live run(s) keep a changed param in a neptune.live/ tag and are "
+                 f"replaced once they finish: {shown}.")
+    return line
 
 
 def _approximation_details(approximations: dict[str, int], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -235,9 +299,11 @@ def write_reports(report: dict[str, Any], folder: Path) -> dict[str, Path]:
 # -- terminal -------------------------------------------------------------------------------------------------
 def print_summary(report: dict[str, Any], console: Console, max_mismatches: int = 20, next_step: bool = True) -> None:
     """The totals, mismatches and approximations; ends with the next command when one is needed (`next_step`
-    False: the caller prints it last, after lines of its own)."""
+    False: the caller prints it last, after lines of its own). Every line fits the console; no path, URI or
+    attribute is split across lines."""
     totals = report["totals"]
-    table = Table(title=f"Validation against {report['target']}", show_header=False, box=None)
+    _say(console, shorten(f"Validation against {report['target']}", console.width), style="bold")
+    table = Table(show_header=False, box=None)
     for name, label in TOTAL_FIELDS:
         value = totals[name]
         style = "red" if name in ("runs_mismatched", "runs_failed", "mismatches", "errors") and value else ""
@@ -245,57 +311,84 @@ def print_summary(report: dict[str, Any], console: Console, max_mismatches: int 
         table.add_row(label, f"[{style}]{text}[/{style}]" if style else text)
     console.print(table)
     if len(report["projects"]) > 1:
-        per = Table(title="Per project")
-        for col in ("project", "runs", "validated", "mismatched", "failed", "points", "files"):
-            per.add_column(col, justify="left" if col == "project" else "right")
-        for p in report["projects"]:
-            per.add_row(p["project_id"], *(f"{p[k]:,}" for k in ("runs", "validated", "mismatched", "failed",
-                                                                   "points", "files")))
-        console.print(per)
+        _print_projects(report["projects"], console)
     if report["mismatches"]:
-        mm = Table(title="Mismatches")
-        for col in ("run", "attribute", "kind", "what differs"):
-            mm.add_column(col, overflow="fold")
+        _say(console, "Mismatches", style="bold")
         for m in report["mismatches"][:max_mismatches]:
-            mm.add_row(f"{m['project_id']}/{m['run_id']}", m["attribute"], m["kind"], m["detail"])
-        console.print(mm)
+            where = f"{m['project_id']}/{m['run_id']}  {m['attribute']}"
+            _say(console, shorten(where, console.width - len(m["kind"]) - 3) + f"  ({m['kind']})", style="red")
+            for line in word_lines(m["detail"], console.width, indent="    "):
+                _say(console, line)
         if len(report["mismatches"]) > max_mismatches:
             console.print(f"... and {len(report['mismatches']) - max_mismatches} more (see report.html)")
+    if line := pass_line(report):
+        console.print(line, markup=False, highlight=False)
     for detail in report.get("approximation_details", []):
-        console.print(f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
-                      f"Runs: {_runs_text(detail)}.", markup=False, highlight=False)
+        text = (f"approximated (documented): {detail['kind']}: {detail['count']:,} - {detail['meaning']} "
+                f"Runs: {_runs_text(detail)}.")
+        for line in word_lines(text, console.width):
+            _say(console, line)
     if next_step:
         print_next_step(report, console)
+
+
+def _say(console: Console, line: str, style: str | None = None) -> None:
+    """One line as it is: no markup, and no wrapping by rich (which would fold a long word in two)."""
+    console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_projects(projects: list[dict[str, Any]], console: Console) -> None:
+    columns = ("runs", "validated", "mismatched", "failed", "points", "files")
+    rows = [[f"{p[k]:,}" for k in columns] for p in projects]
+    numbers = sum(max(len(c), *(len(r[i]) for r in rows)) + 1 for i, c in enumerate(columns))
+    room = max(12, console.width - numbers - 4)
+    per = Table(title="Per project", box=None)
+    per.add_column("project", no_wrap=True)
+    for col in columns:
+        per.add_column(col, justify="right", no_wrap=True)
+    for p, row in zip(projects, rows, strict=True):
+        per.add_row(shorten(p["project_id"], room), *row)
+    console.print(per)
 
 
 def print_next_step(report: dict[str, Any], console: Console) -> None:
     if report.get("next_command"):
         console.print("\nNext: load the failed and mismatched runs again and validate them:", markup=False)
-        console.print(report["next_command"], markup=False, highlight=False, soft_wrap=True)
+        for line in shell_lines(report["next_command"], console.width):
+            _say(console, line)
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------
+def _server_note(report: dict[str, Any]) -> str:
+    """` (MLflow server 3.10.1)` when the report knows the target's server (report.json's `target_server`)."""
+    return f" ({report['target_server']})" if report.get("target_server") else ""
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     totals = report["totals"]
     verdict = "all selected data matches" if report["ok"] else "MISMATCHES OR ERRORS FOUND"
     lines = [f"# Validation report: {verdict}", "",
-             f"Target `{report['target']}`, archive `{report['archive'] or '-'}`, generated {report['generated_at']} "
+             f"Target `{report['target']}`{_server_note(report)}, archive `{report['archive'] or '-'}`, "
+             f"generated {report['generated_at']} "
              f"by neptune-migrate {report['tool_version']}.", "", "| total | value |", "|---|---:|"]
     lines += [f"| {label} | {_cell(_human_bytes(totals[n]) if n == 'bytes' else f'{totals[n]:,}')} |"
               for n, label in TOTAL_FIELDS]
+    if line := pass_line(report):
+        lines += ["", "## This sync", "", _cell(line)]
     lines += ["", "## Projects", "", "| project | runs | validated | mismatched | failed | points | files |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {_cell(p['project_id'])} | {p['runs']} | {p['validated']} | {p['mismatched']} | {p['failed']} | "
               f"{p['points']:,} | {p['files']:,} |" for p in report["projects"]]
-    lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | target id |",
-              "|---|---|---|---:|---:|---:|---|"]
+    lines += ["", "## Runs", "", "| project | run | status | mismatches | points | files | this pass | target id |",
+              "|---|---|---|---:|---:|---:|---|---|"]
     urls = {(r["project_id"], r["run_id"]): r.get("target_url") for r in report["runs"]}
     lines += [f"| {_cell(r['project_id'])} | {_md_link(r['run_id'], r.get('target_url'))} | {r['status']} | "
               f"{r['mismatch_count']} | {r['checked'].get('points', 0):,} | {r['checked'].get('files', 0):,} | "
-              f"{_cell(r['target_id'] or '')} |" for r in report["runs"]]
+              f"{_cell(pass_cell(r))} | {_cell(r['target_id'] or '')} |" for r in report["runs"]]
     synced = [r for r in report["runs"] if r.get("sync")]
     if synced:
-        lines += ["", "## Added by the last sync", "", "| run | points added | per series | atoms | files |",
+        title = "Added by this sync" if report.get("this_pass") else "Added by the last sync"
+        lines += ["", f"## {title}", "", "| run | points added | per series | atoms | files |",
                   "|---|---:|---|---|---|"]
         for r in synced:
             g = r["sync"]
@@ -334,6 +427,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Next step", "", "Load the failed and mismatched runs again and validate them:", "",
                   "```", report["next_command"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def pass_cell(run: dict[str, Any]) -> str:
+    """What this pass did to a run, in a few words (empty outside `migrate --sync`)."""
+    done = run.get("this_pass")
+    if not done:
+        return ""
+    text = done["action"]
+    added = done.get("added") or {}
+    if added.get("points"):
+        text += f" +{added['points']:,} points"
+    if done.get("validated") and done["validated"] != "now":
+        text += f", validated {done['validated']}"
+    if done.get("waits_for_end"):
+        text += ", live: replaced once it finishes"
+    return text
 
 
 def _cell(text: str) -> str:
@@ -405,7 +514,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Validation report <span class=\"verdict {'ok' if ok else 'bad'}\" id=\"verdict\">"
         f"{'all selected data matches' if ok else 'mismatches or errors found'}</span></h1>",
-        f"<div class=\"meta\">Target <code>{e(report['target'])}</code> &middot; archive "
+        f"<div class=\"meta\">Target <code>{e(report['target'])}</code>{e(_server_note(report))} &middot; archive "
         f"<code>{e(report['archive'] or '-')}</code> &middot; generated {e(report['generated_at'])} by "
         f"neptune-migrate {e(report['tool_version'])} in {report['seconds']:,.1f} s</div>",
         f"<div class=\"cards\" id=\"totals\">{''.join(cards)}</div>",
@@ -414,15 +523,17 @@ def render_html(report: dict[str, Any]) -> str:
                                                       "mismatches", "points", "files", "bytes"],
                              [[p["project_id"], p["runs"], p["validated"], p["mismatched"], p["failed"],
                                p["mismatches"], p["points"], p["files"], p["bytes"]] for p in report["projects"]]))
+    if line := pass_line(report):
+        parts.append(f"<p id=\"this-pass\">{e(line)}</p>")
     parts.append(_html_table("runs", "Runs", ["project", "run", "status", "mismatches", "params", "points",
                                              "series points", "files", "bytes", "load attempts", "seconds",
-                                             "target id"],
+                                             "target id", "this pass"],
                              [[r["project_id"], _link(r["run_id"], r.get("target_url")), ("status", r["status"]),
                                r["mismatch_count"],
                                r["checked"].get("params", 0), r["checked"].get("points", 0),
                                r["checked"].get("series_points", 0), r["checked"].get("files", 0),
-                               r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or ""]
-                              for r in report["runs"]], filter_box=True))
+                               r["checked"].get("bytes", 0), r["load_attempts"], r["seconds"], r["target_id"] or "",
+                               pass_cell(r)] for r in report["runs"]], filter_box=True))
     parts.append(_html_table("mismatches", "Mismatches", ["project", "run", "attribute", "kind", "what differs",
                                                           "target key"],
                              [[m["project_id"], _link(m["run_id"], urls.get((m["project_id"], m["run_id"]))),

@@ -103,6 +103,12 @@ def test_sync_appends_to_the_same_mlflow_runs(sandbox: Sandbox, tmp_path: Path, 
     third = migrate(sandbox, source, project, tmp_path, *target, "--sync")
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "runs unchanged (sync)" in third.stdout
+    # The proof stays whole: the report still covers every selected run, as validated by the passes before.
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["ok"] and report["totals"]["runs_selected"] == 4 and report["totals"]["runs_validated"] == 4
+    assert report["this_pass"]["runs"] == {"unchanged": 4} and report["this_pass"]["validated_earlier"] == 4
+    # grown: train/loss + 20 and train/acc; touched: both; rewritten: train/loss and 2 points of train/acc; new: 1
+    assert report["totals"]["points"] == (POINTS + 20 + POINTS) + 2 * POINTS + (POINTS + 2) + 1
     series_reads = [r for r in sandbox.request_log[mark:] if "series" in r.path]
     assert not series_reads, [r.path for r in series_reads][:5]
     assert searched < mark

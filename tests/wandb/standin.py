@@ -409,7 +409,9 @@ class StandIn:
 
     def _op_RunOutputArtifacts(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
         run = self.runs.get((v.get("entity") or DEFAULT_ENTITY, v.get("project"), v.get("run")))
-        arts = [a for a in self.artifacts.values() if run and a.run_id == run.name and a.state == "COMMITTED"]
+        # A run's own artifacts: the same run id in another project (or entity) is another run.
+        arts = [a for a in self.artifacts.values() if run and a.run_id == run.name and a.project == run.project
+                and a.entity == run.entity and a.state == "COMMITTED"]
         return {"project": {"run": {"artifacts": {
             "totalCount": len(arts),
             "pageInfo": {"__typename": "PageInfo", "endCursor": None, "hasNextPage": False},

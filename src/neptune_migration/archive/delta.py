@@ -3,8 +3,15 @@
 `RunTip.of(run)` reads what the archive already holds of a run (per series: count, the last two steps, the last
 value; every atom; every file's size and hash). A source then writes the run again into a `DeltaWriter` instead
 of a `RunWriter`, asking it for `after_step(path)` so that only the tail of each series is fetched; the writer
-keeps what is new or different and writes it as `<run>_part_<n>.parquet` with n one past the last part. Readers
-need nothing new: atoms are "the last row wins", series points of all parts together are the run.
+keeps what is new or different and writes it as `<run>_part_<n>.parquet` with n one past the last part. Series
+points of all parts together are the run.
+
+An atom (or a file row) that changed is in the new part; its earlier rows are then removed from the older parts
+(`supersede`), because neptune-exporter's layout promises no row order, so its own loader and any other reader of
+the layout would see two values. Each older part is rewritten without those rows to `.parquet.tmp` and renamed
+over itself, after the new part is in place: at every moment the run is complete, and a crash between the steps
+leaves at worst two rows of an atom, the newest part's winning for our reader (parts are read in order); the next
+sync of the run finishes the removal.
 
 The part is written as `.parquet.tmp` and renamed into place, so a crash leaves the previous complete run (plus at
 most a temporary file the next writer replaces). Its file payloads go to `<run>/sync-<n>/...`, never over a payload
@@ -17,15 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from neptune_migration.archive.reader import ArchivedRun, decimal_micros
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from neptune_migration.archive.reader import Archive, ArchivedRun, _row_groups_with, decimal_micros
 from neptune_migration.archive.writer import ArchiveWriter, FileInfo, RunWriter
-from neptune_migration.vocabulary import FILE_LIKE_TYPES, SERIES_TYPES, RunRef, folder_name
+from neptune_migration.paths import UnsafePathError, resolve_inside
+from neptune_migration.vocabulary import ARCHIVE_SCHEMA, ATOM_TYPES, FILE_LIKE_TYPES, SERIES_TYPES, RunRef, folder_name
 
 # One part per sync, however big: its rename is the commit.
 _ONE_PART = 1 << 62
@@ -278,10 +292,11 @@ class DeltaWriter:
                 if t.type != "file_series" and p not in self._seen and (self._declared is None or p in self._declared)]
         if lost:
             raise HistoryRewritten(f"{lost[0]!r}: the source no longer returns its archived points")
-        if self._part is None:
-            return
-        self._part.commit()
-        self.committed_part = self.archive.part_path(self.ref, self.tip.parts)
+        if self._part is not None:
+            self._part.commit()
+            self.committed_part = self.archive.part_path(self.ref, self.tip.parts)
+        # Also without a new part: a sync killed between its two steps left rows this one removes.
+        supersede(self.archive, self.ref)
 
     def abort(self) -> None:
         if self._part is not None:
@@ -299,6 +314,112 @@ class DeltaWriter:
                 raise
         else:
             self.abort()
+
+
+# -- one value per atom ---------------------------------------------------------------------------------------
+_SINGLE_VALUED = (*ATOM_TYPES, *FILE_LIKE_TYPES)  # a series point is never repeated: appends start past the last
+
+
+def supersede(archive: ArchiveWriter, ref: RunRef) -> int:
+    """Remove from a run's older parts every atom or file row that a newer part holds again; the number of rows
+    removed. Each older part is rewritten whole to `.parquet.tmp` and renamed over itself (payloads only the
+    removed rows named are deleted after), so the run is complete at every moment."""
+    run = Archive(archive.root).run(ref)
+    if run is None or len(run.parts) < 2:
+        return 0
+    newer: set[tuple[Any, ...]] = set()
+    plans: list[tuple[Path, set[tuple[Any, ...]]]] = []
+    for part in reversed(run.parts):
+        keys = set(_value_keys(Path(part)))
+        if keys & newer:
+            plans.append((Path(part), keys & newer))
+        newer |= keys
+    removed = 0
+    for part, drop in plans:
+        count, payloads = _rewrite_without(part, drop)
+        removed += count
+        if run.files_dir is not None:
+            _remove_payloads(Path(run.files_dir), payloads)
+    return removed
+
+
+def _value_keys(part: Path) -> Iterator[tuple[Any, ...]]:
+    """What each atom or file row of a part holds the value of: its path, and a file series row's step."""
+    for batch in _single_valued(part, ["attribute_path", "attribute_type", "step", "step_exact"]):
+        yield from _keys(batch)
+
+
+def _keys(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
+    paths = batch.column("attribute_path").to_pylist()
+    types = batch.column("attribute_type").to_pylist()
+    micros = decimal_micros(batch.column("step")).tolist()
+    has_step = batch.column("step").is_valid().to_pylist()
+    exact = batch.column("step_exact").to_pylist()
+    return [(paths[i], micros[i] if types[i] == "file_series" and has_step[i] else None,
+             exact[i] if types[i] == "file_series" else None) for i in range(len(paths))]
+
+
+def _single_valued(part: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    pf = pq.ParquetFile(part)
+    names = set(pf.schema_arrow.names)
+    read = [c for c in columns if c in names]
+    # Row groups of series points only are skipped by their statistics: a big part is not read for its few atoms.
+    groups = _row_groups_with(pf, sorted(_SINGLE_VALUED))
+    if groups == []:
+        return
+    for batch in pf.iter_batches(columns=read, row_groups=groups, use_threads=False):
+        batch = batch.filter(pc.is_in(batch.column("attribute_type"), value_set=pa.array(_SINGLE_VALUED)))
+        if batch.num_rows:
+            yield _with_columns(batch, columns)
+
+
+def _with_columns(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+    """neptune-exporter's parts lack our `step_exact` column (and may lack a step): null columns stand in."""
+    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows, ARCHIVE_SCHEMA.field(c).type)
+              for c in columns]
+    return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+def _rewrite_without(part: Path, drop: set[tuple[Any, ...]]) -> tuple[int, list[str]]:
+    """The part without the rows whose key is in `drop`, renamed over itself; (rows removed, their payloads)."""
+    pf = pq.ParquetFile(part)
+    tmp = part.with_suffix(".parquet.tmp")
+    removed, payloads = 0, []
+    keep_cols = ["attribute_path", "attribute_type", "step", "step_exact"]
+    with pq.ParquetWriter(tmp, pf.schema_arrow, compression="snappy") as out:
+        for batch in pf.iter_batches(use_threads=False):
+            mask = [True] * batch.num_rows
+            single = pc.is_in(batch.column("attribute_type"), value_set=pa.array(_SINGLE_VALUED)).to_pylist()
+            rows = [i for i, s in enumerate(single) if s]
+            if rows:
+                keys = _keys(_with_columns(batch.take(rows), keep_cols))
+                for i, key in zip(rows, keys, strict=True):
+                    if key in drop:
+                        mask[i] = False
+            gone = batch.filter(pc.invert(pa.array(mask)))
+            removed += gone.num_rows
+            if gone.num_rows and "file_value" in gone.schema.names:
+                payloads += [v["path"] for v in gone.column("file_value").to_pylist() if v and v.get("path")]
+            out.write_batch(batch if gone.num_rows == 0 else batch.filter(pa.array(mask)))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, part)
+    return removed, payloads
+
+
+def _remove_payloads(files_dir: Path, payloads: list[str]) -> None:
+    """The payloads of removed file rows: a newer part's payload is always elsewhere (`<run>/sync-<n>/...`)."""
+    for rel in payloads:
+        try:
+            path = resolve_inside(files_dir, rel)
+        except UnsafePathError:  # a row naming a path outside the files root: never ours to delete
+            continue
+        if path == files_dir.resolve():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> Any:
@@ -332,4 +453,4 @@ def _sha256(data: bytes | Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["DeltaWriter", "Gained", "HistoryRewritten", "RunTip", "SeriesTip"]
+__all__ = ["DeltaWriter", "Gained", "HistoryRewritten", "RunTip", "SeriesTip", "supersede"]

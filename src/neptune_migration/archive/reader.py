@@ -53,6 +53,7 @@ _VALUE_COLUMNS = [
 # Rows that carry a timestamp of something the run did: series points and file rows (atoms have none).
 _TIMESTAMPED_TYPES = tuple(sorted({*SERIES_TYPES, *FILE_LIKE_TYPES}))
 END_ATOMS = ("sys/ping_time", "sys/modification_time")
+LIVE_STATES = ("active", "running")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -182,6 +183,12 @@ class ArchivedRun:
     def atom_value(self, path: str, default: Any = None) -> Any:
         atom = self.atoms().get(path)
         return default if atom is None else atom.value
+
+    @property
+    def live(self) -> bool:
+        """Neptune was still writing to the run when it was archived: `sys/state` is active (3.x; the 2.x API
+        says running). 2.x archives hold no `sys/state` (the 1.x client cannot read it): never live."""
+        return str(self.atom_value("sys/state", "")).lower() in LIVE_STATES
 
     def end_time_ms(self) -> int | None:
         """When the run last did anything, in epoch milliseconds: the one end-time rule of every target.

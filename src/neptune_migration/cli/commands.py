@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 import neptune_migration as nm
 from neptune_migration.api import DEFAULT_EXPORT_ARCHIVE, DEFAULT_MIGRATE_ARCHIVE, RegistryOutcome
 from neptune_migration.cli.options import (
     OBJECT_STORE_HELP,
+    RUN,
+    TARGET,
+    SectionedCommand,
     archive_input,
     bundle,
     export_source_only,
@@ -25,6 +26,7 @@ from neptune_migration.cli.options import (
     relocate_option,
     report_option,
     run_options,
+    section,
     selection_options,
     source_options,
     stage_workers,
@@ -33,10 +35,12 @@ from neptune_migration.cli.options import (
 )
 from neptune_migration.cli.output import (
     out,
+    print_discover,
     print_export,
     print_hint,
     print_load,
     print_registry,
+    print_status,
     print_sync,
     print_validation,
     setup_logging,
@@ -94,7 +98,7 @@ def _registry(outcomes: list[RegistryOutcome]) -> None:
     print_registry([o for o in outcomes if o.stage == "load"], "in MLflow")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
 @selection_options
 @json_option
@@ -106,25 +110,15 @@ def discover(json_output: bool, **kwargs: Any) -> None:
     if json_output:
         out.print_json(json.dumps(found.to_dict()))
         return
-    table = Table(title="Discovered")
-    for col in ("project", "runs", "experiments", "attributes", "by type"):
-        table.add_column(col, overflow="fold")
-    for p in found.projects:
-        by_type = ", ".join(f"{t} {n}" for t, n in sorted(p["attributes_by_type"].items()))
-        table.add_row(p["project"], str(p["runs"]), str(len(p["experiments"])), str(p["attributes"]), by_type)
-    out.print(table)
-    for p in found.projects:
-        for run in p.get("run_details", []):
-            derived = ", ".join(f"{k} from {v}" for k, v in (run.get("derived") or {}).items())
-            out.print(f"  {p['project']}/{run['run_id']}: {run.get('folder', '')} {derived}".rstrip())
+    print_discover(found.projects)
     out.print(f"{found.runs} runs selected; files declared: {found.file_bytes / 1e6:,.1f} MB "
               f"(file series counted at export)")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
-@click.option("--archive", default=DEFAULT_EXPORT_ARCHIVE, show_default=True, metavar="DIR|URL",
-              help="Archive to write (data/ and files/ inside it). " + OBJECT_STORE_HELP)
+@section(TARGET, click.option("--archive", default=DEFAULT_EXPORT_ARCHIVE, show_default=True, metavar="DIR|URL",
+                             help="Archive to write (data/ and files/ inside it). " + OBJECT_STORE_HELP))
 @export_source_only
 @selection_options
 @run_options
@@ -140,12 +134,12 @@ def export(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @archive_input
 @target_options
 @selection_options
-@click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of the target "
-              "(a load without it lists them); each is replaced in the target.")
+@section(RUN, click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of "
+                           "the target (a load without it lists them); each is replaced in the target."))
 @relocate_option
 @run_options
 def load(**kwargs: Any) -> None:
@@ -165,20 +159,23 @@ def load(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @source_options
 @target_options
-@click.option("--archive", default=None, metavar="DIR|URL", help="Where the intermediate archive goes (kept, "
-              "resumable). Default: .neptune-migration/archive. " + OBJECT_STORE_HELP)
+@section(RUN, click.option("--archive", default=None, metavar="DIR|URL", help="Where the intermediate archive goes "
+                           "(kept, resumable). Default: .neptune-migration/archive. " + OBJECT_STORE_HELP))
 @export_source_only
 @selection_options
-@click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run `validate` "
-              "later.")
-@click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
-              "same target run, update changed params, tags and files, replace a run whose history was rewritten "
-              "(docs/sync.md).")
-@click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
-              "90s) until Ctrl-C.")
+@section(
+    RUN,
+    click.option("--no-validate", is_flag=True, help="Skip the validation stage (read-back and report); run "
+                 "`validate` later."),
+    click.option("--sync", is_flag=True, help="Bring runs migrated before up to date: append their new points to the "
+                 "same target run, update changed params, tags and files, replace a run whose history was rewritten "
+                 "(docs/sync.md)."),
+    click.option("--every", default=None, metavar="DURATION", help="With --sync: sync again every DURATION (15m, 1h, "
+                 "90s) until Ctrl-C."),
+)
 @report_option
 @run_options
 @stage_workers
@@ -211,7 +208,7 @@ def migrate(**kwargs: Any) -> None:
         raise click.exceptions.Exit(1)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @readback_options
 def validate(**kwargs: Any) -> None:
     """Read every selected run back from the target and compare it with the archive, value by value.
@@ -228,7 +225,7 @@ def validate(**kwargs: Any) -> None:
         raise ValidationFailed(f"validation found differences; see {result.paths['html']}")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @readback_options
 @relocate_option
 def retry(**kwargs: Any) -> None:
@@ -253,57 +250,25 @@ def retry(**kwargs: Any) -> None:
         raise ValidationFailed(f"some runs still fail or differ; see {result.validation.paths['html']}")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @state_option
-@click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None,
-              help="Only this stage.")
-@click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched.")
+@section(
+    "Rows",
+    click.option("--stage", type=click.Choice(["export", "load", "validate"]), default=None, help="Only this stage."),
+    click.option("--failed", "failed_only", is_flag=True, help="Only runs that failed or mismatched, each error in "
+                 "full."),
+)
 @json_option
 def status(state: str | None, stage: str | None, failed_only: bool, json_output: bool) -> None:
-    """Show every run's stage, status, attempts and last error from the ledger."""
+    """Totals per stage, then each run's status per stage, attempts and last error, from the ledger.
+
+    Read-only: it answers at once while a load, a migrate or a `migrate --sync --every` loop is using the ledger.
+    """
     result = nm.status(state=state, stage=stage, failed=failed_only)
     if json_output:
-        out.print_json(json.dumps(result.to_dict()["entries"]))
+        out.print_json(json.dumps(result.to_dict()))
         return
-    # One target is the usual case: its name then goes in the title, not in a column of every row.
-    targets = sorted({e.target for e in result.entries})
-    wide = out.width >= 140
-    title = f"Ledger {result.state}" + (f" - {targets[0]}" if len(targets) == 1 else "")
-    table = Table(title=title)
-    columns = ["project", "run", "stage", *(["target"] if len(targets) > 1 else []), "status", "attempts",
-               *(["target id"] if wide else []), "last error"]
-    for col in columns:
-        table.add_column(col, overflow="fold", ratio=3 if col == "last error" else None)
-    for e in result.entries:
-        color = {"done": "green", "failed": "red", "mismatch": "red", "running": "yellow",
-                 "interrupted": "yellow"}.get(e.status, "")
-        status_cell = f"[{color}]{e.status}[/{color}]" if color else e.status
-        row = [e.ref.project_id, e.ref.run_id, e.stage, *([e.target] if len(targets) > 1 else []), status_cell,
-               str(e.attempts), *([e.target_id or ""] if wide else []), escape(e.last_error or "")]
-        table.add_row(*row)
-    out.print(table)
-    out.print(", ".join(f"{n} {s}" for s, n in result.counts().items()) or "no entries")
-    if result.syncs:
-        synced = Table(title="Syncs (migrate --sync)")
-        for col in ("project", "run", "syncs", "last synced (UTC)", "last sync added"):
-            synced.add_column(col, overflow="fold")
-        for x in result.syncs:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(x.synced_at)) if x.synced_at else ""
-            synced.add_row(x.ref.project_id, x.ref.run_id, str(x.syncs), when, escape(_gained(x.gained)))
-        out.print(synced)
-
-
-def _gained(gained: dict[str, Any] | None) -> str:
-    if not gained:
-        return ""
-    if "replaced" in gained:
-        return f"replaced: {gained['replaced']}"
-    text = f"+{gained.get('points', 0):,} points"
-    if gained.get("atoms"):
-        text += ", changed " + ", ".join(gained["atoms"])
-    if gained.get("files"):
-        text += ", files " + ", ".join(gained["files"])
-    return text
+    print_status(result, full_errors=failed_only)
 
 
 COMMANDS = [discover, export, load, migrate, validate, retry, status]

@@ -21,6 +21,7 @@ from neptune_migration.ledger.sqlite import (
     SKIPPED,
     Entry,
     Ledger,
+    LedgerView,
     Loaded,
     SyncState,
     default_state_path,
@@ -34,6 +35,13 @@ def open_ledger(state: str | Path | None) -> Ledger:
     return Ledger(Path(state) if state is not None else default_state_path())
 
 
+def open_view(state: str | Path) -> Ledger | LedgerView:
+    """What `status` reads: a PostgreSQL ledger as it is (readers never wait there), a SQLite file read-only."""
+    if is_database_uri(str(state)):
+        return PostgresLedger(str(state))
+    return LedgerView(Path(state))
+
+
 __all__ = [
     "DEFAULT_STATE",
     "DONE",
@@ -45,6 +53,7 @@ __all__ = [
     "SKIPPED",
     "Entry",
     "Ledger",
+    "LedgerView",
     "Loaded",
     "PostgresLedger",
     "RunClaimed",
@@ -52,5 +61,6 @@ __all__ = [
     "default_state_path",
     "is_database_uri",
     "open_ledger",
+    "open_view",
     "redact_uri",
 ]

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from neptune_migration.errors import LedgerBusyError, MigrationError, UsageError
 from neptune_migration.interrupt import RunStopped
@@ -176,16 +177,8 @@ class Ledger:
         return _entry(row) if row else None
 
     def entries(self, stage: str | None = None, target: str | None = None) -> Iterator[Entry]:
-        sql, args = "SELECT * FROM progress WHERE 1=1", []
-        if stage:
-            sql += " AND stage=?"
-            args.append(stage)
-        if target:
-            sql += " AND target=?"
-            args.append(target)
-        sql += " ORDER BY project_id, run_id, stage, target"
         with self._locked():
-            rows = self._db.execute(sql, args).fetchall()
+            rows = _select_entries(self._db, stage, target)
         for row in rows:
             yield _entry(row)
 
@@ -440,6 +433,67 @@ def _loaded(ref: RunRef, target: str, row: tuple[Any, ...]) -> Loaded:
     placement, selection, mapping_version = row
     return Loaded(ref, target, json.loads(placement) if placement else None,
                   json.loads(selection) if selection else None, mapping_version)
+
+
+def _select_entries(db: sqlite3.Connection, stage: str | None, target: str | None) -> list[tuple[Any, ...]]:
+    sql, args = "SELECT * FROM progress WHERE 1=1", []
+    if stage:
+        sql += " AND stage=?"
+        args.append(stage)
+    if target:
+        sql += " AND target=?"
+        args.append(target)
+    sql += " ORDER BY project_id, run_id, stage, target"
+    return db.execute(sql, args).fetchall()
+
+
+class LedgerView:
+    """A read-only look at a SQLite ledger that never waits for the process using it (`status` during a load).
+
+    The ledger is in WAL mode, where a reader sees the last committed rows while a writer goes on; the view takes
+    no flock and opens the file `mode=ro`, so it can neither block nor disturb that writer."""
+
+    def __init__(self, path: Path | str, busy_seconds: float = 3.0) -> None:
+        self.path = Path(path)
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=busy_seconds, check_same_thread=False)
+            self._db.execute("SELECT 1 FROM progress LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
+
+    def in_use(self) -> bool:
+        """Whether a neptune-migrate process holds the ledger now (its `running` rows are live, not left over)."""
+        try:
+            with open(self.path.with_name(self.path.name + ".lock"), "rb") as fh:
+                try:
+                    # Shared and non-blocking: fails only while a writer holds its exclusive lock.
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        except OSError:
+            return False
+        return False
+
+    def entries(self, stage: str | None = None, target: str | None = None) -> list[Entry]:
+        return [_entry(row) for row in _select_entries(self._db, stage, target)]
+
+    def sync_states(self) -> list[SyncState]:
+        try:
+            rows = self._db.execute("SELECT * FROM sync_state ORDER BY project_id, run_id, target").fetchall()
+        except sqlite3.OperationalError:  # no sync has run on this ledger: the table is created on first use
+            return []
+        return [sync_entry(r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LedgerView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

@@ -7,6 +7,7 @@
         sb.changes.set("ws/proj", "run-1", "params/lr", 0.02)
         sb.changes.add_file("ws/proj", "run-1", "checkpoints/best", b"...", "best.pt")
         sb.changes.rewrite("ws/proj", "run-1", "train/acc", [(0, 0.5)])   # history no append can reach
+        sb.changes.start("ws/proj", "run-1")  ...  sb.changes.finish("ws/proj", "run-1")   # live, then done
         ...                                   # `migrate --sync`
 
 Every change bumps the run's `sys/modification_time` (and `sys/ping_time`) past its previous value, as Neptune
@@ -105,6 +106,14 @@ class Changes:
             run = self.run(project_id, run_id)
             run.attributes[path] = Attribute(path, type_, normalise_atom(type_, value))
             self._touch(run)
+
+    def start(self, project_id: str, run_id: str) -> None:
+        """The run is live: a training process writes to it (`sys/state` active, as Neptune shows it)."""
+        self.set(project_id, run_id, "sys/state", "active", "string")
+
+    def finish(self, project_id: str, run_id: str) -> None:
+        """The training process stopped: `sys/state` inactive."""
+        self.set(project_id, run_id, "sys/state", "inactive", "string")
 
     def delete(self, project_id: str, run_id: str, path: str) -> None:
         """Remove an attribute (`del run[path]` in the clients)."""

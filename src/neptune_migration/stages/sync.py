@@ -21,18 +21,22 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, ArchiveWriter
 from neptune_migration.archive.delta import DeltaWriter, Gained, HistoryRewritten, RunTip
+from neptune_migration.checks import RunCheck
+from neptune_migration.errors import Interrupted
 from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
 from neptune_migration.stages.export import EXPORT, ExportOutcome, archive_key, export_one
 from neptune_migration.stages.load import LOAD, RunOutcome, _details, _load_one
-from neptune_migration.stages.runner import attempt
+from neptune_migration.stages.runner import Stopped, attempt, run_pool
+from neptune_migration.stages.validate import VALIDATE, ValidationSummary, validate_run, verifier_for
 from neptune_migration.targets.base import LoadContext, LoadResult, ReplaceNeeded, Target
 from neptune_migration.vocabulary import RunRef
 
@@ -222,9 +226,98 @@ def sync_load(plan: SyncPlan, target: Target, selection: Selection, ledger: Ledg
     assert done.value is not None
     gained = dict(plan.gained)
     gained["sent_points"] = done.value.points
+    if done.value.approximations.get("live_param"):
+        # Params that changed while the run is live: it is replaced once it has finished (the report names it).
+        gained["live_params"] = done.value.approximations["live_param"]
     ledger.finish(run.ref, SYNC, canonical, done.value.target_id, details=_details(done.value) | {"gained": gained})
     ledger.record_sync(run.ref, skey, len(run.parts), gained)
     return RunOutcome(run.ref.key, SYNCED, done.value, seconds=time.monotonic() - started, sync=gained)
+
+
+# -- the report of a sync covers the whole selection ------------------------------------------------------------
+MIGRATED, FAILED_NOW = "migrated", "failed"
+
+
+def whole_selection(exported: Any, loaded: Any, validated: ValidationSummary, ledger: Ledger, target: Target,
+                    selection: Selection, writer: ArchiveWriter, workers: int = 4
+                    ) -> tuple[ValidationSummary, dict[str, dict[str, Any]]]:
+    """Every run the sync listed, with its validation: this pass's read-back, else the ledger's when it was made
+    after the run's last load or sync, else the run is read back now (a validation an earlier pass never finished).
+    Also, per run key, what this pass did to it (the report's `this_pass`): a pass that found nothing new must not
+    replace the report of the whole migration with an empty one."""
+    canonical = target.canonical
+    listed = [o.key for o in exported.outcomes]
+    passed = _pass_actions(exported, loaded)
+    checked = {c.ref.key for c in validated.checks}
+    # One query per stage, not per run: a sync of 10,000 unchanged runs reports them all.
+    loads = {e.ref.key: e for e in ledger.entries(stage=LOAD, target=canonical)}
+    syncs = {e.ref.key: e for e in ledger.entries(stage=SYNC, target=canonical)}
+    stored = {e.ref.key: e for e in ledger.entries(stage=VALIDATE, target=canonical)}
+    summary = dataclasses.replace(validated, checks=list(validated.checks))
+    for key in checked:
+        passed.setdefault(key, {"action": UNCHANGED})["validated"] = "now"
+    again: list[ArchivedRun] = []
+    archive = Archive(writer.root)
+    for key in listed:
+        if key in checked or key not in loads:
+            continue  # read back now, or never loaded here (its failure is in the report's errors)
+        ref = loads[key].ref
+        check = _stored_check(stored.get(key), [loads[key], syncs.get(key)])
+        if check is not None:
+            summary.checks.append(check)
+            passed.setdefault(key, {"action": UNCHANGED})["validated"] = _iso(stored[key].updated_at)
+        elif (run := archive.run(ref)) is not None:
+            again.append(run)
+    if again:
+        for check in _read_back(again, target, selection, ledger, workers):
+            summary.checks.append(check)
+            passed.setdefault(check.ref.key, {"action": UNCHANGED})["validated"] = "now"
+    summary.checks.sort(key=lambda c: c.ref)
+    for check in summary.checks:
+        if check.approximations.get("live_param"):
+            passed.setdefault(check.ref.key, {"action": UNCHANGED})["waits_for_end"] = True
+    return summary, passed
+
+
+def _read_back(runs: list[ArchivedRun], target: Target, selection: Selection, ledger: Ledger, workers: int
+               ) -> list[RunCheck]:
+    verifier = verifier_for(target)
+    checks: list[RunCheck] = []
+    try:
+        for check in run_pool(runs, lambda r: validate_run(r, verifier, selection, ledger, target.canonical),
+                              workers, "validate", ledger):
+            checks.append(check)
+    except Stopped:
+        raise Interrupted(VALIDATE, len(checks), len(runs) - len(checks)) from None
+    finally:
+        if not interrupt.STOP.stragglers:  # a read-back still running uses it
+            verifier.close()
+    return checks
+
+
+def _pass_actions(exported: Any, loaded: Any) -> dict[str, dict[str, Any]]:
+    actions: dict[str, dict[str, Any]] = {}
+    for o in exported.outcomes:
+        actions[o.key] = {"action": FAILED_NOW if o.status == "failed" else UNCHANGED}
+    for o in loaded.outcomes:
+        action = {"loaded": MIGRATED, "already_loaded": UNCHANGED}.get(o.status, o.status)
+        actions[o.key] = {"action": action} | ({"added": o.sync} if o.sync else {})
+    return actions
+
+
+def _stored_check(entry: Entry | None, changes: list[Entry | None]) -> RunCheck | None:
+    """The ledger's validation of a run, when it read back what the target holds now (made after the run's last
+    load or sync, finished or not: a failed sync may have appended half); None when the run must be read back."""
+    if entry is None or entry.status not in (DONE, "mismatch") or not entry.details:
+        return None
+    changed = [e.updated_at for e in changes if e is not None]
+    if changed and entry.updated_at < max(changed):
+        return None
+    return RunCheck.from_dict(entry.details)
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _same_parts(entry: Entry, parts: int) -> dict[str, Any] | None:
@@ -235,4 +328,5 @@ def _same_parts(entry: Entry, parts: int) -> dict[str, Any] | None:
     return cp
 
 
-__all__ = ["REPLACED", "SYNC", "SYNCED", "UNCHANGED", "SyncPlan", "plan_sync", "sync_key", "sync_load"]
+__all__ = ["REPLACED", "SYNC", "SYNCED", "UNCHANGED", "SyncPlan", "plan_sync", "sync_key", "sync_load",
+           "whole_selection"]

@@ -14,11 +14,7 @@ from neptune_migration.options import option
 from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
 from neptune_migration.targets.mlflow.endpoint import check_tracking_uri
-
-# What lands where in MLflow (docs/mlflow.md, "Mapping versions"). 1: up to 0.1.0 (no tag: runs loaded then
-# read as 1); 2: one step scale per metric key across an experiment, pictures and logs beside series, the
-# cleaned-up file layout and tag set.
-MAPPING_VERSION = 2
+from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 
 
 @dataclass
@@ -71,7 +67,8 @@ def _hint(target: Any) -> str:
 
     # The experiments this target created or found while loading: the pages worth opening.
     ids = sorted(set(getattr(target, "_experiments", {}).values()), key=lambda x: (len(x), x))
-    return f"Open the MLflow UI: {ui_command(target.tracking_uri, ids)}"
+    about = getattr(target, "about", None)
+    return (f"Target: {about}\n" if about else "") + f"Open the MLflow UI: {ui_command(target.tracking_uri, ids)}"
 
 
 def _run_url(target: Any, run_id: str) -> str | None:

@@ -5,7 +5,9 @@ create it. So a process claims each experiment it writes into with an experiment
 random id) and renews the claim while it works; another process finding a live claim refuses with a message naming
 the holder. A claim is free again when its holder removes it (close), when it was not renewed for `LEASE_SECONDS`
 (a holder on another machine that died), or at once when the holder was a process of this machine that is gone
-(a SIGKILLed run resumed on the same machine continues immediately).
+(a SIGKILLed run resumed on the same machine continues immediately). Servers up to MLflow 3.0 cannot delete an
+experiment tag (DeleteExperimentTag answers 404): there the holder releases its claim by writing it again marked
+`released`, which every reader takes as free.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ExperimentLeases:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        # False for a server without DeleteExperimentTag: release() then marks the claim released instead.
+        self.deletes_tags = True
 
     def _read(self, experiment_id: str) -> dict[str, Any] | None:
         exp = self.retry(lambda: self.client.get_experiment(experiment_id))
@@ -63,12 +67,13 @@ class ExperimentLeases:
             return None
         return claim if isinstance(claim, dict) else None
 
-    def _write(self, experiment_id: str) -> None:
-        value = json.dumps({**self.me, "renewed": time.time()}, sort_keys=True)
+    def _write(self, experiment_id: str, released: bool = False) -> None:
+        value = json.dumps({**self.me, "renewed": time.time(), **({"released": True} if released else {})},
+                           sort_keys=True)
         self.retry(lambda: self.client.set_experiment_tag(experiment_id, LEASE_TAG, value))
 
     def _free(self, claim: dict[str, Any] | None) -> bool:
-        if claim is None or claim.get("id") == self.me["id"]:
+        if claim is None or claim.get("id") == self.me["id"] or claim.get("released"):
             return True
         if time.time() - float(claim.get("renewed") or 0) > LEASE_SECONDS:
             return True
@@ -116,7 +121,16 @@ class ExperimentLeases:
         for experiment_id in held:
             with contextlib.suppress(Exception):  # a claim not removed expires by itself
                 if (self._read(experiment_id) or {}).get("id") == self.me["id"]:
-                    self.client.delete_experiment_tag(experiment_id, LEASE_TAG)
+                    self._remove(experiment_id)
+
+    def _remove(self, experiment_id: str) -> None:
+        if self.deletes_tags:
+            try:
+                self.client.delete_experiment_tag(experiment_id, LEASE_TAG)
+                return
+            except Exception:
+                pass  # a server whose version we could not read may still lack the call: mark it released
+        self._write(experiment_id, released=True)
 
 
 def _busy(name: str, claim: dict[str, Any]) -> str:

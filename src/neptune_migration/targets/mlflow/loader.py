@@ -2,9 +2,9 @@
 
 Identity: every MLflow run we create carries the tag `neptune.run_key_hash` (from `project_id/run_id`) from
 the moment it exists, so a rerun finds it. A run that died half-way is completed in place: params repeat as
-no-ops, metric batches already acknowledged are skipped through the ledger checkpoint, the batch in flight is
-re-sent (MLflow drops exact repeats), artifacts are overwritten, and only then is the run terminated and
-marked `neptune.migration.state=complete`.
+no-ops, metric batches already acknowledged are skipped through the ledger checkpoint, of the batches after it
+only the points the run does not hold are sent (held.py: older servers fail on a repeated NaN point), artifacts are
+overwritten, and only then is the run terminated and marked `neptune.migration.state=complete`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from neptune_migration.naming import fit_length, resolve_collisions, short_hash
 from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import Copy, LoadContext, LoadResult, Placement
-from neptune_migration.targets.mlflow import MAPPING_VERSION
+from neptune_migration.targets.mlflow import server_version as versions
 from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
+from neptune_migration.targets.mlflow.held import HeldPoints
 from neptune_migration.targets.mlflow.lease import ExperimentLeases
 from neptune_migration.targets.mlflow.mapping import (
     LOG_SUFFIX,
@@ -72,9 +73,12 @@ from neptune_migration.targets.mlflow.mapping import (
     step_decimals,
     text_value,
 )
+from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef, file_part
+
+log = logging.getLogger("neptune_migration")
 
 METRICS_PER_BATCH = 1000
 # Rows per Arrow batch for float points: 16k keeps a batch's numpy and Python transients small (peak RSS
@@ -99,21 +103,25 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
+# MLflow 3's UI opens an experiment by this tag: without it a migrated experiment opens on the GenAI overview of
+# traces ("No data available") instead of its runs. Older servers ignore it.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
 # What `mlflow ui` serves a local store on: the port ui_command passes.
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
-def ui_server(tracking_uri: str) -> str | None:
-    """The base URL of the UI showing this tracking URI (no credentials), or None for a store with no UI."""
+def ui_server(tracking_uri: str) -> str:
+    """The base URL of the UI showing this tracking URI (no credentials): the server itself, or for a store read
+    in-process (a SQLite or database URI) what `mlflow ui` serves it on."""
     if tracking_uri.startswith(("http://", "https://")):
         return public_uri(tracking_uri).rstrip("/")
-    if tracking_uri.startswith("sqlite:///"):
-        return LOCAL_UI
-    return None
+    return LOCAL_UI
 
 
 def experiment_url(server: str, experiment_id: str) -> str:
-    # MLflow 3 opens an experiment in its GenAI view (traces) unless told otherwise; runs live in the ML view.
+    # Older servers ignore the workflow type; MLflow 3 also reads the experiment's kind tag (EXPERIMENT_KIND).
     return f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
@@ -122,20 +130,33 @@ def run_url(server: str, experiment_id: str, run_id: str) -> str:
     return f"{server}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
+def store_uri_to_show(uri: str) -> tuple[str, bool]:
+    """A database store URI that can be pasted into `mlflow ui`: the user kept, the password never printed (the
+    database driver reads it from the environment, e.g. PGPASSWORD). Also whether a password was removed."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri, False
+    host = (parts.username or "") + "@" + (parts.hostname or "")
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=host)), True
+
+
 def ui_command(tracking_uri: str, experiment_ids: list[str] | tuple[str, ...] = ()) -> str:
-    """How to look at the runs: the server's experiment pages, or for a local store the `mlflow ui` command and
-    the pages it will serve."""
+    """How to look at the runs, for every kind of store: a server's experiment pages, or for a store read
+    in-process (SQLite, PostgreSQL, MySQL) the `mlflow ui` command that serves it and the pages it will show."""
     server = ui_server(tracking_uri)
-    pages = [experiment_url(server, x) for x in experiment_ids] if server else []
-    if tracking_uri.startswith("sqlite:///"):
-        # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
-        beside = Path(sys.executable).parent / "mlflow"
-        mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
-        command = f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
-        return command + "\nthen open " + (" ".join(pages) if pages else LOCAL_UI)
-    if pages:
-        return "open " + " ".join(pages) + " in a browser"
-    return f"open {public_uri(tracking_uri)} in a browser"
+    pages = [experiment_url(server, x) for x in experiment_ids]
+    if tracking_uri.startswith(("http://", "https://")):
+        return "open " + (" ".join(pages) if pages else server) + " in a browser"
+    # The mlflow beside this interpreter: in a venv it is not on the PATH until the venv is activated.
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow = shlex.quote(str(beside)) if beside.exists() else "mlflow"
+    shown, secret = store_uri_to_show(tracking_uri)
+    command = f"{mlflow} ui --backend-store-uri {shlex.quote(shown)} --port {urlsplit(LOCAL_UI).port}"
+    if secret:
+        command += "  (with the database password in the environment, e.g. PGPASSWORD or MYSQL_PWD)"
+    return command + "\nthen open " + (" ".join(pages) if pages else LOCAL_UI)
 
 
 def experiment_description(project_id: str, runs_selected: int | None = None) -> tuple[str, dict[str, str]]:
@@ -146,7 +167,7 @@ def experiment_description(project_id: str, runs_selected: int | None = None) ->
     note = (f"Migrated from Neptune project {project_id}" + (f" (workspace {workspace})" if workspace else "")
             + f" by neptune-migration {__version__} on {when}.{runs} Each run's Neptune id is in its tag "
             f"{KEY_TAG}.")
-    tags = {"mlflow.note.content": note, "neptune.project": project_id,
+    tags = {"mlflow.note.content": note, "neptune.project": project_id, EXPERIMENT_KIND: TRAINING_KIND,
             "neptune.migrated_by": f"neptune-migration {__version__}"}
     if workspace:
         tags["neptune.workspace"] = workspace
@@ -211,6 +232,9 @@ class MlflowTarget:
             mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: self.max_retries,
         })
         self.local_store: Path | None = None
+        # The tracking server's version, read by check() (None for a store in this process, or a server that did
+        # not say).
+        self.server_version: str | None = None
         if self.tracking_uri.startswith("sqlite:///"):
             db = Path(self.tracking_uri[len("sqlite:///") :])
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +260,11 @@ class MlflowTarget:
     @property
     def canonical(self) -> str:
         return "mlflow:" + public_uri(self.tracking_uri)
+
+    @property
+    def about(self) -> str | None:
+        """`MLflow server 3.10.1` once check() read the server's version; shown in summaries and reports."""
+        return f"MLflow server {self.server_version}" if self.server_version else None
 
     # -- setup ------------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -264,12 +293,22 @@ class MlflowTarget:
                     f"the MLflow tracking server at {public_uri(self.tracking_uri)} answered "
                     f"{response.status_code} on /health"
                 )
+            self._know_server()
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:
             raise TargetError(
                 f"the MLflow tracking store {public_uri(self.tracking_uri)} refused a query: {_reason(exc)}"
             ) from None
+
+    def _know_server(self) -> None:
+        """Read the server's version (refused below the tested minimum, a warning outside the range); it decides
+        the rules that differ between servers (server_version.py)."""
+        self.server_version = versions.read(self.tracking_uri, self.patience.timeout)
+        warning = versions.judge(self.server_version, public_uri(self.tracking_uri))
+        if warning:
+            log.warning(warning)
+        self._leases.deletes_tags = versions.at_least(self.server_version, versions.DELETES_EXPERIMENT_TAGS)
 
     def experiment_name(self, run: ArchivedRun) -> str:
         base = run.ref.project_id
@@ -304,6 +343,9 @@ class MlflowTarget:
                     exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
+                if "neptune.migrated_by" in exp.tags and EXPERIMENT_KIND not in exp.tags:
+                    # Made by an earlier version of this tool: opened on the GenAI view until it has the kind.
+                    self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
             self._leases.claim(exp_id, name)
             self._experiments[name] = exp_id
             return exp_id
@@ -396,13 +438,15 @@ class MlflowTarget:
             result.stale = retrying(lambda: self._scales.stale_runs(
                 exp_id, steps.raised, lambda r: run_scales(r, self.client), skip=[run_id]))
         failed_before = bool(existing) and LOAD_ERROR_TAG in existing[0].data.tags
+        # A run found again (a resumed load, or one from another ledger) may hold any of the batches to come.
+        held = HeldPoints.of(self.client, run_id, retrying) if existing else None
 
         try:
             self._log_params(run_id, run, atoms, ctx, result)
             with tempfile.TemporaryDirectory(prefix="neptune-migrate-") as tmp:
                 staging = Path(tmp)
                 uploads: list[Future[None]] = []
-                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps)
+                self._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps, held)
                 self._log_text_series(run_id, run, ctx, result, staging, uploads)
                 self._log_files(run_id, run, ctx, result, staging, uploads)
                 for fut in uploads:
@@ -632,6 +676,7 @@ class MlflowTarget:
         staging: Path,
         uploads: list[Future[None]],
         steps: StepPlan,
+        held: HeldPoints | None,
     ) -> None:
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         plan = {p: d for p, d in plan.items() if not ctx.held(p)}  # series an earlier load sent are there
@@ -643,13 +688,16 @@ class MlflowTarget:
             checkpoint.pop("metric_batches_done", None)
         checkpoint["metric_plan"] = signature
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
-        self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True)
+        self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True,
+                             held=held)
 
     def _stream_metrics(self, run_id: str, run: ArchivedRun, plan: dict[str, int], names: dict[str, str],
                         fallback_ts: int, ctx: LoadContext, checkpoint: dict[str, Any], result: LoadResult,
-                        count_skipped: bool) -> None:
+                        count_skipped: bool, held: HeldPoints | None = None) -> None:
         """Send `run`'s metric batches, `in_flight` at a time, skipping those an interrupted attempt had sent
-        (`count_skipped`: they still count as the run's points) and checkpointing the acknowledged prefix."""
+        (`count_skipped`: they still count as the run's points) and checkpointing the acknowledged prefix.
+        `held`: what the run holds already (a run found again); of the batches not skipped, only the points it
+        lacks are sent (held.py)."""
         done = int(checkpoint.get("metric_batches_done", 0))
         window: list[tuple[int, Future[None], int]] = []
         last_save = time.monotonic()
@@ -658,7 +706,12 @@ class MlflowTarget:
                 if count_skipped:
                     result.points += len(metrics)
                 continue
-            fut = self._metric_pool.submit(retrying, lambda m=metrics: self._send_metrics(run_id, m))
+            sending = held.missing(metrics) if held is not None else metrics
+            if sending:
+                fut = self._metric_pool.submit(retrying, lambda m=sending: self._send_metrics(run_id, m))
+            else:
+                fut = Future()
+                fut.set_result(None)
             window.append((index, fut, len(metrics)))
             while len(window) >= self.in_flight:
                 done, last_save = self._settle(window.pop(0), done, checkpoint, ctx, result, last_save)

@@ -65,6 +65,7 @@ from neptune_migration.targets.mlflow.mapping import (
 from neptune_migration.targets.mlflow.readback import MetricReader, empty_columns
 from neptune_migration.targets.mlflow.scales import EXPERIMENT_SCALE_TAG
 from neptune_migration.targets.mlflow.scales import decode as scales_of
+from neptune_migration.targets.mlflow.sync import LIVE_PARAM, LIVE_TAG_PREFIX
 from neptune_migration.targets.mlflow.views import SOURCE_KEY, picture_source, png_text
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
@@ -125,6 +126,22 @@ class Series:
         for arr in (self.steps, self.timestamps, self.bits):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
+
+
+def _changed_param(check: RunCheck, run: ArchivedRun, path: str, key: str, text: str, held: str,
+                   live: str | None) -> None:
+    """A param MLflow holds with an older value: while the Neptune run is live, its current value in the tag
+    `neptune.live/<key>` is the documented approximation (the run is replaced once it has finished)."""
+    if run.live and live == text:
+        check.approx(LIVE_PARAM)
+        return
+    why = ""
+    if run.live:
+        why = f"; the run is live and tag {LIVE_TAG_PREFIX + key!r} is {short(live) if live else 'missing'!r}"
+    elif live is not None:
+        why = "; the run has finished since it changed: the next `migrate --sync` replaces it with its final values"
+    check.mismatch(path, "param_value", f"param {key!r} is {short(held)!r} in MLflow, {short(text)!r} expected{why}",
+                   key, expected=short(text), actual=short(held))
 
 
 def normalise_values(values: np.ndarray) -> np.ndarray:
@@ -310,6 +327,7 @@ class MlflowVerifier:
         wanted = {p: a for p, a in atoms.items() if not p.startswith("sys/") and selection.wants_attribute(p, a.type)}
         names = resolve_collisions(wanted, sanitize_key, fold_key)
         params = mlflow_run.data.params
+        live = {k[len(LIVE_TAG_PREFIX):]: v for k, v in mlflow_run.data.tags.items() if k.startswith(LIVE_TAG_PREFIX)}
         digest = hashlib.sha256()
         for path, atom in sorted(wanted.items()):
             key = names[path]
@@ -324,8 +342,11 @@ class MlflowVerifier:
             if key not in params:
                 check.mismatch(path, "param_missing", f"param {key!r} is missing in MLflow", key, expected=text)
             elif params[key] != text:
-                check.mismatch(path, "param_value", f"param {key!r} is {short(params[key])!r} in MLflow, "
-                               f"{short(text)!r} expected", key, expected=short(text), actual=short(params[key]))
+                _changed_param(check, run, path, key, text, params[key], live.get(key))
+            elif key in live and live[key] != text:
+                check.mismatch(path, "live_tag", f"tag {LIVE_TAG_PREFIX + key!r} is {short(live[key])!r} in MLflow, "
+                               f"but the param holds the current value {short(text)!r}", LIVE_TAG_PREFIX + key,
+                               expected=short(text), actual=short(live[key]))
         extra = sorted(set(params) - set(names.values()))
         if extra:
             check.warnings.append(f"{len(extra)} param(s) in MLflow not in the archive selection: "

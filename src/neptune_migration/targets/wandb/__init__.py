@@ -13,9 +13,8 @@ from neptune_migration.errors import require
 from neptune_migration.options import option
 from neptune_migration.retry import Patience, retry_budget_option, timeout_option
 from neptune_migration.targets.base import TargetPlugin, TargetSettings
+from neptune_migration.targets.wandb.mapping_version import MAPPING_VERSION
 
-# What lands where in W&B (docs/wandb.md, "Mapping versions"); runs loaded before it was recorded read as 1.
-MAPPING_VERSION = 1
 
 @dataclass
 class WandbOptions:

@@ -35,9 +35,9 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, decimal_steps
 from neptune_migration.errors import ArchiveError, UnsafePathError
 from neptune_migration.targets.base import LoadContext, LoadResult
-from neptune_migration.targets.wandb import MAPPING_VERSION
 from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.history import History, build
+from neptune_migration.targets.wandb.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.wandb.names import STEP_KEY, artifact_name, metric_keys, project_name, run_id, tags
 from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
 from neptune_migration.targets.wandb.readback import note_run_folder

@@ -23,9 +23,9 @@ from neptune_migration.archive.reader import END_TIME_RULE, ms_text
 from neptune_migration.checks import RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.selection import Selection
-from neptune_migration.targets.wandb import MAPPING_VERSION
 from neptune_migration.targets.wandb.config import config_value
 from neptune_migration.targets.wandb.folder import names_for, runtime_seconds
+from neptune_migration.targets.wandb.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
 from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
