@@ -82,8 +82,10 @@ def _snapshot(uri: str) -> dict[str, dict]:
             "history": {k: _history(client, run.info.run_id, k) for k in sorted(data.metrics)},
             "latest": latest,
             "params": data.params,
-            # neptune.bulk_rows is the bulk path's own progress marker (docs/mlflow.md).
-            "tags": {k: v for k, v in data.tags.items() if k not in ("mlflow.parentRunId", "neptune.bulk_rows")},
+            # neptune.bulk_rows is the bulk path's own progress marker (docs/mlflow.md); neptune.migration.ledger
+            # names the ledger that created the run, and the two loads compared here each have their own.
+            "tags": {k: v for k, v in data.tags.items()
+                     if k not in ("mlflow.parentRunId", "neptune.bulk_rows", "neptune.migration.ledger")},
             # The end time is the run's last activity (never the load time), so it is the same for both loads.
             "status": (run.info.status, run.info.start_time, run.info.end_time),
         }

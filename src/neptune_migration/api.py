@@ -487,9 +487,13 @@ def _source_plan(from_: str, options: dict[str, Any], path: str | Path | None, s
 @interrupt.handling_signals()
 def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
          upload_workers: int | None = None, state: str | Path | None = None, refresh: bool = False,
-         progress: bool = False, cluster: str | None = None, **options: Any) -> LoadResult:
-    """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue.
+         progress: bool = False, cluster: str | None = None, relocate: bool = False, **options: Any) -> LoadResult:
+    """Load an archive (ours or neptune-exporter's) into a target. Resumable: call again to continue; a wider
+    selection adds what the loaded runs lack to the same target runs, a narrower one deletes nothing.
     `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings).
+    `relocate`: move runs the target holds at another place (another MLflow --experiment-by/--experiment-prefix)
+    to the place these options name: loaded there, validated, then the old copies deleted. Without it such a load
+    is refused before anything is written.
     `cluster`: a Dask scheduler's address (tcp://HOST:PORT); each run is then loaded by a task on its workers, and
     `state` must be a PostgreSQL ledger (docs/cluster.md)."""
     _preflight(archive, files, to, cluster, state, options)
@@ -501,7 +505,7 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
     with _ledger(state) as ledger, _cluster(cluster, state, plan, write=False) as remote:
         try:
             summary = run_load(archived, target, selection, ledger, _tracker("load", progress), workers, refresh,
-                               cluster=remote)
+                               cluster=remote, relocate=relocate)
             registry = _load_models(plugin, archived, target, ledger)
         finally:
             _close(target)
@@ -536,9 +540,10 @@ def validate(archive: str | Path, *, files: str | Path | None = None, to: str = 
 @interrupt.handling_signals()
 def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "mlflow", workers: int = 4,
           state: str | Path | None = None, report_dir: str | Path = DEFAULT_REPORT_DIR, progress: bool = False,
-          retry_command: str | None = None, cluster: str | None = None, **options: Any) -> RetryResult:
+          retry_command: str | None = None, cluster: str | None = None, relocate: bool = False,
+          **options: Any) -> RetryResult:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them (`cluster`: on a
-    Dask cluster's workers, as `load`)."""
+    Dask cluster's workers, as `load`; `relocate`: as `load`, for runs the target holds at another place)."""
     _check_report_dir(report_dir)
     _preflight(archive, files, to, cluster, state, options, must_exist=True)
     archived = Archive(str(archive), str(files) if files is not None else None)
@@ -549,7 +554,7 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
     with _ledger(state, must_exist=True) as ledger, _cluster(cluster, state, plan, write=False) as remote:
         try:
             outcome = run_retry(archived, target, selection, ledger, _tracker("retry", progress), workers,
-                                cluster=remote)
+                                cluster=remote, relocate=relocate)
         finally:
             _close(target)
         result = RetryResult([r.key for r in outcome.reloaded], [r.key for r in outcome.revalidated], outcome.load,

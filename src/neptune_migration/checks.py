@@ -38,6 +38,11 @@ class Mismatch:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
 
+# A copy of the run outside the place the command asks for (another MLflow experiment, another W&B project):
+# `load --relocate` moves it (docs/validation.md).
+ELSEWHERE = "run_elsewhere"
+
+
 @dataclass
 class RunCheck:
     """The outcome of reading one run back and comparing it with the archive."""

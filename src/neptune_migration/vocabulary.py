@@ -10,6 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
 
@@ -105,3 +106,9 @@ def step_to_decimal(step: float) -> tuple[Decimal, float | None]:
     # Out of decimal(18, 6) range or more than 6 decimals: keep the nearest decimal and the exact float.
     clamped = max(min(step, 999_999_999_999.0), -999_999_999_999.0)
     return Decimal(repr(clamped)).quantize(_MICRO), step
+
+
+def file_part(path: str, step: Any, name: str | None) -> str:
+    """One archived file as the ledger records what a target run holds: attribute, step and name. The load stage
+    and the targets build it from the same archive row, so the two always agree."""
+    return f"{path}\x1f{'' if step is None else step}\x1f{name or ''}"

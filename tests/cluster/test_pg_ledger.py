@@ -104,3 +104,28 @@ def test_no_password_in_messages(postgres) -> None:  # type: ignore[no-untyped-d
         open_ledger(uri)
     assert postgres.password not in str(info.value) and "***" in str(info.value)
     assert redact_uri(uri) == uri.replace("wrong-" + postgres.password, "***")
+
+
+def test_what_a_target_run_holds_and_the_migration_from_schema_2(pg_state: str) -> None:
+    import psycopg
+
+    place = {"where": "experiment 'ws/proj'", "options": "--experiment-by project"}
+    with open_ledger(pg_state) as ledger:
+        ledger.record_loaded(REF, "mlflow:x", place)
+        held = ledger.loaded(REF, "mlflow:x")
+        assert held is not None and (held.placement, held.selection, held.mapping_version) == (place, None, None)
+        ledger.record_loaded(REF, "mlflow:x", place, {"passes": [{}], "parts": ["a"]}, 2)
+        ledger.record_loaded(REF, "mlflow:x", place)  # a placement alone keeps what the run holds
+        held = ledger.loaded(REF, "mlflow:x")
+        assert held is not None and held.selection == {"passes": [{}], "parts": ["a"]} and held.mapping_version == 2
+        ledger.forget_loaded(REF, "mlflow:x")
+        assert ledger.loaded(REF, "mlflow:x") is None
+        ledger.start(REF, "load", "mlflow:x")
+        ledger.finish(REF, "load", "mlflow:x", "abc", details={"mapping_version": 2})
+    # A ledger at schema 2 (before the table existed) is migrated: its done loads keep their mapping version.
+    with psycopg.connect(pg_state, autocommit=True) as db:
+        db.execute("DROP TABLE neptune_migration_loaded")
+        db.execute("DELETE FROM neptune_migration_schema WHERE version = 3")
+    with open_ledger(pg_state) as ledger:
+        held = ledger.loaded(REF, "mlflow:x")
+        assert held is not None and (held.placement, held.selection, held.mapping_version) == (None, None, 2)

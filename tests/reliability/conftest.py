@@ -173,7 +173,8 @@ def mlflow_snapshot(uri: str, prefix: str) -> dict[str, Any]:
     for run in runs:
         key = run.data.tags.get("neptune.run_key")
         assert key not in out, f"two active MLflow runs for {key}"
-        tags = {k: v for k, v in run.data.tags.items()}
+        # neptune.migration.ledger names the ledger that created the run: each migration compared has its own.
+        tags = {k: v for k, v in run.data.tags.items() if k != "neptune.migration.ledger"}
         if "mlflow.parentRunId" in tags:
             tags["mlflow.parentRunId"] = key_of.get(tags["mlflow.parentRunId"], "?")
         metrics = {}

@@ -23,6 +23,7 @@ from neptune_migration.cli.options import (
     export_source_only,
     json_option,
     logging_options,
+    relocate_option,
     report_option,
     run_options,
     section,
@@ -149,6 +150,7 @@ def export(**kwargs: Any) -> None:
 @selection_options
 @section(RUN, click.option("--refresh", is_flag=True, help="Reload the runs loaded with an older mapping version of "
                            "the target (a load without it lists them); each is replaced in the target."))
+@relocate_option
 @run_options
 def load(**kwargs: Any) -> None:
     """Load an archive (ours or neptune-exporter's) into a target. Resumable: rerun to continue.
@@ -235,6 +237,7 @@ def validate(**kwargs: Any) -> None:
 
 @click.command(cls=SectionedCommand)
 @readback_options
+@relocate_option
 def retry(**kwargs: Any) -> None:
     """Load again only the runs that failed or mismatched (per the ledger), then validate them.
 

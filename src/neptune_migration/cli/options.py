@@ -185,6 +185,11 @@ state_option = section(RUN, click.option("--state", default=None, metavar="PATH|
                             help="Ledger: a SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB to share progress "
                                  "between drivers and a cluster (required with --cluster). Default: "
                                  ".neptune-migration/state.db or $NEPTUNE_MIGRATION_STATE."))
+relocate_option = section(RUN, click.option(
+    "--relocate", is_flag=True,
+    help="Move runs the target holds at another place (another --experiment-by or --experiment-prefix) to the "
+         "place these options name: each is loaded there, validated, then its old copies are deleted. Without it "
+         "such a load is refused before anything is written."))
 json_option = section(OUTPUT, click.option("--json", "json_output", is_flag=True, help="Machine-readable output."))
 
 logging_options = section(OUTPUT,

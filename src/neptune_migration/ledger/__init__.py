@@ -22,6 +22,7 @@ from neptune_migration.ledger.sqlite import (
     Entry,
     Ledger,
     LedgerView,
+    Loaded,
     SyncState,
     default_state_path,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "Entry",
     "Ledger",
     "LedgerView",
+    "Loaded",
     "PostgresLedger",
     "RunClaimed",
     "SyncState",

@@ -23,14 +23,26 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from neptune_migration.errors import MigrationError, UsageError
-from neptune_migration.ledger.sqlite import RUNNING, Entry, Ledger, SyncState, _entry, sync_entry
+from neptune_migration.ledger.sqlite import (
+    RUNNING,
+    Entry,
+    Ledger,
+    Loaded,
+    SyncState,
+    _entry,
+    _json,
+    _loaded,
+    sync_entry,
+)
+from neptune_migration.naming import short_hash
 from neptune_migration.secrets import redact, register
 from neptune_migration.vocabulary import RunRef
 
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TABLE = "neptune_migration_progress"
 SYNC_TABLE = "neptune_migration_sync_state"
+LOADED_TABLE = "neptune_migration_loaded"
 DEFAULT_LEASE_SECONDS = 60.0
 # Taken while the schema is created or migrated, so two drivers starting at once do not both run a migration.
 _SCHEMA_LOCK = 0x6E6D6967  # "nmig"
@@ -72,6 +84,23 @@ _MIGRATIONS: dict[int, list[str]] = {
             updated_at    DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (project_id, run_id, target)
         )""",
+    ],
+    # What each target run holds (placement, the selections that wrote it, mapping version); loads done before
+    # keep their mapping version, their placement is asked of the target.
+    3: [
+        f"""CREATE TABLE IF NOT EXISTS {LOADED_TABLE} (
+            project_id      TEXT NOT NULL,
+            run_id          TEXT NOT NULL,
+            target          TEXT NOT NULL,
+            placement       TEXT,
+            selection       TEXT,
+            mapping_version INTEGER,
+            updated_at      DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (project_id, run_id, target)
+        )""",
+        f"""INSERT INTO {LOADED_TABLE} (project_id, run_id, target, mapping_version, updated_at)
+            SELECT project_id, run_id, target, COALESCE((details::json->>'mapping_version')::int, 1), updated_at
+            FROM {TABLE} WHERE stage = 'load' AND status = 'done' ON CONFLICT DO NOTHING""",
     ],
 }
 # A row may be written by its holder, or by anyone once it is not held (settled, or its lease ran out).
@@ -291,6 +320,33 @@ class PostgresLedger(Ledger):
                         self._exec(f"UPDATE {TABLE} SET lease_until={_NOW} + %s WHERE project_id=%s AND run_id=%s "
                                    f"AND stage=%s AND target=%s AND owner=%s AND status='{RUNNING}'",
                                    (self.lease, *key, self.owner))
+
+    def identity(self) -> str:
+        return short_hash(str(self.path), 16)  # the URI without its password
+
+    # -- what each target run holds --------------------------------------------------------------------
+    def loaded(self, ref: RunRef, target: str) -> Loaded | None:
+        with self._locked():
+            row = self._exec(f"SELECT placement, selection, mapping_version FROM {LOADED_TABLE} WHERE project_id=%s "
+                             "AND run_id=%s AND target=%s", (ref.project_id, ref.run_id, target)).fetchone()
+        return _loaded(ref, target, row) if row else None
+
+    def record_loaded(self, ref: RunRef, target: str, placement: dict[str, Any] | None,
+                      selection: dict[str, Any] | None = None, mapping_version: int | None = None) -> None:
+        with self._locked():
+            self._exec(
+                f"""INSERT INTO {LOADED_TABLE} AS l (project_id, run_id, target, placement, selection,
+                    mapping_version, updated_at) VALUES (%s, %s, %s, %s, %s, %s, {_NOW})
+                    ON CONFLICT (project_id, run_id, target) DO UPDATE SET placement=EXCLUDED.placement,
+                    selection=COALESCE(EXCLUDED.selection, l.selection),
+                    mapping_version=COALESCE(EXCLUDED.mapping_version, l.mapping_version),
+                    updated_at=EXCLUDED.updated_at""",
+                (ref.project_id, ref.run_id, target, _json(placement), _json(selection), mapping_version))
+
+    def forget_loaded(self, ref: RunRef, target: str) -> None:
+        with self._locked():
+            self._exec(f"DELETE FROM {LOADED_TABLE} WHERE project_id=%s AND run_id=%s AND target=%s",
+                       (ref.project_id, ref.run_id, target))
 
     # -- sync (migrate --sync) ----------------------------------------------------------------------------
     def sync_state(self, ref: RunRef, target: str) -> SyncState | None:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from neptune_migration.errors import LedgerBusyError, MigrationError, UsageError
 from neptune_migration.interrupt import RunStopped
+from neptune_migration.naming import short_hash
 from neptune_migration.secrets import redact
 from neptune_migration.vocabulary import RunRef
 
@@ -48,6 +49,40 @@ CREATE TABLE IF NOT EXISTS progress (
     PRIMARY KEY (project_id, run_id, stage, target)
 );
 """
+# PRAGMA user_version: 0 is a ledger from before versions were kept (progress, sync_state made on first use).
+SCHEMA_VERSION = 2
+# What each target run holds, kept apart from the attempts (a failed or interrupted attempt leaves it as it was):
+# where the run was placed, what the selections of the loads that wrote it let through, the mapping version.
+_LOADED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loaded (
+    project_id      TEXT NOT NULL,
+    run_id          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    placement       TEXT,
+    selection       TEXT,
+    mapping_version INTEGER,
+    updated_at      REAL NOT NULL,
+    PRIMARY KEY (project_id, run_id, target)
+);
+"""
+# Loads done before version 2 recorded their mapping version in the progress row; their placement and selection
+# are unknown (NULL): the load stage asks the target where such a run is.
+_LOADED_FROM_PROGRESS = """
+INSERT OR IGNORE INTO loaded (project_id, run_id, target, mapping_version, updated_at)
+SELECT project_id, run_id, target, COALESCE(CAST(json_extract(details, '$.mapping_version') AS INTEGER), 1),
+       updated_at FROM progress WHERE stage = 'load' AND status = 'done'
+"""
+
+
+@dataclass
+class Loaded:
+    """What one target run holds, as the loads that wrote it recorded (None: not known, an older ledger)."""
+
+    ref: RunRef
+    target: str
+    placement: dict[str, Any] | None
+    selection: dict[str, Any] | None
+    mapping_version: int | None
 
 
 @dataclass
@@ -94,6 +129,7 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise MigrationError(f"the state file {self.path} is not a usable ledger: {exc}") from None
         self._mutex = threading.Lock()
@@ -104,6 +140,18 @@ class Ledger:
         # What the ledger cost (the scale benchmark's overhead): seconds held, and CPU seconds used.
         self.seconds = 0.0
         self.cpu_seconds = 0.0
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise MigrationError(f"the ledger {self.path} has schema version {version}, newer than this "
+                                 f"neptune-migration knows ({SCHEMA_VERSION}): upgrade neptune-migration")
+        if version < 2:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(_LOADED_SCHEMA)
+            self._db.execute(_LOADED_FROM_PROGRESS)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -246,6 +294,38 @@ class Ledger:
                 (*fields.values(), ref.project_id, ref.run_id, stage, target),
             )
 
+    def identity(self) -> str:
+        """This ledger's name in the target runs it creates: copies another migration (another ledger) made of the
+        same Neptune run are told apart from this one's."""
+        return short_hash(os.path.abspath(str(self.path)), 16)
+
+    # -- what each target run holds (the rerun rule: docs/architecture.md, "A rerun") ----------------------
+    def loaded(self, ref: RunRef, target: str) -> Loaded | None:
+        with self._locked():
+            row = self._db.execute(
+                "SELECT placement, selection, mapping_version FROM loaded WHERE project_id=? AND run_id=? AND target=?",
+                (ref.project_id, ref.run_id, target)).fetchone()
+        return _loaded(ref, target, row) if row else None
+
+    def record_loaded(self, ref: RunRef, target: str, placement: dict[str, Any] | None,
+                      selection: dict[str, Any] | None = None, mapping_version: int | None = None) -> None:
+        """Where the target run is (always written) and, once a load finished, what it holds."""
+        with self._locked():
+            self._db.execute(
+                """INSERT INTO loaded (project_id, run_id, target, placement, selection, mapping_version, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project_id, run_id, target) DO UPDATE SET
+                   placement=excluded.placement, selection=COALESCE(excluded.selection, selection),
+                   mapping_version=COALESCE(excluded.mapping_version, mapping_version),
+                   updated_at=excluded.updated_at""",
+                (ref.project_id, ref.run_id, target, _json(placement), _json(selection), mapping_version,
+                 time.time()))
+
+    def forget_loaded(self, ref: RunRef, target: str) -> None:
+        """The target no longer holds the run (retry discarded it): the next load starts from nothing."""
+        with self._locked():
+            self._db.execute("DELETE FROM loaded WHERE project_id=? AND run_id=? AND target=?",
+                             (ref.project_id, ref.run_id, target))
+
     # -- sync (migrate --sync): its own table, so the progress rows keep their meaning ----------------------
     def _sync_table(self) -> None:
         if not getattr(self, "_sync_ready", False):
@@ -343,6 +423,16 @@ def sync_entry(row: tuple[Any, ...]) -> SyncState:
     project_id, run_id, target, archive_parts, loaded_parts, syncs, synced_at, gained, updated = row
     return SyncState(RunRef(project_id, run_id), target, archive_parts, loaded_parts, syncs, synced_at,
                      json.loads(gained) if gained else None, updated)
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, sort_keys=True) if value is not None else None
+
+
+def _loaded(ref: RunRef, target: str, row: tuple[Any, ...]) -> Loaded:
+    placement, selection, mapping_version = row
+    return Loaded(ref, target, json.loads(placement) if placement else None,
+                  json.loads(selection) if selection else None, mapping_version)
 
 
 def _select_entries(db: sqlite3.Connection, stage: str | None, target: str | None) -> list[tuple[Any, ...]]:

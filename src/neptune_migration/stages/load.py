@@ -15,11 +15,13 @@ from typing import Any
 
 from neptune_migration import interrupt
 from neptune_migration.archive import Archive, ArchivedRun, IncompleteRun, UnreadableRun
+from neptune_migration.checks import ELSEWHERE, Verifier
 from neptune_migration.errors import ArchiveError, Interrupted, UsageError
 from neptune_migration.ledger import DONE, Entry, Ledger
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
+from neptune_migration.stages import converge
 from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.targets.base import LoadContext, LoadResult, Target
 from neptune_migration.vocabulary import RunRef, folder_name
@@ -146,13 +148,21 @@ def load(
     workers: int = 4,
     refresh: bool = False,
     cluster: Any = None,
+    relocate: bool = False,
 ) -> LoadSummary:
-    """Load the selected runs not yet done. `refresh`: also replace the runs loaded with an older mapping version
-    of the target (without it they are listed in the summary's warnings). `cluster` (a `stages.remote.Cluster`):
-    each run is loaded by a task on the cluster's workers."""
+    """Load the selected runs not yet done, and what a done run lacks of this selection (into the same target run).
+    `refresh`: also replace the runs loaded with an older mapping version of the target (without it they are listed
+    in the summary's warnings). `cluster` (a `stages.remote.Cluster`): each run is loaded by a task on the
+    cluster's workers. Runs the target holds at another place (another MLflow experiment layout or prefix) are
+    refused before anything is written, unless `relocate`: each is loaded at the new place, validated there, and
+    only then are its old copies deleted."""
     started = time.monotonic()
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
+    elsewhere = converge.find_elsewhere(runs, target, ledger, target.canonical, LOAD)
+    if elsewhere and not relocate:
+        raise converge.refusal(elsewhere, target.name)
+    moving = {e.run.ref.key: e for e in elsewhere}
     for item in incomplete:
         log.warning(
             "incomplete run in archive (no part_0, export interrupted?): %s/%s", item.project_dir.name, item.run_folder
@@ -165,7 +175,10 @@ def load(
     replace: set[str] = set()
     version = target_plugin(target.name).mapping_version
     older: list[str] = []
+    gaps: dict[str, converge.Gap] = {}
     for run in runs:
+        if run.ref.key in moving:
+            continue
         if ledger.is_done(run.ref, LOAD, target.canonical):
             loaded_with = outdated(ledger, run.ref, target.canonical, version)
             if loaded_with is not None and refresh:
@@ -174,15 +187,23 @@ def load(
                 continue
             if loaded_with is not None:
                 older.append(run.ref.key)
+            gap = _gap(run, target, selection, ledger)
+            if gap is not None:
+                gaps[run.ref.key] = gap
+            if gap is not None and gap.missing:
+                todo.append(run)  # this selection asks for more than the target run holds: it gets the rest
+                continue
             summary.outcomes.append(RunOutcome(run.ref.key, "already_loaded"))
         else:
             todo.append(run)
+    _gap_warnings(gaps, summary.warnings)
     if older:
         summary.warnings.append(f"{len(older)} run(s) were loaded with an older mapping of {target.name} (this "
                                 f"version writes mapping {version}; see the docs' mapping versions), e.g. "
                                 f"{older[0]}: load again with --refresh to bring them in line")
     # Stale: loaded earlier, and out of line with what this load's runs need (the target reloads them below).
-    stale = target_plugin(target.name).prepare(target, todo, selection.wants_attribute) if todo else []
+    placing = todo + [e.run for e in elsewhere]
+    stale = target_plugin(target.name).prepare(target, placing, selection.wants_attribute) if placing else []
     def load_many(some: list[ArchivedRun], replacing: Callable[[ArchivedRun], bool]) -> Iterable[RunOutcome]:
         """Load `some` on the cluster or the local pool; `replacing(run)`: replace its copy in the target."""
         if cluster is None:
@@ -194,7 +215,7 @@ def load(
                                   summary.workers, replace=True))
 
     with tracker_factory(len(runs)) as tracker:
-        for _ in range(len(runs) - len(todo)):
+        for _ in range(len(runs) - len(todo) - len(elsewhere)):
             tracker.run_done()
         try:
             # Forks wait for their parents, so a target can link them (MLflow's parentRunId, W&B's lineage).
@@ -204,6 +225,9 @@ def load(
                     tracker.run_done()
             reload_stale(runs, summary.outcomes, lambda some: load_many(some, lambda _run: True), ledger,
                          target.canonical, summary.warnings, stale)
+            for outcome in relocate_runs(elsewhere, target, selection, ledger, tracker):
+                summary.outcomes.append(outcome)
+                tracker.run_done()
         except Stopped:
             done = summary.count("loaded") + summary.count("already_loaded")
             failed = summary.count("failed")
@@ -211,6 +235,72 @@ def load(
     summary.outcomes.sort(key=lambda o: o.key)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _gap(run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger) -> converge.Gap | None:
+    place = converge.placement(target, run)
+    return converge.gap(run, selection, ledger.loaded(run.ref, target.canonical), place.where if place else None)
+
+
+def _gap_warnings(gaps: dict[str, converge.Gap], warnings: list[str]) -> None:
+    """One line for the runs that hold more than this selection asks (nothing is deleted), one for those that
+    get what they lacked."""
+    stays = {key: gap for key, gap in gaps.items() if gap.stays}
+    if stays:
+        key = min(stays)
+        parts = sum(len(g.stays) for g in stays.values())
+        warnings.append(f"{len(stays)} run(s) hold {parts} part(s) this selection leaves out (e.g. {key}: "
+                        f"{converge.describe_part(min(stays[key].stays))}); they stay in the target, nothing is "
+                        "deleted")
+    more = {key: gap for key, gap in gaps.items() if gap.missing}
+    if more:
+        key = min(more)
+        log.info("%d run(s) loaded before get what this selection adds (e.g. %s: %s), in the same target runs",
+                 len(more), key, converge.describe_part(min(more[key].missing)))
+
+
+def relocate_runs(elsewhere: list[converge.Elsewhere], target: Target, selection: Selection, ledger: Ledger,
+                  tracker: Tracker) -> Iterable[RunOutcome]:
+    """`--relocate`: each run loaded afresh at the new place and validated there; only then are its old copies
+    deleted. A copy that does not validate is deleted instead, and the old one stays: never two active copies."""
+    if not elsewhere:
+        return
+    verifier = target_plugin(target.name).verifier(target)
+    try:
+        for moving in elsewhere:
+            yield _relocate_one(moving, target, selection, ledger, tracker, verifier)
+    finally:
+        verifier.close()
+
+
+def _relocate_one(moving: converge.Elsewhere, target: Target, selection: Selection, ledger: Ledger,
+                  tracker: Tracker, verifier: Verifier) -> RunOutcome:
+    run, canonical = moving.run, target.canonical
+    outcome = _load_one(run, target, selection, ledger, tracker, replace=True, placing=False)
+    if outcome.status != "loaded":
+        return outcome
+    _tell(verifier, ledger)
+    check = verifier.verify(run, selection)
+    # Its old copies are still there (deleted below): the one thing a good copy here may be told.
+    others = check.mismatch_count - sum(1 for m in check.mismatches if m.kind == ELSEWHERE)
+    if check.error is not None or others:
+        verifier.discard(run)  # the new copy; the old ones stay where they were
+        error = (f"the copy loaded at {moving.here.where} did not validate ({check.error or check.summary_line()}); "
+                 f"it was deleted, the copy at {moving.copies[0].where} stays")
+        ledger.fail(run.ref, LOAD, canonical, error)
+        return RunOutcome(run.ref.key, "failed", error=error, seconds=outcome.seconds)
+    gone = converge.remove_elsewhere(target, run, moving.here.where, ledger.identity())
+    log.info("run %s moved to %s (%d old copy(ies) deleted)", run.ref.key, moving.here.where, len(gone))
+    version = target_plugin(target.name).mapping_version
+    ledger.record_loaded(run.ref, canonical, converge.as_record(moving.here), converge.record(run, selection, None),
+                         version)
+    return outcome
+
+
+def _tell(verifier: Verifier, ledger: Ledger) -> None:
+    """A verifier that looks for copies elsewhere flags those this migration made (`Copy.ours`)."""
+    if hasattr(verifier, "migration"):
+        verifier.migration = ledger.identity()  # type: ignore[attr-defined]
 
 
 def outdated(ledger: Ledger, ref: RunRef, target: str, version: int) -> int | None:
@@ -268,13 +358,25 @@ def fork_waves(runs: list[ArchivedRun]) -> list[list[ArchivedRun]]:
 
 def _load_one(
     run: ArchivedRun, target: Target, selection: Selection, ledger: Ledger, tracker: Tracker, replace: bool = False,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, placing: bool = True,
 ) -> RunOutcome:
-    """`extra`: kept with the run's details in the ledger (a cluster records the worker that loaded it)."""
+    """`extra`: kept with the run's details in the ledger (a cluster records the worker that loaded it).
+    A done run is loaded again only for what this selection adds to what its target run holds. `placing`: record
+    where the run goes and what it holds (False: `--relocate`, which records it once the new copy validated)."""
     canonical = target.canonical
-    if not replace and ledger.is_done(run.ref, LOAD, canonical):
+    place = converge.placement(target, run)
+    loaded = ledger.loaded(run.ref, canonical)
+    gap = None if replace else converge.gap(run, selection, loaded, place.where if place else None)
+    if not replace and ledger.is_done(run.ref, LOAD, canonical) and not (gap and gap.missing):
         # Loaded meanwhile by another driver or worker on a shared ledger (this run was handed out again).
         return RunOutcome(run.ref.key, "already_loaded")
+    if placing and loaded is None:
+        # Before the first write, so a run left half-loaded is known to be there.
+        ledger.record_loaded(run.ref, canonical, converge.as_record(place))
+    held = gap.held if gap is not None else set()
+    # A replaced run (refresh, a raised step scale) is written afresh with what it held too: nothing is lost.
+    kept = _kept(run, loaded, place) if replace and placing else set()
+    wants_attribute, wants_file = converge.keeping(selection, held | kept)
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         ledger.save_checkpoint(run.ref, LOAD, canonical, state)
@@ -288,9 +390,11 @@ def _load_one(
             stop_requested=interrupt.requested,
             on_points=tracker.add_points,
             on_bytes=tracker.add_bytes,
-            wants_attribute=selection.wants_attribute,
-            wants_file=selection.wants_file,
+            wants_attribute=wants_attribute,
+            wants_file=wants_file,
             replace=replace,
+            held=held.__contains__,
+            migration=ledger.identity(),
         )
         return target.load_run(run, ctx)
 
@@ -300,9 +404,29 @@ def _load_one(
         run.release_files()  # payloads fetched from object storage: one run's worth of disk at a time
     if done.error is not None or done.value is None:
         return RunOutcome(run.ref.key, "failed", error=done.error, seconds=done.seconds)
-    details = _details(done.value) | {"mapping_version": target_plugin(target.name).mapping_version} | (extra or {})
+    version = target_plugin(target.name).mapping_version
+    details = _details(done.value) | {"mapping_version": version} | (extra or {})
+    if held:
+        details = _added(details, ledger.get(run.ref, LOAD, canonical))
     ledger.finish(run.ref, LOAD, canonical, done.value.target_id, details=details)
+    if placing:
+        earlier = loaded.selection if loaded is not None and (gap is not None or kept) else None
+        ledger.record_loaded(run.ref, canonical, converge.as_record(place), converge.record(run, selection, earlier),
+                             version)
     return RunOutcome(run.ref.key, "loaded", done.value, seconds=done.seconds)
+
+
+def _kept(run: ArchivedRun, loaded: Any, place: Any) -> set[str]:
+    """What a run about to be replaced holds at this place, per the ledger (nothing when it does not say)."""
+    if loaded is None or not loaded.selection or not converge.same_place(loaded, place.where if place else None):
+        return set()
+    return converge.held_parts(run, loaded.selection)
+
+
+def _added(details: dict[str, Any], before: Entry | None) -> dict[str, Any]:
+    """The run's totals after a wider load added to it (the earlier load's counts plus this one's)."""
+    earlier = (before.details if before else None) or {}
+    return details | {k: int(earlier.get(k, 0)) + int(details.get(k, 0)) for k in ("points", "files", "bytes")}
 
 
 def _details(result: LoadResult) -> dict[str, Any]:

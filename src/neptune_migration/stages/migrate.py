@@ -28,6 +28,7 @@ from neptune_migration.ledger import Ledger, RunClaimed
 from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.selection import Selection
+from neptune_migration.stages import converge
 from neptune_migration.stages.export import (
     ExportOutcome,
     ExportSummary,
@@ -37,7 +38,15 @@ from neptune_migration.stages.export import (
     list_selected,
     make_project_folders,
 )
-from neptune_migration.stages.load import LOAD, LoadSummary, RunOutcome, _load_one, outdated, reload_stale
+from neptune_migration.stages.load import (
+    LOAD,
+    LoadSummary,
+    RunOutcome,
+    _gap,
+    _load_one,
+    outdated,
+    reload_stale,
+)
 from neptune_migration.stages.runner import (
     POLL_SECONDS,
     RunStopped,
@@ -121,6 +130,24 @@ class _Exported:
     sync: SyncPlan | None = None  # `--sync` of a run migrated before: append its new parts (or replace it)
 
 
+def refuse_elsewhere(runs: list[Any], writer: ArchiveWriter, target: Target, ledger: Ledger, canonical: str) -> None:
+    """Before anything is written: runs loaded earlier at another place (another MLflow experiment layout or
+    prefix) are refused in one line; `load --relocate` on this archive moves them."""
+    options: str | None = None  # the placement options, from the first run read (they do not depend on the run)
+    archived = []
+    for ref in (run.ref for run in runs):
+        if not converge.may_be_elsewhere(ledger, canonical, ref, options):
+            continue  # placed by these same options: its place is this one, no need to read it
+        run = writer.archived(ref)
+        if run is not None:
+            archived.append(run)
+            place = converge.placement(target, run)
+            options = place.options if place is not None else options
+    found = converge.find_elsewhere(archived, target, ledger, canonical, LOAD)
+    if found:
+        raise converge.refusal(found, target.name, f"neptune-migrate load --archive {writer.root}")
+
+
 def run_pipeline(
     source: Source,
     writer: ArchiveWriter,
@@ -145,6 +172,7 @@ def run_pipeline(
     runs = list_selected(source)
     clock.listing = time.monotonic() - started
     canonical = target.canonical  # a property that may resolve paths: read once
+    refuse_elsewhere(runs, writer, target, ledger, canonical)
     result = MigrationResult(ExportSummary(writer.root, listed=len(runs)), LoadSummary(target=canonical),
                              ValidationSummary(canonical) if validate else None, clock)
     make_project_folders(source, writer)
@@ -187,6 +215,9 @@ def run_pipeline(
             # The run changed in Neptune since it was loaded: its target copy is replaced, not patched.
             ledger.reset(run.ref, LOAD, canonical)
         already = ledger.is_done(run.ref, LOAD, canonical)
+        if already and not replace:
+            gap = _gap(archived, target, selection, ledger)
+            already = not (gap and gap.missing)  # this selection asks more than the target run holds
         if already and outdated(ledger, run.ref, canonical, mapping_version) is not None:
             if refresh:  # loaded with an older mapping of the target: replaced, as a changed run is
                 replace, already = True, False

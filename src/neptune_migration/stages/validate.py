@@ -27,7 +27,7 @@ from neptune_migration.plugins import target as target_plugin
 from neptune_migration.progress import Tracker
 from neptune_migration.secrets import redact, redact_tree
 from neptune_migration.selection import Selection
-from neptune_migration.stages.load import LOAD, record_unreadable, select, select_runs
+from neptune_migration.stages.load import LOAD, _tell, record_unreadable, select, select_runs
 from neptune_migration.stages.load import load as run_load
 from neptune_migration.stages.runner import Stopped, attempt, run_pool
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, SERIES_TYPES, RunRef
@@ -134,6 +134,7 @@ def validate(
 
 def validate_run(run: ArchivedRun, verifier: Verifier, selection: Selection, ledger: Ledger, target: str) -> RunCheck:
     """Validate one run and record it: done when every value matches, mismatch (with details) otherwise."""
+    _tell(verifier, ledger)
     try:
         done = attempt(ledger, run.ref, VALIDATE, target, lambda _entry: verifier.verify(run, selection), "validate",
                        record_failure=False)
@@ -314,6 +315,7 @@ def retry(
     tracker_factory: Callable[[int], Tracker] | None = None,
     workers: int = 4,
     cluster: Any = None,
+    relocate: bool = False,
 ) -> RetryOutcome:
     """Load again the runs that failed or mismatched (only those, within the selection), then validate them.
 
@@ -335,6 +337,8 @@ def retry(
             if ref in mismatched:
                 n = verifier.discard(by_ref[ref])
                 log.info("run %s: discarded %d target run(s) holding wrong data", ref.key, n)
+                if n:
+                    ledger.forget_loaded(ref, canonical)  # the next load starts from nothing
             ledger.reset(ref, LOAD, canonical)
         load_summary = None
         if reload:
@@ -342,7 +346,8 @@ def retry(
             narrowed = dataclasses.replace(
                 selection, projects=sorted({ref.project_id for ref in reload}), limit=None,
                 runs=re.compile("^(?:" + "|".join(re.escape(i) for i in ids) + ")$"))
-            load_summary = run_load(archive, target, narrowed, ledger, factory, workers, cluster=cluster)
+            load_summary = run_load(archive, target, narrowed, ledger, factory, workers, cluster=cluster,
+                                    relocate=relocate)
         keys = {ref.key: ref for ref in reload}
         failed_again = {keys[o.key] for o in (load_summary.failed if load_summary else []) if o.key in keys}
         validation = validate(archive, target, selection, ledger, factory, workers,

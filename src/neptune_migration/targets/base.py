@@ -55,9 +55,38 @@ class LoadContext:
     wants_file: Callable[[str, str, int], bool] = lambda _path, _name, _size: True
     # The run changed at the source since it was loaded (`--refresh`): replace the target's copy.
     replace: bool = False
+    # Parts the target run already holds from earlier loads (attribute paths, and `vocabulary.file_part` keys for
+    # files): a wider rerun sends only what is missing, into the same target run. Ignored when the run is created.
+    held: Callable[[str], bool] = lambda _part: False
+    # The ledger's identity (`Ledger.identity`), kept on each target run created, so copies another migration made
+    # of the same Neptune run are told apart from this one's (`Copy.migration`).
+    migration: str | None = None
     # True once Ctrl-C or SIGTERM asked for a stop. A target may look between batches and call save_checkpoint;
     # save_checkpoint itself then unwinds the run (the stage records it `interrupted`, to resume later).
     stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a target puts a run: `where` names the place (an MLflow experiment, a W&B entity/project), `options`
+    the command-line options that chose it (what the one line refusing another placement repeats)."""
+
+    where: str
+    options: str
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One active copy of a Neptune run in a target: where it is, and its id there."""
+
+    where: str
+    target_id: str
+    # The identity of the ledger that created it (None: a run from before the tool kept it).
+    migration: str | None = None
+
+    def ours(self, migration: str | None) -> bool:
+        """Made by this migration (or by a version that did not say)."""
+        return self.migration is None or migration is None or self.migration == migration
 
 
 class ReplaceNeeded(Exception):
@@ -132,3 +161,9 @@ class TargetPlugin:
     sync_run: Callable[[Any, ArchivedRun, ArchivedRun, LoadContext], LoadResult] | None = None
     prepare: Callable[[Any, list[ArchivedRun], Callable[[str, str], bool]], list[RunRef]] = (
         lambda _target, _runs, _wants: [])
+    # Where this target (as configured) puts a run; None: one place only, so a run can never be elsewhere.
+    placement: Callable[[Any, ArchivedRun], Placement] | None = None
+    # Every active copy of a Neptune run in the target, wherever it is (other experiments, other projects).
+    copies: Callable[[Any, RunRef], list[Copy]] | None = None
+    # Delete one copy (`--relocate`, once the copy at the new place validated).
+    delete_copy: Callable[[Any, Copy], None] | None = None

@@ -102,4 +102,7 @@ plugin = TargetPlugin(
     prepare=lambda target, runs, wants: target.prepare(runs, wants),
     mapping_version=MAPPING_VERSION,
     sync_run=lambda target, run, delta, ctx: target.sync_run(run, delta, ctx),
+    placement=lambda target, run: target.placement(run),
+    copies=lambda target, ref: target.copies(ref),
+    delete_copy=lambda target, copy: target.delete_copy(copy),
 )

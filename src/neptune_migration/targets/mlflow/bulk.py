@@ -105,6 +105,11 @@ class MlflowBulkTarget(MlflowTarget):
         steps: StepPlan,
         held: Any = None,  # unused: the rows counted in the run's own tag resume a bulk load exactly
     ) -> None:
+        if any(ctx.held(path) for path in steps.decimals):
+            # A wider load into a run that holds some series: the row counts the bulk resume and check rest on
+            # are the whole run's, so the added series go through MLflow's store like any other load.
+            super()._log_metrics(run_id, run, ctx, checkpoint, result, staging, uploads, steps, held)
+            return
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
         if not plan:
             return

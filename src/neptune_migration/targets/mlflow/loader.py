@@ -10,6 +10,7 @@ overwritten, and only then is the run terminated and marked `neptune.migration.s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ from neptune_migration.retry import (
     unreachable_reason,
 )
 from neptune_migration.secrets import redact
-from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.base import Copy, LoadContext, LoadResult, Placement
 from neptune_migration.targets.mlflow import server_version as versions
 from neptune_migration.targets.mlflow.endpoint import naming_our_sessions
 from neptune_migration.targets.mlflow.filesets import Unpacked, unpack
@@ -83,7 +84,7 @@ from neptune_migration.targets.mlflow.mapping import (
 from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
-from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
+from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef, file_part
 
 log = logging.getLogger("neptune_migration")
 
@@ -96,6 +97,8 @@ KEY_TAG = "neptune.run_key"
 KEY_HASH_TAG = "neptune.run_key_hash"
 # Set while a failed attempt left the run half-loaded (and the run FAILED); removed when a later attempt completes it.
 LOAD_ERROR_TAG = "neptune.migration.load_error"
+# The ledger that created the run (`LoadContext.migration`): tells this migration's copies from another's.
+MIGRATION_TAG = "neptune.migration.ledger"
 DEFAULT_STORE = Path("mlflow-store")
 
 
@@ -371,6 +374,40 @@ class MlflowTarget:
             order_by=["attributes.start_time ASC"],
         )
 
+    def placement(self, run: ArchivedRun) -> Placement:
+        options = f"--experiment-by {self.experiment_by}"
+        if self.experiment_prefix:
+            options += f" --experiment-prefix {shlex.quote(self.experiment_prefix)}"
+        return Placement(experiment_place(self.experiment_name(run)), options)
+
+    def experiments(self) -> dict[str, str]:
+        """{experiment id: name} of every active experiment."""
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = retrying(lambda t=token: self.client.search_experiments(max_results=1000, page_token=t))
+            out.update({e.experiment_id: e.name for e in page})
+            token = page.token
+            if not token:
+                return out
+
+    def copies(self, ref: RunRef, experiments: dict[str, str] | None = None) -> list[Copy]:
+        """Every active MLflow run carrying this Neptune run's key, in any experiment (`experiments`: the list,
+        when the caller keeps it)."""
+        names = experiments if experiments is not None else self.experiments()
+        ids = sorted(names)
+        found: list[Copy] = []
+        for i in range(0, len(ids), 100):  # MLflow's REST search takes a bounded list of experiments
+            chunk = ids[i : i + 100]
+            runs = retrying(lambda c=chunk: self.client.search_runs(
+                c, filter_string=f"tags.`{KEY_HASH_TAG}` = '{run_key_hash(ref)}'", max_results=1000))
+            found += [Copy(experiment_place(names[r.info.experiment_id]), r.info.run_id,
+                           r.data.tags.get(MIGRATION_TAG)) for r in runs]
+        return found
+
+    def delete_copy(self, copy: Copy) -> None:
+        retrying(lambda: self.client.delete_run(copy.target_id))
+
     # -- the load ---------------------------------------------------------------------------------------
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
         atoms = run.atoms()
@@ -378,7 +415,7 @@ class MlflowTarget:
         steps = self._step_plan(exp_id, run, ctx)
         existing = retrying(lambda: self.find_runs(exp_id, run.ref))
         checkpoint = ctx.checkpoint or {}
-        replace = ctx.replace or any(run_scales(r, self.client) != steps.run_tag for r in existing)
+        replace = ctx.replace or any(not _scales_fit(run_scales(r, self.client), steps.run_tag) for r in existing)
         if existing and replace:
             # A refreshed run replaces its earlier copy, as does one logged at a step scale the experiment has
             # since raised (its points cannot be re-stepped in place); deleted runs drop out of the key search.
@@ -393,10 +430,15 @@ class MlflowTarget:
             run_id = mlflow_run.info.run_id
             if checkpoint.get("mlflow_run_id") != run_id:
                 checkpoint = {}  # the checkpoint belongs to a run that no longer exists
+            held_scales = run_scales(mlflow_run, self.client)
+            if held_scales | steps.run_tag != held_scales:
+                # A wider load adds series the run did not have: their scales join the run's tag before any point.
+                self._retag_scales(run_id, held_scales | steps.run_tag)
         else:
-            run_id = self._create_run(exp_id, run, steps.run_tag)
+            run_id = self._create_run(exp_id, run, steps.run_tag, ctx.migration)
             self._one_run_per_key(exp_id, run, run_id)
             checkpoint = {}
+            ctx = dataclasses.replace(ctx, held=lambda _part: False)  # a new run holds nothing yet
         checkpoint["mlflow_run_id"] = run_id
         ctx.save_checkpoint(dict(checkpoint))
         result = LoadResult(target_id=run_id)
@@ -433,6 +475,11 @@ class MlflowTarget:
 
         return sync_run(self, run, delta, ctx, load_error_tag=LOAD_ERROR_TAG, creation_order=_creation_order)
 
+    def _retag_scales(self, run_id: str, scales: dict[str, int]) -> None:
+        text = json.dumps(scales, sort_keys=True)
+        retrying(lambda: self.client.set_tag(run_id, SCALE_TAG, text if len(text) <= MAX_TAG_LENGTH
+                                             else SCALE_IN_ARTIFACT))
+
     def _mark_failed(self, run_id: str, exc: BaseException) -> None:
         """A run left half-loaded must not look like a live RUNNING run in the UI: FAILED, with the reason in a tag,
         until the next attempt completes it (and removes the tag)."""
@@ -453,9 +500,11 @@ class MlflowTarget:
             raise TargetError(f"another writer created MLflow run {survivor} for {run.ref.key} at the same moment; "
                               "this copy was removed (rerun to check that run)")
 
-    def _create_run(self, exp_id: str, run: ArchivedRun, scales: dict[str, int]) -> str:
+    def _create_run(self, exp_id: str, run: ArchivedRun, scales: dict[str, int], migration: str | None = None) -> str:
         tags = self.run_tags(run)
         tags[STATE_TAG] = "loading"
+        if migration:
+            tags[MIGRATION_TAG] = migration
         if scales:
             # At creation, so a run never exists with points at a scale it does not name.
             text = json.dumps(scales, sort_keys=True)
@@ -535,6 +584,8 @@ class MlflowTarget:
             key = names[path]
             if key != path:
                 result.renamed[path] = key
+            if ctx.held(path):  # logged by an earlier load of this run
+                continue
             text = param_text(atom.type, atom.value)
             stored, where, kinds = param_value(key, text)
             if where is not None:
@@ -637,8 +688,14 @@ class MlflowTarget:
         held: HeldPoints | None,
     ) -> None:
         plan, names = self._prepare_metrics(run_id, run, ctx, result, steps)
+        plan = {p: d for p, d in plan.items() if not ctx.held(p)}  # series an earlier load sent are there
         if not plan:
             return
+        # Batch numbers count batches of this plan: a checkpoint made for another plan cannot skip any of them.
+        signature = short_hash("\n".join(sorted(plan)), 16)
+        if checkpoint.get("metric_plan", signature) != signature:
+            checkpoint.pop("metric_batches_done", None)
+        checkpoint["metric_plan"] = signature
         fallback_ts = to_ms(run.atom_value("sys/creation_time")) or 0
         self._stream_metrics(run_id, run, plan, names, fallback_ts, ctx, checkpoint, result, count_skipped=True,
                              held=held)
@@ -809,7 +866,7 @@ class MlflowTarget:
                 micros = decimal_micros(batch.column("step")).tolist()
                 for row, step_key in zip(batch.to_pylist(), micros, strict=True):
                     path, type_ = row["attribute_path"], row["attribute_type"]
-                    if not ctx.wants_attribute(path, type_):
+                    if not ctx.wants_attribute(path, type_) or ctx.held(path):
                         continue
                     if path not in handles:
                         types[path] = type_
@@ -863,10 +920,12 @@ class MlflowTarget:
                 path, type_ = row["attribute_path"], row["attribute_type"]
                 if not ctx.wants_attribute(path, type_) or row["file_value"] is None:
                     continue
+                step = row["step_exact"] if row["step_exact"] is not None else row["step"]
+                if ctx.held(file_part(path, step, row["file_name"])):
+                    continue  # uploaded by an earlier load of this run
                 source = run.file_path(row["file_value"]["path"])
                 if not source.exists():
                     raise ArchiveError(f"run {run.ref.key}: file for {path!r} is missing from the archive: {source}")
-                step = row["step_exact"] if row["step_exact"] is not None else row["step"]
                 for local, relative in payload_files(source):
                     name = row["file_name"] if (row["file_name"] and local == source) else local.name
                     size = local.stat().st_size
@@ -940,6 +999,18 @@ class MetricColumns:
 
     def keys(self) -> list[str]:
         return np.array(self.series_keys, dtype=object)[self.codes].tolist()
+
+
+def experiment_place(name: str) -> str:
+    """How a run's place reads in the ledger and in messages."""
+    return f"experiment {name!r}"
+
+
+def _scales_fit(have: dict[str, int], want: dict[str, int]) -> bool:
+    """A run's points fit the experiment's scales when every key it holds and this load logs has the scale wanted
+    (scales only grow, so a held key missing from `want` is one this load leaves out); keys it lacks are series a
+    wider load adds. An unreadable tag (scale 0) never fits."""
+    return all(scale > 0 and want.get(key, scale) == scale for key, scale in have.items())
 
 
 def name_project(runs: list[ArchivedRun], experiment: str, name_of: Callable[[ArchivedRun], str]) -> str:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import END_TIME_RULE, decimal_micros, ms_text, timestamps_ms, to_ms
-from neptune_migration.checks import RunCheck, canonical, examples, short
+from neptune_migration.checks import ELSEWHERE, RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.naming import resolve_collisions
 from neptune_migration.retry import retrying
@@ -188,6 +189,11 @@ class MlflowVerifier:
         self._pool = ThreadPoolExecutor(max(1, read_workers), thread_name_prefix="mlflow-read")
         # Experiment ids by name, once found (thousands of runs share a handful of experiments).
         self._experiments: dict[str, str] = {}
+        # Every active experiment {id: name}, listed once: where copies of a run at another place are looked for.
+        self._all: dict[str, str] | None = None
+        # The validating ledger's identity (set by the stage): copies other ledgers made are only mentioned.
+        self.migration: str | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -212,9 +218,28 @@ class MlflowVerifier:
         return len(found)
 
     # -- the comparison -------------------------------------------------------------------------------------
+    def _elsewhere(self, run: ArchivedRun, check: RunCheck) -> None:
+        """Copies of the run outside the experiment this placement names (another layout or prefix loaded it)."""
+        with self._lock:
+            if self._all is None:
+                self._all = self.target.experiments()
+            names = dict(self._all)
+        here = self.target.placement(run)
+        for copy in self.target.copies(run.ref, names):
+            if copy.where == here.where:
+                continue
+            if not copy.ours(self.migration):
+                check.warnings.append(f"another migration (another ledger) also holds this run in {copy.where} "
+                                      f"(MLflow run {copy.target_id})")
+            else:
+                check.mismatch("run", ELSEWHERE, f"an active copy (MLflow run {copy.target_id}) is in {copy.where}, "
+                               f"outside this placement ({here.where}, {here.options}): `load --relocate` moves it "
+                               "here and deletes it there", expected=here.where, actual=copy.where)
+
     def verify(self, run: ArchivedRun, selection: Selection) -> RunCheck:
         check = RunCheck(run.ref)
         found = retrying(lambda: self.find_runs(run))
+        self._elsewhere(run, check)
         if not found:
             check.mismatch("run", "run_missing", f"no MLflow run in experiment {self.target.experiment_name(run)!r} "
                            f"carries this run's key (tag neptune.run_key = {run.ref.key!r})")
