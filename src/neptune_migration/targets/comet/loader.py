@@ -2,7 +2,8 @@
 
 An archive is written whole under a temporary name in a staging folder and renamed into place once complete, so a
 run's archive is complete or absent: an attempt cut short (SIGKILL) leaves only staging files, which the next attempt
-removes. The archive's name comes from the run's key, so a rerun finds it and writes nothing.
+removes. The archive's name comes from the run's key, so a run never has two archives; a rerun of a complete load
+writes nothing (the ledger holds the run complete).
 
 The archive is written in comet_ml's offline format directly rather than through `OfflineExperiment`: that class
 stamps every message and the start and stop times with the clock, and Neptune's own times are what must arrive
@@ -111,8 +112,8 @@ class CometOfflineTarget:
         experiment = offline_id(run.ref.key)
         result = LoadResult(target_id=experiment)
         final = self.archive_path(run.ref)
-        if final.exists() and not ctx.replace:
-            return result  # complete by construction: nothing to write
+        # The stage calls this only for a run with work left (a first load, a resume, a wider selection, a refresh):
+        # the archive is written whole again and replaces any earlier one in a single rename.
         self._clear_staging(run.ref)
         staging = self.path / f"{STAGING}{experiment}"
         staging.mkdir(parents=True)

@@ -66,6 +66,7 @@ class Held:
         self.files: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.images: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.problems: list[str] = []
+        self.metric_points = 0
         names = set(archive.namelist())
         with archive.open(MESSAGES_JSON) as lines:
             for line in lines:
@@ -81,6 +82,7 @@ class Held:
             self.params[payload["param"]["paramName"]] = payload["param"]["paramValue"]
         elif message["type"] == "metric_msg":
             metric = payload["metric"]
+            self.metric_points += 1
             self.series[metric["metricName"]].append(
                 (metric["step"], payload["local_timestamp"], value_key(metric["metricValue"])))
         elif message["type"] == "file_upload":
