@@ -328,4 +328,5 @@ class ToyKit(Kit):
         yield {"toy_pause": 0.1}
 
 
-KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, AimKit, CometOfflineKit, ToyKit)}
+KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, AimKit, CometOfflineKit,
+                                                   ToyKit)}
