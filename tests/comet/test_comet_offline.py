@@ -159,3 +159,14 @@ def test_a_changed_value_is_found(loaded: dict, tmp_path: Path) -> None:
     checked = nm.validate(loaded["archive"], report_dir=root / "report", **_options(root))
     assert not checked.ok
     assert any("metrics/loss" in c.summary_line() for c in checked.summary.checks if c.status != "validated")
+
+
+def test_a_wider_selection_after_a_narrower_load_is_completed_by_retry(tmp_path: Path) -> None:
+    archive = write_nasty_archive(tmp_path / "archive")
+    assert nm.load(archive, exclude=["files"], **_options(tmp_path)).ok
+    names = sorted(p.name for p in _zips(tmp_path))
+    wide = nm.validate(archive, report_dir=tmp_path / "r1", **_options(tmp_path))
+    assert not wide.ok  # the files the narrower load left out are named missing
+    assert nm.retry(archive, report_dir=tmp_path / "r2", **_options(tmp_path)).ok
+    assert nm.validate(archive, report_dir=tmp_path / "r3", **_options(tmp_path)).ok
+    assert sorted(p.name for p in _zips(tmp_path)) == names  # the same archives, written again whole
