@@ -39,7 +39,7 @@ def test_toy_target_appears_in_help_only_while_installed(tmp_path: Path) -> None
     with_toy = _cli("load", "--help", env=_install_toy(tmp_path / "site"))
     assert with_toy.returncode == 0, with_toy.stderr
     text = " ".join(with_toy.stdout.split())  # --help wraps its columns
-    assert "toy (a JSON file per run" in text and "[aim|mlflow|toy|wandb|wandb-offline]" in text
+    assert "toy (a JSON file per run" in text and "[aim|comet-offline|mlflow|toy|wandb|wandb-offline]" in text
     assert "--toy-dir" in text
 
 

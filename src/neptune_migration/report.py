@@ -105,6 +105,26 @@ APPROXIMATIONS = {
     "aim_undecodable_image_kept_as_file": "A file series entry named like an image that Pillow cannot decode is "
     "kept as an artifact only, because Aim's image sequence decodes every image it stores.",
     "aim_empty_tag_dropped": "Empty tags are dropped, because an Aim tag is found and shown by its name.",
+    # Comet offline archives (docs/comet.md)
+    "comet_failed_as_error_status": "A failed Neptune run is a Comet experiment with an error status (Neptune run "
+    "failed), because Comet experiments have no failed state.",
+    "comet_datetime_as_text": "Datetime values are ISO 8601 text (UTC, milliseconds), because Comet parameters and "
+    "other values have no datetime type.",
+    "comet_string_set_as_json_text": "String sets are the JSON text of their sorted list, because a Comet parameter "
+    "is a number, a string or a boolean.",
+    "comet_steps_scaled": "Series with fractional steps get integer steps multiplied by a power of ten (the power per "
+    "series is in the other value neptune_migration/step_decimals), because Comet steps are integers.",
+    "comet_step_rounded": "Steps that no power of ten turns into an integer within 64 bits are rounded, because Comet "
+    "steps are integers.",
+    "comet_timestamp_missing_used_start_time": "Points without a timestamp get the run's start time, because every "
+    "Comet message has one.",
+    "comet_histogram_rebinned": "Histograms are Comet 3D histograms of their bin centres weighted by their counts "
+    "(Neptune's exact edges and counts are in each histogram's metadata), because Comet's histogram bins are fixed.",
+    "comet_histogram_skipped": "Histogram points without bins, with non-finite edges or counts, or with a zero total "
+    "are not written, because comet_ml ignores an empty histogram.",
+    "comet_undecodable_image_as_asset": "A file series entry named like an image that Pillow cannot decode is an "
+    "asset, not an image, because Comet shows every image it stores.",
+    "comet_empty_tag_dropped": "Empty tags are dropped, because a Comet tag is found and shown by its name.",
     "file_row_without_path": "A file row in the archive names no path, so there was no payload to upload and it was "
     "skipped.",
     "file_missing": "A payload the archive names is not in its files root, so it could not be uploaded.",

@@ -266,6 +266,30 @@ class AimKit(Kit):
             return False
 
 
+# -- Comet offline archives, read back by the verifier's zip parser ------------------------------------------------
+class CometOfflineKit(Kit):
+    name = "comet-offline"
+
+    def place(self, work: Path, mp: pytest.MonkeyPatch) -> Place:
+        return Place({"comet_dir": work / "comet"}, work=work)
+
+    def held(self, place: Place, run: ArchivedRun) -> Held:
+        with opened(self.name, place.options) as (_target, verifier):
+            archive = verifier.read(run)
+            if archive is None:
+                return Held()
+            files = sum(len(v) for v in (*archive.files.values(), *archive.images.values()))
+            return Held((archive.meta["offline_id"],), archive.metric_points, files)
+
+    def midway(self, place: Place, state: Path) -> bool:
+        # An archive is written in a staging folder `.tmp-<id>/` and renamed into place as a zip once whole: a
+        # staging messages.json holding thousands of points is a run partly written.
+        try:
+            return any(m.stat().st_size > 100_000 for m in place.options["comet_dir"].glob(".tmp-*/messages.json"))
+        except FileNotFoundError:  # renamed away while we looked: poll again
+            return False
+
+
 # -- the toy target (tests/plugins/toy_target), installed the way tests/test_plugins.py installs it -----------------
 class ToyKit(Kit):
     name = "toy"
@@ -304,4 +328,5 @@ class ToyKit(Kit):
         yield {"toy_pause": 0.1}
 
 
-KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, AimKit, ToyKit)}
+KITS: dict[str, type[Kit]] = {k.name: k for k in (MlflowKit, WandbKit, WandbOfflineKit, AimKit, CometOfflineKit,
+                                                   ToyKit)}
