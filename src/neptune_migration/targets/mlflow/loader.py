@@ -36,7 +36,15 @@ from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import decimal_micros, timestamps_ms, to_ms
 from neptune_migration.errors import ArchiveError, TargetError, describe
 from neptune_migration.naming import fit_length, resolve_collisions, short_hash
-from neptune_migration.retry import Patience, backoff, hold_settings, retrying, scope_getter, unreachable_reason
+from neptune_migration.retry import (
+    Patience,
+    backoff,
+    hold_settings,
+    retrying,
+    scope_getter,
+    scoped_settings,
+    unreachable_reason,
+)
 from neptune_migration.secrets import redact
 from neptune_migration.targets.base import LoadContext, LoadResult
 from neptune_migration.targets.mlflow import MAPPING_VERSION
@@ -72,6 +80,7 @@ from neptune_migration.targets.mlflow.mapping import (
     text_value,
 )
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
+from neptune_migration.targets.mlflow.store_schema import check_store_schema
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
@@ -214,6 +223,8 @@ class MlflowTarget:
             self.local_store = db.parent
         self.experiment_by = experiment_by
         self.experiment_prefix = experiment_prefix
+        # MLflow's client upgrades an older database store as it opens it: refuse such a store first.
+        check_store_schema(naming_our_sessions(self.tracking_uri), public_uri(self.tracking_uri))
         self.client = MlflowClient(tracking_uri=naming_our_sessions(self.tracking_uri))
         store = self.client._tracking_client.store
         # Only the REST store gets the direct JSON path; database URIs go through MLflow's own store.
@@ -290,20 +301,25 @@ class MlflowTarget:
                 location = None
                 if self.local_store is not None:
                     location = (self.local_store / "artifacts" / short_hash(name, 16)).resolve().as_uri()
-                try:
-                    tags = experiment_description(project_id)[1] if project_id else None
-                    exp_id = self.client.create_experiment(name, artifact_location=location, tags=tags)
-                except Exception:
-                    # Another process created it between our lookup and create.
-                    exp = self.client.get_experiment_by_name(name)
-                    if exp is None:
-                        raise
-                    exp_id = exp.experiment_id
+                tags = experiment_description(project_id)[1] if project_id else None
+                exp_id = retrying(lambda: self._create_experiment(name, location, tags))
             else:
                 exp_id = exp.experiment_id
             self._leases.claim(exp_id, name)
             self._experiments[name] = exp_id
             return exp_id
+
+    def _create_experiment(self, name: str, location: str | None, tags: dict[str, str] | None) -> str:
+        try:
+            with self._writes_not_resent():
+                return self.client.create_experiment(name, artifact_location=location, tags=tags)
+        except Exception:
+            # Another process created it between our lookup and create, or an earlier try was committed before
+            # its answer was lost.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def close(self) -> None:
         self._artifact_pool.shutdown(wait=True)
@@ -408,16 +424,34 @@ class MlflowTarget:
             text = json.dumps(scales, sort_keys=True)
             tags[SCALE_TAG] = text if len(text) <= MAX_TAG_LENGTH else SCALE_IN_ARTIFACT
         start = run.start_time_ms()
-        created = retrying(
-            lambda: self.client.create_run(
-                exp_id,
-                # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
-                start_time=max(start, 1) if start is not None else None,
-                run_name=run.ref.run_id,
-                tags=tags,
-            )
-        )
-        return created.info.run_id
+        sent = False
+
+        def create() -> str:
+            nonlocal sent
+            if sent:
+                # A server can commit a CreateRun and still answer 503 or time out: look before sending it again.
+                found = self.find_runs(exp_id, run.ref)
+                if found:
+                    return min(found, key=_creation_order).info.run_id
+            sent = True
+            with self._writes_not_resent():
+                created = self.client.create_run(
+                    exp_id,
+                    # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
+                    start_time=max(start, 1) if start is not None else None,
+                    run_name=run.ref.run_id,
+                    tags=tags,
+                )
+            return created.info.run_id
+
+        return retrying(create)
+
+    def _writes_not_resent(self) -> contextlib.AbstractContextManager[None]:
+        """MLflow's own retries off for one non-idempotent write: before 3.18 its client re-sent CreateRun on a 5xx
+        (a second run when the first try was committed); from 3.18 it does not. We retry, after a look-up."""
+        from mlflow import environment_variables as mlflow_env
+
+        return scoped_settings({mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: 0})
 
     def run_tags(self, run: ArchivedRun) -> dict[str, str]:
         """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""
