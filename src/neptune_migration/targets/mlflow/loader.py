@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -94,11 +94,39 @@ KEY_HASH_TAG = "neptune.run_key_hash"
 # Set while a failed attempt left the run half-loaded (and the run FAILED); removed when a later attempt completes it.
 LOAD_ERROR_TAG = "neptune.migration.load_error"
 DEFAULT_STORE = Path("mlflow-store")
+T = TypeVar("T")
 
 
 def run_key_hash(ref: RunRef) -> str:
     # Searching by a hash avoids quoting arbitrary run ids inside MLflow's filter language.
     return short_hash(ref.key, 32)
+
+
+def writes_not_resent() -> contextlib.AbstractContextManager[None]:
+    """MLflow's own retries off for one non-idempotent write: before 3.18 its client re-sent CreateRun and the like
+    on a 5xx (a second run when the first try had been committed); from 3.18 it does not. `write_once` retries."""
+    from mlflow import environment_variables as mlflow_env
+
+    return scoped_settings({mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: 0})
+
+
+def write_once(send: Callable[[], T], applied: Callable[[], T | None]) -> T:
+    """`send` a write that must not be applied twice (CreateRun, CreateExperiment, DeleteTag, ...), retrying
+    transient failures; before each retry `applied()` looks for the effect of an earlier try (a server can commit a
+    write and still answer 503 or time out) and, when it finds it (not None), that is the answer."""
+    sent = False
+
+    def attempt() -> T:
+        nonlocal sent
+        if sent:
+            found = applied()
+            if found is not None:
+                return found
+        sent = True
+        with writes_not_resent():
+            return send()
+
+    return retrying(attempt)
 
 
 def default_tracking_uri() -> str:
@@ -302,7 +330,7 @@ class MlflowTarget:
                 if self.local_store is not None:
                     location = (self.local_store / "artifacts" / short_hash(name, 16)).resolve().as_uri()
                 tags = experiment_description(project_id)[1] if project_id else None
-                exp_id = retrying(lambda: self._create_experiment(name, location, tags))
+                exp_id = self._create_experiment(name, location, tags)
             else:
                 exp_id = exp.experiment_id
             self._leases.claim(exp_id, name)
@@ -310,16 +338,21 @@ class MlflowTarget:
             return exp_id
 
     def _create_experiment(self, name: str, location: str | None, tags: dict[str, str] | None) -> str:
-        try:
-            with self._writes_not_resent():
-                return self.client.create_experiment(name, artifact_location=location, tags=tags)
-        except Exception:
-            # Another process created it between our lookup and create, or an earlier try was committed before
-            # its answer was lost.
+        def existing() -> str | None:
             exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+            return exp.experiment_id if exp is not None else None
+
+        def create() -> str:
+            try:
+                return self.client.create_experiment(name, artifact_location=location, tags=tags)
+            except Exception:
+                # Another process created it between our lookup and create.
+                found = existing()
+                if found is None:
+                    raise
+                return found
+
+        return write_once(create, existing)
 
     def close(self) -> None:
         self._artifact_pool.shutdown(wait=True)
@@ -386,7 +419,7 @@ class MlflowTarget:
             raise
         self._terminate(run_id, run)
         if failed_before:
-            retrying(lambda: self.client.delete_tag(run_id, LOAD_ERROR_TAG))
+            self.delete_run_tag(run_id, LOAD_ERROR_TAG)
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
         return result
 
@@ -424,34 +457,29 @@ class MlflowTarget:
             text = json.dumps(scales, sort_keys=True)
             tags[SCALE_TAG] = text if len(text) <= MAX_TAG_LENGTH else SCALE_IN_ARTIFACT
         start = run.start_time_ms()
-        sent = False
 
-        def create() -> str:
-            nonlocal sent
-            if sent:
-                # A server can commit a CreateRun and still answer 503 or time out: look before sending it again.
-                found = self.find_runs(exp_id, run.ref)
-                if found:
-                    return min(found, key=_creation_order).info.run_id
-            sent = True
-            with self._writes_not_resent():
-                created = self.client.create_run(
-                    exp_id,
-                    # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
-                    start_time=max(start, 1) if start is not None else None,
-                    run_name=run.ref.run_id,
-                    tags=tags,
-                )
-            return created.info.run_id
+        def created() -> str | None:
+            found = self.find_runs(exp_id, run.ref)
+            return min(found, key=_creation_order).info.run_id if found else None
 
-        return retrying(create)
+        return write_once(
+            lambda: self.client.create_run(
+                exp_id,
+                # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
+                start_time=max(start, 1) if start is not None else None,
+                run_name=run.ref.run_id,
+                tags=tags,
+            ).info.run_id,
+            created,
+        )
 
-    def _writes_not_resent(self) -> contextlib.AbstractContextManager[None]:
-        """MLflow's own retries off for one non-idempotent write: before 3.18 its client re-sent CreateRun on a 5xx
-        (a second run when the first try was committed); from 3.18 it does not. We retry, after a look-up."""
-        from mlflow import environment_variables as mlflow_env
+    def delete_run_tag(self, run_id: str, key: str) -> None:
+        """DeleteTag, which MLflow answers with an error when the tag is gone: a retry first looks."""
+        def send() -> bool:
+            self.client.delete_tag(run_id, key)
+            return True
 
-        return scoped_settings({mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: 0})
+        write_once(send, lambda: None if key in self.client.get_run(run_id).data.tags else True)
 
     def run_tags(self, run: ArchivedRun) -> dict[str, str]:
         """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""
