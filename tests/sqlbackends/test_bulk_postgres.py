@@ -181,6 +181,12 @@ def test_other_schema_revision_is_refused(postgres_server: PostgresServer, tmp_p
                    "--mlflow-bulk", "--state", str(tmp_path / "s.db"), "--no-progress")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "f5a4f2784254" in done.stdout + done.stderr
+    # Without the bulk option too: MLflow's client would upgrade the store as it opened it.
+    done = run_cli("load", "--archive", str(archive), "--to", "mlflow", "--mlflow-tracking-uri", uri,
+                   "--state", str(tmp_path / "s2.db"), "--no-progress")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "f5a4f2784254" in done.stdout + done.stderr and "mlflow db upgrade" in done.stdout + done.stderr
+    assert postgres_server.password not in done.stdout + done.stderr
     assert postgres_server.execute(name, "SELECT count(*) FROM runs") == [(0,)]
     assert postgres_server.execute(name, "SELECT version_num FROM alembic_version") == [("f5a4f2784254",)]
 
