@@ -102,7 +102,7 @@ def _load_model(target: Any, entry: ArchivedRun) -> str:
     if retrying(lambda: _get_model(client, name)) is None:
         description = entry.atom_value("sys/description") or entry.atom_value("sys/name") or None
         write_once(lambda: client.create_registered_model(name, tags=_atom_tags(entry), description=description),
-                   lambda: _get_model(client, name))
+                   lambda: _get_model(client, name), target.patience.budget)
     else:
         for k, v in _atom_tags(entry).items():
             retrying(lambda k=k, v=v: client.set_registered_model_tag(name, k, v))
@@ -135,7 +135,7 @@ def _load_version(target: Any, entry: ArchivedRun, ledger: Ledger) -> str:
     # A version the server committed before its answer was lost is found by its Neptune id, not created twice.
     version = write_once(lambda: client.create_model_version(
         name, source=f"runs:/{result.target_id}", run_id=result.target_id, tags=tags,
-        description=str(entry.atom_value("sys/name") or "") or None), existing)
+        description=str(entry.atom_value("sys/name") or "") or None), existing, target.patience.budget)
     return f"{name}/{version.version}"
 
 

@@ -95,6 +95,7 @@ KEY_HASH_TAG = "neptune.run_key_hash"
 LOAD_ERROR_TAG = "neptune.migration.load_error"
 DEFAULT_STORE = Path("mlflow-store")
 T = TypeVar("T")
+_BUDGETED_ATTEMPTS = 1000  # the budget, not a count, ends the tries of a budgeted write
 
 
 def run_key_hash(ref: RunRef) -> str:
@@ -110,10 +111,12 @@ def writes_not_resent() -> contextlib.AbstractContextManager[None]:
     return scoped_settings({mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: 0})
 
 
-def write_once(send: Callable[[], T], applied: Callable[[], T | None]) -> T:
+def write_once(send: Callable[[], T], applied: Callable[[], T | None], budget: float | None = None) -> T:
     """`send` a write that must not be applied twice (CreateRun, CreateExperiment, DeleteTag, ...), retrying
     transient failures; before each retry `applied()` looks for the effect of an earlier try (a server can commit a
-    write and still answer 503 or time out) and, when it finds it (not None), that is the answer."""
+    write and still answer 503 or time out) and, when it finds it (not None), that is the answer. With `budget`
+    (the target's --retry-budget) tries go on for that long, as MLflow's own retries did: a server restarting
+    mid-load is waited for."""
     sent = False
 
     def attempt() -> T:
@@ -126,7 +129,9 @@ def write_once(send: Callable[[], T], applied: Callable[[], T | None]) -> T:
         with writes_not_resent():
             return send()
 
-    return retrying(attempt)
+    if budget is None:
+        return retrying(attempt)
+    return backoff(attempt, cap=30.0, budget=budget, attempts=_BUDGETED_ATTEMPTS)
 
 
 def default_tracking_uri() -> str:
@@ -352,7 +357,7 @@ class MlflowTarget:
                     raise
                 return found
 
-        return write_once(create, existing)
+        return write_once(create, existing, self.patience.budget)
 
     def close(self) -> None:
         self._artifact_pool.shutdown(wait=True)
@@ -471,6 +476,7 @@ class MlflowTarget:
                 tags=tags,
             ).info.run_id,
             created,
+            self.patience.budget,
         )
 
     def delete_run_tag(self, run_id: str, key: str) -> None:
@@ -479,7 +485,7 @@ class MlflowTarget:
             self.client.delete_tag(run_id, key)
             return True
 
-        write_once(send, lambda: None if key in self.client.get_run(run_id).data.tags else True)
+        write_once(send, lambda: None if key in self.client.get_run(run_id).data.tags else True, self.patience.budget)
 
     def run_tags(self, run: ArchivedRun) -> dict[str, str]:
         """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""
