@@ -27,8 +27,10 @@ from neptune_migration.samples import write_nasty_archive
 from neptune_migration.selection import Selection
 from neptune_migration.stages.load import load
 from neptune_migration.targets.mlflow import bulk as mlflow_bulk
-from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISION, MlflowBulkTarget
+from neptune_migration.targets.mlflow import bulk_core
+from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISIONS, MlflowBulkTarget
 from neptune_migration.targets.mlflow.loader import MlflowTarget
+from neptune_migration.targets.mlflow.store_schema import client_revision
 from neptune_migration.vocabulary import RunRef
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -120,14 +122,45 @@ def test_other_schema_version_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
     MlflowBulkTarget(f"sqlite:///{db}").close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_REVISION
+        # MLflow created the store at its client's schema, and the bulk path was tested on that schema.
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == client_revision()
+        assert client_revision() in SCHEMA_REVISIONS
         conn.execute("UPDATE alembic_version SET version_num = 'f5a4f2784254'")
     with pytest.raises(TargetError) as err:
         MlflowBulkTarget(f"sqlite:///{db}")
     message = str(err.value)
-    assert "\n" not in message and "f5a4f2784254" in message and SCHEMA_REVISION in message
+    # Refused as every in-process load is: the store is not at our client's schema (tests/test_mlflow_store_versions).
+    assert "\n" not in message and "f5a4f2784254" in message and client_revision() in message
     with pytest.raises(TargetError, match="sqlite:///"):
         MlflowBulkTarget("http://127.0.0.1:5000")
+
+
+def test_client_schema_the_bulk_path_was_not_tested_on_is_refused(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client newer than the bulk path's tests: the in-process load would work, so that is the way forward."""
+    db = tmp_path / "mlflow.db"
+    MlflowBulkTarget(f"sqlite:///{db}").close()
+    monkeypatch.setattr(bulk_core, "SCHEMA_REVISIONS", {"0123456789ab": "9.9.9"})
+    with pytest.raises(TargetError) as err:
+        MlflowBulkTarget(f"sqlite:///{db}")
+    message = str(err.value)
+    assert "\n" not in message and client_revision() in message and "0123456789ab (MLflow 9.9.9)" in message
+    assert "load without the bulk option" in message
+    MlflowTarget(f"sqlite:///{db}").close()
+
+
+def test_tables_not_as_expected_are_refused(tmp_path: Path) -> None:
+    """The revision is one the bulk path knows, but `latest_metrics` lost the key its upsert relies on."""
+    db = tmp_path / "mlflow.db"
+    MlflowBulkTarget(f"sqlite:///{db}").close()
+    columns = "key VARCHAR(250), value FLOAT, timestamp BIGINT, step BIGINT, is_nan BOOLEAN, run_uuid VARCHAR(32)"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE latest_metrics")
+        conn.execute(f"CREATE TABLE latest_metrics ({columns})")
+    with pytest.raises(TargetError) as err:
+        MlflowBulkTarget(f"sqlite:///{db}")
+    message = str(err.value)
+    assert "\n" not in message and "latest_metrics" in message and "keyed by []" in message, message
 
 
 _CHILD = """

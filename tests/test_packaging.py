@@ -133,3 +133,30 @@ def test_extra_resolves_only_its_client(
     resolved = {canonical(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
     assert wanted <= resolved
     assert not resolved & unwanted, f"[{extra}] pulls in {sorted(resolved & unwanted)}"
+
+
+def _versions(python: Path, workdir: Path) -> dict[str, str]:
+    listed = check(run([str(python), "-m", "pip", "list", "--format", "json"], workdir)).stdout
+    return {canonical(p["name"]): p["version"] for p in json.loads(listed)}
+
+
+def test_mlflow_extra_keeps_the_mlflow_a_venv_holds(wheel: Path, workdir: Path) -> None:
+    """A team's venv with the newest MLflow the extra's range allows: installing us adds packages and changes none
+    (no pin pulls mlflow, or anything beside it, down). Real pip resolution against the package index; pip's own
+    cache keeps the second run quick."""
+    newest = "3.18.0"
+    venv = workdir / "team-venv"
+    check(run([sys.executable, "-m", "venv", str(venv)], workdir))
+    python = venv / "bin" / "python"
+    check(run([str(python), "-m", "pip", "install", "--quiet", f"mlflow=={newest}"], workdir, timeout=900))
+    before = _versions(python, workdir)
+    assert before["mlflow"] == newest
+
+    check(run([str(python), "-m", "pip", "install", "--quiet", f"neptune-migration[mlflow] @ {wheel.as_uri()}"],
+              workdir, timeout=600))
+    after = _versions(python, workdir)
+    changed = {name: (v, after.get(name)) for name, v in before.items() if after.get(name) != v}
+    assert not changed, f"installing neptune-migration[mlflow] changed the team's packages: {changed}"
+    assert after["mlflow"] == newest and "neptune-migration" in after
+    version = check(run([str(venv / "bin" / "neptune-migrate"), "--version"], workdir)).stdout
+    assert f"mlflow {newest}" in version, version

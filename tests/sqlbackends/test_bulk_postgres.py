@@ -22,8 +22,9 @@ from neptune_migration.selection import Selection
 from neptune_migration.stages.validate import validate
 from neptune_migration.targets.mlflow import bulk as mlflow_bulk
 from neptune_migration.targets.mlflow import readback
-from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISION, MlflowBulkTarget
+from neptune_migration.targets.mlflow.bulk import SCHEMA_REVISIONS, MlflowBulkTarget
 from neptune_migration.targets.mlflow.loader import MlflowTarget
+from neptune_migration.targets.mlflow.store_schema import client_revision
 from neptune_migration.vocabulary import RunRef
 
 from ..conftest import VENV_BIN, run_cli
@@ -165,20 +166,27 @@ def test_sigkill_in_the_metrics_then_rerun_stores_every_point_once(postgres_serv
 
 def test_other_schema_revision_is_refused(postgres_server: PostgresServer, tmp_path: Path) -> None:
     name, uri = _fresh(postgres_server)
-    MlflowBulkTarget(uri).close()  # MLflow creates the pinned schema in the empty database
-    assert postgres_server.execute(name, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
+    MlflowBulkTarget(uri).close()  # MLflow creates its client's schema in the empty database
+    assert postgres_server.execute(name, "SELECT version_num FROM alembic_version") == [(client_revision(),)]
+    assert client_revision() in SCHEMA_REVISIONS
     # A throwaway database of the test's own: the product never alters MLflow's schema.
     postgres_server.execute(name, "UPDATE alembic_version SET version_num = 'f5a4f2784254'")
     with pytest.raises(TargetError) as err:
         MlflowBulkTarget(uri)
     message = str(err.value)
-    assert "\n" not in message and "f5a4f2784254" in message and SCHEMA_REVISION in message
+    assert "\n" not in message and "f5a4f2784254" in message and client_revision() in message
     assert postgres_server.password not in message
     archive = write_nasty_archive(tmp_path / "archive")
     done = run_cli("load", "--archive", str(archive), "--to", "mlflow", "--mlflow-tracking-uri", uri,
                    "--mlflow-bulk", "--state", str(tmp_path / "s.db"), "--no-progress")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "f5a4f2784254" in done.stdout + done.stderr
+    # Without the bulk option too: MLflow's client would upgrade the store as it opened it.
+    done = run_cli("load", "--archive", str(archive), "--to", "mlflow", "--mlflow-tracking-uri", uri,
+                   "--state", str(tmp_path / "s2.db"), "--no-progress")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "f5a4f2784254" in done.stdout + done.stderr and "mlflow db upgrade" in done.stdout + done.stderr
+    assert postgres_server.password not in done.stdout + done.stderr
     assert postgres_server.execute(name, "SELECT count(*) FROM runs") == [(0,)]
     assert postgres_server.execute(name, "SELECT version_num FROM alembic_version") == [("f5a4f2784254",)]
 

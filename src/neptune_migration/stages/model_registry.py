@@ -95,11 +95,14 @@ def _atom_tags(entry: ArchivedRun) -> dict[str, str]:
 
 
 def _load_model(target: Any, entry: ArchivedRun) -> str:
+    from neptune_migration.targets.mlflow.loader import write_once  # with the target: keeps the CLI's start light
+
     client = target.client
     name = model_name(target, entry.ref.project_id, entry.ref.run_id)
     if retrying(lambda: _get_model(client, name)) is None:
         description = entry.atom_value("sys/description") or entry.atom_value("sys/name") or None
-        retrying(lambda: client.create_registered_model(name, tags=_atom_tags(entry), description=description))
+        write_once(lambda: client.create_registered_model(name, tags=_atom_tags(entry), description=description),
+                   lambda: _get_model(client, name), target.patience.budget)
     else:
         for k, v in _atom_tags(entry).items():
             retrying(lambda k=k, v=v: client.set_registered_model_tag(name, k, v))
@@ -109,13 +112,19 @@ def _load_model(target: Any, entry: ArchivedRun) -> str:
 def _load_version(target: Any, entry: ArchivedRun, ledger: Ledger) -> str:
     """The version's attributes and files go to an MLflow run (the target's own run loader, so resumable and
     exact); the registered model version points at that run."""
+    from neptune_migration.targets.mlflow.loader import write_once
+
     client = target.client
     model_id = str(entry.atom_value("sys/model_id"))
     name = model_name(target, entry.ref.project_id, model_id)
-    existing = [v for v in retrying(lambda: client.search_model_versions(f"name = '{name}'"))
-                if v.tags.get("neptune.id") == entry.ref.run_id]
-    if existing:
-        return f"{name}/{existing[0].version}"
+    def existing() -> Any:
+        found = [v for v in client.search_model_versions(f"name = '{name}'")
+                 if v.tags.get("neptune.id") == entry.ref.run_id]
+        return found[0] if found else None
+
+    known = retrying(existing)
+    if known is not None:
+        return f"{name}/{known.version}"
     # Version runs live in their own experiment (`<project>/models`), apart from the project's training runs.
     holder = dataclasses.replace(entry, ref=RunRef(f"{entry.ref.project_id}/models", entry.ref.run_id))
     result = target.load_run(holder, LoadContext())
@@ -123,9 +132,10 @@ def _load_version(target: Any, entry: ArchivedRun, ledger: Ledger) -> str:
     stage = entry.atom_value("sys/stage")
     if stage:
         tags["neptune.stage"] = str(stage)
-    version = retrying(lambda: client.create_model_version(
+    # A version the server committed before its answer was lost is found by its Neptune id, not created twice.
+    version = write_once(lambda: client.create_model_version(
         name, source=f"runs:/{result.target_id}", run_id=result.target_id, tags=tags,
-        description=str(entry.atom_value("sys/name") or "") or None))
+        description=str(entry.atom_value("sys/name") or "") or None), existing, target.patience.budget)
     return f"{name}/{version.version}"
 
 

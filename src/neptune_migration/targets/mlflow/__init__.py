@@ -29,8 +29,8 @@ class MlflowOptions:
                                 "(sys/name).")
     experiment_prefix: str = option("", help="Prefix for MLflow experiment names.")
     mlflow_bulk: bool = option(False, help="For sqlite:/// and postgresql:// stores you own: write metric points "
-                               "straight into MLflow's tables (about 10x faster; pinned to MLflow 3.17.2's schema, "
-                               "refuses any other; checked after each run).")
+                               "straight into MLflow's tables (about 10x faster; only at the schemas of MLflow 3.17.2 "
+                               "and 3.18.0, refuses any other; checked after each run).")
     mlflow_bulk_allow_writers: bool = option(
         False, help="With --mlflow-bulk into PostgreSQL: go on although other sessions (an MLflow server) are "
         "connected to the database; only when they never write the runs being loaded.")

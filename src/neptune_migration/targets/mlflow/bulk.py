@@ -7,8 +7,9 @@ share (the order of the rows, the transactions, the resume rule and the check af
 writers see are in `bulk_core`); how rows reach a database is `bulk_sqlite` (`executemany`) and `bulk_postgres`
 (binary `COPY`).
 
-Writing another program's tables is only safe for the schema we read: the store's `alembic_version` must be the
-revision this module was written for (MLflow 3.17.2), otherwise the target refuses to start. Every row follows
+Writing another program's tables is only safe for the schema we read: the store's `alembic_version` must be one of
+the revisions the tests ran this module on (`SCHEMA_REVISIONS`, MLflow 3.17.2 and 3.18.0), and the tables it writes
+must have the columns and keys it expects, otherwise the target refuses to start. Every row follows
 `SqlAlchemyStore`: NaN is stored as value 0 with `is_nan` set, +-inf as +-max double, and `latest_metrics` keeps
 the point with the greatest (step, timestamp, value), the first one on a tie. After each run the points per key and
 the latest values are read back (latest values through `MlflowClient.get_run`) and compared.
@@ -39,7 +40,7 @@ from neptune_migration.targets.mlflow.bulk_core import (
     CHECKPOINT_KEY,
     MAX_DOUBLE,
     PROGRESS_TAG,
-    SCHEMA_REVISION,
+    SCHEMA_REVISIONS,
     BulkSession,
     BulkStore,
     Chunk,
@@ -49,8 +50,9 @@ from neptune_migration.targets.mlflow.bulk_sqlite import SqliteBulkStore
 from neptune_migration.targets.mlflow.endpoint import database_of
 from neptune_migration.targets.mlflow.loader import MetricColumns, MlflowTarget, default_tracking_uri, public_uri
 from neptune_migration.targets.mlflow.scales import StepPlan
+from neptune_migration.targets.mlflow.store_schema import check_store_schema
 
-__all__ = ["CHECKPOINT_KEY", "PROGRESS_TAG", "ROWS_PER_TRANSACTION", "SCHEMA_REVISION", "MlflowBulkTarget"]
+__all__ = ["CHECKPOINT_KEY", "PROGRESS_TAG", "ROWS_PER_TRANSACTION", "SCHEMA_REVISIONS", "MlflowBulkTarget"]
 
 ROWS_PER_TRANSACTION = 20_000
 
@@ -80,7 +82,10 @@ class MlflowBulkTarget(MlflowTarget):
         writer: str | None = None,
     ) -> None:
         self.store = open_store(tracking_uri or default_tracking_uri(), allow_other_writers)
-        # A store at another version must be refused before MLflow's client opens (and might migrate) it.
+        # A store at another version must be refused before MLflow's client opens (and might migrate) it: first
+        # one our client would upgrade (whose way forward is not a load without the bulk option), then one at our
+        # client's schema that the bulk path was never tested on.
+        check_store_schema(self.store.client_uri, public_uri(self.store.uri))
         self.store.check_before_open()
         super().__init__(self.store.client_uri, experiment_by, experiment_prefix, upload_workers, patience=patience,
                          writer=writer)

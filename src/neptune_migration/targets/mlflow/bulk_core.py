@@ -11,8 +11,18 @@ import numpy as np
 from neptune_migration.errors import TargetError
 from neptune_migration.targets.mlflow.loader import MetricColumns
 
-# alembic head of MLflow 3.17.2 (mlflow/store/db_migrations/versions); the only schema the inserts were checked on.
-SCHEMA_REVISION = "dc11669786a5"
+# The alembic heads (mlflow/store/db_migrations/versions) of the MLflow clients the bulk tests run: the schemas the
+# inserts were checked on. A store is also at our client's own head (store_schema.py), so this list only grows with
+# the client range in pyproject.toml; the tables are checked as well (`TABLES`), whatever the revision says.
+SCHEMA_REVISIONS = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.18.0"}
+# What the writers insert and upsert, and the keys their conflict rules rely on: every column of `metrics` is its
+# primary key (an exact repeat is dropped), `latest_metrics` and `tags` are keyed by (key, run_uuid).
+TABLES = {
+    "metrics": ({"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+                {"key", "value", "timestamp", "step", "is_nan", "run_uuid"}),
+    "latest_metrics": ({"key", "value", "timestamp", "step", "is_nan", "run_uuid"}, {"key", "run_uuid"}),
+    "tags": ({"key", "value", "run_uuid"}, {"key", "run_uuid"}),
+}
 MAX_DOUBLE = 1.7976931348623157e308
 CHECKPOINT_KEY = "bulk_rows_done"
 PROGRESS_TAG = "neptune.bulk_rows"
@@ -78,10 +88,45 @@ def progress_value(progress: tuple[int, int], dropped: int) -> str:
     return f"{rows_done}:{ignored_before + dropped}"
 
 
+def accepted() -> str:
+    return ", ".join(f"{rev} (MLflow {version})" for rev, version in SCHEMA_REVISIONS.items())
+
+
 def refuse_schema(where: str, found: str | None) -> TargetError:
     return TargetError(
         f"MLflow bulk path refused: {where} has schema version {found or 'none'}, this tool writes only "
-        f"{SCHEMA_REVISION} (MLflow 3.17.2); load without the bulk option"
+        f"{accepted()}; load without the bulk option"
     )
+
+
+def check_schema(where: str, found: str | None) -> None:
+    if found not in SCHEMA_REVISIONS:
+        raise refuse_schema(where, found)
+
+
+def check_tables(client_uri: str, where: str) -> None:
+    """Refuse a store whose tables lack a column the writers insert or a key their conflict rules rely on: what
+    the SQL is written against, checked on the store itself rather than trusted from its revision."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(client_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            found = sqlalchemy.inspect(conn)
+            for table, (columns, key) in TABLES.items():
+                has = {c["name"] for c in found.get_columns(table)}
+                keyed = set(found.get_pk_constraint(table).get("constrained_columns") or ())
+                if not columns <= has or keyed != key:
+                    raise TargetError(
+                        f"MLflow bulk path refused: {where}'s table {table} has columns {sorted(has)} keyed by "
+                        f"{sorted(keyed)}, this tool writes {sorted(columns)} keyed by {sorted(key)}; load without "
+                        "the bulk option"
+                    )
+    except sqlalchemy.exc.NoSuchTableError as exc:
+        raise TargetError(f"MLflow bulk path refused: {where} has no table {exc}; load without the bulk option") \
+            from None
+    finally:
+        engine.dispose()
 
 

@@ -31,10 +31,10 @@ from neptune_migration.errors import TargetError, require
 from neptune_migration.secrets import redact
 from neptune_migration.targets.mlflow.bulk_core import (
     PROGRESS_TAG,
-    SCHEMA_REVISION,
     Chunk,
+    check_schema,
+    check_tables,
     progress_value,
-    refuse_schema,
 )
 from neptune_migration.targets.mlflow.endpoint import APPLICATION_NAME, naming_our_sessions
 from neptune_migration.targets.mlflow.loader import public_uri
@@ -161,15 +161,15 @@ class PostgresBulkStore:
     def check_before_open(self) -> None:
         with self.connect() as conn:
             exists, found = self._revision(conn)
-            if exists and found != SCHEMA_REVISION:
-                raise refuse_schema(public_uri(self.uri), found)
+            if exists:
+                check_schema(public_uri(self.uri), found)
             self._check_writers(conn)
 
     def check_opened(self) -> None:
         with self.connect() as conn:
             found = self._revision(conn)[1]
-        if found != SCHEMA_REVISION:
-            raise refuse_schema(public_uri(self.uri), found)
+        check_schema(public_uri(self.uri), found)
+        check_tables(self.client_uri, public_uri(self.uri))
 
     def _check_writers(self, conn: Any) -> None:
         if self.allow_other_writers:

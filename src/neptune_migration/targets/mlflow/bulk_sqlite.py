@@ -18,11 +18,11 @@ import numpy as np
 from neptune_migration.errors import TargetError
 from neptune_migration.targets.mlflow.bulk_core import (
     PROGRESS_TAG,
-    SCHEMA_REVISION,
     Chunk,
+    check_tables,
     progress_value,
-    refuse_schema,
 )
+from neptune_migration.targets.mlflow.bulk_core import check_schema as check_revision
 from neptune_migration.targets.mlflow.loader import public_uri
 
 _INSERT_METRICS = (
@@ -58,9 +58,7 @@ def schema_revision(db: Path) -> str | None:
 
 
 def check_schema(db: Path) -> None:
-    found = schema_revision(db)
-    if found != SCHEMA_REVISION:
-        raise refuse_schema(str(db), found)
+    check_revision(str(db), schema_revision(db))
 
 
 class SqliteBulkStore:
@@ -74,6 +72,7 @@ class SqliteBulkStore:
 
     def check_opened(self) -> None:
         check_schema(self.db)
+        check_tables(self.client_uri, str(self.db))
 
     def session(self) -> SqliteBulkSession:
         # No other writer to look for: SQLite lists no connections (see the module's note).

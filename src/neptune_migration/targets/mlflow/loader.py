@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -44,6 +44,7 @@ from neptune_migration.retry import (
     hold_settings,
     retrying,
     scope_getter,
+    scoped_settings,
     unreachable_reason,
 )
 from neptune_migration.secrets import redact
@@ -83,6 +84,7 @@ from neptune_migration.targets.mlflow.mapping import (
 )
 from neptune_migration.targets.mlflow.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.mlflow.scales import ExperimentScales, StepPlan, run_scales
+from neptune_migration.targets.mlflow.store_schema import check_store_schema
 from neptune_migration.targets.mlflow.views import render_histograms, write_log
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef, file_part
 
@@ -100,11 +102,44 @@ LOAD_ERROR_TAG = "neptune.migration.load_error"
 # The ledger that created the run (`LoadContext.migration`): tells this migration's copies from another's.
 MIGRATION_TAG = "neptune.migration.ledger"
 DEFAULT_STORE = Path("mlflow-store")
+T = TypeVar("T")
+_BUDGETED_ATTEMPTS = 1000  # the budget, not a count, ends the tries of a budgeted write
 
 
 def run_key_hash(ref: RunRef) -> str:
     # Searching by a hash avoids quoting arbitrary run ids inside MLflow's filter language.
     return short_hash(ref.key, 32)
+
+
+def writes_not_resent() -> contextlib.AbstractContextManager[None]:
+    """MLflow's own retries off for one non-idempotent write: before 3.18 its client re-sent CreateRun and the like
+    on a 5xx (a second run when the first try had been committed); from 3.18 it does not. `write_once` retries."""
+    from mlflow import environment_variables as mlflow_env
+
+    return scoped_settings({mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: 0})
+
+
+def write_once(send: Callable[[], T], applied: Callable[[], T | None], budget: float | None = None) -> T:
+    """`send` a write that must not be applied twice (CreateRun, CreateExperiment, DeleteTag, ...), retrying
+    transient failures; before each retry `applied()` looks for the effect of an earlier try (a server can commit a
+    write and still answer 503 or time out) and, when it finds it (not None), that is the answer. With `budget`
+    (the target's --retry-budget) tries go on for that long, as MLflow's own retries did: a server restarting
+    mid-load is waited for."""
+    sent = False
+
+    def attempt() -> T:
+        nonlocal sent
+        if sent:
+            found = applied()
+            if found is not None:
+                return found
+        sent = True
+        with writes_not_resent():
+            return send()
+
+    if budget is None:
+        return retrying(attempt)
+    return backoff(attempt, cap=30.0, budget=budget, attempts=_BUDGETED_ATTEMPTS)
 
 
 def default_tracking_uri() -> str:
@@ -249,6 +284,8 @@ class MlflowTarget:
             self.local_store = db.parent
         self.experiment_by = experiment_by
         self.experiment_prefix = experiment_prefix
+        # MLflow's client upgrades an older database store as it opens it: refuse such a store first.
+        check_store_schema(naming_our_sessions(self.tracking_uri), public_uri(self.tracking_uri))
         self.client = MlflowClient(tracking_uri=naming_our_sessions(self.tracking_uri))
         store = self.client._tracking_client.store
         # Only the REST store gets the direct JSON path; database URIs go through MLflow's own store.
@@ -341,15 +378,8 @@ class MlflowTarget:
                 location = None
                 if self.local_store is not None:
                     location = (self.local_store / "artifacts" / short_hash(name, 16)).resolve().as_uri()
-                try:
-                    tags = experiment_description(project_id)[1] if project_id else None
-                    exp_id = self.client.create_experiment(name, artifact_location=location, tags=tags)
-                except Exception:
-                    # Another process created it between our lookup and create.
-                    exp = self.client.get_experiment_by_name(name)
-                    if exp is None:
-                        raise
-                    exp_id = exp.experiment_id
+                tags = experiment_description(project_id)[1] if project_id else None
+                exp_id = self._create_experiment(name, location, tags)
             else:
                 exp_id = exp.experiment_id
                 if "neptune.migrated_by" in exp.tags and EXPERIMENT_KIND not in exp.tags:
@@ -358,6 +388,23 @@ class MlflowTarget:
             self._leases.claim(exp_id, name)
             self._experiments[name] = exp_id
             return exp_id
+
+    def _create_experiment(self, name: str, location: str | None, tags: dict[str, str] | None) -> str:
+        def existing() -> str | None:
+            exp = self.client.get_experiment_by_name(name)
+            return exp.experiment_id if exp is not None else None
+
+        def create() -> str:
+            try:
+                return self.client.create_experiment(name, artifact_location=location, tags=tags)
+            except Exception:
+                # Another process created it between our lookup and create.
+                found = existing()
+                if found is None:
+                    raise
+                return found
+
+        return write_once(create, existing, self.patience.budget)
 
     def close(self) -> None:
         self._artifact_pool.shutdown(wait=True)
@@ -465,7 +512,7 @@ class MlflowTarget:
             raise
         self._terminate(run_id, run)
         if failed_before:
-            retrying(lambda: self.client.delete_tag(run_id, LOAD_ERROR_TAG))
+            self.delete_run_tag(run_id, LOAD_ERROR_TAG)
         retrying(lambda: self.client.set_tag(run_id, STATE_TAG, "complete"))
         return result
 
@@ -510,16 +557,30 @@ class MlflowTarget:
             text = json.dumps(scales, sort_keys=True)
             tags[SCALE_TAG] = text if len(text) <= MAX_TAG_LENGTH else SCALE_IN_ARTIFACT
         start = run.start_time_ms()
-        created = retrying(
+
+        def created() -> str | None:
+            found = self.find_runs(exp_id, run.ref)
+            return min(found, key=_creation_order).info.run_id if found else None
+
+        return write_once(
             lambda: self.client.create_run(
                 exp_id,
                 # start_time=0 would become "now" in MLflow; 1 ms after the epoch is the honest nearest.
                 start_time=max(start, 1) if start is not None else None,
                 run_name=run.ref.run_id,
                 tags=tags,
-            )
+            ).info.run_id,
+            created,
+            self.patience.budget,
         )
-        return created.info.run_id
+
+    def delete_run_tag(self, run_id: str, key: str) -> None:
+        """DeleteTag, which MLflow answers with an error when the tag is gone: a retry first looks."""
+        def send() -> bool:
+            self.client.delete_tag(run_id, key)
+            return True
+
+        write_once(send, lambda: None if key in self.client.get_run(run_id).data.tags else True, self.patience.budget)
 
     def run_tags(self, run: ArchivedRun) -> dict[str, str]:
         """Every tag the run gets at creation, identity tags first (they exist from the first moment)."""

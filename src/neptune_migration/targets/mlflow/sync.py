@@ -91,7 +91,7 @@ def sync_run(target: MlflowTarget, run: ArchivedRun, delta: ArchivedRun, ctx: Lo
             fut.result()
     target._terminate(run_id, run)
     if load_error_tag in mlflow_run.data.tags:
-        retrying(lambda: target.client.delete_tag(run_id, load_error_tag))
+        target.delete_run_tag(run_id, load_error_tag)
     return result
 
 
