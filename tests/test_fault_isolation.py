@@ -70,14 +70,18 @@ def test_an_incomplete_run_makes_load_exit_non_zero(tmp_path: Path) -> None:
 
 def test_a_failed_attempt_leaves_no_running_mlflow_run(exporter_archives: Path, tmp_path: Path, mlflow_server: Any,
                                                        prefix: str) -> None:
-    """Forgetting --files on a neptune-exporter archive: the runs with files fail, and MLflow shows them FAILED
-    with the reason (not RUNNING for ever); the rerun with --files completes them, FINISHED, the reason gone."""
+    """A files root without the payloads of a neptune-exporter archive (forgetting --files itself is refused
+    before anything is written: tests/test_preflight.py): the runs with files fail, and MLflow shows them FAILED
+    with the reason (not RUNNING for ever); the rerun with the right --files completes them, FINISHED, the reason
+    gone."""
     from mlflow.tracking import MlflowClient
 
     data, files = exporter_archives / "neptune3" / "data", exporter_archives / "neptune3" / "files"
     common = ["--archive", str(data), "--state", str(tmp_path / "state.db"), "--mlflow-tracking-uri",
               mlflow_server.uri, "--experiment-prefix", prefix, "--no-progress"]
-    first = run_cli("load", *common)
+    empty = tmp_path / "files-emptied"
+    empty.mkdir()
+    first = run_cli("load", *common, "--files", str(empty))
     assert first.returncode == 1, first.stdout + first.stderr
     client = MlflowClient(mlflow_server.uri)
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import FIXTURES
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +109,10 @@ def test_core_install_in_a_fresh_venv(wheel: Path, workdir: Path) -> None:
     assert "neptune-migrate 0.1.0" in version and "mlflow not installed" in version, version
 
     # A target whose client is missing: one line naming the extra to install, usage exit code, no traceback.
-    archive = workdir / "empty-archive"
-    archive.mkdir()
-    refused = run([str(bin_dir / "neptune-migrate"), "load", "--archive", str(archive), "--to", "mlflow",
-                   "--state", str(workdir / "s.db")], workdir)
+    # The archive is a real one (an empty folder is refused first, by the preflight's archive check).
+    exported = FIXTURES / "neptune3"
+    refused = run([str(bin_dir / "neptune-migrate"), "load", "--archive", str(exported / "data"), "--files",
+                   str(exported / "files"), "--to", "mlflow", "--state", str(workdir / "s.db")], workdir)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert "pip install 'neptune-migration[mlflow]'" in refused.stderr, refused.stderr
 
