@@ -9,7 +9,7 @@ from pathlib import Path
 import neptune_migration as nm
 from neptune_migration.archive import ArchiveWriter
 from neptune_migration.samples import BASE_TIME
-from neptune_migration.targets.aim.mapping import aim_step, exact_step, step_decimals
+from neptune_migration.targets.tracker_rules import exact_step, scaled_step, step_decimals
 from neptune_migration.vocabulary import RunRef, step_to_decimal
 
 from .aim_read import points, runs_by_key
@@ -23,16 +23,16 @@ def test_step_scale_is_the_fewest_decimals_that_make_every_step_whole() -> None:
     assert step_decimals(_steps(0, 1, 2)) == 0
     assert step_decimals(_steps(0.5, 1.25, 100.0)) == 2
     assert step_decimals(_steps(0.1234567)) == 7  # beyond decimal(18, 6): the archive's exact float
-    assert [aim_step(s, 7) for s in _steps(0.1234567, 0.2)] == [(1234567, False), (2000000, False)]
-    assert [aim_step(s, 0) for s in _steps(9.007199254740991e15)] == [(9007199254740991, False)]
+    assert [scaled_step(s, 7) for s in _steps(0.1234567, 0.2)] == [(1234567, False), (2000000, False)]
+    assert [scaled_step(s, 0) for s in _steps(9.007199254740991e15)] == [(9007199254740991, False)]
 
 
 def test_a_scale_that_would_overflow_int64_is_lowered_and_the_steps_rounded() -> None:
     steps = _steps(9e15, 0.25)
-    assert step_decimals(steps) == 2 and aim_step(steps[1], 2) == (25, False)
+    assert step_decimals(steps) == 2 and scaled_step(steps[1], 2) == (25, False)
     steps = _steps(9e17, 0.25)
     assert step_decimals(steps) == 1
-    assert aim_step(steps[1], 1) == (2, True)  # 2.5 rounded half to even
+    assert scaled_step(steps[1], 1) == (2, True)  # 2.5 rounded half to even
 
 
 def test_points_sharing_a_step_keep_the_last_and_validate_with_the_approximation(tmp_path: Path) -> None:

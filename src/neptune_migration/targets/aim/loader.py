@@ -24,26 +24,28 @@ from neptune_migration.targets.aim.mapping import (
     ARTIFACTS_DIR,
     COMPLETE,
     LOADING,
-    SERIES_WITH_STEPS,
     STATE_KEY,
-    aim_step,
-    artifact_name,
     decodable_image,
-    dropped_tags,
     even_edges,
-    exact_step,
     experiment_name,
-    is_image,
-    ms_of,
     param_value,
-    payload_entries,
-    run_name,
     run_tags,
     seconds,
-    step_decimals,
 )
 from neptune_migration.targets.aim.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.tracker_rules import (
+    SERIES_WITH_STEPS,
+    dropped_tags,
+    exact_step,
+    is_image,
+    ms_of,
+    payload_entries,
+    payload_name,
+    run_name,
+    scaled_step,
+    step_decimals,
+)
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 log = logging.getLogger("neptune_migration")
@@ -264,7 +266,7 @@ class AimTarget:
                 type_ = rows["attribute_type"][i]
                 if not ctx.wants_attribute(path, type_):
                     continue
-                step, rounded = aim_step(exact_step(rows["step"][i], rows["step_exact"][i]), decimals[path])
+                step, rounded = scaled_step(exact_step(rows["step"][i], rows["step_exact"][i]), decimals[path])
                 if rounded:
                     result.approx("aim_step_rounded")
                 if step in seen[path]:
@@ -312,7 +314,7 @@ class AimTarget:
                     size = local.stat().st_size
                     if not ctx.wants_file(path, entry, size):
                         continue
-                    aim_run.log_artifact(str(local), artifact_name(path, type_, row["step"], row["step_exact"], entry),
+                    aim_run.log_artifact(str(local), payload_name(path, type_, row["step"], row["step_exact"], entry),
                                          block=True)
                     result.files += 1
                     result.bytes += size
@@ -321,7 +323,7 @@ class AimTarget:
                         if not decodable_image(local):
                             result.approx("aim_undecodable_image_kept_as_file")
                             continue
-                        step, _ = aim_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
+                        step, _ = scaled_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
                         when = seconds(ms_of(row["timestamp"], start_ms))
                         track(Image(str(local), caption=entry), when, path, step, None, context={})
 

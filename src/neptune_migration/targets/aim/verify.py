@@ -23,22 +23,24 @@ from neptune_migration.selection import Selection
 from neptune_migration.targets.aim.mapping import (
     COMPLETE,
     STATE_KEY,
-    aim_step,
-    artifact_name,
     decodable_image,
     even_edges,
-    exact_step,
     experiment_name,
-    is_image,
-    ms_of,
     param_value,
-    payload_entries,
-    run_name,
     run_tags,
-    step_decimals,
     value_key,
 )
 from neptune_migration.targets.aim.mapping_version import MAPPING_VERSION
+from neptune_migration.targets.tracker_rules import (
+    exact_step,
+    is_image,
+    ms_of,
+    payload_entries,
+    payload_name,
+    run_name,
+    scaled_step,
+    step_decimals,
+)
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 _SERIES = ("float_series", "string_series", "histogram_series")
@@ -206,7 +208,7 @@ class AimVerifier:
                 size = local.stat().st_size
                 if not selection.wants_file(path, entry, size):
                     continue
-                name = artifact_name(path, type_, row["step"], row["step_exact"], entry)
+                name = payload_name(path, type_, row["step"], row["step_exact"], entry)
                 check.count("files")
                 check.count("bytes", size)
                 sha = file_sha256(local)
@@ -216,7 +218,7 @@ class AimVerifier:
                     if not decodable_image(local):
                         check.approx("aim_undecodable_image_kept_as_file")
                         continue
-                    step, _ = aim_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
+                    step, _ = scaled_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
                     images[path][step] = ms_of(row["timestamp"], start_ms)
         for path, want in sorted(images.items()):
             check.count("images", len(want))
@@ -264,7 +266,7 @@ def _expected_series(run: ArchivedRun, selection: Selection, start_ms: int) -> _
                 continue
             out.approximations["aim_histogram_uneven_edges_drawn_even"] += not even_edges(
                 [float(e) for e in hist.get("edges") or []], len(hist["values"]))
-        step, rounded = aim_step(exact_step(r["step"], r["step_exact"]), out.decimals[path])
+        step, rounded = scaled_step(exact_step(r["step"], r["step_exact"]), out.decimals[path])
         out.approximations["aim_step_rounded"] += rounded
         out.approximations["aim_duplicate_step_kept_last"] += step in points
         out.approximations["aim_timestamp_missing_used_start_time"] += r["timestamp"] is None

@@ -35,28 +35,30 @@ from neptune_migration.targets.comet.mapping import (
     MAPPING_KEY,
     MESSAGES_JSON,
     RUN_KEY,
-    SERIES_WITH_STEPS,
     STEP_SCALES,
     archive_name,
-    asset_name,
-    comet_step,
     decodable_image,
-    dropped_tags,
-    exact_step,
     file_id,
     histogram_metadata,
-    is_image,
-    ms_of,
     number,
     offline_id,
     param_value,
-    payload_entries,
     project_name,
-    run_name,
     run_tags,
-    step_decimals,
 )
 from neptune_migration.targets.comet.mapping_version import MAPPING_VERSION
+from neptune_migration.targets.tracker_rules import (
+    SERIES_WITH_STEPS,
+    dropped_tags,
+    exact_step,
+    is_image,
+    ms_of,
+    payload_entries,
+    payload_name,
+    run_name,
+    scaled_step,
+    step_decimals,
+)
 from neptune_migration.vocabulary import FILE_LIKE_TYPES, RunRef
 
 log = logging.getLogger("neptune_migration")
@@ -221,7 +223,7 @@ class _ArchiveWriter:
 
     def _point(self, row: dict[str, Any], decimals: int) -> int:
         path, type_ = row["attribute_path"], row["attribute_type"]
-        step, rounded = comet_step(exact_step(row["step"], row["step_exact"]), decimals)
+        step, rounded = scaled_step(exact_step(row["step"], row["step_exact"]), decimals)
         if rounded:
             self.result.approx("comet_step_rounded")
         if row["timestamp"] is None:
@@ -287,8 +289,8 @@ class _ArchiveWriter:
 
     def _file(self, row: dict[str, Any], local: Path, entry: str, decimals: int) -> None:
         path, type_ = row["attribute_path"], row["attribute_type"]
-        name = asset_name(path, type_, row["step"], row["step_exact"], entry)
-        step = comet_step(exact_step(row["step"], row["step_exact"]), decimals)[0] if type_ == "file_series" else None
+        name = payload_name(path, type_, row["step"], row["step_exact"], entry)
+        step = scaled_step(exact_step(row["step"], row["step_exact"]), decimals)[0] if type_ == "file_series" else None
         when = ms_of(row["timestamp"], self.start_ms)
         member = self._member()
         self.links[member] = local

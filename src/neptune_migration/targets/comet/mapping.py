@@ -13,9 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,6 @@ RUN_KEY = IDENTITY + "run_key"
 MAPPING_KEY = IDENTITY + "mapping_version"
 STEP_SCALES = IDENTITY + "step_decimals"
 TAG_PREFIX = "neptune-run:"
-INT64_MAX = 2**63 - 1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
-SERIES_WITH_STEPS = ("float_series", "string_series", "histogram_series", "file_series")
 FAILED_MESSAGE = "Neptune run failed (sys/failed is True)"
 
 
@@ -58,42 +53,6 @@ def file_id(experiment: str, n: int) -> str:
 
 
 # -- steps: a per-series power of ten, as the Aim target does -------------------------------------------------------
-def exact_step(step: Decimal | None, step_exact: float | None) -> Decimal:
-    """A Neptune step as an exact decimal: the archive's float when decimal(18, 6) could not hold it."""
-    if step_exact is not None:
-        return Decimal(repr(step_exact))
-    return Decimal(0) if step is None else step
-
-
-def _decimals(step: Decimal) -> int:
-    exponent = step.normalize().as_tuple().exponent
-    return max(0, -int(exponent)) if isinstance(exponent, int) else 0
-
-
-def step_decimals(steps: Iterable[Decimal]) -> int:
-    """The power of ten that makes every step of a series an integer within int64, as far as it can (then rounded)."""
-    needed, largest = 0, Decimal(0)
-    for step in steps:
-        needed = max(needed, _decimals(step))
-        largest = max(largest, abs(step))
-    while needed > 0 and largest.scaleb(needed) > INT64_MAX:
-        needed -= 1
-    return needed
-
-
-def comet_step(step: Decimal, decimals: int) -> tuple[int, bool]:
-    """(Comet step, rounded?) of a Neptune step at its series' scale."""
-    scaled = step.scaleb(decimals)
-    whole = int(scaled.to_integral_value())
-    clamped = max(min(whole, INT64_MAX), -INT64_MAX - 1)
-    return clamped, clamped != scaled
-
-
-def ms_of(value: datetime | None, default: int) -> int:
-    if value is None:
-        return default
-    return round(value.astimezone(UTC).timestamp() * 1000)
-
 
 # -- values ---------------------------------------------------------------------------------------------------------
 def number(value: float) -> float | str:
@@ -130,42 +89,10 @@ def value_key(value: Any) -> Any:
 
 
 # -- names ----------------------------------------------------------------------------------------------------------
-def run_name(run: ArchivedRun) -> str:
-    return run.ref.run_id
-
 
 def run_tags(run: ArchivedRun) -> list[str]:
     """Neptune's non-empty tags, and the run's identity as a tag (`neptune-run:<run key>`)."""
     return sorted({t for t in run.atom_value("sys/tags") or [] if t} | {TAG_PREFIX + run.ref.key})
-
-
-def dropped_tags(run: ArchivedRun) -> int:
-    return sum(1 for t in run.atom_value("sys/tags") or [] if not t)
-
-
-def step_label(step: Decimal | None, step_exact: float | None) -> str:
-    if step_exact is not None:
-        return repr(step_exact)
-    return "none" if step is None else format(step.normalize(), "f")
-
-
-def payload_entries(source: Path, file_name: str | None) -> list[tuple[Path, str]]:
-    """A payload is a file, or a folder (2.x file sets, 3.x series folders): every file under it with its entry name
-    (links skipped, so nothing outside the archive is copied)."""
-    if source.is_dir():
-        return [(p, p.relative_to(source).as_posix()) for p in sorted(source.rglob("*"))
-                if p.is_file() and not p.is_symlink()]
-    return [(source, (file_name or source.name).replace("/", "_"))]
-
-
-def asset_name(path: str, type_: str, step: Decimal | None, step_exact: float | None, entry: str) -> str:
-    """The Comet file name of one payload file: `<attribute path>/[step_<step>/]<entry>`."""
-    folder = f"{path}/step_{step_label(step, step_exact)}" if type_ == "file_series" else path
-    return f"{folder}/{entry}"
-
-
-def is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def decodable_image(path: Path) -> bool:

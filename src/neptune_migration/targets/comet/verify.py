@@ -28,25 +28,27 @@ from neptune_migration.targets.comet.mapping import (
     MAPPING_KEY,
     MESSAGES_JSON,
     RUN_KEY,
-    SERIES_WITH_STEPS,
-    asset_name,
-    comet_step,
     decodable_image,
-    dropped_tags,
-    exact_step,
     histogram_metadata,
-    is_image,
-    ms_of,
     number,
     offline_id,
     param_value,
-    payload_entries,
-    run_name,
     run_tags,
-    step_decimals,
     value_key,
 )
 from neptune_migration.targets.comet.mapping_version import MAPPING_VERSION
+from neptune_migration.targets.tracker_rules import (
+    SERIES_WITH_STEPS,
+    dropped_tags,
+    exact_step,
+    is_image,
+    ms_of,
+    payload_entries,
+    payload_name,
+    run_name,
+    scaled_step,
+    step_decimals,
+)
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 _COLUMNS = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "float_value", "string_value",
@@ -230,7 +232,7 @@ class _Expected:
 
     def _point(self, r: dict[str, Any], start_ms: int) -> None:
         path, type_ = r["attribute_path"], r["attribute_type"]
-        step, rounded = comet_step(exact_step(r["step"], r["step_exact"]), self.decimals[path])
+        step, rounded = scaled_step(exact_step(r["step"], r["step_exact"]), self.decimals[path])
         self.approximations["comet_step_rounded"] += rounded
         self.approximations["comet_timestamp_missing_used_start_time"] += r["timestamp"] is None
         when = ms_of(r["timestamp"], start_ms)
@@ -262,8 +264,8 @@ class _Expected:
                 size = local.stat().st_size
                 if not selection.wants_file(path, entry, size):
                     continue
-                name = asset_name(path, type_, row["step"], row["step_exact"], entry)
-                step = comet_step(exact_step(row["step"], row["step_exact"]), self.decimals.get(path, 0))[0] \
+                name = payload_name(path, type_, row["step"], row["step_exact"], entry)
+                step = scaled_step(exact_step(row["step"], row["step_exact"]), self.decimals.get(path, 0))[0] \
                     if type_ == "file_series" else None
                 image = type_ == "file_series" and is_image(entry)
                 if image and not decodable_image(local):
