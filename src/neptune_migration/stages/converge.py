@@ -256,5 +256,5 @@ def remove_elsewhere(target: Any, run: ArchivedRun, here: str, migration: str) -
     return gone
 
 
-__all__ = ["Elsewhere", "Gap", "check_relocate", "describe_part", "filters", "find_elsewhere", "gap", "held_parts", "parts",
-           "placement", "record", "refusal", "remove_elsewhere"]
+__all__ = ["Elsewhere", "Gap", "check_relocate", "describe_part", "filters", "find_elsewhere", "gap", "held_parts",
+           "parts", "placement", "record", "refusal", "remove_elsewhere"]

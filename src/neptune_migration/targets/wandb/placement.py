@@ -22,6 +22,7 @@ from neptune_migration.targets.wandb.records import read_records
 from neptune_migration.targets.wandb.server import with_backoff
 from neptune_migration.vocabulary import RunRef
 
+
 def where(entity: str | None, project: str) -> str:
     return f"{entity}/{project}" if entity else project
 
