@@ -136,5 +136,8 @@ def test_online_another_project_is_refused_and_validation_finds_the_copy(archive
 
         _check_places(archive, tmp_path, opts, (f"{DEFAULT_ENTITY}/a-image-classifier", {"wandb_project_prefix": "a-"}),
                       (f"{DEFAULT_ENTITY}/b-image-classifier", {"wandb_project_prefix": "b-"}))
+        # Every request was one the stand-in knows (the projects listing, the aliased lookup of the run's id).
+        assert not set(standin.unknown) - {"POST /sdk/otel/v1/metrics"}, standin.unknown
+        assert standin.count("NeptuneMigrationCopies") > 0
     finally:
         tempfile.tempdir = monkey_tmp

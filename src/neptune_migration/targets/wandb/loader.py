@@ -40,7 +40,7 @@ from neptune_migration.targets.wandb.generations import (
     resolve,
 )
 from neptune_migration.targets.wandb.online_readback import read_online
-from neptune_migration.targets.wandb.placement import offline_copies, online_copies, placement
+from neptune_migration.targets.wandb.placement import offline_copies, online_copies, placement, projects
 from neptune_migration.targets.wandb.readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
 from neptune_migration.targets.wandb.server import with_backoff
 from neptune_migration.vocabulary import RunRef
@@ -235,6 +235,8 @@ class WandbOnlineTarget:
         self._api_lock = threading.Lock()
         self.upload_workers = max(1, upload_workers) if upload_workers is not None else None
         self._uploads = threading.BoundedSemaphore(self.upload_workers) if self.upload_workers else None
+        # The entity's projects, listed once per command: where copies of a run at another place are looked for.
+        self._projects: list[str] | None = None
         # run id -> (entity, project) of the runs this target wrote or read back, for their UI links.
         self._run_paths: dict[str, tuple[str | None, str]] = {}
 
@@ -310,7 +312,10 @@ class WandbOnlineTarget:
     def copies(self, ref: RunRef) -> list[Copy]:
         if self.entity is None:
             self.check()
-        return online_copies(self.api(), self.entity or "", ref)
+        api = self.api()
+        if self._projects is None:
+            self._projects = projects(api, self.entity or "")  # two threads may both list: the same answer
+        return online_copies(api, self.entity or "", ref, list(self._projects))
 
     def _server_run(self, spec: RunSpec) -> Any | None:
         """The run on the server (fresh, not cached), or None when there is none."""

@@ -69,22 +69,34 @@ def offline_copies(root: Path, ref: RunRef) -> list[Copy]:
     return list(found.values())
 
 
-def online_copies(api: Any, entity: str, ref: RunRef) -> list[Copy]:
-    """The runs under this Neptune run's W&B id in every project of `entity` (one lookup per project: W&B has
-    no search of runs across projects)."""
-    from wandb.errors import CommError
+# Projects looked into per request: one aliased query asks each for the run's id (W&B has no search of runs across
+# projects), so a run costs one request per this many projects, not one per project.
+PROJECTS_PER_QUERY = 50
 
+
+def _copies_query(n: int) -> str:
+    params = ", ".join(f"$p{j}: String!" for j in range(n))
+    fields = " ".join(f"p{j}: project(name: $p{j}, entityName: $entity) {{ run(name: $name) {{ name config }} }}"
+                      for j in range(n))
+    return f"query NeptuneMigrationCopies($entity: String!, $name: String!, {params}) {{ {fields} }}"
+
+
+def projects(api: Any, entity: str) -> list[str]:
+    return with_backoff(lambda: sorted(p.name for p in api.projects(entity)))
+
+
+def online_copies(api: Any, entity: str, ref: RunRef, names: list[str]) -> list[Copy]:
+    """The runs under this Neptune run's W&B id in the projects `names` of `entity`."""
     wandb_id = run_id(ref.key)
-    projects = with_backoff(lambda: [p.name for p in api.projects(entity)])
     out = []
-    for project in sorted(projects):
-        path = f"{entity}/{project}/{wandb_id}"
-        try:
-            run = with_backoff(lambda p=path: api.run(p))
-            with_backoff(lambda r=run: r.load(force=True))  # wandb.Api caches runs: ask the server
-        except CommError as exc:
-            if "could not find run" in str(exc).lower():
-                continue
-            raise
-        out.append(Copy(where(entity, project), path, migration_of(dict(run.rawconfig or {}))))
+    for i in range(0, len(names), PROJECTS_PER_QUERY):
+        chunk = names[i : i + PROJECTS_PER_QUERY]
+        variables = {"entity": entity, "name": wandb_id, **{f"p{j}": p for j, p in enumerate(chunk)}}
+        query = _copies_query(len(chunk))
+        data = with_backoff(lambda q=query, v=variables: api._service_api.execute_graphql(q, v))
+        for j, project in enumerate(chunk):
+            run = ((data or {}).get(f"p{j}") or {}).get("run")
+            if run:
+                config = json.loads(run.get("config") or "{}")
+                out.append(Copy(where(entity, project), f"{entity}/{project}/{wandb_id}", migration_of(config)))
     return out
