@@ -71,7 +71,7 @@ _PLACES: dict[str, Any] = dict(
     copies=lambda target, ref: target.copies(ref),
     no_relocate=("a W&B run keeps its id at every place and a deleted id stays blocked in its project for about a "
                  "week, so a move cannot be undone; W&B's runs table moves runs between projects itself ('Move to "
-                 "project', keeping their ids; artifacts stay)"),
+                 "project'; artifacts stay), see docs/wandb.md"),
 )
 
 online_plugin = TargetPlugin(
