@@ -68,6 +68,12 @@ def test_offline_another_project_is_refused_and_validation_finds_the_copy(archiv
 
     _check_places(archive, tmp_path, opts, ("proj-a", {"wandb_project": "proj-a"}),
                   ("proj-b", {"wandb_project": "proj-b"}))
+    # The `retry` that validation at proj-b suggests never makes a second copy: refused the same way.
+    assert not nm.validate(archive, wandb_project="proj-b", report_dir=tmp_path / "r-b", **opts).ok
+    with pytest.raises(UsageError, match="already in wandb-offline at proj-a"):
+        nm.retry(archive, wandb_project="proj-b", report_dir=tmp_path / "r-retry", **opts)
+    assert _folders(out) == before
+    assert nm.validate(archive, wandb_project="proj-a", report_dir=tmp_path / "r-after", **opts).ok
     # A prefix is a placement too: the derived project `pre-image-classifier` is not proj-a.
     with pytest.raises(UsageError, match="--wandb-project-prefix pre-"):
         nm.load(archive, wandb_project_prefix="pre-", **opts)
