@@ -147,3 +147,25 @@ def test_online_another_project_is_refused_and_validation_finds_the_copy(archive
         assert standin.count("NeptuneMigrationCopies") > 0
     finally:
         tempfile.tempdir = monkey_tmp
+
+
+def test_migrate_into_another_project_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from neptune_migration.sandbox import Sandbox, generate_project
+
+    out = tmp_path / "wandb-out"
+    project = generate_project("place", runs=3, series=1, points=20, files=1, nasty=False)
+    with Sandbox([project]) as sb:
+        args = ["migrate", "--from", "neptune3", "-p", "sandbox/place", "--to", "wandb-offline", "--wandb-dir",
+                str(out), "--archive", str(tmp_path / "a"), "--state", str(tmp_path / "state.db"), "--report-dir",
+                str(tmp_path / "report"), "--no-progress"]
+        env = os.environ | sb.env()
+        first = subprocess.run([str(CLI), *args, "--wandb-project", "proj-a"], env=env, capture_output=True,
+                               text=True, timeout=300, check=False)
+        assert first.returncode == 0, first.stdout + first.stderr
+        before = _folders(out)
+        refused = subprocess.run([str(CLI), *args, "--wandb-project", "proj-b"], env=env, capture_output=True,
+                                 text=True, timeout=300, check=False)
+    lines = [line for line in (refused.stdout + refused.stderr).splitlines() if line.strip()]
+    assert refused.returncode != 0 and len(lines) == 1, lines
+    assert "already in wandb-offline at proj-a" in lines[0] and "--relocate is not available" in lines[0], lines
+    assert _folders(out) == before
