@@ -50,6 +50,7 @@ from neptune_migration.progress import Tracker
 from neptune_migration.report import build_report, write_reports
 from neptune_migration.selection import Selection, SelectionOptions
 from neptune_migration.sources.base import Source, SourcePlugin
+from neptune_migration.stages.converge import check_relocate
 from neptune_migration.stages.discover import discover as run_discover
 from neptune_migration.stages.export import ExportSummary
 from neptune_migration.stages.export import export as run_export
@@ -493,9 +494,11 @@ def load(archive: str | Path, *, files: str | Path | None = None, to: str = "mlf
     `refresh`: also reload the runs an earlier version loaded with an older mapping (listed in the warnings).
     `relocate`: move runs the target holds at another place (another MLflow --experiment-by/--experiment-prefix)
     to the place these options name: loaded there, validated, then the old copies deleted. Without it such a load
-    is refused before anything is written.
+    is refused before anything is written. W&B refuses `relocate` itself (docs/wandb.md).
     `cluster`: a Dask scheduler's address (tcp://HOST:PORT); each run is then loaded by a task on its workers, and
     `state` must be a PostgreSQL ledger (docs/cluster.md)."""
+    if relocate:
+        check_relocate(to)  # a target that cannot delete the old copies (W&B) refuses it before anything
     _preflight(archive, files, to, cluster, state, options)
     archived = Archive(str(archive), str(files) if files is not None else None)
     writer = _writer(cluster, state)
@@ -545,6 +548,8 @@ def retry(archive: str | Path, *, files: str | Path | None = None, to: str = "ml
     """Load again only the runs that failed or mismatched (per the ledger), then validate them (`cluster`: on a
     Dask cluster's workers, as `load`; `relocate`: as `load`, for runs the target holds at another place)."""
     _check_report_dir(report_dir)
+    if relocate:
+        check_relocate(to)
     _preflight(archive, files, to, cluster, state, options, must_exist=True)
     archived = Archive(str(archive), str(files) if files is not None else None)
     writer = _writer(cluster, state)

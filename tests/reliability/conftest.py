@@ -200,14 +200,40 @@ def read_report(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "report.json").read_text())
 
 
+def _without_ledger(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config without `neptune_migration.migration`: each migration compared names its own ledger."""
+    ours = config.get("neptune_migration")
+    if not isinstance(ours, dict):
+        return config
+    return {**config, "neptune_migration": {k: v for k, v in ours.items() if k != "migration"}}
+
+
+def _wandb_file_sha256(path: Path) -> str:
+    """A file's sha256; for a `.wandb` file, of its records with the ledger's identity left out of the run's
+    config, so every other byte of every record is still compared."""
+    import hashlib
+
+    if path.suffix != ".wandb":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    from neptune_migration.targets.wandb.records import read_records
+
+    digest = hashlib.sha256()
+    for rec in read_records(path):
+        if rec.WhichOneof("record_type") == "run":
+            for item in rec.run.config.update:
+                if item.key == "neptune_migration":
+                    value = json.loads(item.value_json)
+                    item.value_json = json.dumps({k: v for k, v in value.items() if k != "migration"})
+        digest.update(rec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
 def wandb_offline_snapshot(root: Path) -> dict[str, Any]:
     """Everything a `--to wandb-offline` target root holds, read back from the run files, keyed by Neptune run key:
     the folder name, run metadata, config, summary, every history point, string series, artifacts with each
     payload's size and sha256, and the sha256 of every file in the folder (the folders are rebuilt identically, so
-    a resumed migration must be byte-for-byte the clean one). Stray entries (temporary folders, two folders for one
-    run, symlinks) fail the snapshot."""
-    import hashlib
-
+    a resumed migration must be byte-for-byte the clean one, but for the identity of the ledger that wrote it).
+    Stray entries (temporary folders, two folders for one run, symlinks) fail the snapshot."""
     from neptune_migration.targets.wandb.readback import read_offline_run
 
     out: dict[str, Any] = {}
@@ -222,12 +248,12 @@ def wandb_offline_snapshot(root: Path) -> dict[str, Any]:
         for path in sorted(folder.rglob("*")):
             assert not path.is_symlink(), f"symlink in a run folder: {path}"
             if path.is_file():
-                files[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+                files[path.relative_to(folder).as_posix()] = _wandb_file_sha256(path)
         out[key] = {
             "folder": folder.name,
             "meta": (data.run_id, data.entity, data.project, data.name, data.group, data.notes, sorted(data.tags),
                      data.start_time_ms, data.runtime_s, data.state),
-            "config": json.dumps(data.config, sort_keys=True),
+            "config": json.dumps(_without_ledger(data.config), sort_keys=True),
             "summary": json.dumps(data.summary, sort_keys=True),
             "history_rows": data.history_rows,
             # repr keeps NaN comparable and -0.0 distinct

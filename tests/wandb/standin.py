@@ -389,6 +389,28 @@ class StandIn:
     _op_RunFullHistory = _op_Run
     _op_NeptuneMigrationHistoryPage = _op_Run
 
+    def _op_GetProjects(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
+        """`wandb.Api().projects(entity)`: every project holding a run of the entity, in one page."""
+        entity = v.get("entity") or DEFAULT_ENTITY
+        names = sorted({p for e, p, _n in self.runs if e == entity})
+        nodes = [{"__typename": "Project", "id": self._new_id("Project"), "name": name, "entityName": entity,
+                  "createdAt": "2026-01-01T00:00:00", "isBenchmark": False, "user": None} for name in names]
+        return {"models": {"pageInfo": {"__typename": "PageInfo", "endCursor": None, "hasNextPage": False},
+                           "edges": [{"node": node} for node in nodes]}}
+
+    def _op_NeptuneMigrationCopies(self, q: str, v: dict[str, Any]) -> dict[str, Any]:
+        """The target's aliased lookup of one run id in many projects (targets/wandb/placement.py): `pN` names a
+        project, answered under the same alias (null: no such project; run null: no such run there)."""
+        entity, name = v.get("entity") or DEFAULT_ENTITY, v.get("name")
+        known = {p for e, p, _n in self.runs if e == entity}
+        out: dict[str, Any] = {}
+        for alias, project in v.items():
+            if re.fullmatch(r"p\d+", alias):
+                run = self.runs.get((entity, project, name))
+                out[alias] = None if project not in known else {
+                    "run": None if run is None else {"name": run.name, "config": json.dumps(run.config)}}
+        return out
+
     def _project_info(self, project: str, entity: str) -> dict[str, Any]:
         return {"id": "UHJvamVjdDox", "internalId": "1", "name": project, "entity": {"name": entity}}
 

@@ -65,10 +65,20 @@ def _migrate(sandbox: Sandbox, standin: StandIn, work: Path, project: str,
     return subprocess.run([str(CLI), *args], env=full, capture_output=True, text=True, timeout=600, check=False)
 
 
+def _config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config without wandb's `_wandb` block and without the identity of the ledger that loaded it (each
+    migration compared here has its own ledger)."""
+    out = {k: v for k, v in config.items() if k != "_wandb"}
+    ours = out.get("neptune_migration")
+    if isinstance(ours, dict) and isinstance(ours.get("value"), dict):
+        out["neptune_migration"] = {**ours, "value": {k: v for k, v in ours["value"].items() if k != "migration"}}
+    return out
+
+
 def _snapshot(standin: StandIn, project: str) -> dict[str, Any]:
     """What the server holds for one project, free of server ids and times: per run its metadata, config (without
-    wandb's own `_wandb` block), summary, every history line as stored, completion, and its committed artifacts
-    with the sha256 of every payload."""
+    wandb's own `_wandb` block and the ledger's identity), summary, every history line as stored, completion, and
+    its committed artifacts with the sha256 of every payload."""
     out: dict[str, Any] = {}
     with standin.lock:
         for (entity, proj, name), run in standin.runs.items():
@@ -81,7 +91,7 @@ def _snapshot(standin: StandIn, project: str) -> dict[str, Any]:
             assert all(n == 1 for n in committed.values()), f"an artifact committed twice: {committed}"
             out[name] = {
                 "meta": (run.display_name, run.group, run.notes, sorted(run.tags), run.state, run.exit_code),
-                "config": json.dumps({k: v for k, v in run.config.items() if k != "_wandb"}, sort_keys=True),
+                "config": json.dumps(_config(run.config), sort_keys=True),
                 "summary": json.dumps({k: v for k, v in run.summary.items() if k != "_wandb"}, sort_keys=True),
                 # key order inside a line is wandb-core's map order; values are compared exactly (NaN as a word)
                 "history": [json.loads(lines[k], parse_constant=str) for k in sorted(lines)],

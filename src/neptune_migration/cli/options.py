@@ -189,7 +189,7 @@ relocate_option = section(RUN, click.option(
     "--relocate", is_flag=True,
     help="Move runs the target holds at another place (another --experiment-by or --experiment-prefix) to the "
          "place these options name: each is loaded there, validated, then its old copies are deleted. Without it "
-         "such a load is refused before anything is written."))
+         "such a load is refused before anything is written. MLflow only: W&B refuses it (see docs/wandb.md)."))
 json_option = section(OUTPUT, click.option("--json", "json_output", is_flag=True, help="Machine-readable output."))
 
 logging_options = section(OUTPUT,

@@ -220,11 +220,29 @@ def refusal(found: list[Elsewhere], target: str, command: str | None = None) -> 
     where = sorted({c.where for f in found for c in f.copies})
     placed = f" (placed by {first.options})" if first.options else ""
     how = f"run `{command} ... --relocate`" if command else "add --relocate"
-    return UsageError(
-        f"{len(found)} run(s) of this selection are already in {target} at {', '.join(where[:3])}"
-        f"{'...' if len(where) > 3 else ''}{placed}, e.g. {first.run.ref.key}; this command puts them at "
-        f"{first.here.where} ({first.here.options}): {how} to move them there (loaded, validated, then the old "
-        "copies deleted), or repeat the options that placed them")
+    head = (f"{len(found)} run(s) of this selection are already in {target} at {', '.join(where[:3])}"
+            f"{'...' if len(where) > 3 else ''}{placed}, e.g. {first.run.ref.key}; this command puts them at "
+            f"{first.here.where} ({first.here.options})")
+    why = _no_relocate(target)
+    if why is not None:
+        return UsageError(f"{head}: repeat the options that placed them (--relocate is not available: {why})")
+    return UsageError(f"{head}: {how} to move them there (loaded, validated, then the old copies deleted), or "
+                      "repeat the options that placed them")
+
+
+def _no_relocate(target: str) -> str | None:
+    """Why a target that finds copies elsewhere cannot delete them (None: it can, or it has one place only)."""
+    plugin = target_plugin(target)
+    if plugin.copies is None or plugin.delete_copy is not None:
+        return None
+    return plugin.no_relocate or f"{target} cannot delete a copy of a run"
+
+
+def check_relocate(target: str) -> None:
+    """`--relocate` for a target that cannot delete the old copies: refused before anything is written."""
+    why = _no_relocate(target)
+    if why is not None:
+        raise UsageError(f"--relocate is not available for --to {target}: {why}")
 
 
 def remove_elsewhere(target: Any, run: ArchivedRun, here: str, migration: str) -> list[Copy]:
@@ -238,5 +256,5 @@ def remove_elsewhere(target: Any, run: ArchivedRun, here: str, migration: str) -
     return gone
 
 
-__all__ = ["Elsewhere", "Gap", "describe_part", "filters", "find_elsewhere", "gap", "held_parts", "parts",
-           "placement", "record", "refusal", "remove_elsewhere"]
+__all__ = ["Elsewhere", "Gap", "check_relocate", "describe_part", "filters", "find_elsewhere", "gap", "held_parts",
+           "parts", "placement", "record", "refusal", "remove_elsewhere"]

@@ -157,6 +157,8 @@ def load(
     refused before anything is written, unless `relocate`: each is loaded at the new place, validated there, and
     only then are its old copies deleted."""
     started = time.monotonic()
+    if relocate:
+        converge.check_relocate(target.name)
     selected = select(archive, selection)
     runs, incomplete, not_selected = selected.runs, selected.incomplete, selected.not_selected
     elsewhere = converge.find_elsewhere(runs, target, ledger, target.canonical, LOAD)

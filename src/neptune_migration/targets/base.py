@@ -167,3 +167,5 @@ class TargetPlugin:
     copies: Callable[[Any, RunRef], list[Copy]] | None = None
     # Delete one copy (`--relocate`, once the copy at the new place validated).
     delete_copy: Callable[[Any, Copy], None] | None = None
+    # Why a target with `copies` but no `delete_copy` cannot honour `--relocate` (the one line refusing it).
+    no_relocate: str | None = None

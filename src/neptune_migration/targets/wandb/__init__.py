@@ -65,6 +65,15 @@ def _run_url(target: Any, run_id: str) -> str | None:
     return target.run_url(run_id)
 
 
+# Placement and copies (the rerun rule): `--relocate` has no `delete_copy` here, and is refused (placement.py).
+_PLACES: dict[str, Any] = dict(
+    placement=lambda target, run: target.placement(run),
+    copies=lambda target, ref: target.copies(ref),
+    no_relocate=("a W&B run keeps its id at every place and a deleted id stays blocked in its project for about a "
+                 "week, so a move cannot be undone; W&B's runs table moves runs between projects itself ('Move to "
+                 "project'; artifacts stay), see docs/wandb.md"),
+)
+
 online_plugin = TargetPlugin(
     name="wandb",
     summary="a W&B server (online; WANDB_API_KEY, WANDB_BASE_URL)",
@@ -73,6 +82,7 @@ online_plugin = TargetPlugin(
     verifier=_verifier,
     mapping_version=MAPPING_VERSION,
     run_url=_run_url,
+    **_PLACES,
 )
 offline_plugin = TargetPlugin(
     name="wandb-offline",
@@ -83,4 +93,5 @@ offline_plugin = TargetPlugin(
     hint=_offline_hint,
     mapping_version=MAPPING_VERSION,
     sync_run=lambda target, run, delta, ctx: target.sync_run(run, delta, ctx),
+    **_PLACES,
 )

@@ -200,7 +200,7 @@ def _write(
         # A sync's folder continues the run that the earlier folders hold: same id, history after theirs.
         r.resumed = True
         r.resume = True
-    config = _config(run, atoms, hist, neptune_tags, result, spec.supersedes)
+    config = _config(run, atoms, hist, neptune_tags, result, spec.supersedes, ctx.migration)
     for k, v in config.items():
         item = r.config.update.add()
         item.key = k
@@ -349,7 +349,7 @@ def runtime_seconds(start_ms: int, end_ms: int | None) -> int:
 
 def _config(
     run: ArchivedRun, atoms: dict[str, Any], hist: History, neptune_tags: list[str], result: LoadResult,
-    supersedes: str | None = None,
+    supersedes: str | None = None, migration: str | None = None,
 ) -> dict[str, Any]:
     """Atoms nested by `/` with native JSON types; a leaf that is also a branch keeps its value under `_value`."""
     root: dict[str, Any] = {}
@@ -394,6 +394,8 @@ def _config(
         "tags": sorted(neptune_tags),
         **({"fork": fork} if fork else {}),
         **({"supersedes": supersedes} if supersedes else {}),
+        # The ledger that wrote it: copies another migration made of the same run are told apart (placement.py).
+        **({"migration": migration} if migration else {}),
     }
     return root
 

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.errors import TargetError, UsageError
 from neptune_migration.retry import Patience, backoff, first_contact, server_name, unreachable_reason
-from neptune_migration.targets.base import LoadContext, LoadResult
+from neptune_migration.targets.base import Copy, LoadContext, LoadResult, Placement
 from neptune_migration.targets.wandb.folder import RunSpec, WrittenRun, fork_parent, spec_for, write_run
 from neptune_migration.targets.wandb.generations import (
     SUPERSEDED_TAG,
@@ -40,8 +40,10 @@ from neptune_migration.targets.wandb.generations import (
     resolve,
 )
 from neptune_migration.targets.wandb.online_readback import read_online
+from neptune_migration.targets.wandb.placement import offline_copies, online_copies, placement, projects
 from neptune_migration.targets.wandb.readback import RunFolderIndex, WandbRunData, read_offline_run, run_folders
 from neptune_migration.targets.wandb.server import with_backoff
+from neptune_migration.vocabulary import RunRef
 
 __all__ = ["RateLimiter", "WandbOfflineTarget", "WandbOnlineTarget", "fork_parent", "read_offline_run", "with_backoff"]
 
@@ -104,6 +106,12 @@ class WandbOfflineTarget:
         base = spec_for(run, self.entity, self.project, self.project_prefix)
         run_id, supersedes = resolve(run, offline_existing(self.root, base.run_id))
         return RunSpec(base.entity, base.project, run_id, supersedes)
+
+    def placement(self, run: ArchivedRun) -> Placement:
+        return placement(run, self.entity, self.project, self.project_prefix, self.entity)
+
+    def copies(self, ref: RunRef) -> list[Copy]:
+        return offline_copies(self.root, ref)
 
     def load_run(self, run: ArchivedRun, ctx: LoadContext) -> LoadResult:
         spec = self.spec(run)
@@ -227,6 +235,8 @@ class WandbOnlineTarget:
         self._api_lock = threading.Lock()
         self.upload_workers = max(1, upload_workers) if upload_workers is not None else None
         self._uploads = threading.BoundedSemaphore(self.upload_workers) if self.upload_workers else None
+        # The entity's projects, listed once per command: where copies of a run at another place are looked for.
+        self._projects: list[str] | None = None
         # run id -> (entity, project) of the runs this target wrote or read back, for their UI links.
         self._run_paths: dict[str, tuple[str | None, str]] = {}
 
@@ -293,6 +303,19 @@ class WandbOnlineTarget:
 
     def run_id_for(self, run: ArchivedRun) -> str:
         return self.spec(run).run_id
+
+    def placement(self, run: ArchivedRun) -> Placement:
+        if self.entity is None:
+            self.check()  # the key's default entity names the place
+        return placement(run, self.entity, self.project, self.project_prefix, self._configured_entity)
+
+    def copies(self, ref: RunRef) -> list[Copy]:
+        if self.entity is None:
+            self.check()
+        api = self.api()
+        if self._projects is None:
+            self._projects = projects(api, self.entity or "")  # two threads may both list: the same answer
+        return online_copies(api, self.entity or "", ref, list(self._projects))
 
     def _server_run(self, spec: RunSpec) -> Any | None:
         """The run on the server (fresh, not cached), or None when there is none."""

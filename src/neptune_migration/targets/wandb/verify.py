@@ -20,7 +20,7 @@ from typing import Any
 
 from neptune_migration.archive import ArchivedRun
 from neptune_migration.archive.reader import END_TIME_RULE, ms_text
-from neptune_migration.checks import RunCheck, canonical, examples, short
+from neptune_migration.checks import ELSEWHERE, RunCheck, canonical, examples, short
 from neptune_migration.hashing import file_sha256
 from neptune_migration.selection import Selection
 from neptune_migration.targets.wandb.config import config_value
@@ -28,6 +28,7 @@ from neptune_migration.targets.wandb.folder import names_for, runtime_seconds
 from neptune_migration.targets.wandb.mapping_version import MAPPING_VERSION
 from neptune_migration.targets.wandb.names import artifact_name, metric_keys, tags
 from neptune_migration.targets.wandb.payloads import md5_b64, payload_entries, step_label
+from neptune_migration.targets.wandb.placement import where
 from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 MAX_BINS = 512
@@ -43,6 +44,8 @@ def _bits(x: Any) -> Any:
 class WandbVerifier:
     def __init__(self, target: Any) -> None:
         self.target = target
+        # The validating ledger's identity (set by the stage): copies other ledgers made are only mentioned.
+        self.migration: str | None = None
 
     def close(self) -> None:
         pass
@@ -51,12 +54,40 @@ class WandbVerifier:
         # W&B blocks a deleted run id for about a week: a run with wrong data is resumed and rewritten, never deleted.
         return 0
 
+    def _elsewhere(self, run: ArchivedRun, check: RunCheck) -> str:
+        """Copies of the run (its W&B id) in other projects of the entity or the --wandb-dir; returns where this
+        placement puts it."""
+        here = self.target.placement(run)
+        for copy in self.target.copies(run.ref):
+            if copy.where == here.where:
+                continue
+            if not copy.ours(self.migration):
+                check.warnings.append(f"another migration (another ledger) also holds this run in {copy.where} "
+                                      f"(W&B run {copy.target_id})")
+            else:
+                check.mismatch("run", ELSEWHERE, f"a copy (W&B run {copy.target_id}) is in {copy.where}, outside "
+                               f"this placement ({here.where}, {here.options}): load with the options that placed "
+                               "it, or move it with W&B's 'Move to project' (docs/wandb.md)",
+                               expected=here.where, actual=copy.where)
+        return here.where
+
     def verify(self, run: ArchivedRun, selection: Selection) -> RunCheck:
         check = RunCheck(run.ref)
+        here = self._elsewhere(run, check)
         try:
             data = self.target.read_back(run)
         except FileNotFoundError as exc:
-            check.mismatch("run", "run_missing", f"the run is not in W&B: {exc}")
+            check.mismatch("run", "run_missing", f"the run is not in W&B at {here}: {exc}")
+            return check
+        except Exception as exc:
+            if "could not find run" not in str(exc).lower():
+                raise
+            check.mismatch("run", "run_missing", f"the run is not in W&B at {here} ({self.target.run_id_for(run)})")
+            return check
+        found = where(getattr(data, "entity", None) if self.target.entity else None, data.project)
+        if found != here:
+            # Offline, a run id has one folder per --wandb-dir, whichever project it names.
+            check.mismatch("run", "run_missing", f"the run is not in W&B at {here} (its folder is for {found})")
             return check
         check.target_id = getattr(data, "run_id", None)
         atoms = run.atoms()
