@@ -106,19 +106,30 @@ def test_rerun_writes_nothing(loaded: dict) -> None:
     assert _snapshot(repo) == before
 
 
+_EDIT_IN_AIM = """
+import sys
+from aim import Repo, Run
+from aim.sdk.index_manager import RepoIndexManager
+
+repo, run_hash = sys.argv[1:]
+writer = Run(run_hash, repo=repo, system_tracking_interval=None, capture_terminal_logs=False)
+writer.track(123.0, name="metrics/loss", step=0)  # a changed value
+writer.track(1.0, name="metrics/loss", step=99_999)  # a point the archive does not have
+writer.close()
+RepoIndexManager.get_index_manager(Repo.from_path(repo)).index(run_hash)
+"""
+
+
 def test_verifier_reports_what_was_changed_in_aim(tmp_path: Path) -> None:
     archive = write_nasty_archive(tmp_path / "archive")
     assert nm.load(archive, **_options(tmp_path)).ok
     repo = tmp_path / "aim-repo"
     (run,) = runs_by_key(repo)[NASTY]
-    from aim import Repo, Run
-    from aim.sdk.index_manager import RepoIndexManager
-
-    writer = Run(run.hash, repo=str(repo), system_tracking_interval=None, capture_terminal_logs=False)
-    writer.track(123.0, name="metrics/loss", step=0)  # a changed value
-    writer.track(1.0, name="metrics/loss", step=99_999)  # a point the archive does not have
-    writer.close()
-    RepoIndexManager.get_index_manager(Repo.from_path(str(repo))).index(run.hash)
+    # Someone edits the run in Aim, from a process of their own (this one's Aim keeps repositories it opened
+    # cached, and a cached view can miss a run written since).
+    edit = subprocess.run([sys.executable, "-c", _EDIT_IN_AIM, str(repo), run.hash], capture_output=True, text=True,
+                          timeout=120)
+    assert edit.returncode == 0, edit.stderr[-3000:]
     model = run.artifacts["files/model/model.bin"]
     (Path(model.storage["base_uri"].removeprefix("file://")) / model.name).unlink()
 

@@ -66,6 +66,23 @@ def check_repo_spec(given: str | Path) -> Path:
     return Path(spec).expanduser().resolve()
 
 
+def release(repo: Any) -> None:
+    """Close an Aim repository for good: every RocksDB handle Aim's pools still hold (a handle keeps its run's lock,
+    so after a load in a notebook no other process could write to the run), and the process-wide caches that
+    would hand the closed repository out again."""
+    from aim import Repo
+    from aim.sdk.index_manager import RepoIndexManager
+
+    for pool in (repo.container_pool, repo.persistent_pool):
+        for container in list(pool.values()):
+            container.close()
+        pool.clear()
+    repo.close()
+    if Repo._pool.get(repo.path) is repo:
+        del Repo._pool[repo.path]
+    RepoIndexManager.index_manager_pool.pop(repo.path, None)
+
+
 class AimTarget:
     name = "aim"
 
@@ -105,7 +122,7 @@ class AimTarget:
     def close(self) -> None:
         with self._lock:
             if self._repo is not None:
-                self._repo.close()
+                release(self._repo)
                 self._repo = None
 
     # -- identity -----------------------------------------------------------------------------------------
