@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -230,6 +232,30 @@ class WandbKit(Kit):
             self.standin.file_stream_delay = 0.0
 
 
+_AIM_HELD = """
+import json, sys
+from aim import Run
+from neptune_migration.targets.aim.loader import AimTarget
+from neptune_migration.targets.aim.mapping import ARTIFACTS_DIR
+from neptune_migration.vocabulary import RunRef
+
+repo, project, run_id = sys.argv[1:]
+target = AimTarget(repo)
+found = target.find_runs(RunRef(project, run_id))
+points = files = 0
+for run_hash in found:
+    try:
+        aim_run = Run(run_hash, repo=target.repo, read_only=True)
+        points += sum(len(metric.values.values_list()) for metric in aim_run.metrics())
+    except Exception:  # a run cut short by a kill may not read back whole: it holds nothing usable
+        pass
+    folder = target.path / ARTIFACTS_DIR / run_hash
+    files += sum(1 for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+target.close()
+print(json.dumps([found, points, files]))
+"""
+
+
 # -- Aim: a local repository, read back with Aim's own SDK ---------------------------------------------------------
 class AimKit(Kit):
     name = "aim"
@@ -238,22 +264,13 @@ class AimKit(Kit):
         return Place({"aim_repo": work / "aim"}, work=work)
 
     def held(self, place: Place, run: ArchivedRun) -> Held:
-        from aim import Run
-
-        from neptune_migration.targets.aim.mapping import ARTIFACTS_DIR
-
-        with opened(self.name, place.options) as (target, _verifier):
-            found = target.find_runs(run.ref)
-            points = files = 0
-            for run_hash in found:
-                try:
-                    aim_run = Run(run_hash, repo=target.repo, read_only=True)
-                    points += sum(len(metric.values.values_list()) for metric in aim_run.metrics())
-                except Exception:  # a run cut short by a kill may not read back whole: it holds nothing usable
-                    pass
-                folder = target.path / ARTIFACTS_DIR / run_hash
-                files += sum(1 for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
-        return Held(tuple(found), points, files)
+        # Read in a process of its own: Aim caches repositories and RocksDB handles per process, and a view this
+        # process opened earlier can miss what a load wrote since.
+        result = subprocess.run([sys.executable, "-c", _AIM_HELD, str(place.options["aim_repo"]), run.ref.project_id,
+                                 run.ref.run_id], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ids, points, files = json.loads(result.stdout)
+        return Held(tuple(ids), points, files)
 
     def midway(self, place: Place, state: Path) -> bool:
         # Aim writes a run's points into its own RocksDB under seqs/chunks/<run hash>: once one holds a few

@@ -6,12 +6,15 @@ them through its own `mapping` module, so both sides apply one rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from neptune_migration.archive import ArchivedRun
+from neptune_migration.selection import Selection
+from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 INT64_MAX = 2**63 - 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -89,3 +92,21 @@ def run_name(run: ArchivedRun) -> str:
 def dropped_tags(run: ArchivedRun) -> int:
     """Neptune tags no tracker keeps: the empty ones."""
     return sum(1 for t in run.atom_value("sys/tags") or [] if not t)
+
+
+def selected_payloads(run: ArchivedRun, selection: Selection,
+                      columns: list[str]) -> Iterator[tuple[dict[str, Any], Path, str, int, str]]:
+    """Every payload file of the run the selection keeps, as the verifiers expect them: (the file row with
+    `columns`, the local file, its entry name, its size, the target's name for it). Rows without a payload or
+    whose payload is absent are passed over (the loader counted them as approximations)."""
+    for row in run.table(FILE_LIKE_TYPES, columns).to_pylist():
+        path, type_ = row["attribute_path"], row["attribute_type"]
+        if not selection.wants_attribute(path, type_) or not (row["file_value"] or {}).get("path"):
+            continue
+        source = run.file_path(row["file_value"]["path"])
+        if not source.exists():
+            continue
+        for local, entry in payload_entries(source, row["file_name"]):
+            size = local.stat().st_size
+            if selection.wants_file(path, entry, size):
+                yield row, local, entry, size, payload_name(path, type_, row["step"], row["step_exact"], entry)

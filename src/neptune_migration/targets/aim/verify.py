@@ -35,13 +35,11 @@ from neptune_migration.targets.tracker_rules import (
     exact_step,
     is_image,
     ms_of,
-    payload_entries,
-    payload_name,
     run_name,
     scaled_step,
+    selected_payloads,
     step_decimals,
 )
-from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 _SERIES = ("float_series", "string_series", "histogram_series")
 
@@ -197,29 +195,19 @@ class AimVerifier:
         images: dict[str, dict[int, int]] = defaultdict(dict)
         digest = hashlib.sha256()
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "file_value", "file_name"]
-        for row in run.table(FILE_LIKE_TYPES, cols).to_pylist():
+        for row, local, entry, size, name in selected_payloads(run, selection, cols):
             path, type_ = row["attribute_path"], row["attribute_type"]
-            if not selection.wants_attribute(path, type_) or not (row["file_value"] or {}).get("path"):
-                continue
-            source = run.file_path(row["file_value"]["path"])
-            if not source.exists():
-                continue
-            for local, entry in payload_entries(source, row["file_name"]):
-                size = local.stat().st_size
-                if not selection.wants_file(path, entry, size):
+            check.count("files")
+            check.count("bytes", size)
+            sha = file_sha256(local)
+            digest.update(f"{name}\0{size}\0{sha}\0".encode())
+            _check_artifact(check, path, name, size, sha, artifacts.get(name))
+            if type_ == "file_series" and is_image(entry):
+                if not decodable_image(local):
+                    check.approx("aim_undecodable_image_kept_as_file")
                     continue
-                name = payload_name(path, type_, row["step"], row["step_exact"], entry)
-                check.count("files")
-                check.count("bytes", size)
-                sha = file_sha256(local)
-                digest.update(f"{name}\0{size}\0{sha}\0".encode())
-                _check_artifact(check, path, name, size, sha, artifacts.get(name))
-                if type_ == "file_series" and is_image(entry):
-                    if not decodable_image(local):
-                        check.approx("aim_undecodable_image_kept_as_file")
-                        continue
-                    step, _ = scaled_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
-                    images[path][step] = ms_of(row["timestamp"], start_ms)
+                step, _ = scaled_step(exact_step(row["step"], row["step_exact"]), decimals.get(path, 0))
+                images[path][step] = ms_of(row["timestamp"], start_ms)
         for path, want in sorted(images.items()):
             check.count("images", len(want))
             sequence = aim_run.get_image_sequence(path, Context({}))

@@ -43,13 +43,11 @@ from neptune_migration.targets.tracker_rules import (
     exact_step,
     is_image,
     ms_of,
-    payload_entries,
-    payload_name,
     run_name,
     scaled_step,
+    selected_payloads,
     step_decimals,
 )
-from neptune_migration.vocabulary import FILE_LIKE_TYPES
 
 _COLUMNS = ["attribute_path", "attribute_type", "step", "step_exact", "timestamp", "float_value", "string_value",
             "histogram_value"]
@@ -253,25 +251,15 @@ class _Expected:
 
     def _files(self, run: ArchivedRun, selection: Selection, start_ms: int) -> None:
         cols = ["attribute_path", "attribute_type", "step", "step_exact", "file_value", "file_name"]
-        for row in run.table(FILE_LIKE_TYPES, cols).to_pylist():
+        for row, local, entry, size, name in selected_payloads(run, selection, cols):
             path, type_ = row["attribute_path"], row["attribute_type"]
-            if not selection.wants_attribute(path, type_) or not (row["file_value"] or {}).get("path"):
-                continue
-            source = run.file_path(row["file_value"]["path"])
-            if not source.exists():
-                continue
-            for local, entry in payload_entries(source, row["file_name"]):
-                size = local.stat().st_size
-                if not selection.wants_file(path, entry, size):
-                    continue
-                name = payload_name(path, type_, row["step"], row["step_exact"], entry)
-                step = scaled_step(exact_step(row["step"], row["step_exact"]), self.decimals.get(path, 0))[0] \
-                    if type_ == "file_series" else None
-                image = type_ == "file_series" and is_image(entry)
-                if image and not decodable_image(local):
-                    self.approximations["comet_undecodable_image_as_asset"] += 1
-                    image = False
-                (self.images if image else self.files)[name].append((step, size, file_sha256(local)))
+            step = scaled_step(exact_step(row["step"], row["step_exact"]), self.decimals.get(path, 0))[0] \
+                if type_ == "file_series" else None
+            image = type_ == "file_series" and is_image(entry)
+            if image and not decodable_image(local):
+                self.approximations["comet_undecodable_image_as_asset"] += 1
+                image = False
+            (self.images if image else self.files)[name].append((step, size, file_sha256(local)))
 
 
 def _total(counts: Any) -> float:
